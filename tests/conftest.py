@@ -1,0 +1,34 @@
+"""Shared test helpers: where the golden fixtures live, tiny seeded models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path | None:
+    """``$VARGEN_SHARED`` or ``../shared`` next to the checkout (CI has it there)."""
+    env = os.environ.get("VARGEN_SHARED")
+    path = Path(env) if env else REPO.parent / "shared"
+    return path if (path / "fixtures").is_dir() else None
+
+
+def fixture_dir(family: str) -> Path:
+    """The golden fixture folder of ``family``; skips the test with a visible reason if absent."""
+    root = shared_dir()
+    if root is None:
+        pytest.skip("golden fixtures not found: set VARGEN_SHARED or place shared/ next to the checkout")
+    path = root / "fixtures" / family
+    if not path.is_dir():
+        pytest.skip(f"golden fixtures for {family!r} not found under {root / 'fixtures'}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
