@@ -1,0 +1,507 @@
+"""LlamaGen GPT (Sun et al. 2024, arXiv 2406.06525), checkpoint-faithful, with a static K/V cache.
+
+Key names, shapes and numerics follow the official ``autoregressive/models/gpt.py`` so released
+checkpoints load with ``strict=True``. Differences from upstream are in the inference plumbing only:
+
+* the K/V cache is a separate :class:`KVCache` allocated once (never part of the state dict), with a
+  per-row write position, so a row can verify a window of ``n`` drafts in one forward and roll back by
+  moving a pointer (rejected entries are masked and later overwritten, nothing is copied);
+* positions are per row, so rows of a batch advance independently (speculative decoding).
+
+2-D RoPE (research/llamagen.md §1.7): interleaved channel pairs; the first ``hd/4`` pairs rotate by
+the row, the last ``hd/4`` by the column; condition positions get an all-zero cos/sin table, so their
+queries and keys are exactly zero and conditions reach image tokens through the values only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import TokenModel  # noqa: F401  (protocol documented there)
+
+__all__ = ["GPTConfig", "GPT", "KVCache", "GPT_PRESETS", "gpt_config"]
+
+
+@dataclass
+class GPTConfig:
+    """LlamaGen's ``ModelArgs`` field by field (official names and defaults)."""
+
+    dim: int = 4096
+    n_layer: int = 32
+    n_head: int = 32
+    n_kv_head: int | None = None
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    rope_base: float = 10000
+    norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    token_dropout_p: float = 0.1
+    attn_dropout_p: float = 0.0
+    resid_dropout_p: float = 0.1
+    ffn_dropout_p: float = 0.1
+    drop_path_rate: float = 0.0
+    num_classes: int = 1000
+    caption_dim: int = 2048
+    class_dropout_prob: float = 0.1
+    model_type: str = "c2i"
+    vocab_size: int = 16384
+    cls_token_num: int = 1
+    block_size: int = 256
+    max_batch_size: int = 32
+    max_seq_len: int = 2048
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+        """Build from official kwargs; flags that only choose a kernel are accepted and ignored."""
+        known = {f.name for f in fields(cls)}
+        ignored = {"flash_if_available", "use_flash", "compile"}
+        unknown = set(d) - known - ignored
+        if unknown:
+            raise ValueError(f"unknown GPTConfig fields: {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def grid_size(self) -> int:
+        return math.isqrt(self.block_size)
+
+    def validate(self) -> None:
+        if self.model_type not in ("c2i", "t2i"):
+            raise ValueError(f"model_type must be 'c2i' or 't2i', got {self.model_type!r}")
+        if self.dim % self.n_head:
+            raise ValueError(f"dim={self.dim} is not divisible by n_head={self.n_head}")
+        if self.head_dim % 4:
+            raise ValueError(f"head_dim={self.head_dim} must be a multiple of 4 for 2-D RoPE")
+        if self.grid_size**2 != self.block_size:
+            raise ValueError(f"block_size={self.block_size} must be a perfect square (raster grid)")
+        if self.n_kv_head not in (None, self.n_head):
+            raise ValueError("n_kv_head != n_head (GQA) is not used by any released LlamaGen model")
+
+
+# Size presets (research/llamagen.md §1.3). ``gpt_config("GPT-B", vocab_size=..., ...)`` adds task fields.
+GPT_PRESETS: dict[str, dict[str, Any]] = {
+    "GPT-B": dict(n_layer=12, n_head=12, dim=768),
+    "GPT-L": dict(n_layer=24, n_head=16, dim=1024),
+    "GPT-XL": dict(n_layer=36, n_head=20, dim=1280),
+    "GPT-XXL": dict(n_layer=48, n_head=24, dim=1536),
+    "GPT-XXXL": dict(n_layer=48, n_head=40, dim=2560),
+    "GPT-1B": dict(n_layer=22, n_head=32, dim=2048),
+    "GPT-3B": dict(n_layer=24, n_head=32, dim=3200),
+    "GPT-7B": dict(n_layer=32, n_head=32, dim=4096),
+}
+
+
+def gpt_config(preset: str, **overrides: Any) -> GPTConfig:
+    if preset not in GPT_PRESETS:
+        raise ValueError(f"unknown GPT preset {preset!r}; choose from {', '.join(GPT_PRESETS)}")
+    return GPTConfig(**{**GPT_PRESETS[preset], **overrides})
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks (official module and parameter names)
+# ----------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in float32, cast back to the input dtype *before* the learned scale (as upstream)
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out.type_as(x) * self.weight
+
+
+def ffn_hidden_dim(cfg: GPTConfig) -> int:
+    hidden = int(2 * (4 * cfg.dim) / 3)
+    if cfg.ffn_dim_multiplier is not None:
+        hidden = int(cfg.ffn_dim_multiplier * hidden)
+    return cfg.multiple_of * ((hidden + cfg.multiple_of - 1) // cfg.multiple_of)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        hidden = ffn_hidden_dim(cfg)
+        self.w1 = nn.Linear(cfg.dim, hidden, bias=False)
+        self.w3 = nn.Linear(cfg.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, cfg.dim, bias=False)
+        self.ffn_dropout = nn.Dropout(cfg.ffn_dropout_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of ``x [B, S, H, hd]`` by ``rope [B or 1, S, hd/2, 2]`` (cos, sin)."""
+    xs = x.float().reshape(*x.shape[:-1], -1, 2)
+    rope = rope.unsqueeze(2)  # broadcast over heads
+    cos, sin = rope[..., 0], rope[..., 1]
+    out = torch.stack([xs[..., 0] * cos - xs[..., 1] * sin, xs[..., 1] * cos + xs[..., 0] * sin], dim=-1)
+    return out.flatten(3).type_as(x)
+
+
+def build_rope_2d(grid: int, head_dim: int, cls_token_num: int, base: float = 10000) -> torch.Tensor:
+    """``[cls_token_num + grid², head_dim/2, 2]`` table: zero rows for conditions, then raster cells."""
+    half = head_dim // 2
+    inv_freq = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))
+    coords = torch.arange(grid, dtype=torch.float32)
+    angle_r = torch.outer(coords, inv_freq)  # [grid, hd/4]
+    angles = torch.cat(
+        [angle_r[:, None, :].expand(grid, grid, -1), angle_r[None, :, :].expand(grid, grid, -1)], dim=-1
+    ).reshape(grid * grid, half)
+    table = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
+    return torch.cat([torch.zeros(cls_token_num, half, 2), table])
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.head_dim = cfg.head_dim
+        self.wqkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.attn_dropout_p = cfg.attn_dropout_p
+        self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
+
+    def forward(self, x, rope, mask=None, kv=None, write=None):
+        """``kv``: this layer's (k_cache, v_cache) ``[B, H, L, hd]``; ``write``: (rows, positions)."""
+        B, S, _ = x.shape
+        q, k, v = self.wqkv(x).split(self.n_head * self.head_dim, dim=-1)
+        q = apply_rope(q.view(B, S, self.n_head, self.head_dim), rope).transpose(1, 2)
+        k = apply_rope(k.view(B, S, self.n_head, self.head_dim), rope).transpose(1, 2)
+        v = v.view(B, S, self.n_head, self.head_dim).transpose(1, 2)
+        if kv is not None:
+            k_cache, v_cache = kv
+            rows, pos = write  # [B, S] each: scatter this call's keys to per-row positions
+            k_cache[rows, :, pos] = k.transpose(1, 2).to(k_cache.dtype)
+            v_cache[rows, :, pos] = v.transpose(1, 2).to(v_cache.dtype)
+            k, v = k_cache, v_cache
+        dropout = self.attn_dropout_p if self.training else 0.0
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=dropout)
+        return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(B, S, -1)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, x, rope, mask=None, kv=None, write=None):
+        h = x + self.attention(self.attention_norm(x), rope, mask, kv, write)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding with an extra null row (index ``num_classes``) for CFG."""
+
+    def __init__(self, num_classes: int, dim: int, dropout_prob: float):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), dim)
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+
+    def forward(self, labels: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        if drop is not None:
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels).unsqueeze(1)
+
+
+class MLP(nn.Module):
+    def __init__(self, in_features: int, hidden_features: int, out_features: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=False)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden_features, out_features, bias=False)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CaptionEmbedder(nn.Module):
+    """T5 caption features -> model width; ``uncond_embedding`` is the learned null caption."""
+
+    def __init__(self, in_channels: int, dim: int, dropout_prob: float, token_num: int = 120):
+        super().__init__()
+        self.cap_proj = MLP(in_channels, dim, dim)
+        self.register_buffer("uncond_embedding", torch.randn(token_num, in_channels) / in_channels**0.5)
+        self.dropout_prob = dropout_prob
+
+    def forward(self, caption: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        if drop is not None:
+            caption = torch.where(drop[:, None, None], self.uncond_embedding.to(caption.dtype), caption)
+        return self.cap_proj(caption)
+
+
+# ----------------------------------------------------------------------------------------------
+# Static K/V cache
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KVCache:
+    """Static per-layer K/V buffers ``[n_layer, B, H, L, hd]`` allocated once, plus per-row state.
+
+    ``length [B]``: committed sequence positions per row (condition prefix included); moved by
+    ``GPT.rollback``. ``key_valid [B, L]``: False for padded condition positions (t2i).
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: torch.Tensor
+    key_valid: torch.Tensor
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_positions(self) -> int:
+        return self.k.shape[3]
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+
+
+class GPT(nn.Module):
+    """LlamaGen ``Transformer``; implements :class:`vargen.models.base.TokenModel`."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        config.validate()
+        self.config = cfg = config
+        if cfg.model_type == "c2i":
+            self.cls_embedding = LabelEmbedder(cfg.num_classes, cfg.dim, cfg.class_dropout_prob)
+        else:
+            self.cls_embedding = CaptionEmbedder(cfg.caption_dim, cfg.dim, cfg.class_dropout_prob)
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.tok_dropout = nn.Dropout(cfg.token_dropout_p)
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        # not a buffer: never in the state dict (as upstream)
+        self.rope = build_rope_2d(cfg.grid_size, cfg.head_dim, cfg.cls_token_num, cfg.rope_base)
+        self.init_weights()
+
+    # -- TokenModel attributes ------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        g = self.config.grid_size
+        return (1, g, g)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.block_size
+
+    @property
+    def conditional(self) -> bool:
+        return True
+
+    @property
+    def device(self) -> torch.device:
+        return self.output.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.output.weight.dtype
+
+    def init_weights(self) -> None:
+        """Upstream's training initialisation: N(0, 0.02) everywhere, zero output head."""
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=std)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=std)
+        nn.init.zeros_(self.output.weight)
+
+    def _rope(self, positions: torch.Tensor) -> torch.Tensor:
+        if self.rope.device != positions.device:
+            self.rope = self.rope.to(positions.device)
+        return self.rope[positions]
+
+    # -- conditions -------------------------------------------------------------------------------
+    def check_cond(self, cond: torch.Tensor) -> None:
+        """Raise ``ValueError`` for a condition this model cannot take (before any work)."""
+        cfg = self.config
+        if cfg.model_type == "c2i":
+            if not torch.is_tensor(cond) or cond.dtype not in (torch.int64, torch.int32) or cond.dim() != 1:
+                raise ValueError("a class-conditional model takes a 1-D integer tensor of class ids")
+            if ((cond < 0) | (cond > cfg.num_classes)).any():
+                bad = cond[(cond < 0) | (cond > cfg.num_classes)].tolist()
+                raise ValueError(
+                    f"class id(s) {bad} out of range: this model has {cfg.num_classes} classes "
+                    f"(0..{cfg.num_classes - 1}; {cfg.num_classes} is the CFG null class)"
+                )
+        else:
+            if not torch.is_tensor(cond) or cond.dim() != 3 or cond.shape[-1] != cfg.caption_dim:
+                raise ValueError(f"a text-conditional model takes caption features [B, T, {cfg.caption_dim}]")
+
+    def null_cond(self, cond: torch.Tensor) -> torch.Tensor:
+        """The unconditional counterpart of ``cond`` for CFG (null class / learned null caption)."""
+        if self.config.model_type == "c2i":
+            return torch.full_like(cond, self.config.num_classes)
+        return torch.zeros_like(cond) + self.cls_embedding.uncond_embedding.to(cond.dtype)
+
+    def embed_cond(self, cond: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        return self.cls_embedding(cond, drop)[:, : self.config.cls_token_num]
+
+    # -- teacher forcing / training -----------------------------------------------------------------
+    def logits(self, cond: torch.Tensor, tokens: torch.Tensor, emb_mask: torch.Tensor | None = None,
+               drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher forcing: ``[B, block_size, V]`` where entry ``i`` predicts ``tokens[:, i]``.
+
+        ``tokens`` holds ``block_size`` (or ``block_size - 1``) tokens; the last is never fed.
+        ``drop`` [B] bool replaces conditions by the null condition (CFG dropout in training).
+        """
+        T = self.config.cls_token_num
+        tokens = tokens[:, : self.config.block_size - 1]
+        h = torch.cat([self.embed_cond(cond, drop), self.tok_embeddings(tokens)], dim=1)
+        h = self.tok_dropout(h)
+        S = h.shape[1]
+        rope = self._rope(torch.arange(S, device=h.device))[None]
+        mask = None
+        if emb_mask is not None:
+            mask = self._mask(torch.arange(S, device=h.device).expand(h.shape[0], S),
+                              self._key_valid(emb_mask, S), S)[:, None]
+        for layer in self.layers:
+            h = layer(h, rope, mask)
+        return self.output(self.norm(h))[:, T - 1 :].float()
+
+    def forward(self, tokens: torch.Tensor, start: torch.Tensor | None = None, cache: KVCache | None = None,
+                return_hidden: bool = False):
+        """Cached decode (``TokenModel.forward``) when ``cache`` is given, else teacher forcing.
+
+        Returns logits ``[B, n, V]`` (entry ``i`` predicts token ``start+i+1``); with
+        ``return_hidden`` also the final-norm hidden states ``[B, n, dim]`` (for draft heads).
+        """
+        if cache is None:
+            raise ValueError("GPT.forward needs a cache; use GPT.logits(cond, tokens) for teacher forcing")
+        return self._cached(self.tok_embeddings(tokens), start + self.config.cls_token_num, cache, return_hidden)
+
+    # -- TokenModel: cache protocol ---------------------------------------------------------------
+    def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """Allocate once for ``batch`` rows and ``max_len`` image tokens (default: the whole grid)."""
+        cfg = self.config
+        max_len = cfg.block_size if max_len is None else max_len
+        L = cfg.cls_token_num + max_len
+        L = (L + 7) // 8 * 8  # round up as upstream
+        shape = (cfg.n_layer, batch, cfg.n_head, L, cfg.head_dim)
+        dtype = dtype or self.dtype
+        dev = self.device
+        return KVCache(
+            k=torch.zeros(shape, dtype=dtype, device=dev),
+            v=torch.zeros(shape, dtype=dtype, device=dev),
+            length=torch.zeros(batch, dtype=torch.long, device=dev),
+            key_valid=torch.ones(batch, L, dtype=torch.bool, device=dev),
+        )
+
+    def prefill(self, cond: torch.Tensor, cache: KVCache, emb_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Write the condition prefix; returns logits ``[B, V]`` for image token 0.
+
+        ``emb_mask [B, T]`` (t2i, left padding): padded caption positions are hidden from every
+        query except itself (upstream forces the mask diagonal on).
+        """
+        T = self.config.cls_token_num
+        B = cache.batch
+        cache.key_valid.fill_(True)
+        if emb_mask is not None:
+            cache.key_valid[:, :T] = emb_mask.bool()
+        h = self.embed_cond(cond)
+        start = torch.zeros(B, dtype=torch.long, device=h.device)
+        logits = self._cached(h, start, cache)
+        cache.length.fill_(T)
+        return logits[:, -1]
+
+    def rollback(self, cache: KVCache, length: torch.Tensor) -> None:
+        """Set each row's committed length in image tokens (a pointer move; nothing is copied)."""
+        cache.length.copy_(length + self.config.cls_token_num)
+
+    def _key_valid(self, emb_mask: torch.Tensor, L: int) -> torch.Tensor:
+        valid = torch.ones(emb_mask.shape[0], L, dtype=torch.bool, device=emb_mask.device)
+        valid[:, : emb_mask.shape[1]] = emb_mask.bool()
+        return valid
+
+    @staticmethod
+    def _mask(positions: torch.Tensor, key_valid: torch.Tensor, L: int) -> torch.Tensor:
+        """``[B, n, L]`` bool: a query at sequence position p sees keys at <= p that are valid (or itself)."""
+        keys = torch.arange(L, device=positions.device)
+        causal = keys[None, None, :] <= positions[:, :, None]
+        return causal & (key_valid[:, None, :] | (keys[None, None, :] == positions[:, :, None]))
+
+    def _cached(self, h: torch.Tensor, seq_start: torch.Tensor, cache: KVCache, return_hidden: bool = False):
+        """Run ``h [B, n, dim]`` at per-row sequence positions ``seq_start .. seq_start+n-1``."""
+        B, n, _ = h.shape
+        positions = seq_start[:, None] + torch.arange(n, device=h.device)[None]
+        rows = torch.arange(B, device=h.device)[:, None].expand(B, n)
+        rope = self._rope(positions)
+        mask = self._mask(positions, cache.key_valid, cache.max_positions)[:, None]
+        h = self.tok_dropout(h)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rope, mask, (cache.k[i], cache.v[i]), (rows, positions))
+        hidden = self.norm(h)
+        logits = self.output(hidden).float()
+        return (logits, hidden) if return_hidden else logits
+
+    def codebook(self) -> torch.Tensor:
+        """Token embeddings for neighbourhood rules; the pipeline replaces this by the VQ codebook."""
+        return self.tok_embeddings.weight.detach()
+
+
+def infer_gpt_shape(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """What a LlamaGen state dict implies: layers, width, vocabulary, classes, task."""
+    layers = {int(k.split(".")[1]) for k in state if k.startswith("layers.")}
+    out: dict[str, Any] = {"n_layer": max(layers) + 1 if layers else 0}
+    if "tok_embeddings.weight" in state:
+        out["vocab_size"], out["dim"] = state["tok_embeddings.weight"].shape
+    if "cls_embedding.embedding_table.weight" in state:
+        out["model_type"] = "c2i"
+        out["label_rows"] = state["cls_embedding.embedding_table.weight"].shape[0]
+    elif "cls_embedding.cap_proj.fc1.weight" in state:
+        out["model_type"] = "t2i"
+        out["caption_dim"] = state["cls_embedding.cap_proj.fc1.weight"].shape[1]
+    for name, preset in GPT_PRESETS.items():
+        if preset["n_layer"] == out.get("n_layer") and preset["dim"] == out.get("dim"):
+            out["preset"] = name
+    return out
+
+
+def load_gpt_weights(model: GPT, path_or_state) -> GPT:
+    """Load an official checkpoint (``.pt`` with model/module/state_dict wrappers, or safetensors) strictly."""
+    from .checkpoint import load_strict, read_state_dict
+
+    state = path_or_state if isinstance(path_or_state, dict) else read_state_dict(path_or_state)
+    implied = infer_gpt_shape(state)
+    cfg = model.config
+    hint = (f"the checkpoint looks like {implied.get('preset', 'a custom size')} "
+            f"(n_layer={implied.get('n_layer')}, dim={implied.get('dim')}, vocab={implied.get('vocab_size')}, "
+            f"{implied.get('model_type', '?')}) but the config is n_layer={cfg.n_layer}, dim={cfg.dim}, "
+            f"vocab={cfg.vocab_size}, {cfg.model_type}")
+    load_strict(model, state, "LlamaGen GPT", hint=hint, drop=("freqs_cis",))
+    return model
