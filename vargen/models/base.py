@@ -42,9 +42,39 @@ class TokenModel(Protocol):
 
 @runtime_checkable
 class ScaleModel(Protocol):
-    """A next-scale model (VAR): ``patch_nums`` and one cached forward per scale."""
+    """A next-scale model (VAR): one forward per scale over a pre-allocated K/V cache.
+
+    Tokens of scale ``k`` (side ``patch_nums[k]``) sit at positions ``begin_ends[k]`` of the
+    ``L = sum(pn**2)`` sequence; a token attends to its own scale and every coarser one.
+
+    * ``num_classes``: labels ``0 .. num_classes-1``; ``num_classes`` itself is the null (CFG) class.
+    * ``condition(labels [B]) -> cond``: everything derived from the labels once per call
+      (class embedding, the shared AdaLN projection). CFG is a doubled batch ``[labels; null]``.
+    * ``new_cache(batch, dtype=None) -> cache``: K/V for all ``L`` positions, allocated once, in the
+      compute dtype; forwards write into it, nothing is concatenated.
+    * ``forward_scales(cond, inputs, cache, first, last, logits_from=None) -> logits | None``: runs
+      scales ``first .. last-1`` in one pass (block-causal mask when it spans several scales),
+      writes their K/V, and returns logits ``[B, n, V]`` for the positions from scale
+      ``logits_from`` on (``None``: no head at all, e.g. a prefill). ``inputs`` are the continuous
+      next-scale inputs ``[B, n, Cvae]`` of those scales (scale 0 is the class start token and
+      takes no input).
+    * ``quantizer``: the tokenizer's multi-scale quantiser (codebook lookup, phi refinement, f_hat
+      accumulation and next-scale inputs), shared by drafter and refiner in CoDe.
+    """
 
     patch_nums: tuple[int, ...]
+    num_classes: int
+    vocab_size: int
+
+    @property
+    def quantizer(self) -> Any: ...
+
+    def condition(self, labels: torch.Tensor) -> Any: ...
+
+    def new_cache(self, batch: int, dtype: torch.dtype | None = None) -> Any: ...
+
+    def forward_scales(self, cond: Any, inputs: torch.Tensor | None, cache: Any, first: int, last: int,
+                       logits_from: int | None = None) -> torch.Tensor | None: ...
 
 
 @runtime_checkable

@@ -1,0 +1,259 @@
+"""VAR's next-scale sampler (Tian et al., 2024, Alg. 2): one forward per scale over a static K/V cache.
+
+Per scale k of K: run the new scale's tokens (a doubled ``[cond; null]`` batch under CFG), guide
+with VAR's linear ramp ``(1 + t) cond - t uncond`` where ``t = (cfg_scale - 1) * k / (K - 1)``
+(``cfg_scale`` is the usual ``uncond + s (cond - uncond)`` weight, so upstream's ``cfg=1.5`` is
+``cfg_scale=2.5``), filter top-k then top-p, divide by the temperature (CoDe's order; VAR itself has
+none), draw one token per position, and grow the latent ``f_hat += phi_k(up(codes))``; the next
+scale's input is ``f_hat`` area-downsampled to its side.
+
+Draws use ``torch.multinomial`` on the ``(B*l, V)`` probabilities with the caller's generator, exactly
+as upstream does, so a generator seeded like upstream's ``g_seed`` reproduces its samples
+(research/var_code.md §1.4; fixtures README). A list of generators (one per row) makes each row's
+randomness independent of the rest of the batch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .base import GenerationOutput, SamplingConfig, Stats, StepTimer, filter_logits
+
+__all__ = ["VARSampler", "VAR_DEFAULTS", "ScaleSettings", "NextScaleState", "var_filter", "guide", "draw_tokens"]
+
+# README's FID recipe: cfg 1.5 (=> cfg_scale 2.5), top_k 900, top_p 0.96, linear ramp, no smoothing
+VAR_DEFAULTS = SamplingConfig(temperature=1.0, top_k=900, top_p=0.96, cfg_scale=2.5, cfg_interval=-1,
+                              cfg_schedule="linear", more_smooth=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-scale settings and the logits chain of the VAR family
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScaleSettings:
+    """The resolved sampling recipe, one entry per scale."""
+
+    temperature: tuple[float, ...]
+    top_k: tuple[int, ...]
+    top_p: float
+    guidance: tuple[float, ...]  # t_k: guided = (1 + t_k) cond - t_k uncond
+    more_smooth: bool
+
+    @property
+    def uses_cfg(self) -> bool:
+        return any(t != 0 for t in self.guidance)
+
+    @classmethod
+    def resolve(cls, model, config: SamplingConfig | None, temperatures=None, top_ks=None, more_smooth=None) -> "ScaleSettings":
+        """Merge config, VAR defaults and per-scale overrides; raise ValueError before any work."""
+        K, V = len(model.patch_nums), model.vocab_size
+        config = config or SamplingConfig()
+        defaults = replace(VAR_DEFAULTS, top_k=min(VAR_DEFAULTS.top_k, V))  # tiny vocabularies: clamp the default
+        cfg = config.with_defaults(defaults)
+        cfg.validate(vocab_size=V, conditional=True)
+        temps = _per_scale("temperatures", temperatures, cfg.temperature, K, float)
+        ks = _per_scale("top_ks", top_ks, cfg.top_k, K, int)
+        for t in temps:
+            if t < 0:
+                raise ValueError(f"temperatures must be >= 0, got {t}")
+        for k in ks:
+            if not 0 <= k <= V:
+                raise ValueError(f"top_k={k} must be in 0..{V} (the vocabulary size)")
+        extra = cfg.cfg_scale - 1.0
+        if cfg.cfg_schedule == "linear":  # VAR: no guidance on the first scale, full on the last
+            guidance = tuple(extra * k / (K - 1) if K > 1 else extra for k in range(K))
+        else:
+            guidance = (extra,) * K
+        smooth = cfg.more_smooth if more_smooth is None else bool(more_smooth)
+        return cls(temps, ks, float(cfg.top_p), guidance, smooth)
+
+
+def _per_scale(name, values, default, K, cast):
+    if values is None:
+        return (cast(default),) * K
+    values = tuple(cast(v) for v in values)
+    if len(values) != K:
+        raise ValueError(f"{name} has {len(values)} entries but the model has {K} scales")
+    return values
+
+
+def guide(logits: torch.Tensor, t: float, cfg: bool) -> torch.Tensor:
+    """VAR's CFG mix on a ``[cond; uncond]`` batch: ``(1 + t) cond - t uncond`` (upstream's exact arithmetic)."""
+    if not cfg:
+        return logits
+    cond, uncond = logits.chunk(2, dim=0)
+    return (1 + t) * cond - t * uncond
+
+
+def var_filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k (the shared chain's) then VAR's nucleus: sort ascending, drop the tokens whose cumulative
+    probability is <= 1 - top_p, never the best one. Returns a new tensor."""
+    logits = filter_logits(logits, top_k, 1.0)
+    if 0 < top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=False)
+        drop = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
+        drop[..., -1:] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def _gens(generator, rows: int):
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != rows:
+            raise ValueError(f"got {len(generator)} generators for a batch of {rows} rows")
+        return list(generator)
+    return None
+
+
+def _multinomial(probs_2d: torch.Tensor, gen) -> torch.Tensor:
+    if gen is not None and gen.device != probs_2d.device:  # sample where the generator lives
+        return torch.multinomial(probs_2d.to(gen.device), 1, replacement=True, generator=gen).to(probs_2d.device)
+    return torch.multinomial(probs_2d, 1, replacement=True, generator=gen)
+
+
+def draw_tokens(filtered: torch.Tensor, temperature: float, generator) -> torch.Tensor:
+    """One token per position of ``filtered`` [B, l, V]; temperature 0 is greedy (no randomness used)."""
+    B, l, V = filtered.shape
+    if temperature == 0:
+        return filtered.argmax(dim=-1)
+    probs = (filtered / temperature if temperature != 1 else filtered).float().softmax(dim=-1)
+    per_row = _gens(generator, B)
+    if per_row is None:
+        return _multinomial(probs.view(-1, V), generator).view(B, l)
+    return torch.stack([_multinomial(probs[r], g).view(l) for r, g in enumerate(per_row)])
+
+
+def _exponential_like(x: torch.Tensor, generator) -> torch.Tensor:
+    per_row = _gens(generator, x.shape[0])
+    if per_row is None:
+        dev = generator.device if generator is not None else x.device
+        return torch.empty(x.shape, dtype=x.dtype, device=dev).exponential_(generator=generator).to(x.device)
+    return torch.stack([torch.empty(x.shape[1:], dtype=x.dtype, device=g.device).exponential_(generator=g).to(x.device)
+                        for g in per_row])
+
+
+def smooth_codes(filtered: torch.Tensor, ratio: float, codebook: torch.Tensor, generator) -> torch.Tensor:
+    """``more_smooth``: a Gumbel-softmax mix of codes instead of the hard lookup (visualisation only, as upstream:
+    logits sharpened by (1 + ratio), tau = max(0.27 (1 - 0.95 ratio), 0.005) after MaskGIT)."""
+    tau = max(0.27 * (1 - ratio * 0.95), 0.005)
+    gumbel = -_exponential_like(filtered, generator).log()
+    weights = ((filtered.mul(1 + ratio) + gumbel) / tau).softmax(dim=-1)
+    return weights @ codebook.to(weights.dtype).unsqueeze(0)  # [B, l, Cvae]
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop, shared with CoDe
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NextScaleState:
+    """A batch mid-generation: the running latent, every scale's continuous input, the tokens so far."""
+
+    f_hat: torch.Tensor  # [B, Cvae, H, W], float32
+    inputs: list = field(default_factory=list)  # inputs[k-1]: [B, pn_k**2, Cvae] for scale k >= 1
+    tokens: list = field(default_factory=list)  # tokens[k]: [B, pn_k**2]
+
+    @classmethod
+    def start(cls, quantizer, batch: int, device) -> "NextScaleState":
+        H = quantizer.full_size
+        return cls(torch.zeros(batch, quantizer.Cvae, H, H, device=device, dtype=torch.float32))
+
+    def inputs_for(self, first: int, last: int, cfg: bool) -> torch.Tensor | None:
+        """Concatenated inputs of scales first..last-1 (scale 0 has none), doubled for CFG."""
+        parts = [self.inputs[k - 1] for k in range(max(first, 1), last)]
+        if not parts:
+            return None
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return torch.cat([x, x], dim=0) if cfg else x
+
+
+def commit_scale(quantizer, state: NextScaleState, si: int, guided: torch.Tensor, settings: ScaleSettings, generator) -> torch.Tensor:
+    """Filter, draw and fold scale ``si`` into ``f_hat``; append the next scale's input. Returns its tokens [B, l]."""
+    K = len(quantizer.v_patch_nums)
+    filtered = var_filter(guided, settings.top_k[si], settings.top_p)
+    idx = draw_tokens(filtered, settings.temperature[si], generator)
+    B, l = idx.shape
+    pn = quantizer.v_patch_nums[si]
+    if settings.more_smooth:
+        h = smooth_codes(filtered, si / (K - 1) if K > 1 else 1.0, quantizer.embedding.weight, generator)
+    else:
+        h = quantizer.embedding(idx)
+    quantizer.add_scale(state.f_hat, si, h.transpose(1, 2).reshape(B, quantizer.Cvae, pn, pn))
+    if si < K - 1:
+        state.inputs.append(quantizer.next_input(state.f_hat, si + 1))
+    state.tokens.append(idx)
+    return idx
+
+
+def run_scale(model, quantizer, cond, cache, state: NextScaleState, si: int, settings: ScaleSettings, generator) -> torch.Tensor:
+    """One cached forward of scale ``si`` and its draw."""
+    cfg = settings.uses_cfg
+    logits = model.forward_scales(cond, state.inputs_for(si, si + 1, cfg), cache, si, si + 1, logits_from=si)
+    return commit_scale(quantizer, state, si, guide(logits, settings.guidance[si], cfg), settings, generator)
+
+
+def cfg_labels(model, labels, cfg: bool) -> torch.Tensor:
+    """Validated labels, doubled as ``[labels; null]`` under CFG."""
+    labels = model.check_labels(labels)
+    return torch.cat([labels, torch.full_like(labels, model.num_classes)]) if cfg else labels
+
+
+def fill_stats(stats: Stats, patch_nums, batch: int, device) -> None:
+    sizes = [pn * pn for pn in patch_nums]
+    stats.tokens = torch.full((batch,), sum(sizes), dtype=torch.long)
+    stats.accepted = [torch.full((batch,), n, dtype=torch.long) for n in sizes]
+    stats.token_step = torch.cat([torch.full((n,), k, dtype=torch.long) for k, n in enumerate(sizes)]).expand(batch, -1).clone()
+
+
+class VARSampler:
+    """Plain next-scale sampling: ``K`` forwards, one per scale.
+
+    Options (keywords): ``temperatures`` / ``top_ks``: per-scale lists overriding ``config.temperature``
+    / ``config.top_k`` (CoDe's recipe uses both); ``more_smooth`` overrides ``config.more_smooth``.
+    ``cfg_interval`` (LlamaGen's) does not apply to VAR and is ignored.
+    """
+
+    name = "var"
+
+    def __init__(self, temperatures=None, top_ks=None, more_smooth: bool | None = None):
+        self.temperatures, self.top_ks, self.more_smooth = temperatures, top_ks, more_smooth
+
+    def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:
+        return self.sample_latent(model, cond, config, generator)[0]
+
+    @torch.no_grad()
+    def sample_latent(self, model, cond, config: SamplingConfig | None = None, generator=None):
+        """Like :meth:`sample`, also returning the final latent ``f_hat`` [B, Cvae, H, W] (what the VQVAE
+        decoder needs; with ``more_smooth`` it is not a function of the tokens)."""
+        settings = ScaleSettings.resolve(model, config, self.temperatures, self.top_ks, self.more_smooth)
+        quantizer = model.quantizer
+        cfg = settings.uses_cfg
+        labels = cfg_labels(model, cond, cfg)
+        B = labels.shape[0] // 2 if cfg else labels.shape[0]
+        _gens(generator, B)  # validate a per-row generator list before any work
+        device = labels.device
+        stats = Stats()
+        with StepTimer(device) as timer:
+            cond_state = model.condition(labels)
+            cache = model.new_cache(labels.shape[0])
+            state = NextScaleState.start(quantizer, B, device)
+            for si in range(len(model.patch_nums)):
+                run_scale(model, quantizer, cond_state, cache, state, si, settings, generator)
+                stats.forward_passes += 1
+            tokens = torch.cat(state.tokens, dim=1)
+        stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
+        fill_stats(stats, model.patch_nums, B, device)
+        stats.extra.update(seconds_per_image=timer.seconds / B, peak_memory_bytes_per_image=timer.peak // B,
+                           kv_cache_bytes=cache.k.numel() * cache.k.element_size() * 2)
+        return GenerationOutput(tokens=tokens, stats=stats), state.f_hat
+
+
+def _now(device) -> float:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
