@@ -415,7 +415,8 @@ class VAR(nn.Module):
         return self.get_logits(x[:, self.begin_ends[logits_from][0] - a:], cond.cond_BD)
 
     def get_logits(self, h: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_nm(h.float(), cond_BD).float()).float()
+        # upstream runs the head in float32 (under autocast); here in the weights' dtype when they are not
+        return self.head(self.head_nm(h.float(), cond_BD).to(self.head.weight.dtype)).float()
 
     def forward(self, labels: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Teacher forcing: logits [B, L, V]; entry i predicts token i. Labels are dropped to the null

@@ -1,0 +1,156 @@
+"""CoDe: collaborative decoding (Chen et al., CVPR 2025, arXiv 2411.17787).
+
+A large *drafter* (e.g. VAR-d30) generates the first ``draft_steps`` = N scales, where content is
+decided and capacity matters; a small *refiner* (e.g. VAR-d16) generates the remaining K - N
+high-frequency scales. Both share one VQVAE, so the hand-off is the running latent f_hat and the
+continuous inputs of the drafted scales; the refiner, whose width differs, builds its own K/V for
+them.
+
+* ``reuse=True`` (default): the refiner computes its K/V for scales 0..N-1 in ONE prefill pass (no
+  head, no sampling) and then runs scale N like any cached step. With a single generator this
+  consumes exactly the random numbers a plain VAR run would, so it is also RNG-identical to
+  upstream's seeded runs.
+* ``reuse=False``: upstream's behaviour (research/var_code.md §2.2): the generator is rewound to
+  where the call started (upstream reseeds the refiner with the same seed), the refiner prefills
+  scales 0..N with the block-causal mask and head logits everywhere, draws and discards one sample
+  per drafted scale on its unguided logits, then samples scale N.
+
+Stats: ``forward_passes`` counts the drafter's scale forwards (the large model is the expensive
+"target"; ``draft_forward_passes`` stays 0 because CoDe's *drafter* is not a speculative draft).
+The small model's passes are in ``stats.extra["refiner_forward_passes"]`` (its prefill counts as
+one), with per-model seconds and per-image time and memory next to them.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .base import GenerationOutput, SamplingConfig, Stats, StepTimer
+from .next_scale import NextScaleState, ScaleSettings, _gens, cfg_labels, commit_scale, fill_stats, guide, run_scale, var_filter, draw_tokens
+
+__all__ = ["CoDeSampler"]
+
+
+def _generators_to_rewind(generator, device):
+    if isinstance(generator, (list, tuple)):
+        return list(generator)
+    if generator is not None:
+        return [generator]
+    dev = torch.device(device)
+    return [torch.cuda.default_generators[dev.index or 0] if dev.type == "cuda" else torch.default_generator]
+
+
+def _sync_time(device) -> float:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class CoDeSampler:
+    """``get_sampler("code", draft_steps=8, refiner=var_d16)``; ``sample(drafter, labels, config, generator)``.
+
+    Options: ``draft_steps`` (N, 1..K-1), ``refiner`` (the small model), ``reuse`` (see module doc),
+    ``temperatures`` / ``top_ks`` per scale (CoDe's scripts: top-k 600 everywhere, temperature 1.1 on
+    the first seven scales and 1.0 after), ``more_smooth``.
+    """
+
+    name = "code"
+
+    def __init__(self, draft_steps: int = 8, refiner=None, reuse: bool = True, temperatures=None, top_ks=None,
+                 more_smooth: bool | None = None):
+        if isinstance(draft_steps, bool) or not isinstance(draft_steps, int):
+            raise ValueError(f"draft_steps must be an integer, got {draft_steps!r}")
+        self.draft_steps, self.refiner, self.reuse = draft_steps, refiner, bool(reuse)
+        self.temperatures, self.top_ks, self.more_smooth = temperatures, top_ks, more_smooth
+
+    # -- validation ------------------------------------------------------------------------------------
+
+    def _check_pair(self, drafter, refiner):
+        if refiner is None:
+            raise ValueError("CoDe needs a refiner model: CoDeSampler(refiner=small_var, draft_steps=N)")
+        K = len(drafter.patch_nums)
+        if tuple(refiner.patch_nums) != tuple(drafter.patch_nums):
+            raise ValueError(f"drafter and refiner have different patch_nums: {tuple(drafter.patch_nums)} vs {tuple(refiner.patch_nums)}")
+        if not 1 <= self.draft_steps <= K - 1:
+            raise ValueError(f"draft_steps must be in 1..{K - 1} for {K} scales, got {self.draft_steps}")
+        if refiner.vocab_size != drafter.vocab_size or getattr(refiner, "Cvae", None) != getattr(drafter, "Cvae", None):
+            raise ValueError(f"drafter and refiner use different codebooks: vocab {drafter.vocab_size} x Cvae "
+                             f"{getattr(drafter, 'Cvae', None)} vs {refiner.vocab_size} x {getattr(refiner, 'Cvae', None)}")
+        if refiner.num_classes != drafter.num_classes:
+            raise ValueError(f"drafter has {drafter.num_classes} classes, refiner {refiner.num_classes}")
+        q = drafter.quantizer
+        q_ref = getattr(refiner, "vae", None)
+        q_ref = q_ref.quantize if q_ref is not None else None
+        if q_ref is not None and q_ref is not q and not torch.equal(q_ref.embedding.weight.to(q.embedding.weight), q.embedding.weight):
+            raise ValueError("drafter and refiner are attached to different VQVAE codebooks; CoDe needs one shared tokenizer")
+        return q
+
+    # -- sampling ---------------------------------------------------------------------------------------
+
+    def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:
+        return self.sample_latent(model, cond, config, generator)[0]
+
+    @torch.no_grad()
+    def sample_latent(self, model, cond, config: SamplingConfig | None = None, generator=None):
+        """``model`` is the drafter (large). Returns (GenerationOutput, final latent f_hat)."""
+        drafter, refiner, N = model, self.refiner, self.draft_steps
+        quantizer = self._check_pair(drafter, refiner)
+        settings = ScaleSettings.resolve(drafter, config, self.temperatures, self.top_ks, self.more_smooth)
+        cfg = settings.uses_cfg
+        labels = cfg_labels(drafter, cond, cfg)
+        refiner.check_labels(labels)
+        B = labels.shape[0] // 2 if cfg else labels.shape[0]
+        _gens(generator, B)
+        device = labels.device
+        K = len(drafter.patch_nums)
+        stats = Stats()
+        rewind = None
+        if not self.reuse:
+            gens = _generators_to_rewind(generator, device)
+            rewind = [(g, g.get_state()) for g in gens]
+
+        with StepTimer(device) as timer:
+            t0 = _sync_time(device)
+            state = NextScaleState.start(quantizer, B, device)
+            cond_d, cache_d = drafter.condition(labels), drafter.new_cache(labels.shape[0])
+            for si in range(N):
+                run_scale(drafter, quantizer, cond_d, cache_d, state, si, settings, generator)
+                stats.forward_passes += 1
+            del cache_d  # the refiner cannot use the drafter's K/V (different width); free it first
+            t1 = _sync_time(device)
+
+            cond_r, cache_r = refiner.condition(labels), refiner.new_cache(labels.shape[0])
+            refiner_passes = 1
+            if self.reuse:
+                # one batched prefill of the drafted scales: K/V only, no head, no draws
+                refiner.forward_scales(cond_r, state.inputs_for(0, N, cfg), cache_r, 0, N, logits_from=None)
+                prefill_tokens = drafter.begin_ends[N - 1][1]
+                first_cached = N
+            else:
+                for g, s in rewind:  # upstream reseeds the refiner's generator with the drafter's seed
+                    g.set_state(s)
+                logits = refiner.forward_scales(cond_r, state.inputs_for(0, N + 1, cfg), cache_r, 0, N + 1, logits_from=0)
+                cond_half = logits[:B]
+                for a in range(N):  # upstream's throw-away draws: they only advance the generator
+                    lo, hi = drafter.begin_ends[a]
+                    draw_tokens(var_filter(cond_half[:, lo:hi], settings.top_k[a], settings.top_p), settings.temperature[a], generator)
+                lo, hi = drafter.begin_ends[N]
+                commit_scale(quantizer, state, N, guide(logits[:, lo:hi], settings.guidance[N], cfg), settings, generator)
+                prefill_tokens = hi
+                first_cached = N + 1
+            for si in range(first_cached, K):
+                run_scale(refiner, quantizer, cond_r, cache_r, state, si, settings, generator)
+                refiner_passes += 1
+            tokens = torch.cat(state.tokens, dim=1)
+            t2 = _sync_time(device)
+
+        stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
+        fill_stats(stats, drafter.patch_nums, B, device)
+        stats.extra.update(
+            draft_steps=N, reuse=self.reuse, drafter_forward_passes=stats.forward_passes,
+            refiner_forward_passes=refiner_passes, refiner_prefill_tokens=prefill_tokens,
+            drafter_seconds=t1 - t0, refiner_seconds=t2 - t1,
+            seconds_per_image=timer.seconds / B, peak_memory_bytes_per_image=timer.peak // B,
+        )
+        return GenerationOutput(tokens=tokens, stats=stats), state.f_hat

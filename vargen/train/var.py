@@ -1,0 +1,196 @@
+"""Training helpers for the VAR family: the multi-scale VQVAE, class-conditional VAR, and CoDe's
+specialised drafter / refiner fine-tuning (used for the small demo zoo; tested on tiny runs only).
+
+* VQVAE: upstream's tokenizer-training code is unreleased (research/var_code.md §4); here it is the
+  quantiser's own loss (codebook + beta * commitment, averaged over scales, straight-through f_hat)
+  plus an L2/L1 pixel reconstruction. No perceptual or GAN loss.
+* VAR: per-token cross-entropy over all L positions with uniform weight 1/L, labels dropped to the
+  null class with probability ``cond_drop_rate`` (CFG training), AdamW (betas 0.9/0.95, weight
+  decay 0.05 on matrices only), linear warm-up then cosine decay.
+* CoDe (research/var_code.md §2.3): the drafter is fine-tuned with cross-entropy on its scales
+  1..N only; the refiner is distilled from the large model's logits with
+  ``KL(softmax(t/T) || softmax(s/T)) * T**2`` (batch mean over tokens), first on all scales
+  (``draft_steps=0``), then only on scales N+1..K.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "vqvae_loss", "var_inputs", "var_loss", "code_drafter_loss", "distillation_kl", "code_refiner_loss",
+    "make_optimizer", "warmup_cosine", "train_vqvae", "train_var", "train_code_refiner",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses
+# ------------------------------------------------------------------------------------------------
+
+
+def vqvae_loss(vae, images: torch.Tensor, l1_weight: float = 0.0):
+    """(loss, parts) for one batch of images in [-1, 1]."""
+    recon, vq = vae(images)
+    rec = F.mse_loss(recon, images) + (l1_weight * F.l1_loss(recon, images) if l1_weight else 0.0)
+    return rec + vq, {"recon": float(rec.detach()), "vq": float(vq.detach())}
+
+
+@torch.no_grad()
+def var_inputs(vae, images: torch.Tensor):
+    """Targets [B, L] and teacher-forcing inputs [B, L - first_l, Cvae] from images (frozen VQVAE)."""
+    idx = vae.img_to_idx(images)
+    return torch.cat(idx, dim=1), vae.idx_to_var_input(idx)
+
+
+def _scale_slice(model, first_scale: int, last_scale: int | None = None) -> slice:
+    last_scale = len(model.patch_nums) if last_scale is None else last_scale
+    return slice(model.begin_ends[first_scale][0], model.begin_ends[last_scale - 1][1])
+
+
+def var_loss(model, labels, targets_BL, x_BLCv, generator=None, positions: slice | None = None) -> torch.Tensor:
+    """Cross-entropy of teacher-forced logits (label dropout happens inside ``model`` in train mode)."""
+    logits = model(labels, x_BLCv, generator=generator)
+    positions = positions or slice(None)
+    return F.cross_entropy(logits[:, positions].reshape(-1, logits.shape[-1]), targets_BL[:, positions].reshape(-1))
+
+
+def code_drafter_loss(drafter, labels, targets_BL, x_BLCv, draft_steps: int, generator=None) -> torch.Tensor:
+    """CoDe drafter specialisation: ground-truth cross-entropy on scales 0..N-1 only."""
+    return var_loss(drafter, labels, targets_BL, x_BLCv, generator, _scale_slice(drafter, 0, draft_steps))
+
+
+def distillation_kl(student_logits, teacher_logits, T: float = 1.0) -> torch.Tensor:
+    """``KL(p_teacher^T || p_student^T) * T**2``, averaged over tokens (rows of the flattened logits)."""
+    V = student_logits.shape[-1]
+    log_s = F.log_softmax(student_logits.reshape(-1, V).float() / T, dim=-1)
+    log_t = F.log_softmax(teacher_logits.reshape(-1, V).float() / T, dim=-1)
+    return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * T**2
+
+
+def code_refiner_loss(refiner, teacher, labels, x_BLCv, draft_steps: int, T: float = 1.0, targets_BL=None,
+                      alpha: float = 1.0, generator=None) -> torch.Tensor:
+    """CoDe refiner specialisation: distil the teacher's logits on scales N..K-1 (``draft_steps=0``: all).
+
+    ``alpha < 1`` mixes in ground-truth cross-entropy: ``alpha * KD + (1 - alpha) * CE``. Label dropout
+    uses one shared draw so teacher and student see the same (possibly null) labels.
+    """
+    if not 0 <= draft_steps < len(refiner.patch_nums):
+        raise ValueError(f"draft_steps must be in 0..{len(refiner.patch_nums) - 1}, got {draft_steps}")
+    if tuple(refiner.patch_nums) != tuple(teacher.patch_nums):
+        raise ValueError("refiner and teacher have different patch_nums")
+    labels = refiner.check_labels(labels)
+    if refiner.training and refiner.config.cond_drop_rate > 0:
+        drop = torch.rand(labels.shape, generator=generator, device=labels.device) < refiner.config.cond_drop_rate
+        labels = torch.where(drop, torch.full_like(labels, refiner.num_classes), labels)
+    pos = _scale_slice(refiner, draft_steps)
+    K = len(refiner.patch_nums)
+    with torch.no_grad():
+        t_logits = teacher.forward_scales(teacher.condition(labels), x_BLCv, None, 0, K, logits_from=0)[:, pos]
+    s_logits = refiner.forward_scales(refiner.condition(labels), x_BLCv, None, 0, K, logits_from=0)[:, pos]
+    loss = distillation_kl(s_logits, t_logits, T)
+    if alpha < 1:
+        if targets_BL is None:
+            raise ValueError("alpha < 1 mixes in cross-entropy and needs targets_BL")
+        ce = F.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]), targets_BL[:, pos].reshape(-1))
+        loss = alpha * loss + (1 - alpha) * ce
+    return loss
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimiser and schedule
+# ------------------------------------------------------------------------------------------------
+
+
+def make_optimizer(model, lr: float = 1e-4, weight_decay: float = 0.05, betas=(0.9, 0.95)) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only (not on biases, gains, embeddings of positions)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "pos_" in name or "scale_mul" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
+
+
+def warmup_cosine(optimizer, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0):
+    """Linear warm-up to the base lr, then cosine decay to ``min_ratio`` of it."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _loop(model, batches: Iterable, steps: int, lr: float, warmup: int, grad_clip: float, loss_fn) -> list[float]:
+    opt = make_optimizer(model, lr)
+    sched = warmup_cosine(opt, steps, warmup)
+    losses = []
+    it = iter(batches)
+    for _ in range(steps):
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(batches)
+            batch = next(it)
+        loss = loss_fn(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+# ------------------------------------------------------------------------------------------------
+# Loops (batches: an iterable of (images in [-1, 1], labels); re-iterated when exhausted)
+# ------------------------------------------------------------------------------------------------
+
+
+def train_vqvae(vae, batches: Iterable, steps: int, lr: float = 2e-4, warmup: int = 0, grad_clip: float = 2.0) -> list[float]:
+    vae.train().requires_grad_(True)
+    losses = _loop(vae, batches, steps, lr, warmup, grad_clip, lambda b: vqvae_loss(vae, b[0])[0])
+    vae.eval().requires_grad_(False)
+    return losses
+
+
+def train_var(model, vae, batches: Iterable, steps: int, lr: float = 1e-4, warmup: int = 0, grad_clip: float = 2.0,
+              draft_steps: int | None = None, generator=None) -> list[float]:
+    """Class-conditional VAR training; ``draft_steps=N`` gives CoDe's drafter specialisation (CE on scales < N)."""
+    vae.eval()
+
+    def loss_fn(batch):
+        images, labels = batch
+        targets, x = var_inputs(vae, images)
+        if draft_steps is not None:
+            return code_drafter_loss(model, labels, targets, x, draft_steps, generator)
+        return var_loss(model, labels, targets, x, generator)
+
+    model.train()
+    losses = _loop(model, batches, steps, lr, warmup, grad_clip, loss_fn)
+    model.eval()
+    return losses
+
+
+def train_code_refiner(refiner, teacher, vae, batches: Iterable, steps: int, draft_steps: int, T: float = 1.0,
+                       lr: float = 1e-4, warmup: int = 0, grad_clip: float = 2.0, alpha: float = 1.0, generator=None) -> list[float]:
+    """CoDe refiner specialisation by distillation from ``teacher`` on scales >= draft_steps (0: all scales)."""
+    vae.eval()
+    teacher.eval()
+
+    def loss_fn(batch):
+        images, labels = batch
+        targets, x = var_inputs(vae, images)
+        return code_refiner_loss(refiner, teacher, labels, x, draft_steps, T, targets, alpha, generator)
+
+    refiner.train()
+    losses = _loop(refiner, batches, steps, lr, warmup, grad_clip, loss_fn)
+    refiner.eval()
+    return losses
