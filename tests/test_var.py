@@ -340,7 +340,7 @@ def test_per_scale_temperature_and_more_smooth(fx):
 def test_sampler_rejects_bad_input_before_work(fx):
     s = VARSampler()
     g = torch.Generator().manual_seed(0)
-    with pytest.raises(ValueError, match="class label 11 out of range"):
+    with pytest.raises(ValueError, match=f"class label {fx.var.num_classes + 1} out of range"):
         s.sample(fx.var, [1, fx.var.num_classes + 1], SamplingConfig(), g)
     with pytest.raises(ValueError, match="class label -1"):
         s.sample(fx.var, [-1], SamplingConfig(), g)
@@ -398,3 +398,20 @@ def test_vqvae_training_step_reduces_loss(fx):
         after = float(vqvae_loss(vae, images)[0])
     assert after < before
     assert not vae.training and not any(p.requires_grad for p in vae.parameters())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fp16_autocast_sampling(fx):
+    var = VAR(fx.var.config, init=False)
+    var.load_state_dict(fx.var.state_dict())
+    vae = MultiScaleVQVAE(fx.vae.config)
+    vae.load_state_dict(fx.vae.state_dict())
+    var.cuda().attach_vae(vae.cuda())
+    call = fx.m["greedy_call"]
+    config = SamplingConfig(temperature=0.0, top_p=1.0, cfg_scale=cfg_scale(call["cfg"]))
+    with torch.autocast("cuda", dtype=torch.float16):
+        assert var.new_cache(2).k.dtype == torch.float16  # K/V cached in the compute dtype
+        out = VARSampler().sample(var, fx.T["infer_label_B"].cuda(), config, torch.Generator("cuda").manual_seed(0))
+    agree = (out.tokens.cpu() == fx.T["greedy_idx_BL"]).float().mean()
+    assert agree > 0.8 and out.stats.peak_memory_bytes > 0

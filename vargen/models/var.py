@@ -12,7 +12,7 @@ compute dtype, the AdaLN projections computed once per call, no device-bound gen
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -521,7 +521,3 @@ def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str = "chec
             msg.append(f"{len(shapes)} shape mismatch(es), first: {'; '.join(shapes[:3])}")
         raise ValueError(" ".join(msg))
     model.load_state_dict(sd, strict=True, assign=assign)
-
-
-def config_dict(config: VARConfig) -> dict:
-    return asdict(config)

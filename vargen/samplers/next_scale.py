@@ -14,7 +14,6 @@ randomness independent of the rest of the batch.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -251,9 +250,3 @@ class VARSampler:
         stats.extra.update(seconds_per_image=timer.seconds / B, peak_memory_bytes_per_image=timer.peak // B,
                            kv_cache_bytes=cache.k.numel() * cache.k.element_size() * 2)
         return GenerationOutput(tokens=tokens, stats=stats), state.f_hat
-
-
-def _now(device) -> float:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
