@@ -1,0 +1,703 @@
+"""MAR: masked autoregressive image generation with a diffusion head (Li et al. 2024, arXiv 2406.11838).
+
+Layout and key names follow LTH14/mar (research/cspd_mar.md §1):
+
+* **Encoder** (MAE style): tokens -> ``z_proj``; ``buffer_size`` leading slots hold the class embedding;
+  learned position embedding; ``z_proj_ln``; masked positions are *dropped*; ViT blocks; ``encoder_norm``.
+* **Decoder**: ``decoder_embed``; scatter back into a full sequence of ``mask_token``; position embedding;
+  ViT blocks; ``decoder_norm``; drop the buffer; add ``diffusion_pos_embed_learned``. The result at
+  position i is the condition z_i of the diffusion head.
+* **DiffLoss** (``MAR.diffloss``): an AdaLN MLP predicting [eps | v] for a 1000-step cosine DDPM with
+  learned-range variance (Nichol & Dhariwal 2021, eq. 15); sampling uses ``num_sampling_steps`` respaced
+  ancestral steps with MAR's temperature on the noise; CFG mixes the eps channels only.
+
+Every random draw (masking ratio, orders, label drop, diffusion noise) comes from a caller-supplied
+``torch.Generator`` or from caller-supplied tensors. Only dropout (training) uses torch's global RNG.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import load_strict, read_state_dict
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MARConfig:
+    """The official ``MAR(...)`` constructor arguments, by their official names.
+
+    ``norm_layer`` is accepted for compatibility and ignored: every official factory uses
+    ``LayerNorm(eps=1e-6)``. ``grad_checkpointing`` is accepted and only affects training memory.
+    """
+
+    img_size: int = 256
+    vae_stride: int = 16
+    patch_size: int = 1
+    encoder_embed_dim: int = 1024
+    encoder_depth: int = 16
+    encoder_num_heads: int = 16
+    decoder_embed_dim: int = 1024
+    decoder_depth: int = 16
+    decoder_num_heads: int = 16
+    mlp_ratio: float = 4.0
+    norm_layer: Any = None
+    vae_embed_dim: int = 16
+    mask_ratio_min: float = 0.7
+    label_drop_prob: float = 0.1
+    class_num: int = 1000
+    attn_dropout: float = 0.1
+    proj_dropout: float = 0.1
+    buffer_size: int = 64
+    diffloss_d: int = 3
+    diffloss_w: int = 1024
+    num_sampling_steps: str = "100"
+    diffusion_batch_mul: int = 4
+    grad_checkpointing: bool = False
+
+    @classmethod
+    def from_dict(cls, args: dict[str, Any]) -> "MARConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ValueError(f"unknown MAR constructor arguments: {unknown}")
+        return cls(**args)
+
+    @property
+    def seq_h(self) -> int:
+        return self.img_size // self.vae_stride // self.patch_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.seq_h * self.seq_h
+
+    @property
+    def token_embed_dim(self) -> int:
+        return self.vae_embed_dim * self.patch_size**2
+
+
+# The official factories; DiffLoss sizes are those of the README evaluation commands.
+PRESETS: dict[str, dict[str, Any]] = {
+    "mar_base": dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, decoder_embed_dim=768,
+                     decoder_depth=12, decoder_num_heads=12, diffloss_d=6, diffloss_w=1024),
+    "mar_large": dict(encoder_embed_dim=1024, encoder_depth=16, encoder_num_heads=16, decoder_embed_dim=1024,
+                      decoder_depth=16, decoder_num_heads=16, diffloss_d=8, diffloss_w=1280),
+    "mar_huge": dict(encoder_embed_dim=1280, encoder_depth=20, encoder_num_heads=16, decoder_embed_dim=1280,
+                     decoder_depth=20, decoder_num_heads=16, diffloss_d=12, diffloss_w=1536),
+}
+
+
+def preset(name: str, **overrides: Any) -> MARConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown MAR preset {name!r}; available: {', '.join(PRESETS)}")
+    return MARConfig(**{**PRESETS[name], **overrides})
+
+
+# ----------------------------------------------------------------------------------------------
+# Diffusion schedule (IDDPM / DiT conventions, float64 like the official numpy code)
+# ----------------------------------------------------------------------------------------------
+
+
+def cosine_betas(num_steps: int = 1000, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal's cosine schedule, alpha_bar(t) = cos²((t + 0.008) / 1.008 · π/2)."""
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    return torch.tensor([min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), max_beta)
+                         for i in range(num_steps)], dtype=torch.float64, device="cpu")
+
+
+def space_timesteps(num_timesteps: int, section_counts: str | int | list[int]) -> list[int]:
+    """IDDPM respacing: split [0, T) into sections and take evenly strided steps from each (round-half-even)."""
+    if isinstance(section_counts, str):
+        section_counts = [num_timesteps] if section_counts == "" else [int(x) for x in section_counts.split(",")]
+    elif isinstance(section_counts, int):
+        section_counts = [section_counts]
+    size_per, extra = divmod(num_timesteps, len(section_counts))
+    start, steps = 0, []
+    for i, count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < count:
+            raise ValueError(f"cannot take {count} steps from a section of {size} timesteps")
+        stride = 1 if count <= 1 else (size - 1) / (count - 1)
+        steps += [start + round(k * stride) for k in range(count)] if count > 1 else [start]
+        start += size
+    return sorted(set(steps))
+
+
+class Diffusion:
+    """Constants of a (possibly respaced) Gaussian diffusion, float64, indexed by (spaced) step.
+
+    ``timestep_map[i]`` is the original 0..999 timestep the network sees at spaced index i.
+    """
+
+    def __init__(self, base_betas: torch.Tensor, use_timesteps: list[int]):
+        base_ac = torch.cumprod(1.0 - base_betas, dim=0)
+        betas, last = [], 1.0
+        for t in use_timesteps:  # respaced betas keep alpha_bar at the kept steps
+            betas.append(1.0 - base_ac[t].item() / last)
+            last = base_ac[t].item()
+        b = torch.tensor(betas, dtype=torch.float64, device="cpu")
+        self.timestep_map = torch.tensor(use_timesteps, dtype=torch.long, device="cpu")
+        self.num_timesteps = len(b)
+        self.betas = b
+        self.alphas_cumprod = torch.cumprod(1.0 - b, dim=0)
+        self.alphas_cumprod_prev = torch.cat([b.new_ones(1), self.alphas_cumprod[:-1]])
+        ac, ac_prev = self.alphas_cumprod, self.alphas_cumprod_prev
+        self.sqrt_alphas_cumprod = ac.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - ac).sqrt()
+        self.sqrt_recip_alphas_cumprod = (1.0 / ac).sqrt()
+        self.sqrt_recipm1_alphas_cumprod = (1.0 / ac - 1).sqrt()
+        self.posterior_variance = b * (1.0 - ac_prev) / (1.0 - ac)
+        # the posterior variance is 0 at step 0: its log is copied from step 1 (IDDPM)
+        pv = self.posterior_variance
+        self.posterior_log_variance_clipped = torch.cat([pv[1:2], pv[1:]]).log() if len(pv) > 1 else pv.log()
+        self.posterior_mean_coef1 = b * ac_prev.sqrt() / (1.0 - ac)
+        self.posterior_mean_coef2 = (1.0 - ac_prev) * (1.0 - b).sqrt() / (1.0 - ac)
+        self.log_betas = b.log()
+        self._f32: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    @classmethod
+    def create(cls, respacing: str = "", steps: int = 1000) -> "Diffusion":
+        return cls(cosine_betas(steps), space_timesteps(steps, respacing))
+
+    def const(self, name: str, index: torch.Tensor) -> torch.Tensor:
+        """``name[index]`` cast to float32 (the official ``_extract_into_tensor``), shaped [N, 1]."""
+        key = (name, index.device)
+        if key not in self._f32:
+            self._f32[key] = getattr(self, name).float().to(index.device)
+        return self._f32[key][index].unsqueeze(-1)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.const("sqrt_alphas_cumprod", t) * x0 + self.const("sqrt_one_minus_alphas_cumprod", t) * noise
+
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        mean = self.const("posterior_mean_coef1", t) * x0 + self.const("posterior_mean_coef2", t) * x_t
+        return mean, self.const("posterior_log_variance_clipped", t)
+
+    def p_mean_variance(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, v: torch.Tensor):
+        """Reverse step p(x_{t-1} | x_t) from the network's eps and variance value v in [-1, 1].
+
+        log σ² = frac · log β_t + (1 - frac) · log β̃_t with frac = (v + 1) / 2 (IDDPM eq. 15).
+        Returns (mean, log_variance, pred_xstart); no clipping, as in MAR.
+        """
+        frac = (v + 1) / 2
+        log_var = frac * self.const("log_betas", t) + (1 - frac) * self.const("posterior_log_variance_clipped", t)
+        pred_x0 = self.const("sqrt_recip_alphas_cumprod", t) * x - self.const("sqrt_recipm1_alphas_cumprod", t) * eps
+        mean, _ = self.q_posterior(pred_x0, x, t)
+        return mean, log_var, pred_x0
+
+
+# ----------------------------------------------------------------------------------------------
+# DiffLoss head
+# ----------------------------------------------------------------------------------------------
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of (original-scale) timesteps: cosine half first, then sine half."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
+    args = t[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1) if dim % 2 else emb
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, width: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_features(t, self.freq_dim))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.in_ln = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
+        return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, width: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(width, out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class SimpleMLPAdaLN(nn.Module):
+    """The DiffLoss network: (x_t, t, z) -> [eps | v], 2C channels."""
+
+    def __init__(self, in_channels: int, width: int, out_channels: int, z_channels: int, depth: int):
+        super().__init__()
+        self.in_channels = in_channels
+        self.time_embed = TimestepEmbedder(width)
+        self.cond_embed = nn.Linear(z_channels, width)
+        self.input_proj = nn.Linear(in_channels, width)
+        self.res_blocks = nn.ModuleList(ResBlock(width) for _ in range(depth))
+        self.final_layer = FinalLayer(width, out_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
+        for layer in [b.adaLN_modulation[-1] for b in self.res_blocks] + [self.final_layer.adaLN_modulation[-1],
+                                                                         self.final_layer.linear]:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        x = self.input_proj(x)
+        y = self.time_embed(t) + self.cond_embed(c)
+        for block in self.res_blocks:
+            x = block(x, y)
+        return self.final_layer(x, y)
+
+    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+        """Rows laid out [cond; uncond]; both halves see the cond half's x. Only eps is guided."""
+        half = x[: len(x) // 2]
+        out = self.forward(torch.cat([half, half]), t, c)
+        eps, rest = out[:, : self.in_channels], out[:, self.in_channels:]
+        cond, uncond = eps.chunk(2)
+        guided = uncond + cfg_scale * (cond - uncond)
+        return torch.cat([torch.cat([guided, guided]), rest], dim=1)
+
+
+@dataclass
+class DenoiseTrace:
+    """What one ancestral diffusion run produced, per row.
+
+    sample: the output x_0 (the last step adds no noise, so it equals ``final_mean``).
+    inputs: the S inputs of the reverse steps in call order (x_S first, x_1 last), ``[S, R, C]``,
+        kept when asked for; ``x1`` is always kept.
+    final_log_variance: log σ² of the last (index 0) reverse step, without temperature.
+    log_std_sum: Σ over the stochastic steps (index ≥ 1) of ½ log σ², without temperature, ``[R, C]``.
+    log_prob: log density of the stochastic steps' draws (index ≥ 1) under the temperature-scaled
+        reverse Gaussians, ``[R]`` (x_S's prior term left out: it is the same for every model).
+    """
+
+    sample: torch.Tensor
+    x1: torch.Tensor
+    final_log_variance: torch.Tensor
+    log_std_sum: torch.Tensor
+    log_prob: torch.Tensor
+    inputs: torch.Tensor | None = None
+
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, exp(log_std)²) summed over the last dim."""
+    z = (x - mean) * torch.exp(-log_std)
+    return (-0.5 * z.square() - log_std - 0.5 * LOG_2PI).sum(-1)
+
+
+class DiffLoss(nn.Module):
+    """MAR's diffusion head: ``net`` plus the training (1000-step) and sampling (respaced) schedules."""
+
+    def __init__(self, target_channels: int, z_channels: int, depth: int, width: int, num_sampling_steps: str):
+        super().__init__()
+        self.in_channels = target_channels
+        self.net = SimpleMLPAdaLN(target_channels, width, 2 * target_channels, z_channels, depth)
+        self.train_diffusion = Diffusion.create("")
+        self.gen_diffusion = Diffusion.create(str(num_sampling_steps))
+
+    @property
+    def num_sampling_steps(self) -> int:
+        return self.gen_diffusion.num_timesteps
+
+    # -- training -------------------------------------------------------------------------------
+    def forward(self, target: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss: eps MSE + variational bound for the learned variance (IDDPM hybrid loss)."""
+        d = self.train_diffusion
+        t = torch.randint(0, d.num_timesteps, (target.shape[0],), device=target.device, generator=generator)
+        noise = torch.randn(target.shape, device=target.device, dtype=target.dtype, generator=generator)
+        loss = self.loss_terms(target, z, t, noise)
+        if mask is not None:
+            return (loss * mask).sum() / mask.sum()
+        return loss.mean()
+
+    def loss_terms(self, x0: torch.Tensor, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        d = self.train_diffusion
+        x_t = d.q_sample(x0, t, noise)
+        eps, v = self.net(x_t, d.timestep_map.to(t.device)[t], z).split(self.in_channels, dim=1)
+        mse = (noise - eps).square().mean(-1)
+        # the VB term trains only the variance: eps is frozen inside it (IDDPM §3.1)
+        true_mean, true_log_var = d.q_posterior(x0, x_t, t)
+        mean, log_var, _ = d.p_mean_variance(x_t, t, eps.detach(), v)
+        kl = 0.5 * (-1.0 + log_var - true_log_var + torch.exp(true_log_var - log_var)
+                    + (true_mean - mean).square() * torch.exp(-log_var))
+        nll = -_discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)
+        vb = torch.where(t[:, None] == 0, nll, kl).mean(-1) / math.log(2.0)
+        return mse + vb
+
+    # -- sampling -------------------------------------------------------------------------------
+    def reverse_step(self, x: torch.Tensor, index: torch.Tensor, c: torch.Tensor, cfg: float | torch.Tensor = 1.0,
+                     guided: bool | None = None):
+        """(mean, log_variance, pred_xstart) of p(x_{i-1} | x_i) at spaced indices ``index`` [R].
+
+        Guided (default: ``cfg != 1``) rows are [cond; uncond] and ``c`` carries both conditions; ``cfg``
+        may then be a per-row tensor [R/2, 1].
+        """
+        d = self.gen_diffusion
+        t = d.timestep_map.to(x.device)[index]
+        guided = (cfg != 1.0) if guided is None else guided
+        out = self.net.forward_with_cfg(x, t, c, cfg) if guided else self.net(x, t, c)
+        eps, v = out.split(self.in_channels, dim=1)
+        return d.p_mean_variance(x, index, eps, v)
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0, noise: torch.Tensor | None = None,
+               step_noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               trace: bool = False, keep_inputs: bool = False):
+        """Ancestral sampling, as MAR's ``DiffLoss.sample``; returns [R, C] (or a :class:`DenoiseTrace`).
+
+        ``noise`` is x_T for the cond rows ([R/2, C] with CFG, duplicated for the uncond half, as in MAR;
+        [R, C] without); it is not scaled by temperature. ``step_noise`` is ``[S, R, C]`` in call order
+        (entry j is used at spaced index S-1-j; the last one is multiplied by zero). Whatever is not
+        given is drawn from ``generator`` in the official order: x_T first, then one draw per step.
+        """
+        rows, C = z.shape[0], self.in_channels
+        guided = cfg != 1.0
+        if guided and rows % 2:
+            raise ValueError("with CFG the condition rows must be [cond; uncond] (an even number)")
+        S = self.gen_diffusion.num_timesteps
+        if step_noise is not None and tuple(step_noise.shape) != (S, rows, C):
+            raise ValueError(f"step_noise must be [{S}, {rows}, {C}], got {tuple(step_noise.shape)}")
+        kw = dict(device=z.device, dtype=z.dtype, generator=generator)
+        if noise is None:
+            noise = torch.randn(rows // 2 if guided else rows, C, **kw)
+        x = torch.cat([noise, noise]) if guided and noise.shape[0] * 2 == rows else noise
+        log_std_sum = torch.zeros(rows, C, device=z.device, dtype=z.dtype)
+        log_prob = torch.zeros(rows, device=z.device, dtype=z.dtype)
+        inputs = [] if keep_inputs else None
+        final_log_var = x1 = None
+        log_tau = math.log(temperature) if temperature > 0 else float("-inf")
+        for j in range(S):
+            i = S - 1 - j
+            if keep_inputs:
+                inputs.append(x)
+            mean, log_var, _ = self.reverse_step(x, torch.full((rows,), i, dtype=torch.long, device=z.device), z, cfg)
+            eps = step_noise[j] if step_noise is not None else torch.randn(rows, C, **kw)
+            if i == 0:
+                x1, final_log_var = x, log_var
+                x = mean  # + 0 · exp(½ log σ²) · eps · τ
+            else:
+                x = mean + torch.exp(0.5 * log_var) * eps * temperature
+                log_std_sum = log_std_sum + 0.5 * log_var
+                if trace:
+                    log_prob = log_prob + (-0.5 * eps.square() - 0.5 * log_var - log_tau - 0.5 * LOG_2PI).sum(-1)
+        if not trace:
+            return x
+        return DenoiseTrace(x, x1, final_log_var, log_std_sum, log_prob,
+                            torch.stack(inputs) if keep_inputs else None)
+
+    @torch.no_grad()
+    def path_log_prob(self, inputs: torch.Tensor, z: torch.Tensor, temperature: float,
+                      cfg: float | torch.Tensor = 1.0):
+        """Score a given reverse path under this head in one batched network call (all S steps at once).
+
+        ``inputs`` [S, N, C] are the step inputs x_S .. x_1 of the cond rows (``DenoiseTrace.inputs``);
+        ``z`` is [N, D], or [2N, D] = [cond; uncond] for guided rows, with ``cfg`` a float or [N] scales.
+        Returns (log_prob [N] of the draws x_{S-1} .. x_1 under the temperature-scaled reverse Gaussians,
+        final_mean [N, C] and final_log_variance [N, C] of the last (index 0) step at x_1).
+        """
+        S, N, C = inputs.shape
+        index = torch.arange(S - 1, -1, -1, device=z.device).repeat_interleave(N)  # call order S-1 .. 0
+        x = inputs.reshape(S * N, C)
+        if z.shape[0] == N:
+            mean, log_var, _ = self.reverse_step(x, index, z.repeat(S, 1), guided=False)
+        else:
+            cond, uncond = z.chunk(2)
+            c = torch.cat([cond.repeat(S, 1), uncond.repeat(S, 1)])
+            if isinstance(cfg, torch.Tensor):
+                cfg = cfg.reshape(1, N, 1).expand(S, N, 1).reshape(S * N, 1).to(x.dtype)
+            mean, log_var, _ = self.reverse_step(torch.cat([x, x]), torch.cat([index, index]), c, cfg, guided=True)
+            mean, log_var = mean[: S * N], log_var[: S * N]
+        mean, log_var = mean.reshape(S, N, C), log_var.reshape(S, N, C)
+        # the draw of step k (input inputs[k]) is inputs[k + 1], for the S-1 stochastic steps
+        log_std = 0.5 * log_var[:-1] + math.log(temperature)
+        log_prob = gaussian_log_prob(inputs[1:], mean[:-1], log_std).sum(0)
+        return log_prob, mean[-1], log_var[-1]
+
+
+def _approx_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def _discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """IDDPM's decoder NLL term (bins of width 2/255 on [-1, 1]), used as-is by MAR at t = 0."""
+    centered, inv_std = x - mean, torch.exp(-log_scale)
+    cdf_plus = _approx_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+    cdf_min = _approx_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+    log_cdf_plus = cdf_plus.clamp(min=1e-12).log()
+    log_one_minus_cdf_min = (1.0 - cdf_min).clamp(min=1e-12).log()
+    log_delta = (cdf_plus - cdf_min).clamp(min=1e-12).log()
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+# ----------------------------------------------------------------------------------------------
+# Transformer (timm ViT Block layout and key names)
+# ----------------------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, attn_drop: float, proj_drop: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-LN ViT block (timm ``Block`` with qkv bias, no layer-scale, no drop-path)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, attn_drop, proj_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# MAR
+# ----------------------------------------------------------------------------------------------
+
+
+class MAR(nn.Module):
+    """MAR with official key names. ``condition(tokens, mask, labels)`` gives z; ``diffloss`` is the head."""
+
+    def __init__(self, config: MARConfig | None = None, **kwargs: Any):
+        super().__init__()
+        if config is None:
+            config = MARConfig.from_dict(kwargs)
+        elif kwargs:
+            raise ValueError("pass either a MARConfig or constructor keywords, not both")
+        if config.encoder_embed_dim % config.encoder_num_heads or config.decoder_embed_dim % config.decoder_num_heads:
+            raise ValueError("embed dims must be divisible by the number of heads")
+        self.config = cfg = config
+        self.seq_h = self.seq_w = cfg.seq_h
+        self.seq_len = cfg.seq_len
+        self.token_embed_dim = cfg.token_embed_dim
+        self.num_classes = cfg.class_num
+        self.buffer_size = cfg.buffer_size
+        D, Dd = cfg.encoder_embed_dim, cfg.decoder_embed_dim
+        blocks = lambda dim, depth, heads: nn.ModuleList(  # noqa: E731
+            Block(dim, heads, cfg.mlp_ratio, cfg.attn_dropout, cfg.proj_dropout) for _ in range(depth))
+
+        self.class_emb = nn.Embedding(cfg.class_num, D)
+        self.fake_latent = nn.Parameter(torch.zeros(1, D))
+        self.z_proj = nn.Linear(self.token_embed_dim, D)
+        self.z_proj_ln = nn.LayerNorm(D, eps=1e-6)
+        self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, self.seq_len + self.buffer_size, D))
+        self.encoder_blocks = blocks(D, cfg.encoder_depth, cfg.encoder_num_heads)
+        self.encoder_norm = nn.LayerNorm(D, eps=1e-6)
+
+        self.decoder_embed = nn.Linear(D, Dd)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
+        self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, self.seq_len + self.buffer_size, Dd))
+        self.decoder_blocks = blocks(Dd, cfg.decoder_depth, cfg.decoder_num_heads)
+        self.decoder_norm = nn.LayerNorm(Dd, eps=1e-6)
+        self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, self.seq_len, Dd))
+        self.initialize_weights()
+
+        self.diffloss = DiffLoss(self.token_embed_dim, Dd, cfg.diffloss_d, cfg.diffloss_w, cfg.num_sampling_steps)
+        self.diffusion_batch_mul = cfg.diffusion_batch_mul
+
+    def initialize_weights(self) -> None:
+        for p in (self.class_emb.weight, self.fake_latent, self.mask_token, self.encoder_pos_embed_learned,
+                  self.decoder_pos_embed_learned, self.diffusion_pos_embed_learned):
+            nn.init.normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str, config: MARConfig | str = "mar_base", ema: bool = True) -> "MAR":
+        """Build a preset (or config) and load an official ``checkpoint-last.pth`` strictly (EMA by default)."""
+        model = cls(preset(config) if isinstance(config, str) else config)
+        return model.load_checkpoint(path, ema=ema)
+
+    def load_checkpoint(self, path: str, ema: bool = True) -> "MAR":
+        prefer = ("model_ema", "model") if ema else ("model", "model_ema")
+        load_strict(self, read_state_dict(path, prefer=prefer), "MAR",
+                    hint="the checkpoint's size does not match this config: mar_base/large/huge need "
+                         "preset('mar_base'|'mar_large'|'mar_huge') (DiffLoss 6x1024, 8x1280, 12x1536)")
+        return self
+
+    # -- layout ---------------------------------------------------------------------------------
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] latents -> [B, L, C·p·p] tokens (channel-major within a patch)."""
+        B, C, H, W = x.shape
+        p = self.config.patch_size
+        x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(B, (H // p) * (W // p), C * p * p)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        B, p, C, h = x.shape[0], self.config.patch_size, self.config.vae_embed_dim, self.seq_h
+        x = x.reshape(B, h, h, C, p, p).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(B, C, h * p, h * p)
+
+    # -- the transformer ------------------------------------------------------------------------
+    def class_embedding(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor:
+        if labels is None:
+            return self.fake_latent.expand(batch, -1)
+        self.check_labels(labels)
+        return self.class_emb(labels)
+
+    def check_labels(self, labels: torch.Tensor) -> None:
+        if labels.dtype not in (torch.int32, torch.int64) or labels.dim() != 1:
+            raise ValueError(f"labels must be a 1-D integer tensor, got {labels.dtype} of shape {tuple(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"class labels must be in [0, {self.num_classes}), got {labels.tolist()}")
+
+    def forward_mae_encoder(self, x: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
+        x = self.z_proj(x)
+        B, L, D = x.shape
+        x = torch.cat([class_embedding[:, None].expand(B, self.buffer_size, D).to(x.dtype), x], dim=1)
+        x = self.z_proj_ln(x + self.encoder_pos_embed_learned)
+        keep = torch.cat([mask.new_zeros(B, self.buffer_size), mask], dim=1) == 0
+        x = x[keep].reshape(B, -1, D)  # drop masked positions (equal counts per row)
+        for blk in self.encoder_blocks:
+            x = blk(x)
+        return self.encoder_norm(x)
+
+    def forward_mae_decoder(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.decoder_embed(x)
+        B = x.shape[0]
+        keep = torch.cat([mask.new_zeros(B, self.buffer_size), mask], dim=1) == 0
+        full = self.mask_token.to(x.dtype).expand(B, keep.shape[1], -1).clone()
+        full[keep] = x.reshape(-1, x.shape[-1])
+        x = full + self.decoder_pos_embed_learned
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = self.decoder_norm(x)
+        return x[:, self.buffer_size:] + self.diffusion_pos_embed_learned
+
+    def condition(self, tokens: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None,
+                  cfg: bool = False) -> torch.Tensor:
+        """z [B, L, D'] for every position (encoder + decoder). 1 in ``mask`` = still to generate.
+
+        ``cfg=True`` returns [2B, L, D']: rows [0, B) with ``labels``, rows [B, 2B) with the learned
+        null class (``fake_latent``), same tokens and mask. ``labels=None`` means unconditional.
+        """
+        B, L, C = tokens.shape
+        if L != self.seq_len or C != self.token_embed_dim:
+            raise ValueError(f"tokens must be [B, {self.seq_len}, {self.token_embed_dim}], got {tuple(tokens.shape)}")
+        if mask.shape != (B, L):
+            raise ValueError(f"mask must be [B, L] = [{B}, {L}], got {tuple(mask.shape)}")
+        counts = mask.sum(-1)
+        if B and not bool((counts == counts[0]).all()):
+            raise ValueError("every row must have the same number of masked positions (MAR's encoder drops them)")
+        if labels is not None and labels.shape[0] != B:
+            raise ValueError(f"got {labels.shape[0]} labels for {B} rows")
+        mask = mask.to(tokens.dtype)
+        emb = self.class_embedding(labels, B)
+        if cfg:
+            tokens, mask = torch.cat([tokens, tokens]), torch.cat([mask, mask])
+            emb = torch.cat([emb, self.fake_latent.expand(B, -1)])
+        return self.forward_mae_decoder(self.forward_mae_encoder(tokens, mask, emb), mask)
+
+    # -- training -------------------------------------------------------------------------------
+    def sample_orders(self, batch: int, generator: torch.Generator | None = None,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+        """One random generation order (a permutation of 0..L-1) per row."""
+        device = device or self.fake_latent.device
+        gdev = generator.device if generator is not None else "cpu"
+        return torch.stack([torch.randperm(self.seq_len, generator=generator, device=gdev)
+                            for _ in range(batch)]).to(device)
+
+    def mask_ratio(self, generator: torch.Generator | None = None) -> float:
+        """One masking ratio per batch: N(1, 0.25²) truncated to [mask_ratio_min, 1] (inverse-CDF draw)."""
+        from scipy.stats import truncnorm
+
+        u = torch.rand((), dtype=torch.float64, generator=generator).item()
+        a = (self.config.mask_ratio_min - 1.0) / 0.25
+        return float(truncnorm.ppf(u, a, 0.0, loc=1.0, scale=0.25))
+
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
+                orders: torch.Tensor | None = None) -> torch.Tensor:
+        """Training loss for VAE latents ``[B, C, h, w]`` (already scaled by 0.2325) and labels."""
+        self.check_labels(labels)
+        x = self.patchify(latents)
+        B, L, _ = x.shape
+        target = x.detach()
+        if orders is None:
+            orders = self.sample_orders(B, generator, x.device)
+        num_masked = int(math.ceil(L * self.mask_ratio(generator)))
+        mask = torch.zeros(B, L, device=x.device).scatter(-1, orders[:, :num_masked], 1.0)
+        emb = self.class_emb(labels)
+        if self.training and self.config.label_drop_prob > 0:  # label dropout trains the CFG null class
+            gdev = generator.device if generator is not None else "cpu"
+            drop = (torch.rand(B, generator=generator, device=gdev) < self.config.label_drop_prob).to(x.device)
+            emb = torch.where(drop[:, None], self.fake_latent.expand(B, -1), emb)
+        z = self.forward_mae_decoder(self.forward_mae_encoder(x, mask, emb), mask)
+        m = self.diffusion_batch_mul
+        return self.diffloss(target.reshape(B * L, -1).repeat(m, 1), z.reshape(B * L, -1).repeat(m, 1),
+                             mask.reshape(B * L).repeat(m), generator=generator)
+
+
+def load_mar(path: str, name: str = "mar_base", ema: bool = True) -> MAR:
+    """``mar_base`` / ``mar_large`` / ``mar_huge`` from an official checkpoint (EMA weights by default)."""
+    return MAR.from_pretrained(path, name, ema=ema).eval()
+
+
+__all__ = ["MARConfig", "MAR", "DiffLoss", "Diffusion", "DenoiseTrace", "PRESETS", "preset", "load_mar"]
