@@ -344,7 +344,9 @@ class GPT(nn.Module):
     def _rope(self, positions: torch.Tensor) -> torch.Tensor:
         if self.rope.device != positions.device:
             self.rope = self.rope.to(positions.device)
-        return self.rope[positions]
+        # positions past the grid only occur in fixed-shape speculative windows that overrun the end;
+        # their outputs are never used and, being later in the sequence, cannot affect earlier ones
+        return self.rope[positions.clamp(max=self.rope.shape[0] - 1)]
 
     # -- conditions -------------------------------------------------------------------------------
     def check_cond(self, cond: torch.Tensor) -> None:
