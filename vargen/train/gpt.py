@@ -1,0 +1,153 @@
+"""Train a class-conditional LlamaGen GPT on the tokens of a trained VQ tokenizer.
+
+LlamaGen's recipe (research/llamagen.md §1.9): cross-entropy over all image tokens with input
+``[class] + tokens[:-1]``, class dropout to the null class for CFG, AdamW (betas 0.9/0.95, wd 0.05),
+gradient clipping 1.0, a cosine schedule; the training set is tokenised once, with horizontal flips
+as the augmentation (upstream pre-extracts ten-crop + flip codes).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..models.llamagen import GPT, GPTConfig, gpt_config
+from ..tokenizers.llamagen_vq import VQConfig, VQModel, load_vq_weights
+from .common import EMA, Progress, cosine_lr, export_fp16, load_checkpoint, save_checkpoint
+from .data import load_images, to_model_range
+
+
+@dataclass
+class GPTTrainArgs:
+    data: str
+    vq: str
+    out: str
+    steps: int = 5000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 200
+    ema: float = 0.0
+    seed: int = 0
+    save_every: int = 500
+    threads: int = 0
+    config: dict = field(default_factory=dict)
+
+
+def load_vq_folder(folder: str | Path, dtype=torch.float32) -> VQModel:
+    folder = Path(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    vq = VQModel(VQConfig.from_dict(meta["config"]))
+    return load_vq_weights(vq, str(folder / "model.safetensors")).to(dtype).eval()
+
+
+@torch.no_grad()
+def tokenize_split(vq: VQModel, data: str, split: str, flips: bool, batch_size: int = 500):
+    """(tokens [N, h*w], labels [N]) for a split; with ``flips`` the mirrored images are appended."""
+    images, labels, _ = load_images(data, split, 32)
+    out = []
+    for flip in ((False, True) if flips else (False,)):
+        for i in range(0, images.shape[0], batch_size):
+            x = to_model_range(images[i : i + batch_size])
+            out.append(vq.encode(x.flip(-1) if flip else x).flatten(1))
+    return torch.cat(out), labels.repeat(2 if flips else 1)
+
+
+def cached_tokens(vq_folder: str, data: str, split: str, flips: bool):
+    cache = Path(vq_folder) / f"tokens-{split}{'-flip' if flips else ''}.pt"
+    if cache.exists():
+        blob = torch.load(cache)
+        return blob["tokens"], blob["labels"]
+    tokens, labels = tokenize_split(load_vq_folder(vq_folder), data, split, flips)
+    torch.save({"tokens": tokens, "labels": labels}, cache)
+    return tokens, labels
+
+
+def build_config(cfg: dict, vq: VQConfig, num_classes: int, grid: int) -> GPTConfig:
+    cfg = dict(cfg)
+    preset = cfg.pop("preset", None)
+    base = dict(vocab_size=vq.codebook_size, num_classes=num_classes, block_size=grid * grid, cls_token_num=1)
+    base.update(cfg)
+    return gpt_config(preset, **base) if preset else GPTConfig(**base)
+
+
+def nll_bits_per_token(model: GPT, tokens: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+    """Mean negative log-likelihood in bits per token under teacher forcing (conditional)."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, tokens.shape[0], batch_size):
+            t, y = tokens[i : i + batch_size], labels[i : i + batch_size]
+            logits = model.logits(y, t)
+            total += F.cross_entropy(logits.flatten(0, 1), t.flatten(), reduction="sum").item()
+            count += t.numel()
+    return total / count / math.log(2)
+
+
+def unigram_bits_per_token(train_tokens: torch.Tensor, test_tokens: torch.Tensor, vocab: int) -> float:
+    """Baseline: add-one-smoothed token frequencies of the training set, scored on the test set."""
+    counts = torch.bincount(train_tokens.flatten(), minlength=vocab).double() + 1
+    logp = (counts / counts.sum()).log2()
+    return float(-logp[test_tokens.flatten()].mean())
+
+
+def train_gpt(args: GPTTrainArgs) -> Path:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    vq_meta = json.loads((Path(args.vq) / "config.json").read_text())
+    vq_cfg = VQConfig.from_dict(vq_meta["config"])
+    tokens, labels = cached_tokens(args.vq, args.data, "train", flips=True)
+    grid = math.isqrt(tokens.shape[1])
+    num_classes = int(labels.max()) + 1
+    cfg = build_config(args.config, vq_cfg, num_classes, grid)
+    torch.manual_seed(args.seed)
+    model = GPT(cfg)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    ema = EMA(model, args.ema) if args.ema > 0 else None
+    gen = torch.Generator().manual_seed(args.seed)
+    step = 0
+    ckpt = load_checkpoint(out / "last.pt")
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        gen.set_state(ckpt["rng"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.model.load_state_dict(ckpt["ema"])
+        step = ckpt["step"]
+        print(f"resumed from {out / 'last.pt'} at step {step}")
+    print(f"GPT: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+          f"{tokens.shape[0]} sequences of {tokens.shape[1]} tokens")
+    bar = Progress(args.steps, step, "tok")
+    model.train()
+    while step < args.steps:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr, args.warmup)
+        idx = torch.randint(0, tokens.shape[0], (args.batch_size,), generator=gen)
+        t, y = tokens[idx], labels[idx]
+        drop = torch.rand(args.batch_size, generator=gen) < cfg.class_dropout_prob
+        logits = model.logits(y, t, drop=drop)
+        loss = F.cross_entropy(logits.flatten(0, 1), t.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if ema is not None:
+            ema.update(model)
+        step += 1
+        bar.update(t.numel(), loss=loss.item())
+        if step % args.save_every == 0 or step == args.steps:
+            save_checkpoint(out / "last.pt", model=model.state_dict(), opt=opt.state_dict(), step=step,
+                            rng=gen.get_state(), ema=ema.model.state_dict() if ema else None)
+    bar.close()
+    final = ema.model if ema is not None else model
+    export_fp16(final, out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps({"type": "llamagen_gpt", "config": cfg.to_dict()}, indent=2))
+    return out / "model.safetensors"

@@ -1,0 +1,111 @@
+"""Train LlamaGen's VQ tokenizer: reconstruction (L2) + codebook + commitment losses.
+
+LlamaGen's recipe also adds LPIPS and a PatchGAN; both need pretrained networks that cannot be
+downloaded offline, so they are left out (research/llamagen.md §5.5). The demo tokenizer therefore
+optimises PSNR directly.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..tokenizers.llamagen_vq import VQConfig, VQModel
+from .common import EMA, Progress, cosine_lr, export_fp16, load_checkpoint, save_checkpoint
+from .data import load_images, random_flip, to_model_range
+
+
+@dataclass
+class VQTrainArgs:
+    data: str
+    out: str
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup: int = 200
+    ema: float = 0.0
+    seed: int = 0
+    image_size: int = 32
+    save_every: int = 500
+    threads: int = 0
+    config: dict = field(default_factory=dict)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB per image for images in [-1, 1] (computed on the [0, 1] scale, clamped)."""
+    a = (a.clamp(-1, 1) + 1) / 2
+    b = (b.clamp(-1, 1) + 1) / 2
+    mse = (a - b).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def train_vq(args: VQTrainArgs) -> Path:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    cfg = VQConfig.from_dict(args.config)
+    torch.manual_seed(args.seed)
+    model = VQModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    ema = EMA(model, args.ema) if args.ema > 0 else None
+    gen = torch.Generator().manual_seed(args.seed)
+    step = 0
+    ckpt = load_checkpoint(out / "last.pt")
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        gen.set_state(ckpt["rng"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.model.load_state_dict(ckpt["ema"])
+        step = ckpt["step"]
+        print(f"resumed from {out / 'last.pt'} at step {step}")
+    images, _, _ = load_images(args.data, "train", args.image_size)
+    bar = Progress(args.steps, step, "img")
+    model.train()
+    while step < args.steps:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr, args.warmup)
+        idx = torch.randint(0, images.shape[0], (args.batch_size,), generator=gen)
+        x = random_flip(to_model_range(images[idx]), gen)
+        recon, q = model(x)
+        rec = F.mse_loss(recon, x)
+        loss = rec + q["codebook"] + q["commit"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if ema is not None:
+            ema.update(model)
+        step += 1
+        bar.update(args.batch_size, loss=loss.item(), rec=rec.item())
+        if step % args.save_every == 0 or step == args.steps:
+            save_checkpoint(out / "last.pt", model=model.state_dict(), opt=opt.state_dict(), step=step,
+                            rng=gen.get_state(), ema=ema.model.state_dict() if ema else None)
+    bar.close()
+    final = ema.model if ema is not None else model
+    export_fp16(final, out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps({"type": "llamagen_vq", "config": cfg.to_dict()}, indent=2))
+    return out / "model.safetensors"
+
+
+@torch.no_grad()
+def evaluate_psnr(model: VQModel, data: str, split: str = "test", image_size: int = 32, batch_size: int = 250,
+                  limit: int | None = None) -> dict[str, float]:
+    """Mean reconstruction PSNR (dB) and codebook usage over a split."""
+    images, _, _ = load_images(data, split, image_size)
+    if limit:
+        images = images[:limit]
+    model.eval()
+    vals, used = [], torch.zeros(model.config.codebook_size, dtype=torch.bool)
+    dtype = next(model.parameters()).dtype
+    for i in range(0, images.shape[0], batch_size):
+        x = to_model_range(images[i : i + batch_size]).to(dtype)
+        idx = model.encode(x)
+        used[idx.flatten()] = True
+        vals.append(psnr(model.decode(idx).float(), x.float()))
+    return {"psnr_db": float(torch.cat(vals).mean()), "codebook_usage": float(used.float().mean()),
+            "images": int(images.shape[0])}
