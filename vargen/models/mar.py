@@ -221,7 +221,7 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_features(t, self.freq_dim))
+        return self.mlp(timestep_features(t, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 
 class ResBlock(nn.Module):
