@@ -79,6 +79,25 @@ class ScaleModel(Protocol):
 
 @runtime_checkable
 class ContinuousModel(Protocol):
-    """A continuous-token model with a diffusion head (MAR)."""
+    """A continuous-token model with a diffusion head (MAR).
 
-    def condition(self, *args: Any, **kwargs: Any) -> torch.Tensor: ...
+    * ``seq_len`` tokens of ``token_embed_dim`` channels; class labels in ``[0, num_classes)``.
+    * ``condition(tokens [B, L, C], mask [B, L], labels [B] | None, cfg=False) -> z [B or 2B, L, D]``:
+      one encoder + decoder pass; 1 in ``mask`` = still to generate; ``cfg=True`` appends null-class rows.
+    * ``diffloss.sample(z_rows, temperature, cfg, noise=, step_noise=, generator=, trace=, keep_inputs=)``:
+      the diffusion head with caller-supplied noise (or draws from the caller's generator);
+      ``diffloss.reverse_step`` and ``diffloss.path_log_prob`` expose the reverse Gaussians.
+    * ``sample_orders(batch, generator, device)`` and ``check_labels(labels)`` (raises ``ValueError``).
+    """
+
+    seq_len: int
+    token_embed_dim: int
+    num_classes: int
+    diffloss: Any
+
+    def condition(self, tokens: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None,
+                  cfg: bool = False) -> torch.Tensor: ...
+
+    def sample_orders(self, batch: int, generator: Any = None, device: Any = None) -> torch.Tensor: ...
+
+    def check_labels(self, labels: torch.Tensor) -> None: ...
