@@ -18,7 +18,10 @@ replaced by a draw from (p_i − q_i)⁺ / ∫(p_i − q_i)⁺, then every commi
 given everything before it, so the window is committed exactly as the target would generate it in one
 MAR step. With an exact per-token test CSpD is therefore *lossless with respect to the target run on
 the coarsened schedule* (each window merged into one step); it is never lossless with respect to the
-target's own K-step schedule. With ``num_draft=1`` the two schedules coincide.
+target's own K-step schedule. With ``num_draft=1`` the two schedules coincide, and a draft equal to
+the target is accepted everywhere (same context, same noise: the ratio is exactly 1 under every test);
+with ``num_draft > 1`` later drafts of a window see unverified drafts that the target's pass does not,
+so even an identical draft gets some rejections.
 
 The per-token test needs the density of a diffusion-head sample, which is intractable: the token is a
 deterministic function of a 100-step noisy path. Three tests (``test=``):
