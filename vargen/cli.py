@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _add_train(sub) -> None:
@@ -57,11 +58,110 @@ def _run_train(args) -> int:
     return 0
 
 
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def _sampler_options(args) -> dict:
+    opts = {}
+    for name in ("window", "init", "acceptance"):
+        if getattr(args, name, None) is not None:
+            opts[name] = getattr(args, name)
+    if getattr(args, "coupled", False):
+        opts["coupled"] = True
+    for item in getattr(args, "opt", None) or []:
+        if "=" not in item:
+            raise SystemExit(f"--opt expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        opts[k.replace("-", "_")] = _parse_value(v)
+    return opts
+
+
+def _config_options(args) -> dict:
+    return {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "cfg_scale", "cfg_interval")
+            if getattr(args, k, None) is not None}
+
+
+def _add_sampling_args(p) -> None:
+    p.add_argument("--sampler", default="sjd", help="ar | sjd | ... (see vargen.samplers.available_samplers)")
+    p.add_argument("--window", type=int, help="SJD window W (tokens per forward)")
+    p.add_argument("--init", help="SJD draft init: random | horizontal | vertical | horizontal_sample | vertical_sample")
+    p.add_argument("--coupled", action="store_true", help="MC-SJD coupled drafts")
+    p.add_argument("--acceptance", help="acceptance rule (exact, ...)")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="any other sampler option")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--cfg-scale", type=float)
+    p.add_argument("--cfg-interval", type=int)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate images and print sampling statistics")
+    p.add_argument("--model", default="cifar10-llamagen", help="demo zoo name, official name, or folder")
+    p.add_argument("--checkpoint", help="local official GPT checkpoint (offline use of official names)")
+    p.add_argument("--tokenizer-checkpoint", help="local official VQ checkpoint")
+    p.add_argument("--class-id", nargs="+", default=None,
+                   help="class ids or names (default: every class once)")
+    p.add_argument("--per-class", type=int, default=1, help="images per class id")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="out", help="folder for the PNGs")
+    _add_sampling_args(p)
+
+
+def _run_generate(args) -> int:
+    import time
+
+    import torch
+
+    from .pipeline import image_grid, load
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    pipe = load(args.model, device=args.device, checkpoint=args.checkpoint,
+                tokenizer_checkpoint=args.tokenizer_checkpoint)
+    if args.class_id is None:
+        n_classes = len(pipe.class_names) if pipe.class_names else pipe.model.config.num_classes
+        ids = list(range(n_classes))
+    else:
+        ids = [pipe.class_id(c) for c in args.class_id]
+    ids = [i for i in ids for _ in range(args.per_class)]
+    out = pipe.generate(ids, sampler=args.sampler, seed=args.seed, **_config_options(args), **_sampler_options(args))
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = pipe.class_names
+    for i, (cid, img) in enumerate(zip(ids, out.images)):
+        label = names[cid] if names else str(cid)
+        img.save(folder / f"{i:04d}_{label}.png")
+    cols = max(1, len(set(ids)) if args.per_class > 1 else min(10, len(ids)))
+    image_grid(out.images, cols).save(folder / "grid.png")
+    summary = {"model": args.model, "sampler": args.sampler, "images": len(ids), **out.stats.summary(),
+               "total_seconds_with_loading": round(time.perf_counter() - t0, 3)}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {len(ids)} images and grid.png to {folder}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vargen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
     _add_train(sub)
     args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            return _run_generate(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.command == "train":
         return _run_train(args)
     parser.error(f"unknown command {args.command}")

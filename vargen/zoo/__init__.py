@@ -1,0 +1,86 @@
+"""Named models: the small demo models shipped in this folder, and official checkpoints by name.
+
+A shipped entry is a folder ``vargen/zoo/<name>/`` holding ``model.safetensors`` (fp16), ``config.json``
+and ``TRAINING.md`` (the exact command that trained it). A pipeline entry ``pipeline.json`` names the
+model, its tokenizer and the sampling defaults.
+
+Official checkpoints are downloaded through ``huggingface_hub`` when a network exists; a local file
+is always accepted (``vargen.load(name, checkpoint=..., tokenizer_checkpoint=...)``). Offline, the
+error names the file and where to get it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+ZOO_DIR = Path(__file__).resolve().parent
+
+# Official LlamaGen class-conditional checkpoints (research/llamagen.md §3); sampling defaults of
+# the official demo (cfg 4.0, top-k 2000).
+_LLAMAGEN_HUB = "FoundationVision/LlamaGen"
+OFFICIAL: dict[str, dict] = {}
+for _size, _res in [("B", 256), ("B", 384), ("L", 256), ("L", 384), ("XL", 384), ("XXL", 384), ("3B", 384)]:
+    OFFICIAL[f"llamagen-c2i-{_size}-{_res}"] = {
+        "kind": "llamagen",
+        "gpt": {"preset": f"GPT-{_size}", "block_size": (_res // 16) ** 2, "num_classes": 1000, "vocab_size": 16384},
+        "checkpoint": {"repo": _LLAMAGEN_HUB, "file": f"c2i_{_size}_{_res}.pt"},
+        "vq": {"preset": "VQ-16", "codebook_size": 16384, "codebook_embed_dim": 8},
+        "tokenizer_checkpoint": {"repo": _LLAMAGEN_HUB, "file": "vq_ds16_c2i.pt"},
+        "defaults": {"cfg_scale": 4.0, "top_k": 2000, "top_p": 1.0, "temperature": 1.0},
+    }
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.name for p in ZOO_DIR.iterdir() if (p / "pipeline.json").is_file() or (p / "config.json").is_file())
+
+
+def available() -> list[str]:
+    return shipped_names() + sorted(OFFICIAL)
+
+
+def shipped_path(name: str) -> Path | None:
+    path = ZOO_DIR / name
+    return path if path.is_dir() else None
+
+
+def fetch(spec: dict, local: str | os.PathLike | None = None) -> Path:
+    """A checkpoint file: the user's local path, the hub cache, or a download when a network exists."""
+    if local is not None:
+        local = Path(local)
+        if not local.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {local}")
+        return local
+    url = f"https://huggingface.co/{spec['repo']}/resolve/main/{spec['file']}"
+    from huggingface_hub import hf_hub_download
+
+    try:  # the hub cache first: no network needed
+        return Path(hf_hub_download(spec["repo"], spec["file"], local_files_only=True))
+    except Exception:
+        pass
+    try:
+        if not _hub_reachable():
+            raise ConnectionError("no network")
+        return Path(hf_hub_download(spec["repo"], spec["file"]))
+    except Exception as err:  # offline, or the hub refused
+        raise FileNotFoundError(
+            f"could not get {spec['file']} ({type(err).__name__}). Download it from {url} "
+            f"and pass its path (checkpoint=... / tokenizer_checkpoint=..., or --checkpoint on the CLI)."
+        ) from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick DNS + TCP check, so that offline users get the error at once instead of retries."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
