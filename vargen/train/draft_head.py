@@ -1,0 +1,186 @@
+"""Distil an EAGLE-style draft head from a LlamaGen target (research/lantern.md §5).
+
+Data: the target's own samples (self-distillation, default; drawn with the pipeline's sampling
+defaults) or dataset tokens (a ``.pt`` file with ``tokens [N, L]`` and ``labels [N]``, e.g. the GPT
+trainer's ``tokens-train-flip.pt``). For each sequence the frozen target is teacher-forced once
+through its cached path to get final-norm features ``f_0..f_{L-1}`` and logits; a fraction
+``cfg_dropout`` of rows use the null condition, so the head also learns the uncond half of CFG.
+
+Loss (EAGLE-1): ``SmoothL1(f_hat_{t+1}, f_{t+1}) + ce_weight * CE(softmax(target logits at t+1),
+log_softmax(output(f_hat_{t+1})))`` over ``t = 0..L-2``, with input features perturbed by uniform noise
+``(U - 0.5) * feature_noise``. The noise scale is an explicit setting (the official trainer divides by
+the sequence length, which silently changes it per model); the default 0.27 is what that formula gives
+LlamaGen's 375-token sequences (0.2 * 512 / 375).
+
+Optimisation: AdamW (lr 1e-4 in the official run, betas 0.9/0.95), linear warm-up for 3 % of steps then
+linear decay, gradient-value clipping 0.5, and gradient accumulation that really accumulates: one
+optimiser step per ``grad_accum`` micro-batches, each loss scaled by ``1 / grad_accum``.
+Output: ``model.safetensors`` (fp16) + ``config.json`` in ``out``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..models.draft_head import DraftHead, DraftHeadConfig, head_config_json
+from .common import Progress, export_fp16
+
+
+@dataclass
+class DraftHeadTrainArgs:
+    model: str
+    out: str
+    tokens: str | None = None
+    samples: int = 2048
+    steps: int = 2000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4
+    warmup_frac: float = 0.03
+    feature_noise: float = 0.27
+    ce_weight: float = 0.1
+    cfg_dropout: float = 0.1
+    clip_value: float = 0.5
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+
+
+def load_target(name: str, device: str = "cpu"):
+    """(GPT, sampling defaults) from a pipeline name / folder, or a GPT folder (``config.json`` + weights)."""
+    folder = Path(name)
+    if folder.is_dir() and not (folder / "pipeline.json").is_file() and (folder / "config.json").is_file():
+        from ..models.llamagen import GPT, GPTConfig, load_gpt_weights
+        from ..samplers.base import SamplingConfig
+
+        meta = json.loads((folder / "config.json").read_text())
+        model = GPT(GPTConfig.from_dict(meta["config"]))
+        load_gpt_weights(model, str(folder / "model.safetensors"))
+        return model.float().eval().to(device), SamplingConfig()
+    from ..pipeline import load
+
+    pipe = load(name, device=device)
+    return pipe.model.float().eval(), pipe.defaults
+
+
+@torch.no_grad()
+def self_samples(model, defaults, n: int, generator: torch.Generator, batch: int = 256):
+    """``n`` sequences sampled by the target (plain AR, its defaults), with uniformly drawn labels."""
+    from ..samplers.ar import ARSampler
+
+    labels = torch.randint(0, model.config.num_classes, (n,), generator=generator)
+    out = []
+    for i in range(0, n, batch):
+        y = labels[i : i + batch].to(model.device)
+        out.append(ARSampler().sample(model, y, defaults, generator=generator if model.device.type == "cpu" else None)
+                   .tokens.cpu())
+    return torch.cat(out), labels
+
+
+@torch.no_grad()
+def target_features(model, labels: torch.Tensor, tokens: torch.Tensor, drop: torch.Tensor):
+    """Teacher-forced final-norm features and logits ``[B, L, *]`` of the frozen target (cached path)."""
+    cond = torch.where(drop, model.null_cond(labels), labels)
+    cache = model.new_cache(tokens.shape[0], tokens.shape[1] + 1)
+    model.prefill(cond, cache)
+    start = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+    logits, hidden = model(tokens, start, cache, return_hidden=True)
+    return hidden.float(), logits.float()
+
+
+def head_loss(head: DraftHead, model, hidden, logits, tokens, noise: float, ce_weight: float,
+              generator: torch.Generator | None = None):
+    """EAGLE loss on pairs ``(f_t + noise, x_{t+1}) -> f_{t+1}`` for ``t = 0..L-2``; returns (loss, parts)."""
+    L = tokens.shape[1]
+    feats = hidden[:, :-1]
+    if noise > 0:
+        feats = feats + (torch.rand(feats.shape, generator=generator, device=feats.device) - 0.5) * noise
+    t = torch.arange(L - 1, device=tokens.device)
+    pred_logits, pred = head(model, feats, tokens[:, 1:], t)
+    reg = F.smooth_l1_loss(pred.float(), hidden[:, 1:])
+    ce = -(logits[:, 1:].softmax(-1) * pred_logits.log_softmax(-1)).sum(-1).mean()
+    return reg + ce_weight * ce, {"reg": float(reg.detach()), "ce": float(ce.detach())}
+
+
+def linear_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train_draft_head(args: DraftHeadTrainArgs) -> Path:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.grad_accum < 1:
+        raise ValueError(f"grad_accum must be >= 1, got {args.grad_accum}")
+    out = Path(args.out)
+    model, defaults = load_target(args.model, args.device)
+    model.requires_grad_(False)
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.tokens:
+        blob = torch.load(args.tokens)
+        tokens, labels = blob["tokens"].long(), blob["labels"].long()
+    else:
+        tokens, labels = self_samples(model, defaults, args.samples, gen)
+    if tokens.shape[1] != model.num_tokens:
+        raise ValueError(f"token sequences have length {tokens.shape[1]}, the model generates {model.num_tokens}")
+    torch.manual_seed(args.seed)
+    head = DraftHead(DraftHeadConfig.from_target(model.config)).to(args.device).train()
+    opt = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    warmup = max(1, int(args.warmup_frac * args.steps))
+    bar = Progress(args.steps, 0, "tok")
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = linear_lr(step, args.steps, args.lr, warmup)
+        opt.zero_grad(set_to_none=True)
+        parts = {}
+        for _ in range(args.grad_accum):  # accumulate: one optimiser step per grad_accum micro-batches
+            idx = torch.randint(0, tokens.shape[0], (args.batch_size,), generator=gen)
+            x, y = tokens[idx].to(args.device), labels[idx].to(args.device)
+            drop = (torch.rand(args.batch_size, generator=gen) < args.cfg_dropout).to(args.device)
+            hidden, logits = target_features(model, y, x, drop)
+            loss, parts = head_loss(head, model, hidden, logits, x, args.feature_noise, args.ce_weight, gen)
+            (loss / args.grad_accum).backward()
+        torch.nn.utils.clip_grad_value_(head.parameters(), args.clip_value)
+        opt.step()
+        bar.update(args.batch_size * args.grad_accum * tokens.shape[1], **parts)
+    bar.close()
+    export_fp16(head, out / "model.safetensors")
+    (out / "config.json").write_text(head_config_json(
+        head, target=str(args.model), steps=args.steps, feature_noise=args.feature_noise, ce_weight=args.ce_weight,
+        data=args.tokens or f"{args.samples} self-samples"))
+    return out / "model.safetensors"
+
+
+# -- CLI: ``vargen train draft-head`` (wired by vargen/cli.py) ------------------------------------
+
+
+def add_cli(subparsers) -> None:
+    """Add the ``draft-head`` parser to ``vargen train``'s subparsers."""
+    p = subparsers.add_parser("draft-head", help="EAGLE-style draft head for speculative decoding (LANTERN)")
+    p.add_argument("--model", required=True, help="pipeline name (e.g. cifar10-llamagen) or folder")
+    p.add_argument("--out", required=True, help="output folder: model.safetensors (fp16) + config.json")
+    p.add_argument("--tokens", help=".pt with tokens [N, L] and labels [N] (default: self-distillation)")
+    p.add_argument("--samples", type=int, default=2048, help="self-distillation sequences")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--feature-noise", type=float, default=0.27, help="uniform noise width on input features")
+    p.add_argument("--ce-weight", type=float, default=0.1)
+    p.add_argument("--cfg-dropout", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+
+
+def run_cli(args) -> int:
+    keys = ("model", "out", "tokens", "samples", "steps", "batch_size", "grad_accum", "lr", "feature_noise",
+            "ce_weight", "cfg_dropout", "seed", "device", "threads")
+    path = train_draft_head(DraftHeadTrainArgs(**{k: getattr(args, k) for k in keys}))
+    print(f"wrote {path}")
+    return 0
