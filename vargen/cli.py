@@ -150,15 +150,63 @@ def _run_generate(args) -> int:
     return 0
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="AR vs accelerated samplers: passes, tokens per forward, wall time, speed-up")
+    p.add_argument("--model", default="cifar10-llamagen",
+                   help="demo zoo name or folder, or 'random-gpt-b' (GPT-B shape, random weights)")
+    p.add_argument("--sampler", nargs="+", default=["ar", "sjd:window=16"],
+                   help="specs like ar sjd:window=16,init=vertical,coupled=true (the first 'ar' is the baseline)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1])
+    p.add_argument("--repeats", type=int, default=1, help="best of N timed runs per entry")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-tokens", type=int, default=256, help="grid size for random-gpt-b")
+    p.add_argument("--out", help="also write the markdown table to this file")
+    for name, typ in (("--temperature", float), ("--top-k", int), ("--top-p", float), ("--cfg-scale", float)):
+        p.add_argument(name, type=typ)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+
+
+def _run_bench(args) -> int:
+    import torch
+
+    from .bench import format_table, machine_line, random_gpt_b, run_bench
+    from .samplers.base import SamplingConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = _config_options(args)
+    if args.model == "random-gpt-b":
+        model = random_gpt_b(args.num_tokens, device=args.device)
+        config = SamplingConfig(**{"cfg_scale": 4.0, "top_k": 2000, **overrides})
+    else:
+        from .pipeline import load
+
+        pipe = load(args.model, device=args.device)
+        model = pipe.model
+        config, _ = pipe.split_options(overrides)
+    print(f"model {args.model}; {machine_line()}; config {config}")
+    rows = run_bench(model, args.sampler, args.batch, config, seed=args.seed, repeats=args.repeats)
+    table = format_table(rows)
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(f"model `{args.model}`, {machine_line()}\n\n{table}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vargen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_bench(sub)
     _add_train(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
             return _run_generate(args)
+        if args.command == "bench":
+            return _run_bench(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
