@@ -667,11 +667,11 @@ class MAR(nn.Module):
 
     def mask_ratio(self, generator: torch.Generator | None = None) -> float:
         """One masking ratio per batch: N(1, 0.25²) truncated to [mask_ratio_min, 1] (inverse-CDF draw)."""
-        from scipy.stats import truncnorm
-
-        u = torch.rand((), dtype=torch.float64, generator=generator).item()
-        a = (self.config.mask_ratio_min - 1.0) / 0.25
-        return float(truncnorm.ppf(u, a, 0.0, loc=1.0, scale=0.25))
+        u = torch.rand((), dtype=torch.float64, generator=generator)
+        normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
+        lo = normal.cdf(torch.tensor((self.config.mask_ratio_min - 1.0) / 0.25, dtype=torch.float64))
+        hi = normal.cdf(torch.tensor(0.0, dtype=torch.float64))
+        return float(1.0 + 0.25 * normal.icdf(lo + u * (hi - lo)))
 
     def forward(self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
                 orders: torch.Tensor | None = None) -> torch.Tensor:
