@@ -1,0 +1,236 @@
+"""The Gradio demo (app/app.py): option discovery, the acceptance map, the API driven by gradio_client,
+and a browser smoke test with the distribution's Chromium. Everything runs on a tiny random pipeline."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("gradio", reason="the app tests need gradio (pip install 'vargen[app]')")
+gradio_client = pytest.importorskip("gradio_client", reason="the app tests need gradio_client")
+
+from helpers import tiny_gpt  # noqa: E402
+from vargen.pipeline import Pipeline  # noqa: E402
+from vargen.samplers import acceptance as acceptance_rules  # noqa: E402
+from vargen.samplers.base import SamplingConfig  # noqa: E402
+from vargen.tokenizers.llamagen_vq import VQConfig, VQModel  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [  # gradio's own queue code, not ours
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+GRID, VOCAB, CLASSES = 8, 16, ["plane", "car", "bird"]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+app = _load("vargen_app", REPO / "app" / "app.py")
+shots = _load("vargen_app_screenshot", REPO / "app" / "screenshot.py")
+
+
+def tiny_pipeline() -> Pipeline:
+    gpt = tiny_gpt(vocab=VOCAB, grid=GRID, num_classes=len(CLASSES))
+    torch.manual_seed(0)
+    vq = VQModel(VQConfig(codebook_size=VOCAB, codebook_embed_dim=4, encoder_ch_mult=[1, 1],
+                          decoder_ch_mult=[1, 1], z_channels=32, ch=32, num_res_blocks=1)).eval()
+    return Pipeline(gpt, vq, SamplingConfig(cfg_scale=2.0, top_k=0), CLASSES, "tiny")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio"))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    demo = app.build_app({"tiny": tiny_pipeline()})
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    c = gradio_client.Client(server, verbose=False)
+    yield c
+    c.close()
+
+
+def generate(client, **kw):
+    args = dict(model="tiny", class_label="1", sampler="sjd", seed=3, batch_size=2)
+    return client.predict(**{**args, **kw}, api_name="/generate")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def test_acceptance_map_colours_passes_and_marks_relaxed():
+    steps = torch.tensor([0, 1, 1, 1, 2, 2, 3, 4])  # 2 x 4 grid; pass 1 committed three tokens
+    relaxed = torch.zeros(8, dtype=torch.bool)
+    relaxed[5] = True
+    img = app.acceptance_map(steps, width=4, relaxed=relaxed, cell=10)
+    assert img.size == (41, 21)
+    centre = lambda r, c, dx=0: img.getpixel((c * 10 + 5 + dx, r * 10 + 5))  # noqa: E731
+    assert centre(0, 1) == centre(0, 2) == centre(0, 3) == app.colour(1 / 4)
+    assert centre(0, 0) != centre(0, 1) and centre(1, 2) != centre(1, 3)
+    assert img.getpixel((20, 5)) == app.colour(1 / 4)  # no border inside one pass's block
+    assert img.getpixel((10, 5)) == (255, 255, 255)  # a border between passes
+    assert centre(1, 1) == (255, 255, 255) and centre(1, 1, dx=4) == app.colour(2 / 4)  # relaxed dot
+    assert centre(1, 0) == app.colour(2 / 4)
+
+
+def test_options_follow_the_sampler_and_its_rule(monkeypatch):
+    sjd = app.sampler_defaults("sjd")
+    assert {"window", "init", "coupled", "acceptance"} <= set(sjd) and sjd["acceptance"] == "exact"
+    assert app.sampler_defaults("ar") == {}
+    assert app.collect_options("ar", {"window": 8, "init": "vertical"}) == {}
+    opts = app.collect_options("sjd", {"window": 8.0, "k": 3, "init": "vertical"}, "sample_top=4")
+    assert opts["window"] == 8 and isinstance(opts["window"], int) and opts["init"] == "vertical"
+    assert opts["sample_top"] == 4 and "k" not in opts  # the exact rule takes no k
+
+    class SlackRule(acceptance_rules.ExactAcceptance):
+        name = "slack"
+
+        def __init__(self, k: int = 5):
+            self.k = k
+
+    monkeypatch.setitem(acceptance_rules._RULES, "slack", SlackRule)
+    assert app.sampler_defaults("sjd", "slack")["k"] == 5
+    assert app.collect_options("sjd", {"acceptance": "slack", "k": 2})["k"] == 2
+    shown = [getattr(u, "get", dict(u).get)("visible") for u in app.option_updates("sjd", "slack")]
+    assert shown[app.FIELD_NAMES.index("k")] and not shown[app.FIELD_NAMES.index("draft_steps")]
+
+
+def test_more_options_parse_and_reject_garbage():
+    assert app.parse_extra("a=1, b=0.5\nc=true, d=vertical") == {"a": 1, "b": 0.5, "c": True, "d": "vertical"}
+    assert app.parse_extra("  ") == {}
+    with pytest.raises(ValueError, match="key=value"):
+        app.parse_extra("window")
+
+
+def test_class_labels_ids_and_names():
+    pipe = tiny_pipeline()
+    assert app.resolve_class(pipe, "2: bird") == 2 and app.resolve_class(pipe, "car") == 1
+    assert app.resolve_class(pipe, 0) == 0
+    for bad in ("3", "-1", "dog", ""):
+        with pytest.raises(ValueError):
+            app.resolve_class(pipe, bad)
+
+
+# -- the API -----------------------------------------------------------------------------------------
+
+
+def _images(gallery) -> list[Image.Image]:
+    return [Image.open(item["image"]) for item in gallery]
+
+
+def test_generate_ar_and_sjd_return_images_and_stats(client):
+    base, fast, amap, table, stats = generate(client, sampler="sjd", window=8)
+    assert len(_images(base)) == 2 and len(_images(fast)) == 2
+    assert min(_images(fast)[0].size) >= app.MIN_IMAGE_SIDE
+    assert stats["baseline"]["forward_passes"] == GRID * GRID and stats["baseline"]["tokens_per_forward"] == 1.0
+    s = stats["sampler"]
+    assert s["sampler"] == "sjd" and s["options"]["window"] == 8 and s["tokens_per_row"] == GRID * GRID
+    assert 1 <= s["forward_passes"] <= GRID * GRID
+    assert stats["speedup_forward_passes"] == pytest.approx(GRID * GRID / s["forward_passes"], rel=1e-3)
+    assert "speed-up" in table and f"| forward passes | {GRID * GRID} | {s['forward_passes']} |" in table
+    width = Image.open(amap).width
+    assert width > 2 * GRID * 4  # two rows' maps side by side
+
+    base2, fast2, _, _, stats2 = generate(client, sampler="ar", batch_size=1)
+    assert len(_images(base2)) == len(_images(fast2)) == 1
+    assert stats2["sampler"]["forward_passes"] == GRID * GRID
+
+
+def test_same_seed_gives_the_same_images(client):
+    first = generate(client, sampler="sjd", window=4, batch_size=1)
+    again = generate(client, sampler="sjd", window=4, batch_size=1)
+    assert _images(first[1])[0].tobytes() == _images(again[1])[0].tobytes()
+    assert first[4]["sampler"]["forward_passes"] == again[4]["sampler"]["forward_passes"]
+
+
+def test_baseline_is_streamed_before_the_sampler(client):
+    job = client.submit(model="tiny", class_label="0", sampler="sjd", batch_size=1, api_name="/generate")
+    job.result()
+    outputs = job.outputs()
+    assert len(outputs) == 2
+    assert outputs[0][0] and not outputs[0][1] and "sampler" not in outputs[0][4]
+    assert outputs[1][1] and "sampler" in outputs[1][4]
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(window=0), "minimum value 1"),
+    (dict(class_label="7"), "class 7 is out of range: this model has 3 classes"),
+    (dict(class_label="dog"), "unknown class 'dog'"),
+    (dict(top_k=1000), "larger than the vocabulary"),
+    (dict(more_options="window"), "expected key=value"),
+    (dict(init="diagonal"), "unknown init 'diagonal'"),
+    (dict(sampler="nope"), "nope is not in the list of choices"),
+    (dict(model="/no/such/folder"), "unknown model '/no/such/folder'"),
+])
+def test_bad_input_gives_a_readable_error(client, kw, message):
+    with pytest.raises(gradio_client.exceptions.AppError) as err:
+        generate(client, **kw)
+    text = str(err.value)
+    assert message in text and "Traceback" not in text
+
+
+def test_model_info_endpoint(client):
+    classes, cfg, temperature, top_k, top_p, info = client.predict("tiny", api_name="/model_info")
+    assert classes["value"] == "0" and [c[1] for c in classes["choices"]] == ["0", "1", "2"]
+    assert cfg == 2.0 and temperature == 1.0 and top_k == 0 and top_p == 1.0
+    assert f"{GRID} x {GRID} tokens" in info and "3 classes" in info
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+
+def test_cli_defaults_bind_locally():
+    parser = argparse.ArgumentParser(prog="vargen")
+    app.add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["app"])
+    assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
+    args = parser.parse_args(["app", "--host", "0.0.0.0", "--port", "9000", "--share", "--model", "x"])
+    assert (args.host, args.port, args.share, args.model) == ("0.0.0.0", 9000, True, ["x"])
+
+
+def test_script_help_documents_host_port_share():
+    out = subprocess.run([sys.executable, str(REPO / "app" / "app.py"), "--help"], capture_output=True, text=True,
+                         cwd=REPO.parent, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for flag in ("--host", "--port", "--share", "127.0.0.1"):
+        assert flag in out.stdout
+
+
+# -- the browser ---------------------------------------------------------------------------------------
+
+
+def test_browser_click_generate_and_screenshot(server, tmp_path):
+    pytest.importorskip("playwright", reason="browser test needs playwright (pip install playwright)")
+    if shots.find_browser() is None:
+        pytest.skip("browser test needs Chromium: run .ci/install-browser (apt-get install chromium)")
+    out = shots.screenshot(server, tmp_path / "app.png")
+    img = Image.open(out)
+    assert img.width >= 1000 and img.height >= 600
+    assert len(img.convert("RGB").resize((64, 64)).getcolors(64 * 64) or []) > 20  # rendered content, not a blank page
+    if os.environ.get("VARGEN_APP_SCREENSHOT"):
+        shutil.copy(out, os.environ["VARGEN_APP_SCREENSHOT"])
