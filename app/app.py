@@ -293,8 +293,13 @@ def check_request(pipe: Pipeline, config: dict[str, Any], batch_size, seed) -> t
 
 def run_sampler(pipe: Pipeline, name: str, sampler, class_id: int, batch: int, seed: int,
                 config: dict[str, Any], options: dict[str, Any]) -> Run:
-    out = pipe.generate([class_id] * batch, sampler=sampler, seed=seed, per_row_seeds=True,
-                        **{k: v for k, v in config.items() if v is not None})
+    try:
+        out = pipe.generate([class_id] * batch, sampler=sampler, seed=seed, per_row_seeds=True,
+                            **{k: v for k, v in config.items() if v is not None})
+    except AttributeError as err:  # a sampler for another model family (VAR, MAR) on this model
+        log.warning("%s on %s: %s", name, type(pipe.model).__name__, err)
+        raise ValueError(f"sampler {name!r} does not work with this model ({type(pipe.model).__name__}): "
+                         f"it needs a different model family") from None
     return Run(name, options, out)
 
 

@@ -186,6 +186,7 @@ def test_baseline_is_streamed_before_the_sampler(client):
     (dict(init="diagonal"), "unknown init 'diagonal'"),
     (dict(sampler="nope"), "nope is not in the list of choices"),
     (dict(model="/no/such/folder"), "unknown model '/no/such/folder'"),
+    (dict(sampler="var"), "sampler 'var' does not work with this model (GPT)"),
 ])
 def test_bad_input_gives_a_readable_error(client, kw, message):
     with pytest.raises(gradio_client.exceptions.AppError) as err:
