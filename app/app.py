@@ -22,7 +22,7 @@ import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -539,23 +539,22 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
         values = dict(window=window, init=init, coupled=coupled, acceptance=acceptance, sample_top=sample_top,
                       k=k, delta=delta, draft_steps=draft_steps)
         config = dict(cfg_scale=cfg_scale, temperature=temperature, top_k=_as_int(top_k), top_p=top_p)
-        extra = more_options
         try:
             progress(0.0, desc=f"loading {model}")
             pipe = store.get(model)
             class_id = resolve_class(pipe, class_label)
             batch, seed, _ = check_request(pipe, config, batch_size, seed)
-            options = collect_options(sampler, values, extra)
-            fast_sampler = build_sampler(sampler, options)
+            options = collect_options(sampler, values, more_options)
+            fast_sampler = build_sampler(sampler, options)  # bad options fail here, before any work
+            name = str(model).strip()
             progress(0.05, desc=f"{BASELINE} baseline")
             base = run_sampler(pipe, BASELINE, get_sampler(BASELINE), class_id, batch, seed, config, {})
-            yield gallery(base), None, None, stats_table(base, None), stats_json(store_name(model), class_id, seed,
-                                                                                base, None)
+            yield gallery(base), None, None, stats_table(base, None), stats_json(name, class_id, seed, base, None)
             progress(0.5, desc=sampler)
             fast = run_sampler(pipe, sampler, fast_sampler, class_id, batch, seed, config, options)
             progress(0.95, desc="acceptance map")
             yield (gallery(base), gallery(fast), acceptance_maps(fast, pipe.model.grid), stats_table(base, fast),
-                   stats_json(store_name(model), class_id, seed, base, fast))
+                   stats_json(name, class_id, seed, base, fast))
         except gr.Error:
             raise
         except USER_ERRORS as err:
@@ -618,10 +617,6 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
                   concurrency_id="model")
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     return demo
-
-
-def store_name(model: str) -> str:
-    return str(model).strip()
 
 
 def _try_load(store: ModelStore, name: str | None) -> Pipeline | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -60,12 +61,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio"))
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    demo = app.build_app({"tiny": tiny_pipeline()})
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
-    yield url
-    demo.close()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+        env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        demo = app.build_app({"tiny": tiny_pipeline()})
+        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
+                                quiet=True)
+        yield url
+        demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +196,30 @@ def test_bad_input_gives_a_readable_error(client, kw, message):
         generate(client, **kw)
     text = str(err.value)
     assert message in text and "Traceback" not in text
+
+
+def write_pipeline_folder(root: Path) -> Path:
+    """The tiny pipeline as a local model folder (pipeline.json + model/ + vq/), as the zoo ships them."""
+    from vargen.train.common import export_fp16
+
+    pipe = tiny_pipeline()
+    for name, module, kind in (("model", pipe.model, "llamagen_gpt"), ("vq", pipe.tokenizer, "llamagen_vq")):
+        export_fp16(module, root / name / "model.safetensors")
+        (root / name / "config.json").write_text(json.dumps({"type": kind, "config": module.config.to_dict()}))
+    folder = root / "tiny-folder"
+    folder.mkdir()
+    spec = {"kind": "llamagen", "model": "model", "tokenizer": "vq", "defaults": {"cfg_scale": 1.5},
+            "class_names": ["cat", "dog", "frog"]}
+    (folder / "pipeline.json").write_text(json.dumps(spec))
+    return folder
+
+
+def test_a_local_model_folder_loads_by_path(client, tmp_path):
+    folder = str(write_pipeline_folder(tmp_path))
+    classes, cfg, *_ = client.predict(folder, api_name="/model_info")
+    assert [c[0] for c in classes["choices"]] == ["0: cat", "1: dog", "2: frog"] and cfg == 1.5
+    base, fast, amap, _, stats = generate(client, model=folder, class_label="frog", batch_size=1)
+    assert stats["model"] == folder and stats["class_id"] == 2 and len(base) == len(fast) == 1 and amap
 
 
 def test_model_info_endpoint(client):
