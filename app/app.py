@@ -484,9 +484,17 @@ def rule_defaults(rule: str) -> dict[str, Any]:
     return _init_defaults(acceptance_rules.get_rule(rule))
 
 
+def other_options_hint(defaults: dict[str, Any]) -> str:
+    """The options without a control, as ``key=default`` pairs (the "more options" placeholder)."""
+    simple = (int, float, str, bool)  # a None default (a model, say) cannot be typed in
+    pairs = [f"{k}={v}" for k, v in defaults.items() if k not in FIELD_NAMES and isinstance(v, simple)]
+    return ", ".join(pairs) if pairs else "key=value, key=value"
+
+
 def option_updates(sampler: str, acceptance: str | None = None) -> list:
-    """Show the controls this sampler (with rule ``acceptance``) takes and hide the others. A new sampler
-    resets every control to its default; a new rule resets only the rule's own options."""
+    """Show the controls this sampler (with rule ``acceptance``) takes and hide the others; the last update
+    lists its other options in the "more options" box. A new sampler resets every control to its default;
+    a new rule resets only the rule's own options."""
     import gradio as gr
 
     defaults = sampler_defaults(sampler, acceptance)
@@ -499,7 +507,7 @@ def option_updates(sampler: str, acceptance: str | None = None) -> list:
             updates.append(gr.update(visible=True, value=defaults[f.name]))
         else:
             updates.append(gr.update(visible=True))
-    return updates
+    return updates + [gr.update(placeholder=other_options_hint(defaults))]
 
 
 def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str] = (), device: str = "cpu",
@@ -577,7 +585,7 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
                 with gr.Group():
                     shown = sampler_defaults(sampler.value)
                     controls = [_option_control(f, shown) for f in OPTION_FIELDS]
-                extra = gr.Textbox("", label="more options", placeholder="key=value, key=value",
+                extra = gr.Textbox("", label="more options", placeholder=other_options_hint(shown),
                                    info="any other sampler option, passed through as is")
                 with gr.Row():
                     seed = gr.Number(0, precision=0, label="seed", minimum=0)
@@ -605,11 +613,11 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
 
         config_outputs = [class_label, cfg_scale, temperature, top_k, top_p, model_info]
         model.change(on_model, [model], config_outputs, api_name="model_info", concurrency_id="model")
-        sampler.input(on_options, [sampler], controls, api_name="sampler_options", queue=False,
+        sampler.input(on_options, [sampler], [*controls, extra], api_name="sampler_options", queue=False,
                       api_visibility="undocumented")
         acceptance = controls[FIELD_NAMES.index("acceptance")]
-        acceptance.input(on_options, [sampler, acceptance], controls, api_name="rule_options", queue=False,
-                         api_visibility="undocumented")
+        acceptance.input(on_options, [sampler, acceptance], [*controls, extra], api_name="rule_options",
+                         queue=False, api_visibility="undocumented")
         inputs = [model, class_label, sampler, *controls, extra, seed, cfg_scale, temperature, top_k, top_p,
                   batch_size]
         assert list(inspect.signature(generate).parameters)[3: 3 + len(controls)] == list(FIELD_NAMES)

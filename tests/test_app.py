@@ -121,6 +121,7 @@ def test_options_follow_the_sampler_and_its_rule(monkeypatch):
     assert app.collect_options("sjd", {"acceptance": "slack", "k": 2})["k"] == 2
     shown = [getattr(u, "get", dict(u).get)("visible") for u in app.option_updates("sjd", "slack")]
     assert shown[app.FIELD_NAMES.index("k")] and not shown[app.FIELD_NAMES.index("draft_steps")]
+    assert "num_iter=64" in app.other_options_hint(app.sampler_defaults("cspd"))  # no control: listed as text
 
 
 def test_more_options_parse_and_reject_garbage():
