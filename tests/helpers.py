@@ -67,3 +67,32 @@ def chi_square_pvalue(samples: torch.Tensor, exact: dict[tuple, float], min_expe
     total_e = sum(exp)
     exp = [e * n / total_e for e in exp]
     return float(chisquare(obs, exp).pvalue)
+
+
+class SyncCounter:
+    """Counts device->host syncs (``item``, ``tolist``, ``bool``/``int``/``float`` of a tensor) while active."""
+
+    NAMES = ("item", "tolist", "__bool__", "__int__", "__float__")
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(self_, *a, _orig=original, **k):
+                self.count += 1
+                return _orig(self_, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+def save_gpt_folder(model: GPT, folder) -> None:
+    """Write a GPT as a model folder (``config.json`` + fp16 ``model.safetensors``), as the trainer does."""
+    import json
+    from pathlib import Path
+
+    from vargen.train.common import export_fp16
+
+    folder = Path(folder)
+    export_fp16(model, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"type": "llamagen_gpt", "config": model.config.to_dict()}))

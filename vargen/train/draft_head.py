@@ -106,6 +106,20 @@ def head_loss(head: DraftHead, model, hidden, logits, tokens, noise: float, ce_w
     return reg + ce_weight * ce, {"reg": float(reg.detach()), "ce": float(ce.detach())}
 
 
+def accumulate_gradients(head: DraftHead, model, micro_batches, noise: float, ce_weight: float,
+                         generator: torch.Generator | None = None) -> dict:
+    """Zero the head's gradients, then accumulate ``mean`` of the micro-batch losses into them
+    (each backward scaled by ``1 / len(micro_batches)``): equal-size micro-batches give exactly the
+    gradient of one batch holding them all."""
+    head.zero_grad(set_to_none=True)
+    parts = {}
+    for labels, tokens, drop in micro_batches:
+        hidden, logits = target_features(model, labels, tokens, drop)
+        loss, parts = head_loss(head, model, hidden, logits, tokens, noise, ce_weight, generator)
+        (loss / len(micro_batches)).backward()
+    return parts
+
+
 def linear_lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -136,15 +150,12 @@ def train_draft_head(args: DraftHeadTrainArgs) -> Path:
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = linear_lr(step, args.steps, args.lr, warmup)
-        opt.zero_grad(set_to_none=True)
-        parts = {}
-        for _ in range(args.grad_accum):  # accumulate: one optimiser step per grad_accum micro-batches
+        micro = []
+        for _ in range(args.grad_accum):
             idx = torch.randint(0, tokens.shape[0], (args.batch_size,), generator=gen)
-            x, y = tokens[idx].to(args.device), labels[idx].to(args.device)
-            drop = (torch.rand(args.batch_size, generator=gen) < args.cfg_dropout).to(args.device)
-            hidden, logits = target_features(model, y, x, drop)
-            loss, parts = head_loss(head, model, hidden, logits, x, args.feature_noise, args.ce_weight, gen)
-            (loss / args.grad_accum).backward()
+            drop = torch.rand(args.batch_size, generator=gen) < args.cfg_dropout
+            micro.append((labels[idx].to(args.device), tokens[idx].to(args.device), drop.to(args.device)))
+        parts = accumulate_gradients(head, model, micro, args.feature_noise, args.ce_weight, gen)
         torch.nn.utils.clip_grad_value_(head.parameters(), args.clip_value)
         opt.step()
         bar.update(args.batch_size * args.grad_accum * tokens.shape[1], **parts)
