@@ -195,12 +195,48 @@ def _run_bench(args) -> int:
     return 0
 
 
+_APP_ERROR = ("`vargen app` runs app/app.py from the repository checkout, and this vargen was installed without "
+              "it: git clone the repository and run `pip install -e '.[app]'` there")
+
+
+def _load_app():
+    """``app/app.py`` of the repository checkout (the app is not part of the wheel), or ``None``."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "app" / "app.py"
+    if not path.is_file():
+        return None
+    if "vargen_app" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("vargen_app", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["vargen_app"] = module  # dataclasses look their module up here
+        spec.loader.exec_module(module)
+    return sys.modules["vargen_app"]
+
+
+def _add_app(sub) -> None:
+    module = _load_app()
+    if module is not None:
+        module.add_cli(sub)
+    else:
+        sub.add_parser("app", help="start the Gradio demo (needs the repository checkout)")
+
+
+def _run_app(args) -> int:
+    module = _load_app()
+    if module is None:
+        print(f"error: {_APP_ERROR}", file=sys.stderr)
+        return 2
+    return module.run_cli(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vargen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_bench(sub)
     _add_train(sub)
+    _add_app(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
@@ -212,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "train":
         return _run_train(args)
+    if args.command == "app":
+        return _run_app(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
