@@ -40,8 +40,16 @@ def _add_train(sub) -> None:
     gpt.add_argument("--threads", type=int, default=0)
     gpt.add_argument("--config", default="{}", help="GPTConfig fields as JSON (or a preset name under 'preset')")
 
+    from .train.draft_head import add_cli as add_draft_head_cli
+
+    add_draft_head_cli(tsub)
+
 
 def _run_train(args) -> int:
+    if args.what == "draft-head":
+        from .train.draft_head import run_cli
+
+        return run_cli(args)
     if args.what == "vq":
         from .train.vq import VQTrainArgs, train_vq
 

@@ -40,7 +40,8 @@ class Pipeline:
     """
 
     def __init__(self, model, tokenizer, defaults: SamplingConfig | None = None, class_names=None,
-                 name: str | None = None):
+                 name: str | None = None, draft=None):
+        self.draft = draft  # default drafter (a draft-head folder or model) for "sd" / "lantern"
         self.model = model
         self.tokenizer = tokenizer
         self.defaults = defaults or SamplingConfig()
@@ -74,9 +75,14 @@ class Pipeline:
                  per_row_seeds: bool = False, **options) -> GenerationOutput:
         config, sampler_options = self.split_options(options)
         if isinstance(sampler, str):
+            if sampler in ("sd", "lantern") and "draft" not in sampler_options and self.draft is not None:
+                sampler_options["draft"] = self.draft
             sampler = get_sampler(sampler, **sampler_options)
         elif sampler_options:
             raise ValueError(f"options {sorted(sampler_options)} given with a sampler instance")
+        rule = getattr(sampler, "rule", None)
+        if rule is not None and getattr(rule, "codebook", False) is None and self.tokenizer is not None:
+            rule.codebook = self.tokenizer.codebook  # neighbourhoods in the quantiser's geometry
         if isinstance(cond, (int, str)):
             cond = [cond]
         if isinstance(cond, (list, tuple)):
@@ -138,7 +144,8 @@ def _load_pipeline_json(folder: Path, dtype: torch.dtype, device) -> Pipeline:
         raise ValueError(f"{folder}: pipeline kind {spec['kind']!r} is not loadable by this version")
     model, _ = _load_llamagen_folder(resolve(spec["model"]), dtype)
     vq = _load_vq_folder(resolve(spec["tokenizer"]), torch.float32)
-    pipe = Pipeline(model, vq, SamplingConfig(**spec.get("defaults", {})), spec.get("class_names"), folder.name)
+    draft = str(resolve(spec["draft"])) if spec.get("draft") else None
+    pipe = Pipeline(model, vq, SamplingConfig(**spec.get("defaults", {})), spec.get("class_names"), folder.name, draft)
     return pipe.to(device)
 
 

@@ -12,6 +12,9 @@ from .base import GenerationOutput, SamplingConfig, Stats
 _REGISTRY: dict[str, tuple[str, dict]] = {
     "ar": ("vargen.samplers.ar:ARSampler", {}),
     "sjd": ("vargen.samplers.jacobi:JacobiSampler", {}),
+    "sd": ("vargen.samplers.speculative:SpeculativeSampler", {}),
+    "lantern": ("vargen.samplers.speculative:SpeculativeSampler", {"acceptance": "lantern"}),
+    "gsd": ("vargen.samplers.jacobi:JacobiSampler", {"acceptance": "gsd"}),
     "var": ("vargen.samplers.next_scale:VARSampler", {}),
     "code": ("vargen.samplers.code:CoDeSampler", {}),
     "mar": ("vargen.samplers.mar:MARSampler", {}),
