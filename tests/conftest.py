@@ -9,6 +9,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The tests run tiny models: one thread is faster than two and immune to CPU oversubscription.
+torch.set_num_threads(1)
+
 
 def shared_dir() -> Path | None:
     """``$VARGEN_SHARED`` or ``../shared`` next to the checkout (CI has it there)."""
