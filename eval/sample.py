@@ -1,0 +1,185 @@
+"""Generate a class-balanced sample set for FID, on any number of processes.
+
+    accelerate launch eval/sample.py --model cifar10-llamagen --sampler sjd:window=16 --num-samples 50000 --out DIR
+    accelerate launch --multi_gpu --num_processes 2 eval/sample.py --cpu ...   # two CPU processes (gloo)
+    python eval/sample.py ...                                                 # one process, no launcher
+
+On CPU, accelerate (1.x) starts several processes only through torchrun (``--multi_gpu``, which also
+works without GPUs) or mpirun (``--cpu --mpirun_hostfile``); plain ``accelerate launch --cpu
+--num_processes 2`` starts one process, and this script says so.
+
+- Global index ``i`` in ``0..N-1`` has class ``i % num_classes`` (balanced when N is a multiple of the
+  number of classes) and its own generator seeded with ``seed * 1_000_000_007 + i``: an image depends
+  on its index and seed only, not on the number of processes or the batch it runs in.
+- The index list is split across processes with ``PartialState().split_between_processes``; each
+  writes ``DIR/{i:06d}.png``. Existing files are skipped, so an interrupted run resumes.
+- Per-process statistics (forward passes, tokens per forward, accepted tokens, time) are gathered
+  with ``gather_object`` into ``DIR/summary.json`` by the main process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SEED_STRIDE = 1_000_000_007
+
+
+def row_seed(seed: int, index: int) -> int:
+    return seed * SEED_STRIDE + index
+
+
+def labels_for(num_samples: int, num_classes: int) -> list[int]:
+    return [i % num_classes for i in range(num_samples)]
+
+
+def png_path(out: Path, index: int) -> Path:
+    return out / f"{index:06d}.png"
+
+
+def save_png(img, path: Path) -> None:
+    """Write then rename, so an interrupted run never leaves a truncated PNG that would be skipped."""
+    tmp = path.with_name(path.stem + ".tmp.png")
+    img.save(tmp)
+    os.replace(tmp, path)
+
+
+def batches(items: list[int], size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="demo zoo name, official name, or folder with pipeline.json")
+    p.add_argument("--sampler", default="ar", help="sampler spec as in `vargen bench`: ar, sjd:window=16,init=vertical, ...")
+    p.add_argument("--num-samples", type=int, default=50000)
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-size", type=int, default=32, help="images per sampling call, per process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-classes", type=int, help="default: the model's class names or config.num_classes")
+    p.add_argument("--checkpoint", help="local official GPT checkpoint (offline use of official names)")
+    p.add_argument("--tokenizer-checkpoint", help="local official VQ checkpoint")
+    for name, typ in (("--temperature", float), ("--top-k", int), ("--top-p", float), ("--cfg-scale", float)):
+        p.add_argument(name, type=typ)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--cpu", action="store_true", help="run on CPU even where CUDA exists (gloo between processes)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
+    p.add_argument("--summary", help="where to write the JSON summary (default: OUT/summary.json)")
+    return p.parse_args(argv)
+
+
+def load_pipeline(args, device):
+    from vargen.pipeline import load
+
+    dtype = getattr(torch, args.dtype)
+    return load(args.model, device=device, dtype=dtype, checkpoint=args.checkpoint,
+                tokenizer_checkpoint=args.tokenizer_checkpoint)
+
+
+def generate_indices(pipe, sampler, config, indices: list[int], labels: list[int], args, out: Path) -> list[dict]:
+    """Sample, decode and save ``indices`` in batches; one stats record per batch."""
+    records = []
+    for chunk in batches(indices, args.batch_size):
+        t0 = time.perf_counter()
+        cond = torch.tensor([labels[i] for i in chunk], device=pipe.device)
+        gens = [torch.Generator(pipe.device).manual_seed(row_seed(args.seed, i)) for i in chunk]
+        result = sampler.sample(pipe.model, cond, config, gens)
+        images = pipe.decode(result.tokens)
+        for i, img in zip(chunk, images):
+            save_png(img, png_path(out, i))
+        s = result.stats
+        records.append({"rows": len(chunk), "forward_passes": s.forward_passes,
+                        "draft_forward_passes": s.draft_forward_passes,
+                        "tokens_per_row": float(s.tokens.float().mean()) if s.tokens is not None else 0.0,
+                        "tokens_per_forward": s.tokens_per_forward, "mean_accepted": s.mean_accepted,
+                        "sampler_seconds": s.seconds, "seconds": time.perf_counter() - t0,
+                        "peak_memory_bytes": s.peak_memory_bytes})
+    return records
+
+
+def summarize(per_process: list[dict]) -> dict:
+    """Totals over processes; rates weighted by rows (each image of a batch shares its passes)."""
+    records = [r for p in per_process for r in p["batches"]]
+    images = sum(r["rows"] for r in records)
+    out = {"processes": len(per_process), "images_generated": images,
+           "images_skipped_existing": sum(p["skipped"] for p in per_process),
+           "wall_seconds": round(max(p["wall_seconds"] for p in per_process), 3)}
+    if images:
+        w = lambda key: sum(r[key] * r["rows"] for r in records) / images  # noqa: E731
+        out.update({
+            "forward_passes_per_image": round(w("forward_passes"), 3),
+            "draft_forward_passes_per_image": round(w("draft_forward_passes"), 3),
+            "tokens_per_forward": round(w("tokens_per_forward"), 4),
+            "mean_accepted": round(w("mean_accepted"), 4),
+            "sampler_seconds_per_image": round(sum(r["sampler_seconds"] for r in records) / images, 5),
+            "images_per_second": round(images / max(1e-9, out["wall_seconds"]), 3),
+            "peak_memory_bytes": max(r["peak_memory_bytes"] for r in records),
+        })
+    out["per_process"] = [{k: v for k, v in p.items() if k != "batches"} for p in per_process]
+    return out
+
+
+def warn_single_cpu_launch() -> None:
+    """`accelerate launch --cpu --num_processes N` without mpirun starts one process: say so."""
+    env = os.environ
+    if (env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in env
+            and not any(k in env for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))):
+        print("note: `accelerate launch --cpu --num_processes N` starts a single process unless run through mpirun; "
+              "for N CPU processes use `accelerate launch --multi_gpu --num_processes N eval/sample.py --cpu ...` "
+              "(torchrun, gloo)", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from vargen.bench import parse_spec
+    from vargen.samplers import get_sampler
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warn_single_cpu_launch()
+    state = PartialState(cpu=args.cpu or not torch.cuda.is_available())
+    t_start = time.perf_counter()
+    pipe = load_pipeline(args, state.device)
+    name, options = parse_spec(args.sampler)
+    sampler = get_sampler(name, **options)
+    overrides = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "cfg_scale") if getattr(args, k) is not None}
+    config, _ = pipe.split_options(overrides)
+    num_classes = args.num_classes or (len(pipe.class_names) if pipe.class_names else pipe.model.config.num_classes)
+    labels = labels_for(args.num_samples, num_classes)
+    out = Path(args.out)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+
+    with state.split_between_processes(list(range(args.num_samples))) as mine:
+        todo = [i for i in mine if not png_path(out, i).is_file()]
+        records = generate_indices(pipe, sampler, config, todo, labels, args, out)
+    mine_summary = {"process": state.process_index, "device": str(state.device), "assigned": len(mine),
+                    "skipped": len(mine) - len(todo), "wall_seconds": time.perf_counter() - t_start,
+                    "batches": records}
+    gathered = gather_object([mine_summary])
+    state.wait_for_everyone()
+    if state.is_main_process:
+        summary = {"model": args.model, "sampler": args.sampler, "config": {k: v for k, v in vars(config).items()},
+                   "num_samples": args.num_samples, "num_classes": num_classes, "seed": args.seed,
+                   "batch_size": args.batch_size, "command": " ".join(sys.argv),
+                   "machine": f"{platform.node()} {platform.machine()}, torch {torch.__version__}",
+                   **summarize(sorted(gathered, key=lambda p: p["process"]))}
+        path = Path(args.summary) if args.summary else out / "summary.json"
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in summary.items() if k != "per_process"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

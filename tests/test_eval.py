@@ -1,0 +1,277 @@
+"""Evaluation: FID/KID/PR/IS through clean-fid's pieces with a tiny feature network, statistics caching,
+ADM-style .npz files, the Inception weights error, the CIFAR-10 feature network, and sampling with
+one and two processes giving the same files."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("cleanfid", reason="the eval tests need clean-fid (pip install 'vargen[eval]')")
+
+from helpers import tiny_gpt  # noqa: E402
+from vargen.eval import (INCEPTION_URL, FeatureStats, MissingWeightsError, compute_fid, export_npz,  # noqa: E402
+                         get_extractor, inception_score, kid, precision_recall, read_npz_images)
+from vargen.eval.stats import compute_stats  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated")  # inside clean-fid
+PYTHON = sys.executable
+
+
+def tiny_features(x: torch.Tensor):
+    """A fixed random projection of 4x4-pooled pixels, with a softmax 'classifier' for IS."""
+    w = torch.randn(48, 24, generator=torch.Generator().manual_seed(0))
+    f = torch.nn.functional.adaptive_avg_pool2d(x / 255, 4).flatten(1) @ w
+    return f, (f[:, :5] * 4).softmax(-1)
+
+
+def write_images(folder: Path, images: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i:05d}.png")
+    return folder
+
+
+def random_images(n: int, seed: int = 0, size: int = 16) -> np.ndarray:
+    """Images with a random flat colour per image plus noise: varied enough for a covariance."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n, 1, 1, 3)) + rng.normal(0, 25, (n, size, size, 3))
+    return base.clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fid")
+    real = random_images(300, seed=0)
+    shifted = np.clip(real.astype(int) + 60, 0, 255).astype(np.uint8)
+    return {"real": write_images(root / "real", real), "real2": write_images(root / "real2", random_images(300, 1)),
+            "shifted": write_images(root / "shifted", shifted), "root": root}
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------
+
+
+def test_fid_of_a_folder_against_itself_is_zero_and_grows_with_a_perturbation(folders):
+    same = compute_fid(folders["real"], folders["real"], features=tiny_features, mode="clean", verbose=False)
+    other = compute_fid(folders["real"], folders["real2"], features=tiny_features, mode="clean", verbose=False)
+    moved = compute_fid(folders["real"], folders["shifted"], features=tiny_features, mode="clean", verbose=False)
+    assert abs(same.fid) < 1e-6
+    assert moved.fid > 10 * max(other.fid, 1e-3) and moved.fid > 1.0
+    assert same.precision == same.recall == 1.0 and moved.precision < 0.9
+    assert abs(same.kid) < 0.2 * moved.kid
+    assert same.mode == "clean" and "mode=clean" in str(moved) and "custom features" in str(moved)
+
+
+def test_mode_is_explicit_and_checked(folders):
+    with pytest.raises(ValueError, match="mode must be one of"):
+        compute_fid(folders["real"], folders["real"], features=tiny_features, mode="fast", verbose=False)
+    stats = compute_stats(folders["real"], get_extractor(tiny_features), "clean")
+    with pytest.raises(ValueError, match="not comparable"):
+        compute_fid(stats, folders["real"], features=tiny_features, mode="legacy_tensorflow", verbose=False)
+
+
+def test_precision_recall_and_is_on_known_sets():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(400, 8))
+    p, r = precision_recall(real, rng.normal(size=(400, 8)))
+    assert p > 0.8 and r > 0.8
+    p_far, r_far = precision_recall(real, rng.normal(size=(400, 8)) + 10)
+    assert p_far == 0.0 and r_far == 0.0
+    collapsed = np.tile(real[:1], (400, 1)) + 1e-3 * rng.normal(size=(400, 8))
+    p_c, r_c = precision_recall(real, collapsed)
+    assert p_c > 0.9 and r_c < 0.05  # mode collapse: precise, no recall
+    uniform = np.full((100, 10), 0.1)
+    onehot = np.eye(10)[np.arange(100) % 10]
+    assert inception_score(uniform)[0] == pytest.approx(1.0)
+    assert inception_score(onehot, splits=1)[0] == pytest.approx(10.0, rel=1e-6)
+    assert kid(real, real + 5) > 10 * abs(kid(real, rng.normal(size=(400, 8))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics, caching, .npz files
+# ----------------------------------------------------------------------------------------------
+
+
+def test_stats_cache_round_trips_and_tracks_changes(folders, tmp_path):
+    src = write_images(tmp_path / "src", random_images(50, 3))
+    ext = get_extractor(tiny_features)
+    first = compute_stats(src, ext, "clean", cache_dir=tmp_path / "cache")
+    files = list((tmp_path / "cache").glob("*.npz"))
+    assert len(files) == 1
+    loaded = FeatureStats.load(files[0])
+    assert np.allclose(loaded.mu, first.mu) and np.allclose(loaded.sigma, first.sigma)
+    assert loaded.features == "callable-tiny_features" and loaded.mode == "clean" and loaded.count == 50
+    assert loaded.feats.shape == (50, 24) and loaded.probs.shape == (50, 5)
+    again = compute_stats(src, ext, "clean", cache_dir=tmp_path / "cache")  # read back, not recomputed
+    assert np.array_equal(again.mu, loaded.mu) and len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    Image.fromarray(random_images(1, 9)[0]).save(src / "99999.png")  # the folder changed: new statistics
+    changed = compute_stats(src, ext, "clean", cache_dir=tmp_path / "cache")
+    assert changed.count == 51 and len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    # a saved stats file is a valid FID input
+    saved = first.save(tmp_path / "ref.npz")
+    r = compute_fid(src, saved, features=tiny_features, mode="clean", verbose=False)
+    assert r.fid > 0 and r.n_b == 50
+
+
+def test_npz_export_reads_back_and_scores_like_the_folder(folders, tmp_path):
+    out = export_npz(folders["real"], tmp_path / "samples.npz")
+    with np.load(out) as data:
+        assert data.files == ["arr_0"]
+        arr = data["arr_0"]
+    assert arr.dtype == np.uint8 and arr.shape == (300, 16, 16, 3)
+    assert np.array_equal(arr[7], np.asarray(Image.open(folders["real"] / "00007.png")))
+    assert np.array_equal(read_npz_images(out), arr)
+    via_npz = compute_fid(out, folders["shifted"], features=tiny_features, mode="clean", verbose=False)
+    via_dir = compute_fid(folders["real"], folders["shifted"], features=tiny_features, mode="clean", verbose=False)
+    assert via_npz.fid == pytest.approx(via_dir.fid, rel=1e-9)
+
+
+def test_adm_style_mu_sigma_reference_is_read(folders, tmp_path):
+    stats = compute_stats(folders["real2"], get_extractor(tiny_features), "clean")
+    np.savez(tmp_path / "adm_ref.npz", mu=stats.mu, sigma=stats.sigma)  # no vargen metadata, no images
+    ref = FeatureStats.load(tmp_path / "adm_ref.npz")
+    assert ref.mode is None and ref.feats is None
+    ref.features = "callable-tiny_features"
+    r = compute_fid(folders["real"], ref, features=tiny_features, mode="clean", verbose=False)
+    direct = compute_fid(folders["real"], folders["real2"], features=tiny_features, mode="clean", verbose=False)
+    assert r.fid == pytest.approx(direct.fid, rel=1e-9) and r.kid is None and "legacy_tensorflow" in r.note
+
+
+def test_missing_inception_weights_give_one_clear_message(folders, tmp_path, monkeypatch):
+    monkeypatch.setenv("VARGEN_INCEPTION", str(tmp_path / "weights"))
+    with pytest.raises(MissingWeightsError) as err:
+        compute_fid(folders["real"], folders["real"], features="inception", mode="clean", verbose=False)
+    text = str(err.value)
+    assert str(tmp_path / "weights" / "inception-2015-12-05.pt") in text and INCEPTION_URL in text
+    assert err.value.__cause__ is None
+    # the command line prints that one line, no traceback
+    proc = subprocess.run([PYTHON, str(REPO / "eval" / "fid.py"), str(folders["real"]), str(folders["real"]),
+                           "--features", "inception", "--mode", "clean"], capture_output=True, text=True,
+                          env={**os.environ, "VARGEN_INCEPTION": str(tmp_path / "weights"), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert INCEPTION_URL in proc.stderr and "inception-2015-12-05.pt" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# The CIFAR-10 feature network
+# ----------------------------------------------------------------------------------------------
+
+
+def test_feature_net_trains_resumes_and_exports(tmp_path, monkeypatch):
+    from vargen.train.features import CifarFeatureNet, FeatureNetConfig, FeatureTrainArgs, augment, finish, \
+        load_feature_net, train_features
+
+    net = CifarFeatureNet(FeatureNetConfig(widths=(8, 8, 16, 16)))
+    x = torch.rand(4, 3, 32, 32) * 255
+    assert net.features(x).shape == (4, 16) and net(x).shape == (4, 10)
+    crops = augment(x, torch.Generator().manual_seed(0))
+    assert crops.shape == x.shape and not torch.equal(crops, x)
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 20)):
+        for c in ("a", "b"):  # class a dark, class b bright
+            imgs = rng.integers(0, 100, (n, 32, 32, 3)) + (150 if c == "b" else 0)
+            write_images(data / split / c, imgs.astype(np.uint8))
+    args = FeatureTrainArgs(data=str(data), out=str(tmp_path / "run"), export=str(tmp_path / "zoo"), epochs=3,
+                            batch_size=16, save_every=2, threads=1, config={"widths": [8, 8, 16, 16]})
+    monkeypatch.setenv("VARGEN_CACHE", str(tmp_path / "cache"))
+    train_features(args)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "step 15/15" in log and "test accuracy" in log
+    exported = load_feature_net(tmp_path / "zoo")
+    meta = json.loads((tmp_path / "zoo" / "config.json").read_text())
+    assert meta["test_accuracy"] > 0.9 and meta["classes"] == ["a", "b"]
+    assert "vargen train features" in (tmp_path / "zoo" / "TRAINING.md").read_text()
+    # resuming a finished run trains nothing more and gives the same weights
+    train_features(args)
+    again = load_feature_net(tmp_path / "zoo")
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), again.state_dict().values()))
+    ext = get_extractor("cifar10-features", weights=tmp_path / "zoo")
+    feats, probs = ext(random_images(3, 0, size=32), "clean")
+    assert feats.shape == (3, 16) and probs.shape == (3, 2) and "vargen's CIFAR-10 features" in ext.label
+    assert callable(finish)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling with accelerate: 1 and 2 processes give the same files
+# ----------------------------------------------------------------------------------------------
+
+
+def write_tiny_pipeline(root: Path) -> Path:
+    from vargen.tokenizers.llamagen_vq import VQConfig, VQModel
+    from vargen.train.common import export_fp16
+
+    gpt = tiny_gpt(vocab=16, grid=4, num_classes=3)
+    torch.manual_seed(0)
+    vq = VQModel(VQConfig(codebook_size=16, codebook_embed_dim=4, encoder_ch_mult=[1, 1], decoder_ch_mult=[1, 1],
+                          z_channels=32, ch=32, num_res_blocks=1)).eval()
+    for name, module, kind in (("model", gpt, "llamagen_gpt"), ("vq", vq, "llamagen_vq")):
+        export_fp16(module, root / name / "model.safetensors")
+        (root / name / "config.json").write_text(json.dumps({"type": kind, "config": module.config.to_dict()}))
+    folder = root / "tiny"
+    folder.mkdir()
+    (folder / "pipeline.json").write_text(json.dumps({"kind": "llamagen", "model": "model", "tokenizer": "vq",
+                                                      "defaults": {"cfg_scale": 1.5}, "class_names": ["a", "b", "c"]}))
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_sample(args: list[str], processes: int) -> subprocess.CompletedProcess:
+    script = str(REPO / "eval" / "sample.py")
+    if processes == 1:
+        cmd = [PYTHON, script]
+    else:
+        accelerate = str(Path(PYTHON).parent / "accelerate")
+        cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), script,
+               "--cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd + args + ["--threads", "1"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_two_processes_write_the_same_files_as_one(tmp_path):
+    pytest.importorskip("accelerate")
+    model = write_tiny_pipeline(tmp_path)
+    common = ["--model", str(model), "--sampler", "sjd:window=4", "--num-samples", "11", "--batch-size", "3",
+              "--seed", "5"]
+    run_sample(common + ["--out", str(tmp_path / "one")], 1)
+    run_sample(common + ["--out", str(tmp_path / "two")], 2)
+    one = sorted(p.name for p in (tmp_path / "one").glob("*.png"))
+    assert one == [f"{i:06d}.png" for i in range(11)]
+    for name in one:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    images = [np.asarray(Image.open(tmp_path / "one" / n)) for n in one]
+    assert len({im.tobytes() for im in images}) == 11  # per-index seeds: all different
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["images_generated"] == 11
+    assert sorted(p["assigned"] for p in summary["per_process"]) == [5, 6]
+    assert summary["forward_passes_per_image"] > 0 and summary["tokens_per_forward"] > 1.0
+    # resumable: a missing file is regenerated identically, the rest are skipped
+    (tmp_path / "two" / "000004.png").unlink()
+    run_sample(common + ["--out", str(tmp_path / "two")], 1)
+    again = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert again["images_generated"] == 1 and again["images_skipped_existing"] == 10
+    assert (tmp_path / "two" / "000004.png").read_bytes() == (tmp_path / "one" / "000004.png").read_bytes()
+    # another seed gives other images
+    run_sample(["--model", str(model), "--sampler", "sjd:window=4", "--num-samples", "2", "--seed", "6", "--out",
+                str(tmp_path / "seed6")], 1)
+    assert (tmp_path / "seed6" / "000000.png").read_bytes() != (tmp_path / "one" / "000000.png").read_bytes()
