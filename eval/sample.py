@@ -50,11 +50,6 @@ def save_png(img, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def batches(items: list[int], size: int):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="demo zoo name, official name, or folder with pipeline.json")
@@ -83,16 +78,32 @@ def load_pipeline(args, device):
                 tokenizer_checkpoint=args.tokenizer_checkpoint)
 
 
-def generate_indices(pipe, sampler, config, indices: list[int], labels: list[int], args, out: Path) -> list[dict]:
-    """Sample, decode and save ``indices`` in batches; one stats record per batch."""
+def contiguous_batches(indices: list[int], size: int):
+    """Runs of consecutive indices, at most ``size`` long (gaps come from files that already exist)."""
+    batch: list[int] = []
+    for i in indices:
+        if batch and (i != batch[-1] + 1 or len(batch) == size):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def generate_indices(pipe, sampler: str, indices: list[int], labels: list[int], args, out: Path,
+                     **options) -> list[dict]:
+    """Sample, decode and save ``indices``; one stats record per batch.
+
+    A batch is a run of consecutive indices starting at ``i0``: ``Pipeline.generate(...,
+    seed=row_seed(seed, i0), per_row_seeds=True)`` gives its row ``j`` the generator seeded with
+    ``row_seed(seed, i0 + j)``, i.e. every image gets the seed of its own global index.
+    """
     records = []
-    for chunk in batches(indices, args.batch_size):
+    for chunk in contiguous_batches(indices, args.batch_size):
         t0 = time.perf_counter()
-        cond = torch.tensor([labels[i] for i in chunk], device=pipe.device)
-        gens = [torch.Generator(pipe.device).manual_seed(row_seed(args.seed, i)) for i in chunk]
-        result = sampler.sample(pipe.model, cond, config, gens)
-        images = pipe.decode(result.tokens)
-        for i, img in zip(chunk, images):
+        result = pipe.generate([labels[i] for i in chunk], sampler=sampler, seed=row_seed(args.seed, chunk[0]),
+                               per_row_seeds=True, **options)
+        for i, img in zip(chunk, result.images):
             save_png(img, png_path(out, i))
         s = result.stats
         records.append({"rows": len(chunk), "forward_passes": s.forward_passes,
@@ -151,7 +162,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     pipe = load_pipeline(args, state.device)
     name, options = parse_spec(args.sampler)
-    sampler = get_sampler(name, **options)
+    get_sampler(name, **options)  # unknown samplers and options fail here, before any work
     overrides = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "cfg_scale") if getattr(args, k) is not None}
     config, _ = pipe.split_options(overrides)
     num_classes = args.num_classes or (len(pipe.class_names) if pipe.class_names else pipe.model.config.num_classes)
@@ -163,7 +174,7 @@ def main(argv=None) -> int:
 
     with state.split_between_processes(list(range(args.num_samples))) as mine:
         todo = [i for i in mine if not png_path(out, i).is_file()]
-        records = generate_indices(pipe, sampler, config, todo, labels, args, out)
+        records = generate_indices(pipe, name, todo, labels, args, out, **overrides, **options)
     mine_summary = {"process": state.process_index, "device": str(state.device), "assigned": len(mine),
                     "skipped": len(mine) - len(todo), "wall_seconds": time.perf_counter() - t_start,
                     "batches": records}
