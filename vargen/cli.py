@@ -203,6 +203,59 @@ def _run_bench(args) -> int:
     return 0
 
 
+def _add_measure(sub) -> None:
+    p = sub.add_parser("measure", help="quality checks of the demo models on a dataset split")
+    msub = p.add_subparsers(dest="what", required=True)
+    ps = msub.add_parser("psnr", help="tokenizer reconstruction PSNR (dB) and codebook usage")
+    ps.add_argument("--tokenizer", default="cifar10-vq", help="zoo name or folder with model.safetensors + config.json")
+    nl = msub.add_parser("nll", help="held-out bits per token of a GPT vs a unigram baseline")
+    nl.add_argument("--model", default="cifar10-llamagen")
+    for q in (ps, nl):
+        q.add_argument("--data", required=True, help=".tar.gz with split/class/*.jpg, or a folder")
+        q.add_argument("--split", default="test")
+        q.add_argument("--limit", type=int, help="only the first N images")
+        q.add_argument("--threads", type=int, default=0)
+
+
+def _zoo_or_folder(name: str) -> Path:
+    from . import zoo
+
+    path = zoo.shipped_path(name) or Path(name)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{name!r} is neither a shipped zoo entry nor a folder with config.json")
+    return path
+
+
+def _run_measure(args) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.what == "psnr":
+        from .tokenizers.llamagen_vq import load_vq_folder
+        from .train.vq import evaluate_psnr
+
+        vq = load_vq_folder(_zoo_or_folder(args.tokenizer))
+        result = evaluate_psnr(vq, args.data, args.split, limit=args.limit)
+    else:
+        from .pipeline import load
+        from .train.gpt import nll_bits_per_token, tokenize_split, unigram_bits_per_token
+
+        pipe = load(args.model)
+        test_tokens, test_labels = tokenize_split(pipe.tokenizer, args.data, args.split, flips=False)
+        train_tokens, _ = tokenize_split(pipe.tokenizer, args.data, "train", flips=False)
+        if args.limit:
+            test_tokens, test_labels = test_tokens[: args.limit], test_labels[: args.limit]
+        result = {
+            "model_bits_per_token": nll_bits_per_token(pipe.model, test_tokens, test_labels),
+            "unigram_bits_per_token": unigram_bits_per_token(train_tokens, test_tokens, pipe.model.vocab_size),
+            "uniform_bits_per_token": float(torch.tensor(float(pipe.model.vocab_size)).log2()),
+            "sequences": int(test_tokens.shape[0]),
+        }
+    print(json.dumps({"split": args.split, **result}, indent=2))
+    return 0
+
+
 _APP_ERROR = ("`vargen app` runs app/app.py from the repository checkout, and this vargen was installed without "
               "it: git clone the repository and run `pip install -e '.[app]'` there")
 
@@ -244,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_generate(sub)
     _add_bench(sub)
     _add_train(sub)
+    _add_measure(sub)
     _add_app(sub)
     args = parser.parse_args(argv)
     try:
@@ -251,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_generate(args)
         if args.command == "bench":
             return _run_bench(args)
+        if args.command == "measure":
+            return _run_measure(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -114,24 +114,6 @@ class Pipeline:
 # ----------------------------------------------------------------------------------------------
 
 
-def _load_llamagen_folder(folder: Path, dtype: torch.dtype):
-    from .models.llamagen import GPT, GPTConfig, load_gpt_weights
-
-    meta = zoo.read_json(folder / "config.json")
-    model = GPT(GPTConfig.from_dict(meta["config"]))
-    load_gpt_weights(model, str(folder / "model.safetensors"))
-    return model.to(dtype).eval(), meta
-
-
-def _load_vq_folder(folder: Path, dtype: torch.dtype):
-    from .tokenizers.llamagen_vq import VQConfig, VQModel, load_vq_weights
-
-    meta = zoo.read_json(folder / "config.json")
-    vq = VQModel(VQConfig.from_dict(meta["config"]))
-    load_vq_weights(vq, str(folder / "model.safetensors"))
-    return vq.to(dtype).eval()
-
-
 def _load_pipeline_json(folder: Path, dtype: torch.dtype, device) -> Pipeline:
     spec = zoo.read_json(folder / "pipeline.json")
     root = folder.parent
@@ -142,8 +124,11 @@ def _load_pipeline_json(folder: Path, dtype: torch.dtype, device) -> Pipeline:
 
     if spec["kind"] != "llamagen":
         raise ValueError(f"{folder}: pipeline kind {spec['kind']!r} is not loadable by this version")
-    model, _ = _load_llamagen_folder(resolve(spec["model"]), dtype)
-    vq = _load_vq_folder(resolve(spec["tokenizer"]), torch.float32)
+    from .models.llamagen import load_gpt_folder
+    from .tokenizers.llamagen_vq import load_vq_folder
+
+    model = load_gpt_folder(resolve(spec["model"]), dtype)
+    vq = load_vq_folder(resolve(spec["tokenizer"]))
     draft = str(resolve(spec["draft"])) if spec.get("draft") else None
     pipe = Pipeline(model, vq, SamplingConfig(**spec.get("defaults", {})), spec.get("class_names"), folder.name, draft)
     return pipe.to(device)

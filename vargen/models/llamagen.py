@@ -507,3 +507,14 @@ def load_gpt_weights(model: GPT, path_or_state) -> GPT:
             f"vocab={cfg.vocab_size}, {cfg.model_type}")
     load_strict(model, state, "LlamaGen GPT", hint=hint, drop=("freqs_cis",))
     return model
+
+
+def load_gpt_folder(folder, dtype: torch.dtype = torch.float32) -> GPT:
+    """A GPT saved as ``model.safetensors`` + ``config.json`` (the demo-zoo layout)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    model = GPT(GPTConfig.from_dict(meta["config"]))
+    return load_gpt_weights(model, str(folder / "model.safetensors")).to(dtype).eval()

@@ -289,7 +289,7 @@ def load_vq_weights(model: VQModel, path_or_state) -> VQModel:
     from ..models.checkpoint import load_strict, read_state_dict
 
     state = path_or_state if isinstance(path_or_state, dict) else read_state_dict(path_or_state)
-    if "codebook_used" not in dict(model.quantize.named_buffers()) :
+    if "codebook_used" not in dict(model.quantize.named_buffers()):
         state = {k: v for k, v in state.items() if k != "quantize.codebook_used"}
     book = state.get("quantize.embedding.weight")
     c = model.config
@@ -297,3 +297,14 @@ def load_vq_weights(model: VQModel, path_or_state) -> VQModel:
             f"({c.codebook_size}, {c.codebook_embed_dim}); check ch_mult (VQ-16 vs VQ-8), ch and num_res_blocks")
     load_strict(model, state, "LlamaGen VQ", hint=hint)
     return model
+
+
+def load_vq_folder(folder, dtype: torch.dtype = torch.float32) -> VQModel:
+    """A tokenizer saved as ``model.safetensors`` + ``config.json`` (the demo-zoo layout)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    vq = VQModel(VQConfig.from_dict(meta["config"]))
+    return load_vq_weights(vq, str(folder / "model.safetensors")).to(dtype).eval()

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.llamagen import GPT, GPTConfig, gpt_config
-from ..tokenizers.llamagen_vq import VQConfig, VQModel, load_vq_weights
+from ..tokenizers.llamagen_vq import VQConfig, VQModel, load_vq_folder
 from .common import EMA, Progress, cosine_lr, export_fp16, load_checkpoint, save_checkpoint
 from .data import load_images, to_model_range
 
@@ -36,13 +36,6 @@ class GPTTrainArgs:
     save_every: int = 500
     threads: int = 0
     config: dict = field(default_factory=dict)
-
-
-def load_vq_folder(folder: str | Path, dtype=torch.float32) -> VQModel:
-    folder = Path(folder)
-    meta = json.loads((folder / "config.json").read_text())
-    vq = VQModel(VQConfig.from_dict(meta["config"]))
-    return load_vq_weights(vq, str(folder / "model.safetensors")).to(dtype).eval()
 
 
 @torch.no_grad()
