@@ -106,13 +106,26 @@ def generate_indices(pipe, sampler: str, indices: list[int], labels: list[int], 
         for i, img in zip(chunk, result.images):
             save_png(img, png_path(out, i))
         s = result.stats
+        acc = torch.stack([a.float().cpu() for a in s.accepted]) if s.accepted else torch.zeros(0, len(chunk))
         records.append({"rows": len(chunk), "forward_passes": s.forward_passes,
                         "draft_forward_passes": s.draft_forward_passes,
                         "tokens_per_row": float(s.tokens.float().mean()) if s.tokens is not None else 0.0,
                         "tokens_per_forward": s.tokens_per_forward, "mean_accepted": s.mean_accepted,
                         "sampler_seconds": s.seconds, "seconds": time.perf_counter() - t0,
-                        "peak_memory_bytes": s.peak_memory_bytes})
+                        "peak_memory_bytes": s.peak_memory_bytes,
+                        "accepted_sum": acc.sum(1).tolist(), "accepted_rows": (acc > 0).sum(1).tolist()})
     return records
+
+
+def accepted_curve(records: list[dict]) -> list[float]:
+    """Mean tokens committed at decoding step k (over rows still generating), for every k."""
+    steps = max((len(r["accepted_sum"]) for r in records), default=0)
+    total, rows = [0.0] * steps, [0] * steps
+    for r in records:
+        for k, (a, n) in enumerate(zip(r["accepted_sum"], r["accepted_rows"])):
+            total[k] += a
+            rows[k] += n
+    return [round(t / n, 4) if n else 0.0 for t, n in zip(total, rows)]
 
 
 def summarize(per_process: list[dict]) -> dict:
@@ -132,6 +145,7 @@ def summarize(per_process: list[dict]) -> dict:
             "sampler_seconds_per_image": round(sum(r["sampler_seconds"] for r in records) / images, 5),
             "images_per_second": round(images / max(1e-9, out["wall_seconds"]), 3),
             "peak_memory_bytes": max(r["peak_memory_bytes"] for r in records),
+            "accepted_per_step": accepted_curve(records),
         })
     out["per_process"] = [{k: v for k, v in p.items() if k != "batches"} for p in per_process]
     return out
@@ -188,7 +202,7 @@ def main(argv=None) -> int:
                    **summarize(sorted(gathered, key=lambda p: p["process"]))}
         path = Path(args.summary) if args.summary else out / "summary.json"
         path.write_text(json.dumps(summary, indent=2) + "\n")
-        print(json.dumps({k: v for k, v in summary.items() if k != "per_process"}, indent=2))
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("per_process", "accepted_per_step")}, indent=2))
     return 0
 
 

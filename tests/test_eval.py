@@ -275,3 +275,38 @@ def test_two_processes_write_the_same_files_as_one(tmp_path):
     run_sample(["--model", str(model), "--sampler", "sjd:window=4", "--num-samples", "2", "--seed", "6", "--out",
                 str(tmp_path / "seed6")], 1)
     assert (tmp_path / "seed6" / "000000.png").read_bytes() != (tmp_path / "one" / "000000.png").read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark report
+# ----------------------------------------------------------------------------------------------
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"vargen_eval_{name}", REPO / "eval" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_on_a_tiny_pipeline(tmp_path, folders):
+    report = load_script("report")
+    model = write_tiny_pipeline(tmp_path)
+    out = tmp_path / "docs" / "benchmarks.md"
+    result = report.run_report([str(model)], ["ar", "sjd:window=4", "var"], num_samples=6,
+                               reference=str(folders["real"]), features=tiny_features, mode="clean", out=out,
+                               work_dir=tmp_path / "work", batch_size=3, shapes=["GPT-B:4"],
+                               shape_samplers=["ar", "sjd:window=4"], command="python eval/report.py --test",
+                               progress=lambda *_: None)
+    rows = {r["sampler"]: r for r in result["rows"]}
+    assert set(rows) == {"ar", "sjd:window=4"} and "var" in result["skipped"][str(model)]
+    assert rows["ar"]["speedup"] == 1.0 and rows["ar"]["tokens_per_forward"] == pytest.approx(1.0, abs=0.07)
+    assert rows["ar"]["forward_passes"] > rows["sjd:window=4"]["forward_passes"] >= 4
+    assert all(r["quality"]["fid"] > 0 and r["images"] == 6 for r in rows.values())
+    assert len(list((tmp_path / "work").rglob("*.png"))) == 12
+    text = out.read_text()
+    assert "mode=`clean`" in text and "python eval/report.py --test" in text and "| `sjd:window=4` |" in text
+    assert "GPT-B:4" in text and "torch" in text and "clean-fid" in text
+    for p in result["plots"]:
+        assert Image.open(p).size[0] > 300 and f"]({Path(p).name})" in text

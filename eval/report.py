@@ -1,0 +1,382 @@
+"""One benchmark report: every sampler on every demo model, quality and speed, tables and plots.
+
+    python eval/report.py --models cifar10-llamagen --num-samples 10000 --features cifar10-features \
+        --mode clean --reference cifar10-train --out docs/benchmarks.md
+
+For each model and sampler it generates ``--num-samples`` class-balanced images into
+``WORK/<model>/<sampler>/`` with eval/sample.py's per-index seeds (resumable; a folder filled earlier
+by ``accelerate launch eval/sample.py`` with the same seed is reused, with its summary.json), scores
+them against the reference (FID, KID, precision/recall, IS with the chosen feature network and mode),
+and measures latency at batch 1 with :mod:`vargen.bench`. Random-weight official shapes
+(``--shapes GPT-B:256``) add the cost of one forward pass per sampler. It writes a markdown page
+(machine, versions, the command) and two plots next to it: the speed-up vs quality frontier and the
+tokens accepted per decoding step.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def _sample_module():
+    if "vargen_eval_sample" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("vargen_eval_sample", HERE / "sample.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["vargen_eval_sample"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["vargen_eval_sample"]
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a model name, folder or sampler spec."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in (Path(text).name or text))
+
+
+@dataclass
+class Row:
+    model: str
+    sampler: str
+    images: int = 0
+    forward_passes: float = 0.0
+    tokens_per_forward: float = 0.0
+    mean_accepted: float = 0.0
+    seconds_per_image: float = 0.0
+    latency_batch1: float | None = None
+    quality: dict = field(default_factory=dict)
+    accepted_per_step: list = field(default_factory=list)
+    speedup: float | None = None
+    latency_speedup: float | None = None
+    error: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring
+# ----------------------------------------------------------------------------------------------
+
+
+def working_samplers(pipe, specs: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The specs that generate one image on this model; the others with the reason."""
+    from vargen.bench import parse_spec
+
+    ok, skipped = [], {}
+    for spec in specs:
+        name, opts = parse_spec(spec)
+        try:
+            pipe.generate([0], sampler=name, seed=0, per_row_seeds=True, **opts)
+            ok.append(spec)
+        except (AttributeError, TypeError, ValueError, NotImplementedError) as err:
+            skipped[spec] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+    return ok, skipped
+
+
+def generate(pipe, spec: str, folder: Path, num_samples: int, batch_size: int, seed: int, overrides: dict) -> dict:
+    """Fill ``folder`` with ``num_samples`` images (skipping existing ones) and return its summary."""
+    from vargen.bench import parse_spec
+
+    sm = _sample_module()
+    name, opts = parse_spec(spec)
+    n_classes = len(pipe.class_names) if pipe.class_names else pipe.model.config.num_classes
+    labels = sm.labels_for(num_samples, n_classes)
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(num_samples) if not sm.png_path(folder, i).is_file()]
+    summary_path = folder / "summary.json"
+    if not todo and summary_path.is_file():
+        return json.loads(summary_path.read_text())
+    t0 = time.perf_counter()
+    args = SimpleNamespace(batch_size=batch_size, seed=seed)
+    records = sm.generate_indices(pipe, name, todo, labels, args, folder, **overrides, **opts)
+    summary = {"sampler": spec, "seed": seed, "num_samples": num_samples, "batch_size": batch_size,
+               **sm.summarize([{"process": 0, "skipped": num_samples - len(todo), "assigned": num_samples,
+                                "wall_seconds": time.perf_counter() - t0, "batches": records}])}
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def measure_model(model_name: str, specs: list[str], opts) -> tuple[list[Row], dict[str, str]]:
+    from vargen.bench import run_bench
+    from vargen.eval import compute_fid
+    from vargen.pipeline import load
+
+    pipe = load(model_name, device=opts.device)
+    ok, skipped = working_samplers(pipe, specs)
+    config, _ = pipe.split_options(opts.overrides)
+    rows = []
+    for spec in ok:
+        folder = Path(opts.work_dir) / slug(model_name) / slug(spec)
+        s = generate(pipe, spec, folder, opts.num_samples, opts.batch_size, opts.seed, opts.overrides)
+        row = Row(model_name, spec, s.get("images_generated", 0) + s.get("images_skipped_existing", 0),
+                  s.get("forward_passes_per_image", 0.0), s.get("tokens_per_forward", 0.0),
+                  s.get("mean_accepted", 0.0), s.get("sampler_seconds_per_image", 0.0),
+                  accepted_per_step=s.get("accepted_per_step", []))
+        res = compute_fid(folder, opts.reference, features=opts.features, mode=opts.mode, device=opts.device,
+                          weights=opts.weights, verbose=False)
+        row.quality = {"fid": res.fid, "kid": res.kid, "precision": res.precision, "recall": res.recall,
+                       "is": res.inception_score, "label": res.label, "n_ref": res.n_b}
+        rows.append(row)
+        opts.progress(f"{model_name} {spec}: FID {res.fid:.3f} ({res.label}, mode={opts.mode}), "
+                      f"{row.forward_passes:.1f} passes/image")
+    if opts.latency and ok:
+        for b in run_bench(pipe.model, ok, [1], config, seed=opts.seed, progress=lambda *_: None):
+            next(r for r in rows if r.sampler == b.label).latency_batch1 = b.seconds_per_image
+    add_speedups(rows)
+    return rows, skipped
+
+
+def add_speedups(rows: list[Row]) -> None:
+    base = next((r for r in rows if r.sampler == "ar"), None)
+    for r in rows:
+        if base is not None and r.seconds_per_image > 0:
+            r.speedup = base.seconds_per_image / r.seconds_per_image
+        if base is not None and base.latency_batch1 and r.latency_batch1:
+            r.latency_speedup = base.latency_batch1 / r.latency_batch1
+
+
+def random_gpt(shape: str, device: str):
+    """``"GPT-B:256"`` -> a random-weight LlamaGen of that preset and token count (1000 classes)."""
+    from vargen.models.llamagen import GPT, gpt_config
+
+    preset, _, tokens = shape.partition(":")
+    torch.manual_seed(0)
+    model = GPT(gpt_config(preset, vocab_size=16384, block_size=int(tokens or 256), num_classes=1000))
+    torch.nn.init.normal_(model.output.weight, std=model.config.initializer_range)
+    return model.to(device).eval()
+
+
+def measure_shapes(shapes: list[str], specs: list[str], opts) -> list[dict]:
+    """Cost per forward pass of each sampler on random-weight official shapes, batch 1."""
+    from vargen.bench import run_bench
+    from vargen.samplers.base import SamplingConfig
+
+    out = []
+    for shape in shapes:
+        model = random_gpt(shape, opts.device)
+        config = SamplingConfig(**{"cfg_scale": 4.0, "top_k": 2000, **opts.overrides})
+        for b in run_bench(model, specs, [1], config, seed=opts.seed, progress=lambda *_: None):
+            out.append({"shape": shape, "sampler": b.label, "forward_passes": b.forward_passes,
+                        "seconds_per_forward": b.seconds_per_image / max(1.0, b.forward_passes),
+                        "seconds_per_image": b.seconds_per_image, "speedup": b.speedup})
+        opts.progress(f"shape {shape}: {len(specs)} samplers")
+        del model
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
+
+
+def versions() -> str:
+    names = ["vargen", "torch", "clean-fid", "accelerate", "numpy", "scipy"]
+    found = []
+    for n in names:
+        try:
+            found.append(f"{n} {metadata.version(n)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(found) + f", python {platform.python_version()}"
+
+
+def _fmt(x, spec=".3f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def quality_table(rows: list[Row]) -> str:
+    lines = ["| model | sampler | images | FID | KID | precision | recall | IS | forward passes / image | "
+             "tokens / forward | accepted / step | s / image (batched) | speed-up vs AR | s / image (batch 1) | "
+             "latency speed-up |", "|" + "---|" * 15]
+    for r in rows:
+        q = r.quality
+        lines.append(f"| {r.model} | `{r.sampler}` | {r.images} | {_fmt(q.get('fid'))} | {_fmt(q.get('kid'), '.5f')} | "
+                     f"{_fmt(q.get('precision'))} | {_fmt(q.get('recall'))} | {_fmt(q.get('is'), '.2f')} | "
+                     f"{r.forward_passes:.1f} | {r.tokens_per_forward:.2f} | {r.mean_accepted:.2f} | "
+                     f"{r.seconds_per_image:.4f} | {_fmt(r.speedup, '.2f')}x | {_fmt(r.latency_batch1, '.4f')} | "
+                     f"{_fmt(r.latency_speedup, '.2f')}x |")
+    return "\n".join(lines)
+
+
+def shapes_table(shape_rows: list[dict]) -> str:
+    lines = ["| shape (random weights) | sampler | forward passes | ms / forward | s / image | speed-up vs AR |",
+             "|---|---|---|---|---|---|"]
+    for r in shape_rows:
+        lines.append(f"| {r['shape']} | `{r['sampler']}` | {r['forward_passes']:.0f} | "
+                     f"{r['seconds_per_forward'] * 1000:.2f} | {r['seconds_per_image']:.3f} | {r['speedup']:.2f}x |")
+    return "\n".join(lines)
+
+
+def step_compression(rows: list[Row], r: Row) -> float:
+    base = next((b for b in rows if b.model == r.model and b.sampler == "ar"), None)
+    return base.forward_passes / r.forward_passes if base is not None and r.forward_passes else 0.0
+
+
+def plot(rows: list[Row], out_dir: Path, stem: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    label = rows[0].quality.get("label", "") if rows else ""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, (xlabel, speed) in zip(axes, [("speed-up vs AR (wall time per image, batched)", lambda r: r.speedup or 0),
+                                          ("step compression (AR forward passes / forward passes)",
+                                           lambda r: step_compression(rows, r))]):
+        for model in dict.fromkeys(r.model for r in rows):
+            pts = [r for r in rows if r.model == model and r.quality.get("fid") is not None]
+            ax.scatter([speed(r) for r in pts], [r.quality["fid"] for r in pts], label=slug(model))
+            for r in pts:
+                ax.annotate(r.sampler, (speed(r), r.quality["fid"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("FID (lower is better)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"speed vs quality: {label}", fontsize=9)
+    fig.tight_layout()
+    paths.append(out_dir / f"{stem}_frontier.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for r in rows:
+        if r.accepted_per_step:
+            ax.plot(range(len(r.accepted_per_step)), r.accepted_per_step, label=f"{slug(r.model)} {r.sampler}", lw=1)
+    ax.set_xlabel("decoding step (forward pass)")
+    ax.set_ylabel("tokens accepted (mean over rows still generating)")
+    ax.set_title("accepted tokens per step", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(out_dir / f"{stem}_accepted.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_markdown(path: Path, rows: list[Row], skipped: dict, shape_rows: list[dict], plots: list[Path],
+                   opts, command: str) -> None:
+    from vargen.bench import machine_line
+
+    label = rows[0].quality.get("label", "") if rows else ""
+    n_ref = rows[0].quality.get("n_ref") if rows else None
+    parts = [
+        "# Benchmarks\n",
+        f"Generated by `eval/report.py` on {time.strftime('%Y-%m-%d %H:%M')}.\n",
+        f"- Command: `{command}`",
+        f"- Machine: {machine_line()}",
+        f"- Versions: {versions()}",
+        f"- Quality: {opts.num_samples} samples per sampler (class-balanced, per-index seeds from seed {opts.seed}) "
+        f"against `{opts.reference}` ({n_ref} images); features: **{label}**; mode=`{opts.mode}`. "
+        f"KID, precision/recall (k=3) and IS use the same features.",
+        f"- Speed: sampling seconds per image at batch {opts.batch_size} (decode excluded), and latency at batch 1 "
+        f"from `vargen.bench` (best of one run after a warm-up); speed-ups are against the `ar` row of the same model.",
+        f"- Sampling options: {json.dumps(opts.overrides) if opts.overrides else 'the model defaults'}.\n",
+        "## Quality and speed\n",
+        quality_table(rows) + "\n",
+    ]
+    if skipped:
+        parts += ["Samplers that do not run on a model (another model family or missing pieces):\n"]
+        parts += [f"- {m}: `{s}`: {why}" for m, d in skipped.items() for s, why in d.items()]
+        parts.append("")
+    if shape_rows:
+        parts += ["## Cost per forward pass, official shapes with random weights (batch 1)\n",
+                  "Random weights give near-uniform distributions, so acceptance here is not meaningful; "
+                  "the table shows what one forward pass costs for each sampler's window.\n",
+                  shapes_table(shape_rows) + "\n"]
+    parts += ["## Plots\n"] + [f"![{p.stem}]({p.name})\n" for p in plots]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def default_samplers() -> list[str]:
+    from vargen.samplers import available_samplers
+
+    return ["ar"] + [s for s in available_samplers() if s != "ar"]
+
+
+def run_report(models: list[str], samplers: list[str] | None = None, num_samples: int = 1000,
+               reference: str = "cifar10-train", features="cifar10-features", mode: str = "clean",
+               out: str | Path = "docs/benchmarks.md", work_dir: str | Path = "runs/report", batch_size: int = 50,
+               seed: int = 0, shapes: list[str] | None = None, shape_samplers: list[str] | None = None,
+               latency: bool = True, device: str = "cpu", weights=None, overrides: dict | None = None,
+               command: str | None = None, progress=print) -> dict:
+    opts = SimpleNamespace(num_samples=num_samples, reference=reference, features=features, mode=mode,
+                           work_dir=work_dir, batch_size=batch_size, seed=seed, latency=latency, device=device,
+                           weights=weights, overrides=overrides or {}, progress=progress)
+    specs = samplers or default_samplers()
+    rows, skipped = [], {}
+    for m in models:
+        r, s = measure_model(m, specs, opts)
+        rows += r
+        if s:
+            skipped[m] = s
+    shape_rows = measure_shapes(shapes or [], shape_samplers or ["ar", "sjd:window=16"], opts)
+    out = Path(out)
+    plots = plot(rows, out.parent, out.stem) if rows else []
+    command = command or "python eval/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    write_markdown(out, rows, skipped, shape_rows, plots, opts, command)
+    result = {"rows": [r.__dict__ for r in rows], "skipped": skipped, "shapes": shape_rows,
+              "plots": [str(p) for p in plots], "markdown": str(out)}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    progress(f"wrote {out} and {', '.join(p.name for p in plots)}")
+    return result
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["cifar10-llamagen"], help="zoo names or pipeline folders")
+    p.add_argument("--samplers", nargs="+", help="sampler specs (default: every registered sampler that runs)")
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--reference", default="cifar10-train", help="folder, dataset name, .npz images or stats")
+    p.add_argument("--features", default="cifar10-features", help="cifar10-features | inception | clip")
+    p.add_argument("--mode", default="clean", choices=["clean", "legacy_tensorflow"])
+    p.add_argument("--weights", help="Inception weights file (or cifar10-features folder)")
+    p.add_argument("--out", default="docs/benchmarks.md")
+    p.add_argument("--work-dir", default="runs/report", help="generated samples (resumable)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shapes", nargs="*", default=[], help="random-weight shapes PRESET:TOKENS, e.g. GPT-B:256")
+    p.add_argument("--shape-samplers", nargs="+", default=["ar", "sjd:window=16"])
+    p.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency runs")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    for name, typ in (("--temperature", float), ("--top-k", int), ("--top-p", float), ("--cfg-scale", float)):
+        p.add_argument(name, type=typ)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "cfg_scale") if getattr(args, k) is not None}
+    try:
+        run_report(args.models, args.samplers, args.num_samples, args.reference, args.features, args.mode, args.out,
+                   args.work_dir, args.batch_size, args.seed, args.shapes, args.shape_samplers, not args.no_latency,
+                   args.device, args.weights, overrides)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
