@@ -310,3 +310,42 @@ def test_report_on_a_tiny_pipeline(tmp_path, folders):
     assert "GPT-B:4" in text and "torch" in text and "clean-fid" in text
     for p in result["plots"]:
         assert Image.open(p).size[0] > 300 and f"]({Path(p).name})" in text
+
+
+def test_fid_command_line_scores_exports_and_makes_stats(folders, tmp_path):
+    from vargen.eval.cli import add_cli, run_cli
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    npz = tmp_path / "s.npz"
+    assert run_cli(parser.parse_args(["fid", "--export-npz", str(folders["real"]), "--out", str(npz)])) == 0
+    assert read_npz_images(npz).shape == (300, 16, 16, 3)
+    assert run_cli(parser.parse_args(["fid", str(folders["real"]), "--mode", "clean"])) == 2  # one source
+    assert run_cli(parser.parse_args(["fid", str(npz), str(folders["real"])])) == 2  # the mode is required
+    stats = tmp_path / "ref.npz"
+    assert run_cli(parser.parse_args(["fid", "--make-stats", str(folders["real"]), "--mode", "clean", "--features",
+                                      "cifar10-features", "--inception-weights", str(tmp_path / "none"),
+                                      "--out", str(stats)])) == 2  # no such feature network folder
+    assert not stats.exists()
+
+
+def test_shipped_cifar10_features_meet_the_bar():
+    from vargen.eval.features import CIFAR_FEATURES_DIR
+    from vargen.eval.stats import cifar10_archive
+    from vargen.train.features import accuracy, load_feature_net, subset
+
+    weights = CIFAR_FEATURES_DIR / "model.safetensors"
+    if not weights.is_file():
+        pytest.skip(f"{weights} not trained yet (vargen train features ... --export {CIFAR_FEATURES_DIR})")
+    assert weights.stat().st_size <= 5_000_000
+    meta = json.loads((CIFAR_FEATURES_DIR / "config.json").read_text())
+    assert meta["test_accuracy"] >= 0.80 and meta["test_images"] == 10000
+    assert f"{meta['test_accuracy'] * 100:.2f}%" in (CIFAR_FEATURES_DIR / "TRAINING.md").read_text()
+    if not cifar10_archive().is_file():
+        pytest.skip("CIFAR-10 archive not found; the recorded accuracy was checked, not re-measured")
+    from vargen.train.data import load_images
+
+    images, labels, _ = load_images(cifar10_archive(), "test", 32)
+    images, labels = subset(images, labels, 2000, 0)
+    assert accuracy(load_feature_net(CIFAR_FEATURES_DIR), images, labels) >= 0.78  # 2000-image subset
