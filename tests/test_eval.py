@@ -349,3 +349,34 @@ def test_shipped_cifar10_features_meet_the_bar():
     images, labels, _ = load_images(cifar10_archive(), "test", 32)
     images, labels = subset(images, labels, 2000, 0)
     assert accuracy(load_feature_net(CIFAR_FEATURES_DIR), images, labels) >= 0.78  # 2000-image subset
+
+
+def test_imagenet_style_folder_of_mixed_sizes_is_centre_cropped(tmp_path):
+    rng = np.random.default_rng(0)
+    for c, (h, w) in (("n01", (40, 60)), ("n02", (64, 32))):
+        (tmp_path / "ref" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "ref" / c / f"{i}.JPEG")
+    stats = compute_stats(tmp_path / "ref", get_extractor(tiny_features), "clean", size=16)
+    assert stats.count == 6
+    with pytest.raises(ValueError, match="different sizes.*--image-size"):
+        compute_stats(tmp_path / "ref", get_extractor(tiny_features), "clean")
+
+
+def test_cifar10_split_as_a_reference():
+    from vargen.eval.stats import cifar10_archive
+
+    if not cifar10_archive().is_file():
+        pytest.skip(f"CIFAR-10 archive not found at {cifar10_archive()} (set VARGEN_CIFAR10)")
+    stats = compute_stats("cifar10-test", get_extractor(tiny_features), "clean")
+    assert stats.count == 10000 and stats.feats.shape == (10000, 24)
+
+
+def test_clip_features_say_what_is_missing():
+    try:
+        import clip  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install git\\+https://github.com/openai/CLIP.git"):
+            get_extractor("clip")
+    else:
+        pytest.skip("the clip package is installed; its weights may need a download")

@@ -114,7 +114,12 @@ def iter_images(source, batch_size: int = 100, size: int | None = None) -> Itera
                                 f"'cifar10-test' or 'archive@split')")
     files = image_files(path)
     for i in range(0, len(files), batch_size):
-        yield np.stack([load_file(f, size) for f in files[i:i + batch_size]])
+        batch = [load_file(f, size) for f in files[i:i + batch_size]]
+        shapes = {b.shape for b in batch}
+        if len(shapes) > 1:
+            raise ValueError(f"images under {path} have different sizes ({', '.join(map(str, sorted(shapes)[:3]))}); "
+                             f"pass size=N (--image-size N) to centre-crop and resize them")
+        yield np.stack(batch)
 
 
 def fingerprint(source) -> str:
