@@ -3,6 +3,7 @@ ADM-style .npz files, the Inception weights error, the CIFAR-10 feature network,
 one and two processes giving the same files."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -170,8 +171,8 @@ def test_missing_inception_weights_give_one_clear_message(folders, tmp_path, mon
 
 
 def test_feature_net_trains_resumes_and_exports(tmp_path, monkeypatch):
-    from vargen.train.features import CifarFeatureNet, FeatureNetConfig, FeatureTrainArgs, augment, finish, \
-        load_feature_net, train_features
+    from vargen.train.features import CifarFeatureNet, FeatureNetConfig, FeatureTrainArgs, add_cli, augment, \
+        load_feature_net, run_cli, train_features
 
     net = CifarFeatureNet(FeatureNetConfig(widths=(8, 8, 16, 16)))
     x = torch.rand(4, 3, 32, 32) * 255
@@ -187,13 +188,18 @@ def test_feature_net_trains_resumes_and_exports(tmp_path, monkeypatch):
     args = FeatureTrainArgs(data=str(data), out=str(tmp_path / "run"), export=str(tmp_path / "zoo"), epochs=3,
                             batch_size=16, save_every=2, threads=1, config={"widths": [8, 8, 16, 16]})
     monkeypatch.setenv("VARGEN_CACHE", str(tmp_path / "cache"))
-    train_features(args)
+    parser = argparse.ArgumentParser(prog="vargen")  # wired as in vargen/cli.py: `vargen train features ...`
+    add_cli(parser.add_subparsers(dest="what"))
+    cli_args = parser.parse_args(["features", "--data", str(data), "--out", str(tmp_path / "run"), "--export",
+                                  str(tmp_path / "zoo"), "--epochs", "3", "--batch-size", "16", "--save-every", "2",
+                                  "--threads", "1", "--config", '{"widths": [8, 8, 16, 16]}'])
+    assert run_cli(cli_args, command="vargen train features --test") == 0
     log = (tmp_path / "run" / "train.log").read_text()
     assert "step 15/15" in log and "test accuracy" in log
     exported = load_feature_net(tmp_path / "zoo")
     meta = json.loads((tmp_path / "zoo" / "config.json").read_text())
     assert meta["test_accuracy"] > 0.9 and meta["classes"] == ["a", "b"]
-    assert "vargen train features" in (tmp_path / "zoo" / "TRAINING.md").read_text()
+    assert "vargen train features --test" in (tmp_path / "zoo" / "TRAINING.md").read_text()
     # resuming a finished run trains nothing more and gives the same weights
     train_features(args)
     again = load_feature_net(tmp_path / "zoo")
@@ -201,7 +207,6 @@ def test_feature_net_trains_resumes_and_exports(tmp_path, monkeypatch):
     ext = get_extractor("cifar10-features", weights=tmp_path / "zoo")
     feats, probs = ext(random_images(3, 0, size=32), "clean")
     assert feats.shape == (3, 16) and probs.shape == (3, 2) and "vargen's CIFAR-10 features" in ext.label
-    assert callable(finish)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,7 +319,6 @@ def test_report_on_a_tiny_pipeline(tmp_path, folders):
 
 def test_fid_command_line_scores_exports_and_makes_stats(folders, tmp_path):
     from vargen.eval.cli import add_cli, run_cli
-    import argparse
 
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers(dest="command"))

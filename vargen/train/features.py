@@ -324,12 +324,12 @@ def add_cli(train_subparsers) -> None:
     p.add_argument("--config", default="{}", help='FeatureNetConfig fields as JSON, e.g. {"widths": [24, 48, 96, 192]}')
 
 
-def run_cli(args) -> int:
+def run_cli(args, command: str | None = None) -> int:
+    """Train from parsed ``vargen train features`` arguments; ``command`` goes into TRAINING.md."""
     kw = {f: getattr(args, f) for f in FeatureTrainArgs.__dataclass_fields__ if hasattr(args, f)}
     kw["config"] = json.loads(args.config)
-    argv = sys.argv[1:]
-    rest = argv[argv.index("features") + 1:] if "features" in argv else argv
-    command = "vargen train features " + " ".join(shlex.quote(a) for a in rest)
+    if command is None and sys.argv[1:3] == ["train", "features"]:
+        command = "vargen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     path = train_features(FeatureTrainArgs(**kw), command)
     print(f"wrote {path}")
     return 0
@@ -339,10 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m vargen.train.features --data ... --out ...`` (the same options as the CLI)."""
     import argparse
 
+    argv = list(argv if argv is not None else sys.argv[1:])
     parser = argparse.ArgumentParser(prog="python -m vargen.train.features")
     add_cli(parser.add_subparsers(dest="what", required=True))
-    args = parser.parse_args(["features", *(argv if argv is not None else sys.argv[1:])])
-    return run_cli(args)
+    args = parser.parse_args(["features", *argv])
+    return run_cli(args, "vargen train features " + " ".join(shlex.quote(a) for a in argv))
 
 
 if __name__ == "__main__":
