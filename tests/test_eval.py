@@ -384,3 +384,12 @@ def test_clip_features_say_what_is_missing():
             get_extractor("clip")
     else:
         pytest.skip("the clip package is installed; its weights may need a download")
+
+
+def test_precision_recall_subsampling_is_seeded_and_close():
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(size=(600, 6)), rng.normal(size=(600, 6)) + 0.5
+    full = precision_recall(real, fake, max_samples=None)
+    sub = precision_recall(real, fake, max_samples=400)
+    assert sub == precision_recall(real, fake, max_samples=400)
+    assert sub != full and abs(sub[0] - full[0]) < 0.1 and abs(sub[1] - full[1]) < 0.1
