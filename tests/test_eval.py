@@ -4,6 +4,7 @@ one and two processes giving the same files."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -120,6 +121,9 @@ def test_stats_cache_round_trips_and_tracks_changes(folders, tmp_path):
     Image.fromarray(random_images(1, 9)[0]).save(src / "99999.png")  # the folder changed: new statistics
     changed = compute_stats(src, ext, "clean", cache_dir=tmp_path / "cache")
     assert changed.count == 51 and len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    other_weights = dataclasses.replace(ext, weights_id="0123456789")  # same network name, other weights
+    compute_stats(src, other_weights, "clean", cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
     # a saved stats file is a valid FID input
     saved = first.save(tmp_path / "ref.npz")
     r = compute_fid(src, saved, features=tiny_features, mode="clean", verbose=False)

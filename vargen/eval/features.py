@@ -45,6 +45,11 @@ class FeatureExtractor:
     resize_inside: bool = False
     resize: Callable | None = None
     device: str | torch.device = "cpu"
+    weights_id: str = ""  # identifies the weights (a file hash) so cached statistics follow them
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.name}-{self.weights_id}" if self.weights_id else self.name
 
     def prepare(self, images: np.ndarray, mode: str) -> torch.Tensor:
         """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, S, S]`` in [0, 255], resized as ``mode`` says."""
@@ -70,6 +75,17 @@ class FeatureExtractor:
         feats, probs = out if isinstance(out, tuple) else (out, None)
         feats = feats.float().cpu().numpy().astype(np.float64)
         return feats, (probs.float().cpu().numpy().astype(np.float64) if probs is not None else None)
+
+
+def file_id(path: Path) -> str:
+    """A short content hash of a weights file (so statistics cached with other weights are not reused)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:10]
 
 
 def check_mode(mode: str) -> None:
@@ -125,7 +141,8 @@ def inception_extractor(mode: str = "clean", weights: str | os.PathLike | None =
         return feats, probs
 
     return FeatureExtractor("inception", fn, f"Inception-v3 (clean-fid TorchScript, mode={mode})",
-                            input_size=299, resize_inside=mode == "legacy_tensorflow", device=device)
+                            input_size=299, resize_inside=mode == "legacy_tensorflow", device=device,
+                            weights_id=file_id(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,13 +170,15 @@ def cifar10_extractor(folder: str | os.PathLike | None = None, device: str | tor
     """vargen's CIFAR-10 classifier: penultimate layer -> features, softmax -> probs (32x32 input)."""
     from ..train.features import load_feature_net
 
-    net = load_feature_net(folder or CIFAR_FEATURES_DIR).to(device)
+    folder = Path(folder or CIFAR_FEATURES_DIR)
+    net = load_feature_net(folder).to(device)
 
     def fn(x):
         f = net.features(x)
         return f, net.logits_from_features(f).softmax(-1)
 
-    return FeatureExtractor("cifar10-features", fn, CIFAR_LABEL, input_size=net.config.image_size, device=device)
+    return FeatureExtractor("cifar10-features", fn, CIFAR_LABEL, input_size=net.config.image_size, device=device,
+                            weights_id=file_id(folder / "model.safetensors"))
 
 
 def callable_extractor(fn: Callable, name: str | None = None, input_size: int | None = None,

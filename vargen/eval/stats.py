@@ -210,7 +210,7 @@ def compute_stats(source, extractor, mode: str, cache_dir: str | os.PathLike | N
     name = source if isinstance(source, str) else str(getattr(source, "name", "array"))
     cache = None
     if cache_dir is not None:
-        key = hashlib.sha1(f"{fingerprint(source)}|{extractor.name}|{mode}|{size}".encode()).hexdigest()[:16]
+        key = hashlib.sha1(f"{fingerprint(source)}|{extractor.cache_key}|{mode}|{size}".encode()).hexdigest()[:16]
         cache = Path(cache_dir) / f"{Path(str(name)).name or 'source'}-{extractor.name}-{mode}-{key}.npz"
         if cache.is_file():
             return FeatureStats.load(cache)
