@@ -397,3 +397,32 @@ def test_precision_recall_subsampling_is_seeded_and_close():
     sub = precision_recall(real, fake, max_samples=400)
     assert sub == precision_recall(real, fake, max_samples=400)
     assert sub != full and abs(sub[0] - full[0]) < 0.1 and abs(sub[1] - full[1]) < 0.1
+
+
+class FakeInception(torch.nn.Module):
+    """Stands in for clean-fid's TorchScript Inception (same attributes and call signature), for plumbing tests."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(12, 2048))
+        self.output = torch.nn.Linear(2048, 1008)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(img, size=(299, 299), mode="bilinear", align_corners=False)
+        f = self.layers((x - 128) / 128)
+        return f if return_features else torch.softmax(self.output(f), 1)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_inception_plumbing_with_a_stand_in_network(tmp_path):
+    torch.manual_seed(0)
+    torch.jit.script(FakeInception()).save(str(tmp_path / "inception-2015-12-05.pt"))
+    clean = get_extractor("inception", "clean", weights=tmp_path)
+    legacy = get_extractor("inception", "legacy_tensorflow", weights=tmp_path / "inception-2015-12-05.pt")
+    images = random_images(4, 0)
+    f_clean, p_clean = clean(images, "clean")  # PIL bicubic to 299 outside the network
+    f_legacy, _ = legacy(images, "legacy_tensorflow")  # bilinear inside the network
+    assert f_clean.shape == (4, 2048) and p_clean.shape == (4, 1008) and np.allclose(p_clean.sum(1), 1)
+    assert not np.allclose(f_clean, f_legacy) and np.allclose(f_clean, f_legacy, rtol=0.1, atol=0.05)
+    assert "Inception-v3" in clean.label and "mode=clean" in clean.label and clean.cache_key != "inception"
+    # (a full compute_fid here would spend its time in scipy's sqrtm of a 2048 x 2048 matrix)
