@@ -83,6 +83,15 @@ def test_mode_is_explicit_and_checked(folders):
     with pytest.raises(ValueError, match="not comparable"):
         compute_fid(stats, folders["real"], features=tiny_features, mode="legacy_tensorflow", verbose=False)
 
+    def other_features(x):
+        return tiny_features(x)[0]
+
+    with pytest.raises(ValueError, match="come from the feature network 'callable-tiny_features'"):
+        compute_fid(stats, folders["real"], features=other_features, mode="clean", verbose=False)
+    stats.weights = "callable-tiny_features-0123456789"
+    with pytest.raises(ValueError, match="other weights"):
+        compute_fid(stats, folders["real"], features=tiny_features, mode="clean", verbose=False)
+
 
 def test_precision_recall_and_is_on_known_sets():
     rng = np.random.default_rng(0)

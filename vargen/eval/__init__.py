@@ -73,11 +73,16 @@ def get_stats(source, extractor: FeatureExtractor, mode: str, cache_dir=None, ba
     return compute_stats(source, extractor, mode, cache_dir, batch_size, size)
 
 
-def _check_comparable(a: FeatureStats, b: FeatureStats, mode: str) -> str:
-    """Raise when two statistics were measured differently; return a note when that is unknown."""
+def _check_comparable(a: FeatureStats, b: FeatureStats, extractor: FeatureExtractor, mode: str) -> str:
+    """Raise when statistics were measured differently from each other or from ``extractor``;
+    return a note when that is unknown (ADM-style files record neither network weights nor mode)."""
     for s in (a, b):
-        if s.features != a.features or s.features != b.features:
-            raise ValueError(f"statistics from different feature networks: {a.features!r} vs {b.features!r}")
+        if s.features != extractor.name:
+            raise ValueError(f"statistics of {s.source} come from the feature network {s.features!r}, "
+                             f"not {extractor.name!r}")
+        if s.weights is not None and s.weights != extractor.cache_key:
+            raise ValueError(f"statistics of {s.source} were computed with other weights of {s.features!r} "
+                             f"({s.weights} vs {extractor.cache_key})")
         if s.mode is not None and s.mode != mode:
             raise ValueError(f"statistics of {s.source} were computed in mode={s.mode!r}, not {mode!r}; "
                              f"numbers of different modes are not comparable")
@@ -108,7 +113,7 @@ def compute_fid(a, b, features="inception", mode: str = "clean", device="cpu", w
     cache_dir = cache_dir or None
     sa = get_stats(a, extractor, mode, cache_dir, batch_size, size)
     sb = get_stats(b, extractor, mode, cache_dir, batch_size, size)
-    note = _check_comparable(sa, sb, mode)
+    note = _check_comparable(sa, sb, extractor, mode)
     result = EvalResult(frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma), extractor.name, extractor.label, mode,
                         sa.count, sb.count, note=note)
     if sa.feats is not None and sb.feats is not None:

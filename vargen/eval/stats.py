@@ -153,11 +153,13 @@ class FeatureStats:
     source: str = ""
     feats: np.ndarray | None = None
     probs: np.ndarray | None = None
+    weights: str | None = None  # the extractor's cache key (name + weights hash), when known
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"features": self.features, "mode": self.mode, "count": self.count, "source": self.source}
+        meta = {"features": self.features, "mode": self.mode, "count": self.count, "source": self.source,
+                "weights": self.weights}
         arrays = {"mu": self.mu, "sigma": self.sigma, "vargen_meta": np.array(json.dumps(meta))}
         if self.feats is not None:
             arrays["feats"] = self.feats.astype(np.float32)
@@ -177,7 +179,7 @@ class FeatureStats:
                 {"features": "inception", "mode": None, "count": 0, "source": f"{path} (ADM-style mu/sigma)"}
             return cls(data["mu"], data["sigma"], meta["features"], meta["mode"], meta["count"], meta["source"],
                        data["feats"].astype(np.float64) if "feats" in data else None,
-                       data["probs"].astype(np.float64) if "probs" in data else None)
+                       data["probs"].astype(np.float64) if "probs" in data else None, meta.get("weights"))
 
 
 def extract(source, extractor, mode: str, batch_size: int = 100, size: int | None = None,
@@ -218,7 +220,8 @@ def compute_stats(source, extractor, mode: str, cache_dir: str | os.PathLike | N
     from .metrics import mean_cov
 
     mu, sigma = mean_cov(feats)
-    stats = FeatureStats(mu, sigma, extractor.name, mode, int(feats.shape[0]), str(name), feats, probs)
+    stats = FeatureStats(mu, sigma, extractor.name, mode, int(feats.shape[0]), str(name), feats, probs,
+                         extractor.cache_key)
     if cache is not None:
         stats.save(cache)
     return stats
