@@ -106,13 +106,11 @@ def generate(pipe, spec: str, folder: Path, num_samples: int, batch_size: int, s
 
 
 def measure_model(model_name: str, specs: list[str], opts) -> tuple[list[Row], dict[str, str]]:
-    from vargen.bench import run_bench
     from vargen.eval import compute_fid
     from vargen.pipeline import load
 
     pipe = load(model_name, device=opts.device)
     ok, skipped = working_samplers(pipe, specs)
-    config, _ = pipe.split_options(opts.overrides)
     rows = []
     for spec in ok:
         folder = Path(opts.work_dir) / slug(model_name) / slug(spec)
@@ -128,11 +126,22 @@ def measure_model(model_name: str, specs: list[str], opts) -> tuple[list[Row], d
         rows.append(row)
         opts.progress(f"{model_name} {spec}: FID {res.fid:.3f} ({res.label}, mode={opts.mode}), "
                       f"{row.forward_passes:.1f} passes/image")
-    if opts.latency and ok:
-        for b in run_bench(pipe.model, ok, [1], config, seed=opts.seed, progress=lambda *_: None):
-            next(r for r in rows if r.sampler == b.label).latency_batch1 = b.seconds_per_image
+    if opts.latency:
+        for row in rows:
+            row.latency_batch1 = latency(pipe, row.sampler, opts.seed, opts.overrides)
     add_speedups(rows)
     return rows, skipped
+
+
+def latency(pipe, spec: str, seed: int, overrides: dict, repeats: int = 3) -> float:
+    """Best-of-``repeats`` sampling seconds for one image (batch 1, decode excluded), after a warm-up."""
+    from vargen.bench import parse_spec
+
+    name, opts = parse_spec(spec)
+    run = lambda s: pipe.generate([0], sampler=name, seed=s, per_row_seeds=True, decode=False,  # noqa: E731
+                                  **overrides, **opts).stats.seconds
+    run(seed)
+    return min(run(seed + r) for r in range(repeats))
 
 
 def add_speedups(rows: list[Row]) -> None:
@@ -282,7 +291,8 @@ def write_markdown(path: Path, rows: list[Row], skipped: dict, shape_rows: list[
         f"against `{opts.reference}` ({n_ref} images); features: **{label}**; mode=`{opts.mode}`. "
         f"KID, precision/recall (k=3) and IS use the same features.",
         f"- Speed: sampling seconds per image at batch {opts.batch_size} (decode excluded), and latency at batch 1 "
-        f"from `vargen.bench` (best of one run after a warm-up); speed-ups are against the `ar` row of the same model.",
+        f"(class 0, best of 3 runs after a warm-up, decode excluded); speed-ups are against the `ar` row of the same "
+        f"model, measured in the same process.",
         f"- Sampling options: {json.dumps(opts.overrides) if opts.overrides else 'the model defaults'}.\n",
         "## Quality and speed\n",
         quality_table(rows) + "\n",

@@ -321,7 +321,7 @@ def test_report_on_a_tiny_pipeline(tmp_path, folders):
     assert set(rows) == {"ar", "sjd:window=4"} and "var" in result["skipped"][str(model)]
     assert rows["ar"]["speedup"] == 1.0 and rows["ar"]["tokens_per_forward"] == pytest.approx(1.0, abs=0.07)
     assert rows["ar"]["forward_passes"] > rows["sjd:window=4"]["forward_passes"] >= 4
-    assert all(r["quality"]["fid"] > 0 and r["images"] == 6 for r in rows.values())
+    assert all(r["quality"]["fid"] > 0 and r["images"] == 6 and r["latency_batch1"] > 0 for r in rows.values())
     assert len(list((tmp_path / "work").rglob("*.png"))) == 12
     text = out.read_text()
     assert "mode=`clean`" in text and "python eval/report.py --test" in text and "| `sjd:window=4` |" in text
