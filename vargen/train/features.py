@@ -212,18 +212,18 @@ def train_features(args: FeatureTrainArgs, command: str | None = None) -> Path:
     opt = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
                            {"params": no_decay, "weight_decay": 0.0}],
                           lr=args.lr, momentum=args.momentum, nesterov=True)
-    step, seconds = 0, 0.0
+    step, times = 0, {"wall": 0.0, "cpu": 0.0}  # seconds of training: wall clock, and CPU time of all threads
     ckpt = load_checkpoint(out / "last.pt")
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
-        step, seconds = ckpt["step"], ckpt.get("seconds", 0.0)
+        step, times = ckpt["step"], ckpt.get("times", {"wall": ckpt.get("seconds", 0.0), "cpu": 0.0})
         _log(out, f"resumed at step {step}/{total}")
     else:
         _log(out, f"start: {total} steps ({args.epochs} epochs of {per_epoch}), config {cfg.to_dict()}, "
                   f"{sum(p.numel() for p in net.parameters())} parameters")
     net.train()
-    t0, loss_avg = time.perf_counter(), None
+    t0, c0, loss_avg = time.perf_counter(), time.process_time(), None
     while step < total:
         for g in opt.param_groups:
             g["lr"] = one_cycle(step, total, args.lr, args.warmup_frac)
@@ -237,17 +237,18 @@ def train_features(args: FeatureTrainArgs, command: str | None = None) -> Path:
         step += 1
         loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
         if step % args.save_every == 0 or step == total:
-            seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
+            times["wall"] += time.perf_counter() - t0
+            times["cpu"] += time.process_time() - c0
+            t0, c0 = time.perf_counter(), time.process_time()
             save_checkpoint(out / "last.pt", model=net.state_dict(), opt=opt.state_dict(), step=step,
-                            seconds=seconds, config=cfg.to_dict())
+                            times=times, config=cfg.to_dict())
             _log(out, f"step {step}/{total} loss {loss_avg:.4f} lr {opt.param_groups[0]['lr']:.4f} "
-                      f"{seconds / 60:.1f} min of training")
+                      f"{times['cpu'] / 60:.1f} min CPU, {times['wall'] / 60:.1f} min wall")
             net.train()
-    return finish(args, net, classes, seconds, command)
+    return finish(args, net, classes, times, command)
 
 
-def finish(args: FeatureTrainArgs, net: CifarFeatureNet, classes: list[str], seconds: float,
+def finish(args: FeatureTrainArgs, net: CifarFeatureNet, classes: list[str], times: dict,
            command: str | None) -> Path:
     """Measure test accuracy, export fp16 + config.json + TRAINING.md to ``out`` (and ``export``)."""
     from .data import load_images
@@ -256,7 +257,7 @@ def finish(args: FeatureTrainArgs, net: CifarFeatureNet, classes: list[str], sec
     test_x, test_y, _ = load_images(args.data, "test", 32)
     test_x, test_y = subset(test_x, test_y, args.test_limit, args.seed)
     export_fp16(net, out / "model.safetensors")
-    write_export(out, net, classes, float("nan"), 0, seconds, args, command)
+    write_export(out, net, classes, float("nan"), 0, times, args, command)
     acc = accuracy(load_feature_net(out), test_x, test_y)  # the fp16 export, as users load it
     _log(out, f"test accuracy {acc:.4f} on {test_x.shape[0]} images (fp16 export)")
     for folder in filter(None, [out, args.export]):
@@ -264,12 +265,12 @@ def finish(args: FeatureTrainArgs, net: CifarFeatureNet, classes: list[str], sec
         if folder != out:
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(out / "model.safetensors", folder / "model.safetensors")
-        write_export(folder, net, classes, acc, int(test_x.shape[0]), seconds, args, command)
+        write_export(folder, net, classes, acc, int(test_x.shape[0]), times, args, command)
     return out / "model.safetensors"
 
 
 def write_export(folder: Path, net: CifarFeatureNet, classes: list[str], acc: float, n_test: int,
-                 seconds: float, args: FeatureTrainArgs, command: str | None) -> None:
+                 times: dict, args: FeatureTrainArgs, command: str | None) -> None:
     """config.json and TRAINING.md next to an exported ``model.safetensors``."""
     size_mb = (folder / "model.safetensors").stat().st_size / 1e6
     meta = {"type": "vargen_cifar_features", "config": net.config.to_dict(), "classes": classes,
@@ -291,7 +292,8 @@ Inception FID and are not comparable with published numbers.
 - Training: {args.epochs} epochs, batch {args.batch_size}, SGD Nesterov momentum {args.momentum}, peak lr
   {args.lr} (one-cycle: {args.warmup_frac:.0%} linear warm-up, cosine to 0), weight decay {args.weight_decay},
   label smoothing {args.label_smoothing}, random crop (4 px reflect pad) + horizontal flip, seed {args.seed}.
-- Training time: {seconds / 60:.1f} min of wall time ({args.threads or torch.get_num_threads()} CPU thread(s)).
+- Training time: {times['cpu'] / 60:.1f} min of CPU time on {args.threads or torch.get_num_threads()} thread(s)
+  ({times['wall'] / 60:.1f} min of wall time; the machine may have been shared).
 
 Command:
 
