@@ -28,6 +28,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from vargen import zoo
+from vargen.cli import parse_value
 from vargen.pipeline import Pipeline, image_grid, load
 from vargen.samplers import acceptance as acceptance_rules
 from vargen.samplers import available_samplers, get_sampler
@@ -131,15 +132,6 @@ def sampler_defaults(sampler: str, acceptance: str | None = None) -> dict[str, A
     return out
 
 
-def _parse_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
 def parse_extra(text: str | None) -> dict[str, Any]:
     """``"key=value, key=value"`` (commas or new lines) -> options; numbers and booleans are converted."""
     out = {}
@@ -152,7 +144,7 @@ def parse_extra(text: str | None) -> dict[str, Any]:
         key, value = (s.strip() for s in item.split("=", 1))
         if not key.isidentifier():
             raise ValueError(f"more options: {key!r} is not an option name")
-        out[key] = _parse_value(value)
+        out[key] = parse_value(value)
     return out
 
 

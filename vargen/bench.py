@@ -26,13 +26,13 @@ class BenchRow:
 
 def parse_spec(spec: str) -> tuple[str, dict]:
     """``"sjd:window=16,init=vertical"`` -> ("sjd", {"window": 16, "init": "vertical"})."""
-    from .cli import _parse_value
+    from .cli import parse_value
 
     name, _, rest = spec.partition(":")
     opts = {}
     for item in filter(None, rest.split(",")):
         k, _, v = item.partition("=")
-        opts[k.strip()] = _parse_value(v.strip())
+        opts[k.strip()] = parse_value(v.strip())
     return name, opts
 
 

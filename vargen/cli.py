@@ -66,7 +66,7 @@ def _run_train(args) -> int:
     return 0
 
 
-def _parse_value(text: str):
+def parse_value(text: str):
     for cast in (int, float):
         try:
             return cast(text)
@@ -86,7 +86,7 @@ def _sampler_options(args) -> dict:
         if "=" not in item:
             raise SystemExit(f"--opt expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        opts[k.replace("-", "_")] = _parse_value(v)
+        opts[k.replace("-", "_")] = parse_value(v)
     return opts
 
 

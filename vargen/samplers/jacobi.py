@@ -28,6 +28,7 @@ from .acceptance import get_rule, residual
 from .ar import resolve_config
 from .base import GenerationOutput, RowRandom, SamplingConfig, Stats, StepTimer, sample_from_probs
 from .session import TokenSession
+from .verify import Committer
 
 INITS = ("random", "horizontal", "vertical", "horizontal_sample", "vertical_sample")
 
@@ -102,11 +103,9 @@ class JacobiSampler:
         B, N, dev, V = session.batch, session.num_tokens, session.device, model.vocab_size
         grid = model.grid
         rng = RowRandom(generator, B, dev)
-        rows = torch.arange(B, device=dev)
         slots = torch.arange(W, device=dev)
-        seq = torch.zeros(B, N + 2 * W, dtype=torch.long, device=dev)  # committed, then drafts
-        token_step = torch.zeros(B, N + 2 * W, dtype=torch.long, device=dev)
-        relaxed = torch.zeros(B, N + 2 * W, dtype=torch.bool, device=dev)
+        committer = Committer(self.rule, B, N, N + 2 * W, dev)
+        seq = committer.seq  # committed tokens, then the current drafts
         want_nb = self.init.endswith("_sample")
         K = min(self.sample_top, V)
         nb = (torch.zeros(B, N + 2 * W, K, dtype=torch.long, device=dev),
@@ -137,30 +136,13 @@ class JacobiSampler:
                 remember(p, n)
 
                 # verify all drafts at once; commit the accepted prefix + one residual/bonus token
-                verdict = self.rule.verify(p[:, : W - 1], q, drafts, u_acc)
-                in_grid = (n[:, None] + slots[: W - 1]) < N
-                ok = verdict.accept & in_grid
-                a = ok.long().cumprod(dim=1).sum(dim=1)  # accepted drafts per row
-                q_pad = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)  # slot W-1: residual(p, 0) = p
-                extra_dist = self.rule.residual(p[rows, a], q_pad[rows, a])
-                extra = sample_from_probs(extra_dist, u_res[:, 0])
-                k = a + ((n + a) < N).long()
-                values = torch.where(slots == a[:, None], extra[:, None], F.pad(drafts, (0, 1)))
-                pos = n[:, None] + slots
-                commit = slots[None] < k[:, None]
-                seq.scatter_(1, pos, torch.where(commit, values, seq.gather(1, pos)))
-                token_step.scatter_(1, pos, torch.where(commit, step, token_step.gather(1, pos)))
-                if verdict.relaxed is not None:
-                    rel = F.pad(verdict.relaxed & ok, (0, 1)) & (slots[None] < a[:, None])
-                    relaxed.scatter_(1, pos, rel | relaxed.gather(1, pos))
-                if verdict.tv is not None:  # mass moved by a lossy rule on the slots it decided
-                    decided = F.pad(ok, (1, 0), value=True)[:, :-1] & in_grid
-                    stats.tv_bound.append((verdict.tv * decided).sum(1).mean())
+                k, _ = committer.commit(p, q, drafts, u_acc, u_res[:, 0], n, step)
                 stats.accepted.append(k)
 
                 # Jacobi update: this pass's predictions for tokens n..n+W-1 become candidate drafts
                 y = sample_from_probs(p, u_y)
                 if self.coupled:  # MC-SJD: keep the previous draft when the coupling allows it
+                    q_pad = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)  # token n+W-1 had no draft
                     old = F.pad(drafts, (0, 1))
                     p_old = p.gather(-1, old[..., None]).squeeze(-1).double()
                     q_old = q_pad.gather(-1, old[..., None]).squeeze(-1).double()
@@ -168,7 +150,8 @@ class JacobiSampler:
                     moved = sample_from_probs(residual(p, q_pad), u_y)
                     y = torch.where(keep, old, moved)
                 # carried drafts sit at positions n+k..n+W-1; write them so fresh inits can see them
-                carry = ~commit
+                pos = n[:, None] + slots
+                carry = slots[None] >= k[:, None]
                 seq.scatter_(1, pos, torch.where(carry, y, seq.gather(1, pos)))
                 first_fresh = n + W
                 fresh_pos = first_fresh[:, None] + slots[: W - 1]
@@ -182,14 +165,10 @@ class JacobiSampler:
                 n = n + k
                 step += 1
         stats.forward_passes = session.forward_passes
-        stats.tokens = torch.full((B,), N)
-        stats.token_step = token_step[:, :N].cpu()
-        if not self.rule.lossless:
-            stats.relaxed = relaxed[:, :N].cpu()
-            stats.tv_bound = [float(t) for t in stats.tv_bound]
+        committer.fill_stats(stats)
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
         stats.extra["window"] = W
         stats.extra["init"] = self.init
         stats.extra["coupled"] = self.coupled
         stats.extra["acceptance"] = self.rule.name
-        return GenerationOutput(tokens=seq[:, :N].clone(), stats=stats)
+        return GenerationOutput(tokens=committer.tokens(), stats=stats)

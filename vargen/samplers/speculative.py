@@ -28,12 +28,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .acceptance import get_rule
 from .ar import resolve_config
 from .base import GenerationOutput, RowRandom, SamplingConfig, Stats, StepTimer, sample_from_probs
 from .session import TokenSession
+from .verify import Committer
 
 
 class _ModelDrafter:
@@ -161,11 +161,9 @@ class SpeculativeSampler:
         kw = {"return_hidden": True} if drafter.wants_hidden else {}
         B, N, dev, V = session.batch, session.num_tokens, session.device, model.vocab_size
         rng = RowRandom(generator, B, dev)
-        rows = torch.arange(B, device=dev)
         slots = torch.arange(G + 1, device=dev)
-        seq = torch.zeros(B, N + 2 * G + 4, dtype=torch.long, device=dev)
-        token_step = torch.zeros(B, N + G + 1, dtype=torch.long, device=dev)
-        relaxed = torch.zeros(B, N + G + 1, dtype=torch.bool, device=dev)
+        committer = Committer(self.rule, B, N, N + 2 * G + 4, dev)
+        seq, token_step = committer.seq, committer.token_step
         proposed = torch.zeros(B, dtype=torch.long, device=dev)
         accepted_drafts = torch.zeros(B, dtype=torch.long, device=dev)
         stats = Stats()
@@ -204,39 +202,18 @@ class SpeculativeSampler:
                 p = session.probs(logits, n)
                 if hidden is not None:
                     drafter.observe(hidden, n - 1)
-                verdict = self.rule.verify(p[:, :G], q, d, u_acc)
-                in_grid = (n[:, None] + slots[:G]) < N
-                ok = verdict.accept & in_grid
-                a = ok.long().cumprod(1).sum(1)
-                q_pad = torch.cat([q, torch.zeros_like(p[:, :1])], 1)  # after a full chain: residual(p, 0) = p
-                extra = sample_from_probs(self.rule.residual(p[rows, a], q_pad[rows, a]), u_res[:, 0])
-                k = a + ((n + a) < N).long()
-                values = torch.where(slots == a[:, None], extra[:, None], F.pad(d, (0, 1)))
-                pos = n[:, None] + slots
-                commit = slots[None] < k[:, None]
-                seq.scatter_(1, pos, torch.where(commit, values, seq.gather(1, pos)))
-                token_step.scatter_(1, pos, torch.where(commit, step, token_step.gather(1, pos)))
-                if verdict.relaxed is not None:
-                    rel = F.pad(verdict.relaxed & ok, (0, 1)) & (slots[None] < a[:, None])
-                    relaxed.scatter_(1, pos, rel | relaxed.gather(1, pos))
-                if verdict.tv is not None:
-                    decided = F.pad(ok, (1, 0), value=True)[:, :-1] & in_grid
-                    stats.tv_bound.append((verdict.tv * decided).sum(1).mean())
-                proposed += in_grid.sum(1)
+                k, a = committer.commit(p, q, d, u_acc, u_res[:, 0], n, step)
+                proposed += ((n[:, None] + slots[:G]) < N).sum(1)
                 accepted_drafts += a
                 stats.accepted.append(k)
                 n = n + k
                 step += 1
         stats.forward_passes = session.forward_passes
         stats.draft_forward_passes = drafter.passes
-        stats.tokens = torch.full((B,), N)
-        stats.token_step = token_step[:, :N].cpu()
-        if not self.rule.lossless:
-            stats.relaxed = relaxed[:, :N].cpu()
-            stats.tv_bound = [float(t) for t in stats.tv_bound]
+        committer.fill_stats(stats)
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
         stats.extra["gamma"] = G
         stats.extra["acceptance"] = self.rule.name
         stats.extra["drafter"] = "head" if drafter.wants_hidden else "model"
         stats.extra["draft_acceptance_rate"] = float(accepted_drafts.sum()) / max(1, int(proposed.sum()))
-        return GenerationOutput(tokens=seq[:, :N].clone(), stats=stats)
+        return GenerationOutput(tokens=committer.tokens(), stats=stats)

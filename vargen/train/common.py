@@ -46,6 +46,25 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
 
 
+def resume(path: Path, model: nn.Module, opt, gen: torch.Generator, ema: "EMA | None" = None) -> int:
+    """Restore a run saved by :func:`save_run` (model, optimiser, data-order RNG, EMA); the step to continue from."""
+    ckpt = load_checkpoint(path)
+    if ckpt is None:
+        return 0
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    gen.set_state(ckpt["rng"])
+    if ema is not None and ckpt.get("ema") is not None:
+        ema.model.load_state_dict(ckpt["ema"])
+    print(f"resumed from {path} at step {ckpt['step']}")
+    return ckpt["step"]
+
+
+def save_run(path: Path, step: int, model: nn.Module, opt, gen: torch.Generator, ema: "EMA | None" = None) -> None:
+    save_checkpoint(path, model=model.state_dict(), opt=opt.state_dict(), step=step, rng=gen.get_state(),
+                    ema=ema.model.state_dict() if ema is not None else None)
+
+
 class Progress:
     """A tqdm bar showing loss and throughput (items per second)."""
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..models.llamagen import GPT, GPTConfig, gpt_config
 from ..tokenizers.llamagen_vq import VQConfig, VQModel, load_vq_folder
-from .common import EMA, Progress, cosine_lr, export_fp16, load_checkpoint, save_checkpoint
+from .common import EMA, Progress, cosine_lr, export_fp16, resume, save_run
 from .data import load_images, to_model_range
 
 
@@ -106,16 +106,7 @@ def train_gpt(args: GPTTrainArgs) -> Path:
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
     ema = EMA(model, args.ema) if args.ema > 0 else None
     gen = torch.Generator().manual_seed(args.seed)
-    step = 0
-    ckpt = load_checkpoint(out / "last.pt")
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        gen.set_state(ckpt["rng"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.model.load_state_dict(ckpt["ema"])
-        step = ckpt["step"]
-        print(f"resumed from {out / 'last.pt'} at step {step}")
+    step = resume(out / "last.pt", model, opt, gen, ema)
     print(f"GPT: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"{tokens.shape[0]} sequences of {tokens.shape[1]} tokens")
     bar = Progress(args.steps, step, "tok")
@@ -137,8 +128,7 @@ def train_gpt(args: GPTTrainArgs) -> Path:
         step += 1
         bar.update(t.numel(), loss=loss.item())
         if step % args.save_every == 0 or step == args.steps:
-            save_checkpoint(out / "last.pt", model=model.state_dict(), opt=opt.state_dict(), step=step,
-                            rng=gen.get_state(), ema=ema.model.state_dict() if ema else None)
+            save_run(out / "last.pt", step, model, opt, gen, ema)
     bar.close()
     final = ema.model if ema is not None else model
     export_fp16(final, out / "model.safetensors")

@@ -11,13 +11,13 @@
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 import torch.nn as nn
 
 from ..models.mar import MAR
+from .common import EMA
 from ..tokenizers.kl import LATENT_SCALE, KLVAE
 
 
@@ -40,19 +40,6 @@ def make_optimizer(model: nn.Module, lr: float = 8e-4, weight_decay: float = 0.0
         return (min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * t))) / lr
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-class EMA:
-    """Exponential moving average of a model's weights."""
-
-    def __init__(self, model: nn.Module, decay: float = 0.9999):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1 - self.decay)
 
 
 def mar_train_step(model: MAR, optimizer, latents: torch.Tensor, labels: torch.Tensor,

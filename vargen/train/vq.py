@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..tokenizers.llamagen_vq import VQConfig, VQModel
-from .common import EMA, Progress, cosine_lr, export_fp16, load_checkpoint, save_checkpoint
+from .common import EMA, Progress, cosine_lr, export_fp16, resume, save_run
 from .data import load_images, random_flip, to_model_range
 
 
@@ -53,16 +53,7 @@ def train_vq(args: VQTrainArgs) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     ema = EMA(model, args.ema) if args.ema > 0 else None
     gen = torch.Generator().manual_seed(args.seed)
-    step = 0
-    ckpt = load_checkpoint(out / "last.pt")
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        gen.set_state(ckpt["rng"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.model.load_state_dict(ckpt["ema"])
-        step = ckpt["step"]
-        print(f"resumed from {out / 'last.pt'} at step {step}")
+    step = resume(out / "last.pt", model, opt, gen, ema)
     images, _, _ = load_images(args.data, "train", args.image_size)
     bar = Progress(args.steps, step, "img")
     model.train()
@@ -83,8 +74,7 @@ def train_vq(args: VQTrainArgs) -> Path:
         step += 1
         bar.update(args.batch_size, loss=loss.item(), rec=rec.item())
         if step % args.save_every == 0 or step == args.steps:
-            save_checkpoint(out / "last.pt", model=model.state_dict(), opt=opt.state_dict(), step=step,
-                            rng=gen.get_state(), ema=ema.model.state_dict() if ema else None)
+            save_run(out / "last.pt", step, model, opt, gen, ema)
     bar.close()
     final = ema.model if ema is not None else model
     export_fp16(final, out / "model.safetensors")
