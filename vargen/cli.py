@@ -44,8 +44,16 @@ def _add_train(sub) -> None:
 
     add_draft_head_cli(tsub)
 
+    from .train.features import add_cli as add_features_cli
+
+    add_features_cli(tsub)
+
 
 def _run_train(args) -> int:
+    if args.what == "features":
+        from .train.features import run_cli as run_features
+
+        return run_features(args)
     if args.what == "draft-head":
         from .train.draft_head import run_cli
 
@@ -298,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_bench(sub)
     _add_train(sub)
     _add_measure(sub)
+    from .eval.cli import add_cli as add_fid_cli
+
+    add_fid_cli(sub)
     _add_app(sub)
     args = parser.parse_args(argv)
     try:
@@ -314,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run_train(args)
     if args.command == "app":
         return _run_app(args)
+    if args.command == "fid":
+        from .eval.cli import run_cli as run_fid
+
+        return run_fid(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
