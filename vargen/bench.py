@@ -21,6 +21,8 @@ class BenchRow:
     tokens_per_forward: float
     mean_accepted: float
     seconds_per_image: float
+    sample_nll: float = float("nan")
+    tv_bound: float = float("nan")
     speedup: float = 1.0
 
 
@@ -46,9 +48,27 @@ def random_gpt_b(num_tokens: int = 256, vocab: int = 16384, device="cpu", dtype=
     return model.to(device=device, dtype=dtype).eval()
 
 
+@torch.no_grad()
+def sample_nll_bits(model, cond: torch.Tensor, tokens: torch.Tensor) -> float:
+    """Mean bits per token of ``tokens`` under the model's own conditional distribution (no CFG,
+    temperature 1): a cheap quality proxy -- a lossless sampler matches AR's value up to noise, a
+    relaxed rule that accepts unlikely tokens raises it."""
+    import math
+
+    import torch.nn.functional as F
+
+    logits = model.logits(cond, tokens)
+    return float(F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())) / math.log(2)
+
+
 def run_bench(model, specs: list[str], batches: list[int], config, seed: int = 0, repeats: int = 1,
-              num_classes: int | None = None, progress=print) -> list[BenchRow]:
+              num_classes: int | None = None, quality: bool = False, make_sampler=None, progress=print) -> list[BenchRow]:
+    """Every spec at every batch size; ``repeats`` seeds each (all timed, summed); the first plain
+    ``ar`` spec of a batch size is the baseline of its speed-up column. ``make_sampler(name, **opts)``
+    defaults to ``get_sampler``; a pipeline's ``make_sampler`` adds its drafter and codebook."""
     from .samplers import get_sampler
+
+    make_sampler = make_sampler or get_sampler
 
     rows: list[BenchRow] = []
     n_cls = num_classes or model.config.num_classes
@@ -57,17 +77,23 @@ def run_bench(model, specs: list[str], batches: list[int], config, seed: int = 0
         base_time = None
         for spec in specs:
             name, opts = parse_spec(spec)
-            sampler = get_sampler(name, **opts)
+            sampler = make_sampler(name, **opts)
             sampler.sample(model, cond[:1], config, torch.Generator(model.device).manual_seed(seed))  # warm-up
-            best = None
+            runs = []
             for r in range(repeats):
-                g = torch.Generator(model.device).manual_seed(seed + r)
-                out = sampler.sample(model, cond, config, g)
-                if best is None or out.stats.seconds < best.seconds:
-                    best = out.stats
-            row = BenchRow(spec, batch, best.forward_passes, best.tokens_per_forward, best.mean_accepted,
-                           best.seconds / batch)
-            if name == "ar" and not opts:
+                out = sampler.sample(model, cond, config, torch.Generator(model.device).manual_seed(seed + r))
+                nll = sample_nll_bits(model, cond, out.tokens) if quality else float("nan")
+                runs.append((out.stats, nll))
+            mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+            tvs = [sum(s.tv_bound) / len(s.tv_bound) for s, _ in runs if s.tv_bound]
+            row = BenchRow(spec, batch,
+                           forward_passes=mean([s.forward_passes for s, _ in runs]),
+                           tokens_per_forward=mean([s.tokens_per_forward for s, _ in runs]),
+                           mean_accepted=mean([s.mean_accepted for s, _ in runs]),
+                           seconds_per_image=sum(s.seconds for s, _ in runs) / (batch * repeats),
+                           sample_nll=mean([n for _, n in runs]),
+                           tv_bound=mean(tvs) if tvs else float("nan"))
+            if name == "ar" and not opts and base_time is None:
                 base_time = row.seconds_per_image
             row.speedup = (base_time / row.seconds_per_image) if base_time else float("nan")
             rows.append(row)
@@ -76,12 +102,19 @@ def run_bench(model, specs: list[str], batches: list[int], config, seed: int = 0
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    head = ("| sampler | batch | forward passes | tokens / forward | mean accepted / step | s / image | speed-up vs AR |\n"
-            "|---|---|---|---|---|---|---|")
-    lines = [head]
+    quality = any(r.sample_nll == r.sample_nll for r in rows)  # any non-NaN
+    relaxed = any(r.tv_bound == r.tv_bound for r in rows)
+    cols = ["sampler", "batch", "forward passes", "tokens / forward", "mean accepted / step", "s / image",
+            "speed-up vs AR"]
+    cols += ["sample NLL (bits/token)"] if quality else []
+    cols += ["TV bound / step"] if relaxed else []
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append(f"| `{r.label}` | {r.batch} | {r.forward_passes:.0f} | {r.tokens_per_forward:.2f} | "
-                     f"{r.mean_accepted:.2f} | {r.seconds_per_image:.3f} | {r.speedup:.2f}x |")
+        cells = [f"`{r.label}`", str(r.batch), f"{r.forward_passes:.1f}", f"{r.tokens_per_forward:.2f}",
+                 f"{r.mean_accepted:.2f}", f"{r.seconds_per_image:.3f}", f"{r.speedup:.2f}x"]
+        cells += [f"{r.sample_nll:.3f}"] if quality else []
+        cells += [f"{r.tv_bound:.3f}" if r.tv_bound == r.tv_bound else "-"] if relaxed else []
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -173,7 +173,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--sampler", nargs="+", default=["ar", "sjd:window=16"],
                    help="specs like ar sjd:window=16,init=vertical,coupled=true (the first 'ar' is the baseline)")
     p.add_argument("--batch", type=int, nargs="+", default=[1])
-    p.add_argument("--repeats", type=int, default=1, help="best of N timed runs per entry")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs (seeds) per entry; times are summed")
+    p.add_argument("--quality", action="store_true",
+                   help="add the mean NLL of the samples under the model (bits/token), a quality proxy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-tokens", type=int, default=256, help="grid size for random-gpt-b")
     p.add_argument("--out", help="also write the markdown table to this file")
@@ -195,14 +197,17 @@ def _run_bench(args) -> int:
     if args.model == "random-gpt-b":
         model = random_gpt_b(args.num_tokens, device=args.device)
         config = SamplingConfig(**{"cfg_scale": 4.0, "top_k": 2000, **overrides})
+        make_sampler = None
     else:
         from .pipeline import load
 
         pipe = load(args.model, device=args.device)
         model = pipe.model
         config, _ = pipe.split_options(overrides)
+        make_sampler = pipe.make_sampler
     print(f"model {args.model}; {machine_line()}; config {config}")
-    rows = run_bench(model, args.sampler, args.batch, config, seed=args.seed, repeats=args.repeats)
+    rows = run_bench(model, args.sampler, args.batch, config, seed=args.seed, repeats=args.repeats,
+                     quality=args.quality, make_sampler=make_sampler)
     table = format_table(rows)
     print(table)
     if args.out:

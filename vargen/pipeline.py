@@ -75,14 +75,9 @@ class Pipeline:
                  per_row_seeds: bool = False, **options) -> GenerationOutput:
         config, sampler_options = self.split_options(options)
         if isinstance(sampler, str):
-            if sampler in ("sd", "lantern") and "draft" not in sampler_options and self.draft is not None:
-                sampler_options["draft"] = self.draft
-            sampler = get_sampler(sampler, **sampler_options)
+            sampler = self.make_sampler(sampler, **sampler_options)
         elif sampler_options:
             raise ValueError(f"options {sorted(sampler_options)} given with a sampler instance")
-        rule = getattr(sampler, "rule", None)
-        if rule is not None and getattr(rule, "codebook", False) is None and self.tokenizer is not None:
-            rule.codebook = self.tokenizer.codebook  # neighbourhoods in the quantiser's geometry
         if isinstance(cond, (int, str)):
             cond = [cond]
         if isinstance(cond, (list, tuple)):
@@ -96,6 +91,17 @@ class Pipeline:
         if decode and self.tokenizer is not None:
             out.images = self.decode(out.tokens)
         return out
+
+    def make_sampler(self, name: str, **options):
+        """``get_sampler`` with what this pipeline knows: its default drafter for ``sd``/``lantern``
+        (unless ``draft=`` is given) and the tokenizer codebook for neighbourhood rules (LANTERN, GSD)."""
+        if name in ("sd", "lantern") and "draft" not in options and self.draft is not None:
+            options["draft"] = self.draft
+        sampler = get_sampler(name, **options)
+        rule = getattr(sampler, "rule", None)
+        if rule is not None and getattr(rule, "codebook", False) is None and self.tokenizer is not None:
+            rule.codebook = self.tokenizer.codebook  # neighbourhoods in the quantiser's geometry
+        return sampler
 
     def decode(self, tokens: torch.Tensor) -> list[Image.Image]:
         _, h, w = self.model.grid
