@@ -22,6 +22,7 @@ def _add_train(sub) -> None:
     vq.add_argument("--seed", type=int, default=0)
     vq.add_argument("--image-size", type=int, default=32)
     vq.add_argument("--save-every", type=int, default=500)
+    vq.add_argument("--stop-at", type=int, help="end this run after this step (resumable; schedule unchanged)")
     vq.add_argument("--threads", type=int, default=0)
     vq.add_argument("--config", default="{}", help="VQConfig fields as JSON")
 
@@ -37,6 +38,8 @@ def _add_train(sub) -> None:
     gpt.add_argument("--ema", type=float, default=0.0)
     gpt.add_argument("--seed", type=int, default=0)
     gpt.add_argument("--save-every", type=int, default=500)
+    gpt.add_argument("--stop-at", type=int, help="end this run after this step (resumable; schedule unchanged)")
+    gpt.add_argument("--image-size", type=int, default=32)
     gpt.add_argument("--threads", type=int, default=0)
     gpt.add_argument("--config", default="{}", help="GPTConfig fields as JSON (or a preset name under 'preset')")
 

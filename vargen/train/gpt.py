@@ -34,14 +34,16 @@ class GPTTrainArgs:
     ema: float = 0.0
     seed: int = 0
     save_every: int = 500
+    stop_at: int | None = None  # end this run early (checkpointed), keeping the schedule of ``steps``
     threads: int = 0
+    image_size: int = 32
     config: dict = field(default_factory=dict)
 
 
 @torch.no_grad()
-def tokenize_split(vq: VQModel, data: str, split: str, flips: bool, batch_size: int = 500):
+def tokenize_split(vq: VQModel, data: str, split: str, flips: bool, batch_size: int = 500, image_size: int = 32):
     """(tokens [N, h*w], labels [N]) for a split; with ``flips`` the mirrored images are appended."""
-    images, labels, _ = load_images(data, split, 32)
+    images, labels, _ = load_images(data, split, image_size)
     out = []
     for flip in ((False, True) if flips else (False,)):
         for i in range(0, images.shape[0], batch_size):
@@ -50,12 +52,12 @@ def tokenize_split(vq: VQModel, data: str, split: str, flips: bool, batch_size: 
     return torch.cat(out), labels.repeat(2 if flips else 1)
 
 
-def cached_tokens(vq_folder: str, data: str, split: str, flips: bool):
-    cache = Path(vq_folder) / f"tokens-{split}{'-flip' if flips else ''}.pt"
+def cached_tokens(vq_folder: str, data: str, split: str, flips: bool, image_size: int = 32):
+    cache = Path(vq_folder) / f"tokens-{split}{'-flip' if flips else ''}-{image_size}px.pt"
     if cache.exists():
         blob = torch.load(cache)
         return blob["tokens"], blob["labels"]
-    tokens, labels = tokenize_split(load_vq_folder(vq_folder), data, split, flips)
+    tokens, labels = tokenize_split(load_vq_folder(vq_folder), data, split, flips, image_size=image_size)
     torch.save({"tokens": tokens, "labels": labels}, cache)
     return tokens, labels
 
@@ -94,7 +96,7 @@ def train_gpt(args: GPTTrainArgs) -> Path:
     out = Path(args.out)
     vq_meta = json.loads((Path(args.vq) / "config.json").read_text())
     vq_cfg = VQConfig.from_dict(vq_meta["config"])
-    tokens, labels = cached_tokens(args.vq, args.data, "train", flips=True)
+    tokens, labels = cached_tokens(args.vq, args.data, "train", flips=True, image_size=args.image_size)
     grid = math.isqrt(tokens.shape[1])
     num_classes = int(labels.max()) + 1
     cfg = build_config(args.config, vq_cfg, num_classes, grid)
@@ -111,7 +113,8 @@ def train_gpt(args: GPTTrainArgs) -> Path:
           f"{tokens.shape[0]} sequences of {tokens.shape[1]} tokens")
     bar = Progress(args.steps, step, "tok")
     model.train()
-    while step < args.steps:
+    end = min(args.steps, args.stop_at or args.steps)
+    while step < end:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.steps, args.lr, args.warmup)
         idx = torch.randint(0, tokens.shape[0], (args.batch_size,), generator=gen)
@@ -127,9 +130,12 @@ def train_gpt(args: GPTTrainArgs) -> Path:
             ema.update(model)
         step += 1
         bar.update(t.numel(), loss=loss.item())
-        if step % args.save_every == 0 or step == args.steps:
+        if step % args.save_every == 0 or step == end:
             save_run(out / "last.pt", step, model, opt, gen, ema)
     bar.close()
+    if step < args.steps:
+        print(f"stopped at step {step} of {args.steps}; run again to resume")
+        return out / "last.pt"
     final = ema.model if ema is not None else model
     export_fp16(final, out / "model.safetensors")
     (out / "config.json").write_text(json.dumps({"type": "llamagen_gpt", "config": cfg.to_dict()}, indent=2))

@@ -31,6 +31,7 @@ class VQTrainArgs:
     seed: int = 0
     image_size: int = 32
     save_every: int = 500
+    stop_at: int | None = None  # end this run early (checkpointed), keeping the schedule of ``steps``
     threads: int = 0
     config: dict = field(default_factory=dict)
 
@@ -57,7 +58,8 @@ def train_vq(args: VQTrainArgs) -> Path:
     images, _, _ = load_images(args.data, "train", args.image_size)
     bar = Progress(args.steps, step, "img")
     model.train()
-    while step < args.steps:
+    end = min(args.steps, args.stop_at or args.steps)
+    while step < end:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.steps, args.lr, args.warmup)
         idx = torch.randint(0, images.shape[0], (args.batch_size,), generator=gen)
@@ -73,9 +75,12 @@ def train_vq(args: VQTrainArgs) -> Path:
             ema.update(model)
         step += 1
         bar.update(args.batch_size, loss=loss.item(), rec=rec.item())
-        if step % args.save_every == 0 or step == args.steps:
+        if step % args.save_every == 0 or step == end:
             save_run(out / "last.pt", step, model, opt, gen, ema)
     bar.close()
+    if step < args.steps:
+        print(f"stopped at step {step} of {args.steps}; run again to resume")
+        return out / "last.pt"
     final = ema.model if ema is not None else model
     export_fp16(final, out / "model.safetensors")
     (out / "config.json").write_text(json.dumps({"type": "llamagen_vq", "config": cfg.to_dict()}, indent=2))
