@@ -146,3 +146,16 @@ def test_bad_input_is_rejected_before_work():
         get_sampler("sjd", init="diagonal")
     with pytest.raises(ValueError, match="unknown sampler"):
         get_sampler("nope")
+
+
+@pytest.mark.parametrize("sampler", ["ar", "sjd"])
+def test_t2i_masked_greedy_matches_official_generate(sampler):
+    d = fixture_dir("llamagen")
+    meta = json.loads((d / "fixtures.json").read_text())
+    t = load_file(str(d / "outputs.safetensors"))
+    model = GPT(GPTConfig.from_dict(meta["gpt_t2i"]["model_args"])).eval()
+    load_gpt_weights(model, str(d / "gpt_t2i_tiny.safetensors"))
+    s = get_sampler(sampler, window=5) if sampler == "sjd" else get_sampler(sampler)
+    out = s.sample(model, t["t2i.masked.caption"], SamplingConfig(temperature=0.0, cfg_scale=4.0),
+                   emb_mask=t["t2i.masked.emb_masks"])
+    assert torch.equal(out.tokens, t["t2i.masked.greedy_tokens"])
