@@ -147,12 +147,11 @@ class FeedForward(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of ``x [B, S, H, hd]`` by ``rope [B or 1, S, hd/2, 2]`` (cos, sin)."""
-    xs = x.float().reshape(*x.shape[:-1], -1, 2)
-    rope = rope.unsqueeze(2)  # broadcast over heads
-    cos, sin = rope[..., 0], rope[..., 1]
-    out = torch.stack([xs[..., 0] * cos - xs[..., 1] * sin, xs[..., 1] * cos + xs[..., 0] * sin], dim=-1)
-    return out.flatten(3).type_as(x)
+    """Rotate interleaved pairs of ``x [B, S, H, hd]`` by ``rope [B or 1, S, hd/2, 2]`` (cos, sin),
+    in float32: the pair (a, b) is the complex number a + ib, multiplied by cos + i sin."""
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    rc = torch.view_as_complex(rope.float().contiguous()).unsqueeze(2)  # broadcast over heads
+    return torch.view_as_real(xc * rc).flatten(3).type_as(x)
 
 
 def build_rope_2d(grid: int, head_dim: int, cls_token_num: int, base: float = 10000) -> torch.Tensor:
@@ -179,7 +178,8 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
     def forward(self, x, rope, mask=None, kv=None, write=None):
-        """``kv``: this layer's (k_cache, v_cache) ``[B, H, L, hd]``; ``write``: (rows, positions)."""
+        """``kv``: this layer's (k_cache, v_cache) ``[B, H, L, hd]``; ``write``: (rows, positions).
+        Attention reads the first ``mask.shape[-1]`` cache positions."""
         B, S, _ = x.shape
         q, k, v = self.wqkv(x).split(self.n_head * self.head_dim, dim=-1)
         q = apply_rope(q.view(B, S, self.n_head, self.head_dim), rope).transpose(1, 2)
@@ -190,7 +190,7 @@ class Attention(nn.Module):
             rows, pos = write  # [B, S] each: scatter this call's keys to per-row positions
             k_cache[rows, :, pos] = k.transpose(1, 2).to(k_cache.dtype)
             v_cache[rows, :, pos] = v.transpose(1, 2).to(v_cache.dtype)
-            k, v = k_cache, v_cache
+            k, v = k_cache[:, :, : mask.shape[-1]], v_cache[:, :, : mask.shape[-1]]
         dropout = self.attn_dropout_p if self.training else 0.0
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
@@ -397,15 +397,19 @@ class GPT(nn.Module):
         return self.output(self.norm(h))[:, T - 1 :].float()
 
     def forward(self, tokens: torch.Tensor, start: torch.Tensor | None = None, cache: KVCache | None = None,
-                return_hidden: bool = False):
+                return_hidden: bool = False, kv_len: int | None = None):
         """Cached decode (``TokenModel.forward``) when ``cache`` is given, else teacher forcing.
 
         Returns logits ``[B, n, V]`` (entry ``i`` predicts token ``start+i+1``); with
         ``return_hidden`` also the final-norm hidden states ``[B, n, dim]`` (for draft heads).
+        ``kv_len``: a host-side bound on ``max(start + n)``; attention then reads only that many
+        positions instead of the whole static cache (a caller that knows it saves the work).
         """
         if cache is None:
             raise ValueError("GPT.forward needs a cache; use GPT.logits(cond, tokens) for teacher forcing")
-        return self._cached(self.tok_embeddings(tokens), start + self.config.cls_token_num, cache, return_hidden)
+        T = self.config.cls_token_num
+        keys = None if kv_len is None else T + kv_len
+        return self._cached(self.tok_embeddings(tokens), start + T, cache, return_hidden, keys)
 
     # -- TokenModel: cache protocol ---------------------------------------------------------------
     def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
@@ -457,13 +461,16 @@ class GPT(nn.Module):
         causal = keys[None, None, :] <= positions[:, :, None]
         return causal & (key_valid[:, None, :] | (keys[None, None, :] == positions[:, :, None]))
 
-    def _cached(self, h: torch.Tensor, seq_start: torch.Tensor, cache: KVCache, return_hidden: bool = False):
-        """Run ``h [B, n, dim]`` at per-row sequence positions ``seq_start .. seq_start+n-1``."""
+    def _cached(self, h: torch.Tensor, seq_start: torch.Tensor, cache: KVCache, return_hidden: bool = False,
+                keys: int | None = None):
+        """Run ``h [B, n, dim]`` at per-row sequence positions ``seq_start .. seq_start+n-1``,
+        attending to the first ``keys`` cache positions (all of them by default)."""
         B, n, _ = h.shape
         positions = seq_start[:, None] + torch.arange(n, device=h.device)[None]
         rows = torch.arange(B, device=h.device)[:, None].expand(B, n)
         rope = self._rope(positions)
-        mask = self._mask(positions, cache.key_valid, cache.max_positions)[:, None]
+        L = cache.max_positions if keys is None else min(keys, cache.max_positions)
+        mask = self._mask(positions, cache.key_valid[:, :L], L)[:, None]
         h = self.tok_dropout(h)
         for i, layer in enumerate(self.layers):
             h = layer(h, rope, mask, (cache.k[i], cache.v[i]), (rows, positions))

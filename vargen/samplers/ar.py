@@ -34,7 +34,7 @@ class ARSampler:
                 tokens[:, t] = sample_from_probs(probs, rng.rand(1)[:, 0])
                 stats.accepted.append(torch.ones(B, dtype=torch.long, device=dev))
                 if t + 1 < N:
-                    logits = session.forward(tokens[:, t : t + 1], torch.full((B,), t, device=dev))
+                    logits = session.forward(tokens[:, t : t + 1], torch.full((B,), t, device=dev), kv_len=t + 1)
                     probs = session.probs(logits, t + 1)[:, 0]
         stats.forward_passes = session.forward_passes
         stats.tokens = torch.full((B,), N)

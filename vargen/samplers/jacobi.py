@@ -128,11 +128,15 @@ class JacobiSampler:
             stats.accepted.append(torch.ones(B, dtype=torch.long, device=dev))
             drafts, q = self._fresh(seq, n, n[:, None] + slots[: W - 1], rng.rand(W - 1), grid, V, nb)
             step = 1
-            while bool((n < N).any()):  # the one host sync per step
+            while True:
+                lo, hi = torch.stack([n.min(), n.max()]).tolist()  # the one host sync per step
+                if lo >= N:
+                    break
                 u = rng.rand(4 * W - 1)
                 u_acc, u_res, u_y, u_keep, u_init = u.split([W - 1, 1, W, W, W - 1], dim=1)
                 inputs = torch.cat([seq.gather(1, (n - 1)[:, None]), drafts], dim=1)
-                p = session.probs(session.forward(inputs, n - 1), n)  # [B, W, V] for tokens n..n+W-1
+                logits = session.forward(inputs, n - 1, kv_len=hi + W - 1)
+                p = session.probs(logits, n)  # [B, W, V] for tokens n..n+W-1
                 remember(p, n)
 
                 # verify all drafts at once; commit the accepted prefix + one residual/bonus token

@@ -183,7 +183,10 @@ class SpeculativeSampler:
                 drafter.start(hidden)
                 n = n + 1
             step = 2
-            while bool((n < N).any()):  # the one host sync per step
+            while True:
+                lo, hi = torch.stack([n.min(), n.max()]).tolist()  # the one host sync per step
+                if lo >= N:
+                    break
                 u_draft, u_acc, u_res = rng.rand(2 * G + 1).split([G, G, 1], dim=1)
                 # the drafter's chain: gamma drafts, each truthfully drawn from its q
                 logits_d = drafter.catch_up(seq, n)
@@ -197,7 +200,7 @@ class SpeculativeSampler:
                 d, q = torch.stack(drafts, 1), torch.stack(qs, 1)
 
                 # one target forward verifies the chain; p for tokens n .. n+G
-                out = session.forward(torch.cat([seq.gather(1, (n - 1)[:, None]), d], 1), n - 1, **kw)
+                out = session.forward(torch.cat([seq.gather(1, (n - 1)[:, None]), d], 1), n - 1, kv_len=hi + G, **kw)
                 logits, hidden = out if drafter.wants_hidden else (out, None)
                 p = session.probs(logits, n)
                 if hidden is not None:
