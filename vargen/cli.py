@@ -160,7 +160,7 @@ def _run_generate(args) -> int:
     for i, (cid, img) in enumerate(zip(ids, out.images)):
         label = names[cid] if names else str(cid)
         img.save(folder / f"{i:04d}_{label}.png")
-    cols = max(1, len(set(ids)) if args.per_class > 1 else min(10, len(ids)))
+    cols = args.per_class if args.per_class > 1 else min(10, len(ids))  # one row per class
     image_grid(out.images, cols).save(folder / "grid.png")
     summary = {"model": args.model, "sampler": args.sampler, "images": len(ids), **out.stats.summary(),
                "total_seconds_with_loading": round(time.perf_counter() - t0, 3)}
@@ -226,6 +226,8 @@ def _add_measure(sub) -> None:
     ps.add_argument("--tokenizer", default="cifar10-vq", help="zoo name or folder with model.safetensors + config.json")
     nl = msub.add_parser("nll", help="held-out bits per token of a GPT vs a unigram baseline")
     nl.add_argument("--model", default="cifar10-llamagen")
+    nl.add_argument("--unigram-every", type=int, default=5,
+                    help="fit the unigram baseline on every N-th training image (default 5: 10,000 images)")
     for q in (ps, nl):
         q.add_argument("--data", required=True, help=".tar.gz with split/class/*.jpg, or a folder")
         q.add_argument("--split", default="test")
@@ -259,7 +261,7 @@ def _run_measure(args) -> int:
 
         pipe = load(args.model)
         test_tokens, test_labels = tokenize_split(pipe.tokenizer, args.data, args.split, flips=False)
-        train_tokens, _ = tokenize_split(pipe.tokenizer, args.data, "train", flips=False)
+        train_tokens, _ = tokenize_split(pipe.tokenizer, args.data, "train", flips=False, every=args.unigram_every)
         if args.limit:
             test_tokens, test_labels = test_tokens[: args.limit], test_labels[: args.limit]
         result = {
@@ -267,6 +269,7 @@ def _run_measure(args) -> int:
             "unigram_bits_per_token": unigram_bits_per_token(train_tokens, test_tokens, pipe.model.vocab_size),
             "uniform_bits_per_token": float(torch.tensor(float(pipe.model.vocab_size)).log2()),
             "sequences": int(test_tokens.shape[0]),
+            "unigram_fit_images": int(train_tokens.shape[0]),
         }
     print(json.dumps({"split": args.split, **result}, indent=2))
     return 0

@@ -41,9 +41,12 @@ class GPTTrainArgs:
 
 
 @torch.no_grad()
-def tokenize_split(vq: VQModel, data: str, split: str, flips: bool, batch_size: int = 500, image_size: int = 32):
-    """(tokens [N, h*w], labels [N]) for a split; with ``flips`` the mirrored images are appended."""
+def tokenize_split(vq: VQModel, data: str, split: str, flips: bool, batch_size: int = 500, image_size: int = 32,
+                   every: int = 1):
+    """(tokens [N, h*w], labels [N]) for a split (every ``every``-th image); with ``flips`` the mirrored
+    images are appended."""
     images, labels, _ = load_images(data, split, image_size)
+    images, labels = images[::every], labels[::every]
     out = []
     for flip in ((False, True) if flips else (False,)):
         for i in range(0, images.shape[0], batch_size):
