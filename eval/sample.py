@@ -203,6 +203,11 @@ def main(argv=None) -> int:
         path = Path(args.summary) if args.summary else out / "summary.json"
         path.write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps({k: v for k, v in summary.items() if k not in ("per_process", "accepted_per_step")}, indent=2))
+    state.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # tear the process group down before the interpreter exits: gloo's threads otherwise abort
+        # the main process ("terminate called without an active exception")
+        torch.distributed.destroy_process_group()
     return 0
 
 
