@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .blocks import Downsample, ResnetBlock, Upsample, group_norm
+
 __all__ = ["VQVAEConfig", "MultiScaleVQVAE", "MultiScaleQuantizer"]
 
 
@@ -25,32 +27,12 @@ __all__ = ["VQVAEConfig", "MultiScaleVQVAE", "MultiScaleQuantizer"]
 # ------------------------------------------------------------------------------------------------
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
-
-
-class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, dropout: float):
-        super().__init__()
-        self.norm1 = _norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _norm(out_channels)
-        self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-
-    def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.nin_shortcut(x) + h
-
-
 class AttnBlock(nn.Module):
-    """Single-head spatial self-attention with 1x1 convolutions."""
+    """Single-head spatial self-attention with one fused 1x1 ``qkv`` conv (VAR's key layout)."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.norm = _norm(channels)
+        self.norm = group_norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
@@ -60,24 +42,6 @@ class AttnBlock(nn.Module):
         w = torch.bmm(q.transpose(1, 2), k).mul_(C**-0.5).softmax(dim=2)  # [B, HW(q), HW(k)]
         h = torch.bmm(v, w.transpose(1, 2)).view(B, C, H, W)
         return x + self.proj_out(h)
-
-
-class Downsample2x(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
-
-    def forward(self, x):
-        return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric pad, as in LDM
-
-
-class Upsample2x(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 CH_MULT = (1, 1, 2, 2, 4)  # fixed inside the official VQVAE class (vq-f16)
@@ -96,12 +60,12 @@ class Encoder(nn.Module):
             last = level == len(CH_MULT) - 1
             stage.attn = nn.ModuleList([AttnBlock(w_out) for _ in range(num_res_blocks)] if last else [])
             if not last:
-                stage.downsample = Downsample2x(w_out)
+                stage.downsample = Downsample(w_out)
             self.down.append(stage)
         w = widths[-1]
         self.mid = nn.Module()
         self.mid.block_1, self.mid.attn_1, self.mid.block_2 = ResnetBlock(w, w, dropout), AttnBlock(w), ResnetBlock(w, w, dropout)
-        self.norm_out = _norm(w)
+        self.norm_out = group_norm(w)
         self.conv_out = nn.Conv2d(w, z_channels, 3, padding=1)
 
     def forward(self, x):
@@ -133,10 +97,10 @@ class Decoder(nn.Module):
             last = level == len(CH_MULT) - 1
             stage.attn = nn.ModuleList([AttnBlock(w) for _ in range(num_res_blocks + 1)] if last else [])
             if level != 0:
-                stage.upsample = Upsample2x(w)
+                stage.upsample = Upsample(w)
             stages.insert(0, stage)
         self.up = nn.ModuleList(stages)
-        self.norm_out = _norm(w)
+        self.norm_out = group_norm(w)
         self.conv_out = nn.Conv2d(w, 3, 3, padding=1)
 
     def forward(self, z):
