@@ -96,3 +96,14 @@ def save_gpt_folder(model: GPT, folder) -> None:
     folder = Path(folder)
     export_fp16(model, folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps({"type": "llamagen_gpt", "config": model.config.to_dict()}))
+
+
+def assert_rows_match_alone(sampler, model, labels, config, seeds) -> None:
+    """A batch with one generator per row gives each row the tokens it gets alone, and rows really
+    advance differently (so the check is not vacuous)."""
+    batch = sampler.sample(model, labels, config, generator=[torch.Generator().manual_seed(s) for s in seeds])
+    accepted = torch.stack(batch.stats.accepted)
+    assert len({tuple(accepted[:, b].tolist()) for b in range(len(seeds))}) > 1, "rows should advance differently"
+    for b, s in enumerate(seeds):
+        alone = sampler.sample(model, labels[b : b + 1], config, generator=[torch.Generator().manual_seed(s)])
+        assert torch.equal(alone.tokens[0], batch.tokens[b])

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import SyncCounter, chi_square_pvalue, exact_distribution, save_gpt_folder, tiny_gpt
+from helpers import assert_rows_match_alone, SyncCounter, chi_square_pvalue, exact_distribution, save_gpt_folder, tiny_gpt
 from vargen import SamplingConfig, get_sampler
 from vargen.models.draft_head import DraftHead, DraftHeadConfig, load_draft_head
 from vargen.samplers.acceptance import ExactAcceptance
@@ -75,13 +75,7 @@ def test_batch_rows_equal_rows_alone(kind):
     config = SamplingConfig(temperature=1.0, cfg_scale=1.5)
     draft = _drafter(kind, model).to(torch.float64)
     sampler = SpeculativeSampler(draft=draft, gamma=3)
-    seeds = [11, 12, 13, 14]
-    batch = sampler.sample(model, labels, config, generator=[torch.Generator().manual_seed(s) for s in seeds])
-    accepted = torch.stack(batch.stats.accepted)
-    assert len({tuple(accepted[:, b].tolist()) for b in range(4)}) > 1, "rows should advance differently"
-    for b, s in enumerate(seeds):
-        alone = sampler.sample(model, labels[b : b + 1], config, generator=[torch.Generator().manual_seed(s)])
-        assert torch.equal(alone.tokens[0], batch.tokens[b])
+    assert_rows_match_alone(sampler, model, labels, config, seeds=[11, 12, 13, 14])
 
 
 def test_self_drafting_accepts_everything_and_passes_are_counted():

@@ -254,7 +254,7 @@ def test_checkpoint_errors_name_keys(fx, tmp_path):
     sd.pop("head.bias")
     sd["extra.weight"] = torch.zeros(1)
     model = VAR(fx.var.config, init=False)
-    with pytest.raises(ValueError, match=r"missing key.*head\.bias.*unexpected key.*extra\.weight"):
+    with pytest.raises(ValueError, match=r"(?s)missing key.*head\.bias.*unexpected key.*extra\.weight"):
         load_strict(model, sd)
     with pytest.raises(FileNotFoundError, match="var_d16.pth"):
         load_state_dict_file(tmp_path / "var_d16.pth")

@@ -40,15 +40,18 @@ def read_state_dict(path: str | os.PathLike, prefer: Iterable[str] = ()) -> dict
 
 
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, hint: str = "",
-                drop: Iterable[str] = ()) -> None:
-    """``load_state_dict(strict=True)`` with an error that names the mismatch and the likely cause."""
+                drop: Iterable[str] = (), assign: bool = False, ignore_shape: tuple[str, ...] = ()) -> None:
+    """``load_state_dict(strict=True)`` with an error that names the mismatch and the likely cause.
+
+    ``assign``: adopt the checkpoint's tensors (modules built on the meta device); ``ignore_shape``:
+    key suffixes whose shape may legitimately differ (the module's own ``load_state_dict`` handles them)."""
     state = {k.removeprefix("module."): v for k, v in state.items() if k not in set(drop)}
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong_shape = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own if k in state and state[k].shape != own[k].shape
+        for k in own if k in state and state[k].shape != own[k].shape and not k.endswith(ignore_shape)
     ]
     if missing or unexpected or wrong_shape:
         lines = [f"checkpoint does not match this {what} config"]
@@ -61,4 +64,4 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, hi
         if hint:
             lines.append(f"  likely cause: {hint}")
         raise ValueError("\n".join(lines))
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoint import load_strict as _load_strict
+
 __all__ = ["VARConfig", "VAR", "VAR_PRESETS", "ScaleKVCache", "load_state_dict_file", "load_strict"]
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -505,19 +507,5 @@ def load_state_dict_file(path, trusted: bool = False) -> dict[str, torch.Tensor]
 
 
 def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str = "checkpoint", assign: bool = False) -> None:
-    """``load_state_dict(strict=True)`` with an error that names the first missing / unexpected / misshapen keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape
-              and not k.endswith("ema_vocab_hit_SV")]
-    if missing or unexpected or shapes:
-        msg = [f"{what} does not fit {type(model).__name__}:"]
-        if missing:
-            msg.append(f"{len(missing)} missing key(s), first: {', '.join(missing[:5])}")
-        if unexpected:
-            msg.append(f"{len(unexpected)} unexpected key(s), first: {', '.join(unexpected[:5])}")
-        if shapes:
-            msg.append(f"{len(shapes)} shape mismatch(es), first: {'; '.join(shapes[:3])}")
-        raise ValueError(" ".join(msg))
-    model.load_state_dict(sd, strict=True, assign=assign)
+    """The shared strict loader; VQVAE training statistics (``ema_vocab_hit_SV``) may differ in shape."""
+    _load_strict(model, sd, f"{type(model).__name__} ({what})", assign=assign, ignore_shape=("ema_vocab_hit_SV",))
