@@ -56,6 +56,8 @@ class Row:
     seconds_per_image: float = 0.0
     latency_batch1: float | None = None
     quality: dict = field(default_factory=dict)
+    baseline: str = "ar"  # the sampler of this model that speed-ups and "FID vs baseline" refer to
+    fid_vs_baseline: float | None = None  # FID between this sampler's images and the baseline sampler's
     accepted_per_step: list = field(default_factory=list)
     speedup: float | None = None
     latency_speedup: float | None = None
@@ -110,14 +112,16 @@ def measure_model(model_name: str, specs: list[str], opts) -> tuple[list[Row], d
     from vargen.pipeline import load
 
     pipe = load(model_name, device=opts.device)
+    specs = specs or pipe.benchmark or default_samplers()
     ok, skipped = working_samplers(pipe, specs)
-    rows = []
+    rows, folders = [], {}
     for spec in ok:
-        folder = Path(opts.work_dir) / slug(model_name) / slug(spec)
+        folder = folders[spec] = Path(opts.work_dir) / slug(model_name) / slug(spec)
         s = generate(pipe, spec, folder, opts.num_samples, opts.batch_size, opts.seed, opts.overrides)
-        row = Row(model_name, spec, s.get("images_generated", 0) + s.get("images_skipped_existing", 0),
-                  s.get("forward_passes_per_image", 0.0), s.get("tokens_per_forward", 0.0),
-                  s.get("mean_accepted", 0.0), s.get("sampler_seconds_per_image", 0.0),
+        row = Row(model_name, spec, baseline=pipe.baseline_sampler,
+                  images=s.get("images_generated", 0) + s.get("images_skipped_existing", 0),
+                  forward_passes=s.get("forward_passes_per_image", 0.0), tokens_per_forward=s.get("tokens_per_forward", 0.0),
+                  mean_accepted=s.get("mean_accepted", 0.0), seconds_per_image=s.get("sampler_seconds_per_image", 0.0),
                   accepted_per_step=s.get("accepted_per_step", []))
         res = compute_fid(folder, opts.reference, features=opts.features, mode=opts.mode, device=opts.device,
                           weights=opts.weights, verbose=False)
@@ -126,11 +130,44 @@ def measure_model(model_name: str, specs: list[str], opts) -> tuple[list[Row], d
         rows.append(row)
         opts.progress(f"{model_name} {spec}: FID {res.fid:.3f} ({res.label}, mode={opts.mode}), "
                       f"{row.forward_passes:.1f} passes/image")
+    base = next((r for r in rows if r.sampler == pipe.baseline_sampler), None)
+    for row in rows if base is not None else []:
+        if row is not base:
+            row.fid_vs_baseline = compute_fid(folders[row.sampler], folders[base.sampler], features=opts.features,
+                                              mode=opts.mode, device=opts.device, weights=opts.weights,
+                                              verbose=False).fid
     if opts.latency:
         for row in rows:
             row.latency_batch1 = latency(pipe, row.sampler, opts.seed, opts.overrides)
-    add_speedups(rows)
+    add_speedups(rows, pipe.baseline_sampler)
     return rows, skipped
+
+
+def floor_row(source: str, opts) -> dict:
+    """FID of ``num_samples`` real images (evenly spaced over ``source``, e.g. CIFAR-10 train) against
+    the reference: the score a perfect sampler would get at this sample count (FID is biased in N)."""
+    from vargen.eval import compute_fid
+    from vargen.eval.stats import dataset_spec
+    from vargen.train.data import load_images
+
+    folder = Path(opts.work_dir) / f"floor-{slug(source)}-{opts.num_samples}"
+    sm = _sample_module()
+    if not sm.png_path(folder, opts.num_samples - 1).is_file():
+        spec = dataset_spec(source)
+        if spec is None:
+            raise ValueError(f"--floor expects cifar10-train / cifar10-test / archive@split, got {source!r}")
+        images = load_images(spec[0], spec[1], None)[0]
+        step = max(1, images.shape[0] // opts.num_samples)
+        folder.mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        for i in range(opts.num_samples):
+            sm.save_png(Image.fromarray(images[i * step].permute(1, 2, 0).numpy()), sm.png_path(folder, i))
+    res = compute_fid(folder, opts.reference, features=opts.features, mode=opts.mode, device=opts.device,
+                      weights=opts.weights, verbose=False)
+    opts.progress(f"floor {source}: FID {res.fid:.3f}")
+    return {"source": source, "images": opts.num_samples, "fid": res.fid, "kid": res.kid, "precision": res.precision,
+            "recall": res.recall, "is": res.inception_score}
 
 
 def latency(pipe, spec: str, seed: int, overrides: dict, repeats: int = 3) -> float:
@@ -144,8 +181,8 @@ def latency(pipe, spec: str, seed: int, overrides: dict, repeats: int = 3) -> fl
     return min(run(seed + r) for r in range(repeats))
 
 
-def add_speedups(rows: list[Row]) -> None:
-    base = next((r for r in rows if r.sampler == "ar"), None)
+def add_speedups(rows: list[Row], baseline: str = "ar") -> None:
+    base = next((r for r in rows if r.sampler == baseline), None)
     for r in rows:
         if base is not None and r.seconds_per_image > 0:
             r.speedup = base.seconds_per_image / r.seconds_per_image
@@ -203,12 +240,13 @@ def _fmt(x, spec=".3f") -> str:
 
 
 def quality_table(rows: list[Row]) -> str:
-    lines = ["| model | sampler | images | FID | KID | precision | recall | IS | forward passes / image | "
-             "tokens / forward | accepted / step | s / image (batched) | speed-up vs AR | s / image (batch 1) | "
-             "latency speed-up |", "|" + "---|" * 15]
+    lines = ["| model | sampler | images | FID | FID vs baseline | KID | precision | recall | IS | forward passes / image | "
+             "tokens / forward | accepted / step | s / image (batched) | speed-up vs baseline | s / image (batch 1) | "
+             "latency speed-up |", "|" + "---|" * 16]
     for r in rows:
         q = r.quality
-        lines.append(f"| {r.model} | `{r.sampler}` | {r.images} | {_fmt(q.get('fid'))} | {_fmt(q.get('kid'), '.5f')} | "
+        lines.append(f"| {r.model} | `{r.sampler}` | {r.images} | {_fmt(q.get('fid'))} | {_fmt(r.fid_vs_baseline)} | "
+                     f"{_fmt(q.get('kid'), '.5f')} | "
                      f"{_fmt(q.get('precision'))} | {_fmt(q.get('recall'))} | {_fmt(q.get('is'), '.2f')} | "
                      f"{r.forward_passes:.1f} | {r.tokens_per_forward:.2f} | {r.mean_accepted:.2f} | "
                      f"{r.seconds_per_image:.4f} | {_fmt(r.speedup, '.2f')}x | {_fmt(r.latency_batch1, '.4f')} | "
@@ -226,7 +264,7 @@ def shapes_table(shape_rows: list[dict]) -> str:
 
 
 def step_compression(rows: list[Row], r: Row) -> float:
-    base = next((b for b in rows if b.model == r.model and b.sampler == "ar"), None)
+    base = next((b for b in rows if b.model == r.model and b.sampler == r.baseline), None)
     return base.forward_passes / r.forward_passes if base is not None and r.forward_passes else 0.0
 
 
@@ -276,7 +314,7 @@ def plot(rows: list[Row], out_dir: Path, stem: str) -> list[Path]:
 
 
 def write_markdown(path: Path, rows: list[Row], skipped: dict, shape_rows: list[dict], plots: list[Path],
-                   opts, command: str) -> None:
+                   opts, command: str, floor: dict | None = None) -> None:
     from vargen.bench import machine_line
 
     label = rows[0].quality.get("label", "") if rows else ""
@@ -295,8 +333,16 @@ def write_markdown(path: Path, rows: list[Row], skipped: dict, shape_rows: list[
         f"model, measured in the same process.",
         f"- Sampling options: {json.dumps(opts.overrides) if opts.overrides else 'the model defaults'}.\n",
         "## Quality and speed\n",
+        "\"FID vs baseline\" compares a sampler's images with the baseline sampler's images of the same model "
+        "(`ar`, `var` with the drafter, `mar` with the target): how far an accelerated sampler moves the output "
+        "distribution. Speed-ups are against the same baseline.\n",
         quality_table(rows) + "\n",
     ]
+    if floor:
+        parts += [f"Floor: {floor['images']} real images of `{floor['source']}` (evenly spaced) against the reference "
+                  f"score FID **{floor['fid']:.3f}** (KID {_fmt(floor['kid'], '.5f')}, precision {_fmt(floor['precision'])}, "
+                  f"recall {_fmt(floor['recall'])}, IS {_fmt(floor['is'], '.2f')}) with the same features: what a perfect "
+                  f"sampler would get at this sample count.\n"]
     if skipped:
         parts += ["Samplers that do not run on a model (another model family or missing pieces):\n"]
         parts += [f"- {m}: `{s}`: {why}" for m, d in skipped.items() for s, why in d.items()]
@@ -327,14 +373,14 @@ def run_report(models: list[str], samplers: list[str] | None = None, num_samples
                out: str | Path = "docs/benchmarks.md", work_dir: str | Path = "runs/report", batch_size: int = 50,
                seed: int = 0, shapes: list[str] | None = None, shape_samplers: list[str] | None = None,
                latency: bool = True, device: str = "cpu", weights=None, overrides: dict | None = None,
-               command: str | None = None, progress=print) -> dict:
+               command: str | None = None, progress=print, floor: str | None = None) -> dict:
     opts = SimpleNamespace(num_samples=num_samples, reference=reference, features=features, mode=mode,
                            work_dir=work_dir, batch_size=batch_size, seed=seed, latency=latency, device=device,
                            weights=weights, overrides=overrides or {}, progress=progress)
-    specs = samplers or default_samplers()
     rows, skipped = [], {}
+    floor_result = floor_row(floor, opts) if floor else None
     for m in models:
-        r, s = measure_model(m, specs, opts)
+        r, s = measure_model(m, samplers, opts)
         rows += r
         if s:
             skipped[m] = s
@@ -342,8 +388,8 @@ def run_report(models: list[str], samplers: list[str] | None = None, num_samples
     out = Path(out)
     plots = plot(rows, out.parent, out.stem) if rows else []
     command = command or "python eval/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    write_markdown(out, rows, skipped, shape_rows, plots, opts, command)
-    result = {"rows": [r.__dict__ for r in rows], "skipped": skipped, "shapes": shape_rows,
+    write_markdown(out, rows, skipped, shape_rows, plots, opts, command, floor_result)
+    result = {"rows": [r.__dict__ for r in rows], "floor": floor_result, "skipped": skipped, "shapes": shape_rows,
               "plots": [str(p) for p in plots], "markdown": str(out)}
     out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     progress(f"wrote {out} and {', '.join(p.name for p in plots)}")
@@ -353,7 +399,8 @@ def run_report(models: list[str], samplers: list[str] | None = None, num_samples
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["cifar10-llamagen"], help="zoo names or pipeline folders")
-    p.add_argument("--samplers", nargs="+", help="sampler specs (default: every registered sampler that runs)")
+    p.add_argument("--samplers", nargs="+", help="sampler specs (default: each model's pipeline.json 'benchmark' list)")
+    p.add_argument("--floor", help="real-image floor: e.g. cifar10-train (num-samples images scored like a sampler)")
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--reference", default="cifar10-train", help="folder, dataset name, .npz images or stats")
     p.add_argument("--features", default="cifar10-features", help="cifar10-features | inception | clip")
@@ -381,7 +428,7 @@ def main(argv=None) -> int:
     try:
         run_report(args.models, args.samplers, args.num_samples, args.reference, args.features, args.mode, args.out,
                    args.work_dir, args.batch_size, args.seed, args.shapes, args.shape_samplers, not args.no_latency,
-                   args.device, args.weights, overrides)
+                   args.device, args.weights, overrides, floor=args.floor)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -51,12 +51,28 @@ def _add_train(sub) -> None:
 
     add_features_cli(tsub)
 
+    from .train.var import add_cli as add_var_cli
+
+    add_var_cli(tsub)
+
+    from .train.mar import add_cli as add_mar_cli
+
+    add_mar_cli(tsub)
+
 
 def _run_train(args) -> int:
     if args.what == "features":
         from .train.features import run_cli as run_features
 
         return run_features(args)
+    if args.what in ("var-vqvae", "var", "code-refiner"):
+        from .train.var import run_cli as run_var
+
+        return run_var(args)
+    if args.what in ("kl-vae", "mar"):
+        from .train.mar import run_cli as run_mar
+
+        return run_mar(args)
     if args.what == "draft-head":
         from .train.draft_head import run_cli
 
@@ -107,7 +123,8 @@ def _config_options(args) -> dict:
 
 
 def _add_sampling_args(p) -> None:
-    p.add_argument("--sampler", default="sjd", help="ar | sjd | ... (see vargen.samplers.available_samplers)")
+    p.add_argument("--sampler", help="ar | sjd | sd | lantern | gsd (LlamaGen), var | code (VAR), mar | cspd (MAR); "
+                                     "default: the model's (sjd, var, mar)")
     p.add_argument("--window", type=int, help="SJD window W (tokens per forward)")
     p.add_argument("--init", help="SJD draft init: random | horizontal | vertical | horizontal_sample | vertical_sample")
     p.add_argument("--coupled", action="store_true", help="MC-SJD coupled drafts")
@@ -148,8 +165,7 @@ def _run_generate(args) -> int:
     pipe = load(args.model, device=args.device, checkpoint=args.checkpoint,
                 tokenizer_checkpoint=args.tokenizer_checkpoint)
     if args.class_id is None:
-        n_classes = len(pipe.class_names) if pipe.class_names else pipe.model.config.num_classes
-        ids = list(range(n_classes))
+        ids = list(range(pipe.num_classes))
     else:
         ids = [pipe.class_id(c) for c in args.class_id]
     ids = [i for i in ids for _ in range(args.per_class)]
@@ -162,7 +178,7 @@ def _run_generate(args) -> int:
         img.save(folder / f"{i:04d}_{label}.png")
     cols = args.per_class if args.per_class > 1 else min(10, len(ids))  # one row per class
     image_grid(out.images, cols).save(folder / "grid.png")
-    summary = {"model": args.model, "sampler": args.sampler, "images": len(ids), **out.stats.summary(),
+    summary = {"model": args.model, "sampler": args.sampler or pipe.default_sampler, "images": len(ids), **out.stats.summary(),
                "total_seconds_with_loading": round(time.perf_counter() - t0, 3)}
     print(json.dumps(summary, indent=2))
     print(f"wrote {len(ids)} images and grid.png to {folder}")

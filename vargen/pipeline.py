@@ -11,7 +11,7 @@ from PIL import Image
 
 from . import zoo
 from .samplers import get_sampler
-from .samplers.base import GenerationOutput, SamplingConfig
+from .samplers.base import GenerationOutput, SamplingConfig, Stats
 
 CONFIG_FIELDS = {f.name for f in fields(SamplingConfig)}
 
@@ -39,9 +39,16 @@ class Pipeline:
     (``window=``, ``init=``, ``coupled=``, ``acceptance=``, ...); anything else is an error.
     """
 
+    kind = "llamagen"
+    default_sampler = "sjd"
+    baseline_sampler = "ar"  # what speed-ups and "quality vs baseline" are measured against
+    members: dict[str, str] = {}  # generate(..., model=NAME) runs the sampler on another model of the pipeline
+
     def __init__(self, model, tokenizer, defaults: SamplingConfig | None = None, class_names=None,
-                 name: str | None = None, draft=None):
+                 name: str | None = None, draft=None, sampler_options: dict | None = None):
         self.draft = draft  # default drafter (a draft-head folder or model) for "sd" / "lantern"
+        self.sampler_options = dict(sampler_options or {})  # per-sampler default options, e.g. {"mar": {"num_iter": 16}}
+        self.benchmark: list[str] = []  # the sampler specs eval/report.py measures on this model (pipeline.json)
         self.model = model
         self.tokenizer = tokenizer
         self.defaults = defaults or SamplingConfig()
@@ -50,7 +57,11 @@ class Pipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return next(self.model.parameters()).device
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) if self.class_names else int(getattr(self.model, "num_classes", 0) or 0)
 
     def to(self, device=None, dtype=None) -> "Pipeline":
         self.model.to(device=device, dtype=dtype)
@@ -71,8 +82,11 @@ class Pipeline:
         return SamplingConfig(**cfg).with_defaults(self.defaults), rest
 
     @torch.no_grad()
-    def generate(self, cond, sampler: str | Any = "sjd", seed: int | None = 0, decode: bool = True,
+    def generate(self, cond, sampler: str | Any | None = None, seed: int | None = 0, decode: bool = True,
                  per_row_seeds: bool = False, **options) -> GenerationOutput:
+        """``sampler``: a name (default: the pipeline's, e.g. ``sjd`` for LlamaGen) or a sampler instance."""
+        sampler = sampler or self.default_sampler
+        model = self.member(options.pop("model", None))
         config, sampler_options = self.split_options(options)
         if isinstance(sampler, str):
             sampler = self.make_sampler(sampler, **sampler_options)
@@ -87,14 +101,26 @@ class Pipeline:
             generator = [torch.Generator(self.device).manual_seed((seed or 0) + i) for i in range(cond.shape[0])]
         else:
             generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
-        out = sampler.sample(self.model, cond, config, generator)
+        out = sampler.sample(model, cond, config, generator)
         if decode and self.tokenizer is not None:
             out.images = self.decode(out.tokens)
         return out
 
+    def member(self, name: str | None):
+        """The model a sampler runs on: the main one, or a named member (``"refiner"``, ``"draft"``)."""
+        if name is None or name == "main":
+            return self.model
+        if name not in self.members:
+            raise ValueError(f"model={name!r}: this {self.kind} pipeline has {['main', *self.members] }")
+        found = getattr(self, self.members[name])
+        if found is None:
+            raise ValueError(f"model={name!r}: this pipeline has no {name} model")
+        return found
+
     def make_sampler(self, name: str, **options):
         """``get_sampler`` with what this pipeline knows: its default drafter for ``sd``/``lantern``
         (unless ``draft=`` is given) and the tokenizer codebook for neighbourhood rules (LANTERN, GSD)."""
+        options = {**self.sampler_options.get(name, {}), **options}
         if name in ("sd", "lantern") and "draft" not in options and self.draft is not None:
             options["draft"] = self.draft
         sampler = get_sampler(name, **options)
@@ -115,6 +141,103 @@ class Pipeline:
         return next(self.tokenizer.parameters()).device
 
 
+class ScalePipeline(Pipeline):
+    """VAR (next-scale) drafter + multi-scale VQVAE, with a default refiner for CoDe (``sampler="code"``)."""
+
+    kind = "var"
+    default_sampler = "var"
+    baseline_sampler = "var"
+    members = {"drafter": "model", "refiner": "refiner"}
+    samplers = ("var", "code")
+
+    def __init__(self, model, tokenizer, defaults=None, class_names=None, name=None, refiner=None, sampler_options=None):
+        super().__init__(model, tokenizer, defaults, class_names, name, None, sampler_options)
+        self.refiner = refiner
+
+    def to(self, device=None, dtype=None) -> "ScalePipeline":
+        super().to(device, dtype)
+        if self.refiner is not None:
+            self.refiner.to(device=device, dtype=dtype)
+        return self
+
+    def make_sampler(self, name: str, **options):
+        if name not in self.samplers:
+            raise ValueError(f"sampler {name!r} does not apply to a VAR pipeline; use one of {self.samplers}")
+        options = {**self.sampler_options.get(name, {}), **options}
+        if name == "code" and "refiner" not in options:
+            if self.refiner is None:
+                raise ValueError("this pipeline has no refiner; pass refiner=<small VAR>")
+            options["refiner"] = self.refiner
+        return get_sampler(name, **options)
+
+    def decode(self, tokens: torch.Tensor) -> list[Image.Image]:
+        with torch.no_grad():
+            images = self.tokenizer.idx_to_img(tokens.to(self.tokenizer_device))
+        return to_pil(images.float())
+
+
+def _rows_stats(parts: list[Stats]) -> Stats:
+    """Stats of rows sampled one call each, as one batch: passes and seconds add up, per-row tensors
+    concatenate, numeric counters add up (rates are recomputed by whoever reads the counters)."""
+    extra: dict[str, Any] = {}
+    for p in parts:
+        for k, v in p.extra.items():
+            extra[k] = extra.get(k, 0) + v if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+    cat = lambda name: torch.cat([getattr(p, name) for p in parts]) if getattr(parts[0], name) is not None else None  # noqa: E731
+    return Stats(forward_passes=sum(p.forward_passes for p in parts),
+                 draft_forward_passes=sum(p.draft_forward_passes for p in parts), tokens=cat("tokens"),
+                 token_step=cat("token_step"), seconds=sum(p.seconds for p in parts),
+                 peak_memory_bytes=max(p.peak_memory_bytes for p in parts), extra=extra)
+
+
+class MARPipeline(Pipeline):
+    """MAR target + KL VAE, with a default draft MAR for continuous speculative decoding (``sampler="cspd"``)."""
+
+    kind = "mar"
+    default_sampler = "mar"
+    baseline_sampler = "mar"
+    members = {"target": "model", "draft": "draft"}
+    samplers = ("mar", "cspd")
+
+    def to(self, device=None, dtype=None) -> "MARPipeline":
+        super().to(device, dtype)
+        if self.draft is not None:
+            self.draft.to(device=device, dtype=dtype)
+        return self
+
+    def make_sampler(self, name: str, **options):
+        if name not in self.samplers:
+            raise ValueError(f"sampler {name!r} does not apply to a MAR pipeline; use one of {self.samplers}")
+        options = {**self.sampler_options.get(name, {}), **options}
+        if name == "cspd" and "draft" not in options:
+            if self.draft is None:
+                raise ValueError("this pipeline has no draft model; pass draft=<small MAR>")
+            options["draft"] = self.draft
+        return get_sampler(name, **options)
+
+    @torch.no_grad()
+    def generate(self, cond, sampler=None, seed: int | None = 0, decode: bool = True, per_row_seeds: bool = False,
+                 **options) -> GenerationOutput:
+        """MAR's samplers draw from one generator; ``per_row_seeds`` therefore runs the rows one by one
+        (row i with seed + i), so a row's image does not depend on its batch."""
+        if not per_row_seeds:
+            return super().generate(cond, sampler, seed, decode, False, **options)
+        if isinstance(cond, (int, str)):
+            cond = [cond]
+        rows = [super(MARPipeline, self).generate([c], sampler, (seed or 0) + i, False, False, **options)
+                for i, c in enumerate(list(cond))]
+        out = GenerationOutput(tokens=torch.cat([r.tokens for r in rows]), stats=_rows_stats([r.stats for r in rows]))
+        if decode:
+            out.images = self.decode(out.tokens)
+        return out
+
+    def decode(self, tokens: torch.Tensor) -> list[Image.Image]:
+        with torch.no_grad():
+            latents = self.model.unpatchify(tokens.to(self.device, next(self.model.parameters()).dtype))
+            images = self.tokenizer.tokens_to_images(latents.to(self.tokenizer_device, next(self.tokenizer.parameters()).dtype))
+        return to_pil(images.float())
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
@@ -128,16 +251,35 @@ def _load_pipeline_json(folder: Path, dtype: torch.dtype, device) -> Pipeline:
         p = Path(name)
         return p if p.is_absolute() else root / name
 
+    pipe = _build_from_spec(spec, resolve, folder, dtype).to(device)
+    pipe.benchmark = list(spec.get("benchmark", []))
+    return pipe
+
+
+def _build_from_spec(spec: dict, resolve, folder: Path, dtype: torch.dtype) -> Pipeline:
+    common = dict(defaults=SamplingConfig(**spec.get("defaults", {})), class_names=spec.get("class_names"),
+                  name=folder.name, sampler_options=spec.get("sampler_options"))
+    if spec["kind"] == "var":
+        from .train.var import load_msvq_folder, load_var_folder
+
+        vae = load_msvq_folder(resolve(spec["tokenizer"]))
+        refiner = load_var_folder(resolve(spec["refiner"]), vae, dtype) if spec.get("refiner") else None
+        return ScalePipeline(load_var_folder(resolve(spec["model"]), vae, dtype), vae, refiner=refiner, **common)
+    if spec["kind"] == "mar":
+        from .train.mar import load_kl_folder, load_mar_folder
+
+        draft = load_mar_folder(resolve(spec["draft"]), dtype) if spec.get("draft") else None
+        return MARPipeline(load_mar_folder(resolve(spec["model"]), dtype), load_kl_folder(resolve(spec["tokenizer"])),
+                           draft=draft, **common)
     if spec["kind"] != "llamagen":
-        raise ValueError(f"{folder}: pipeline kind {spec['kind']!r} is not loadable by this version")
+        raise ValueError(f"{folder}: pipeline kind {spec['kind']!r} is not loadable by this version (llamagen, var, mar)")
     from .models.llamagen import load_gpt_folder
     from .tokenizers.llamagen_vq import load_vq_folder
 
     model = load_gpt_folder(resolve(spec["model"]), dtype)
     vq = load_vq_folder(resolve(spec["tokenizer"]))
     draft = str(resolve(spec["draft"])) if spec.get("draft") else None
-    pipe = Pipeline(model, vq, SamplingConfig(**spec.get("defaults", {})), spec.get("class_names"), folder.name, draft)
-    return pipe.to(device)
+    return Pipeline(model, vq, draft=draft, **common)
 
 
 def _load_official(name: str, dtype, device, checkpoint=None, tokenizer_checkpoint=None) -> Pipeline:

@@ -155,10 +155,11 @@ class KLVAE(nn.Module):
     def __init__(self, embed_dim: int = 16, ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4), use_variational: bool = True,
                  ckpt_path: str | None = None, *, ch: int = 128, num_res_blocks: int = 2, resolution: int = 256,
                  encoder_attn_resolutions: tuple[int, ...] = (16,), decoder_attn_resolutions: tuple[int, ...] = (),
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, scale_factor: float = LATENT_SCALE):
         super().__init__()
         ch_mult = tuple(ch_mult)
         self.embed_dim = embed_dim
+        self.scale_factor = scale_factor  # token = posterior sample * scale_factor (KL-16: 0.2325)
         self.use_variational = use_variational
         self.stride = 2 ** (len(ch_mult) - 1)
         self.encoder = Encoder(ch, ch_mult, num_res_blocks, tuple(encoder_attn_resolutions), resolution, embed_dim,
@@ -191,12 +192,12 @@ class KLVAE(nn.Module):
         return self.decoder(self.post_quant_conv(latents))
 
     def images_to_tokens(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """MAR token latents ``[B, embed_dim, h, w]``: a posterior sample times ``LATENT_SCALE``."""
-        return self.encode(images).sample(generator) * LATENT_SCALE
+        """MAR token latents ``[B, embed_dim, h, w]``: a posterior sample times ``scale_factor``."""
+        return self.encode(images).sample(generator) * self.scale_factor
 
     def tokens_to_images(self, tokens: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] from MAR token latents."""
-        return self.decode(tokens / LATENT_SCALE)
+        return self.decode(tokens / self.scale_factor)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
         posterior = self.encode(images)

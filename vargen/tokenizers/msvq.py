@@ -44,20 +44,21 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(h)
 
 
-CH_MULT = (1, 1, 2, 2, 4)  # fixed inside the official VQVAE class (vq-f16)
+CH_MULT = (1, 1, 2, 2, 4)  # fixed inside the official VQVAE class (vq-f16); configurable here for small demos
 
 
 class Encoder(nn.Module):
-    def __init__(self, ch: int, z_channels: int, dropout: float, num_res_blocks: int = 2):
+    def __init__(self, ch: int, z_channels: int, dropout: float, num_res_blocks: int = 2, ch_mult=CH_MULT):
         super().__init__()
+        mults = tuple(ch_mult)
         self.conv_in = nn.Conv2d(3, ch, 3, padding=1)
         self.down = nn.ModuleList()
-        widths = [ch * m for m in (1,) + CH_MULT]
-        for level in range(len(CH_MULT)):
+        widths = [ch * m for m in (1,) + mults]
+        for level in range(len(mults)):
             stage = nn.Module()
             w_in, w_out = widths[level], widths[level + 1]
             stage.block = nn.ModuleList([ResnetBlock(w_in if i == 0 else w_out, w_out, dropout) for i in range(num_res_blocks)])
-            last = level == len(CH_MULT) - 1
+            last = level == len(mults) - 1
             stage.attn = nn.ModuleList([AttnBlock(w_out) for _ in range(num_res_blocks)] if last else [])
             if not last:
                 stage.downsample = Downsample(w_out)
@@ -82,19 +83,20 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, ch: int, z_channels: int, dropout: float, num_res_blocks: int = 2):
+    def __init__(self, ch: int, z_channels: int, dropout: float, num_res_blocks: int = 2, ch_mult=CH_MULT):
         super().__init__()
-        w = ch * CH_MULT[-1]
+        mults = tuple(ch_mult)
+        w = ch * mults[-1]
         self.conv_in = nn.Conv2d(z_channels, w, 3, padding=1)
         self.mid = nn.Module()
         self.mid.block_1, self.mid.attn_1, self.mid.block_2 = ResnetBlock(w, w, dropout), AttnBlock(w), ResnetBlock(w, w, dropout)
         stages = []
-        for level in reversed(range(len(CH_MULT))):  # built coarse -> fine, stored fine -> coarse (official order)
+        for level in reversed(range(len(mults))):  # built coarse -> fine, stored fine -> coarse (official order)
             stage = nn.Module()
-            w_out = ch * CH_MULT[level]
+            w_out = ch * mults[level]
             stage.block = nn.ModuleList([ResnetBlock(w if i == 0 else w_out, w_out, dropout) for i in range(num_res_blocks + 1)])
             w = w_out
-            last = level == len(CH_MULT) - 1
+            last = level == len(mults) - 1
             stage.attn = nn.ModuleList([AttnBlock(w) for _ in range(num_res_blocks + 1)] if last else [])
             if level != 0:
                 stage.upsample = Upsample(w)
@@ -291,6 +293,7 @@ class VQVAEConfig:
     default_qresi_counts: int = 0
     v_patch_nums: tuple = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
     test_mode: bool = True
+    ch_mult: tuple = CH_MULT  # not an official argument (upstream hard-codes vq-f16); the demo uses (1, 2, 2)
 
 
 VAE_CH160V4096Z32 = VQVAEConfig(ch=160)  # the released `vae_ch160v4096z32.pth`
@@ -309,8 +312,8 @@ class MultiScaleVQVAE(nn.Module):
             raise ValueError(f"ch must be a multiple of 32 (GroupNorm with 32 groups), got {config.ch}")
         self.config = config
         self.V, self.Cvae, self.vocab_size = config.vocab_size, config.z_channels, config.vocab_size
-        self.encoder = Encoder(config.ch, config.z_channels, config.dropout)
-        self.decoder = Decoder(config.ch, config.z_channels, config.dropout)
+        self.encoder = Encoder(config.ch, config.z_channels, config.dropout, ch_mult=config.ch_mult)
+        self.decoder = Decoder(config.ch, config.z_channels, config.dropout, ch_mult=config.ch_mult)
         self.quantize = MultiScaleQuantizer(
             config.vocab_size, config.z_channels, config.using_znorm, config.beta, config.default_qresi_counts,
             config.v_patch_nums, config.quant_resi, config.share_quant_resi,
@@ -318,7 +321,7 @@ class MultiScaleVQVAE(nn.Module):
         ks = config.quant_conv_ks
         self.quant_conv = nn.Conv2d(self.Cvae, self.Cvae, ks, padding=ks // 2)
         self.post_quant_conv = nn.Conv2d(self.Cvae, self.Cvae, ks, padding=ks // 2)
-        self.downsample = 2 ** (len(CH_MULT) - 1)
+        self.downsample = 2 ** (len(config.ch_mult) - 1)
         if config.test_mode:
             self.eval().requires_grad_(False)
 

@@ -93,3 +93,42 @@ def export_fp16(model: nn.Module, path: Path, drop: tuple[str, ...] = ()) -> Non
              for k, v in model.state_dict().items() if k not in drop}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
+
+
+def run_steps(out: Path, model: nn.Module, opt, gen: torch.Generator, step_fn, *, steps: int, lr: float,
+              warmup: int = 0, stop_at: int | None = None, save_every: int = 500, grad_clip: float = 1.0,
+              ema: "EMA | None" = None, unit: str = "img", final_ratio: float = 0.1) -> bool:
+    """The shared optimisation loop: resume from ``out/last.pt``, then per step set the cosine lr, call
+    ``step_fn(step) -> (loss, items, metrics)``, clip, step, update the EMA, checkpoint every
+    ``save_every`` steps. Returns True once all ``steps`` are done (False when ``stop_at`` ended it early)."""
+    step = resume(out / "last.pt", model, opt, gen, ema)
+    bar = Progress(steps, step, unit)
+    model.train()
+    end = min(steps, stop_at or steps)
+    while step < end:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, lr, warmup, final_ratio)
+        loss, items, metrics = step_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        if ema is not None:
+            ema.update(model)
+        step += 1
+        bar.update(items, loss=loss.item(), **metrics)
+        if step % save_every == 0 or step == end:
+            save_run(out / "last.pt", step, model, opt, gen, ema)
+    bar.close()
+    model.eval()
+    if step < steps:
+        print(f"stopped at step {step} of {steps}; run again to resume")
+        return False
+    return True
+
+
+def write_config(out: Path, kind: str, config: dict, **extra: Any) -> None:
+    import json
+
+    (out / "config.json").write_text(json.dumps({"type": kind, "config": config, **extra}, indent=2))

@@ -11,7 +11,10 @@
 """
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -86,4 +89,157 @@ def latent_scale(vae: KLVAE, images: torch.Tensor, generator: torch.Generator | 
     return float(1.0 / vae.encode(images).sample(generator).std())
 
 
-__all__ = ["make_optimizer", "EMA", "mar_train_step", "vae_loss", "vae_train_step", "latent_scale", "LATENT_SCALE"]
+# ------------------------------------------------------------------------------------------------
+# Demo-zoo runs (``vargen train kl-vae | mar``): resumable, fp16 export, config.json
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MARRunArgs:
+    """``kind``: ``kl-vae`` (images) or ``mar`` (posterior samples of the ``vae`` folder's latents)."""
+
+    kind: str
+    data: str
+    out: str
+    vae: str | None = None
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 8e-4
+    warmup: int = 100
+    ema: float = 0.999
+    kl_weight: float = 1e-6
+    seed: int = 0
+    image_size: int = 32
+    save_every: int = 200
+    stop_at: int | None = None
+    threads: int = 0
+    config: dict = field(default_factory=dict)
+
+
+def load_kl_folder(folder, dtype: torch.dtype = torch.float32) -> KLVAE:
+    """A KL VAE saved as ``model.safetensors`` + ``config.json`` (with its measured ``scale_factor``)."""
+    from ..models.checkpoint import load_strict, read_state_dict
+
+    folder = Path(folder)
+    vae = KLVAE(**json.loads((folder / "config.json").read_text())["config"])
+    load_strict(vae, read_state_dict(str(folder / "model.safetensors")), what=str(folder))
+    return vae.to(dtype).eval().requires_grad_(False)
+
+
+def load_mar_folder(folder, dtype: torch.dtype = torch.float32) -> MAR:
+    from ..models.checkpoint import load_strict, read_state_dict
+    from ..models.mar import MARConfig
+
+    folder = Path(folder)
+    model = MAR(MARConfig.from_dict(json.loads((folder / "config.json").read_text())["config"]))
+    load_strict(model, read_state_dict(str(folder / "model.safetensors")), what=str(folder))
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def cached_moments(vae_folder: str, data: str, split: str = "train", flips: bool = True, image_size: int = 32,
+                   batch_size: int = 500):
+    """(posterior moments [N, 2C, h, w] fp16, labels [N]) of a split, cached next to the VAE (MAR's
+    ``main_cache.py`` does the same with ten-crop; here horizontal flips)."""
+    from .data import load_images, to_model_range
+
+    cache = Path(vae_folder) / f"moments-{split}{'-flip' if flips else ''}-{image_size}px.pt"
+    if cache.exists():
+        blob = torch.load(cache)
+        return blob["moments"], blob["labels"]
+    vae = load_kl_folder(vae_folder)
+    images, labels, _ = load_images(data, split, image_size)
+    out = []
+    for flip in (False, True) if flips else (False,):
+        for i in range(0, images.shape[0], batch_size):
+            x = to_model_range(images[i : i + batch_size])
+            out.append(vae.moments(x.flip(-1) if flip else x).half())
+    moments, labels = torch.cat(out), labels.repeat(2 if flips else 1)
+    torch.save({"moments": moments, "labels": labels}, cache)
+    return moments, labels
+
+
+def run_mar_training(args: MARRunArgs) -> Path:
+    from ..models.mar import MARConfig
+    from ..tokenizers.kl import KLPosterior
+    from .common import export_fp16, run_steps, write_config
+    from .data import load_images, random_flip, to_model_range
+
+    if args.kind not in ("kl-vae", "mar"):
+        raise ValueError(f"unknown MAR training kind {args.kind!r}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    common = dict(steps=args.steps, lr=args.lr, warmup=args.warmup, stop_at=args.stop_at, save_every=args.save_every)
+
+    if args.kind == "kl-vae":
+        cfg = {**args.config, "resolution": args.image_size}
+        vae = KLVAE(**cfg).train()
+        images, _, _ = load_images(args.data, "train", args.image_size)
+        print(f"KL VAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters")
+
+        def step_fn(step):
+            idx = torch.randint(0, images.shape[0], (args.batch_size,), generator=gen)
+            loss, rec, kl = vae_loss(vae, random_flip(to_model_range(images[idx]), gen), args.kl_weight, gen)
+            return loss, args.batch_size, {"l1": float(rec), "kl": float(kl)}
+
+        opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        if not run_steps(out, vae, opt, gen, step_fn, grad_clip=1.0, **common):
+            return out / "last.pt"
+        # MAR's convention: tokens are posterior samples times 1 / std (no mean shift), measured on 5,000 images
+        probe = to_model_range(images[torch.randperm(images.shape[0], generator=gen)[:5000]])
+        scale = latent_scale(vae.eval(), probe, gen)
+        export_fp16(vae, out / "model.safetensors")
+        write_config(out, "kl_vae", {**{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+                                     "scale_factor": round(scale, 6)})
+        return out / "model.safetensors"
+
+    if not args.vae:
+        raise ValueError("mar training needs --vae (a trained KL VAE folder)")
+    vae_cfg = json.loads((Path(args.vae) / "config.json").read_text())["config"]
+    moments, labels = cached_moments(args.vae, args.data, "train", True, args.image_size)
+    cfg = MARConfig.from_dict({**args.config, "img_size": args.image_size, "vae_stride": 2 ** (len(vae_cfg["ch_mult"]) - 1),
+                               "vae_embed_dim": vae_cfg["embed_dim"], "class_num": int(labels.max()) + 1})
+    model = MAR(cfg)
+    ema = EMA(model, args.ema) if args.ema > 0 else None
+    print(f"MAR: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {moments.shape[0]} latents "
+          f"of {cfg.seq_len} tokens x {cfg.token_embed_dim}")
+    scale = float(vae_cfg["scale_factor"])
+
+    def step_fn(step):
+        idx = torch.randint(0, moments.shape[0], (args.batch_size,), generator=gen)
+        latents = KLPosterior.from_moments(moments[idx].float()).sample(gen) * scale
+        return model(latents, labels[idx], generator=gen), args.batch_size, {}
+
+    opt, _ = make_optimizer(model, args.lr)
+    if not run_steps(out, model, opt, gen, step_fn, grad_clip=3.0, ema=ema, unit="img", **common):
+        return out / "last.pt"
+    export_fp16(ema.model if ema is not None else model, out / "model.safetensors")
+    config = {k: v for k, v in cfg.__dict__.items() if k != "norm_layer"}
+    write_config(out, "mar", config, ema=args.ema)
+    return out / "model.safetensors"
+
+
+def add_cli(tsub) -> None:
+    from .var import _common_args
+
+    p = tsub.add_parser("kl-vae", help="MAR's KL VAE (L1 + KL; no LPIPS/GAN offline)")
+    _common_args(p, 2000, 3e-4, 32)
+    p.add_argument("--kl-weight", type=float, default=1e-6)
+    p = tsub.add_parser("mar", help="class-conditional MAR over a trained KL VAE's latents")
+    _common_args(p, 2000, 8e-4, 64)
+    p.add_argument("--vae", required=True, help="folder with the KL VAE's model.safetensors + config.json")
+    p.add_argument("--ema", type=float, default=0.999)
+
+
+def run_cli(args) -> int:
+    kw = {k: v for k, v in vars(args).items() if k not in ("command", "what")}
+    kw["config"] = json.loads(args.config)
+    print(f"wrote {run_mar_training(MARRunArgs(kind=args.what, **kw))}")
+    return 0
+
+
+__all__ = ["MARRunArgs", "run_mar_training", "load_kl_folder", "load_mar_folder", "make_optimizer", "EMA", "mar_train_step", "vae_loss", "vae_train_step", "latent_scale", "LATENT_SCALE"]

@@ -14,7 +14,10 @@ specialised drafter / refiner fine-tuning (used for the small demo zoo; tested o
 """
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -194,3 +197,196 @@ def train_code_refiner(refiner, teacher, vae, batches: Iterable, steps: int, dra
     losses = _loop(refiner, batches, steps, lr, warmup, grad_clip, loss_fn)
     refiner.eval()
     return losses
+
+
+# ------------------------------------------------------------------------------------------------
+# Demo-zoo runs (``vargen train var-vqvae | var | code-refiner``): resumable, fp16 export, config.json
+# ------------------------------------------------------------------------------------------------
+
+
+
+@dataclass
+class VARRunArgs:
+    """One training run. ``kind``: ``vqvae`` (images), ``var`` (tokens of ``vqvae``), ``code-refiner``
+    (distil ``teacher`` into the model initialised from ``init`` on scales >= ``draft_steps``)."""
+
+    kind: str
+    data: str
+    out: str
+    vqvae: str | None = None
+    teacher: str | None = None
+    init: str | None = None
+    draft_steps: int = 0
+    temperature: float = 1.0
+    alpha: float = 1.0
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-4
+    warmup: int = 100
+    seed: int = 0
+    image_size: int = 32
+    save_every: int = 200
+    stop_at: int | None = None
+    threads: int = 0
+    config: dict = field(default_factory=dict)
+
+
+def load_msvq_folder(folder, dtype: torch.dtype = torch.float32):
+    """A multi-scale VQVAE saved as ``model.safetensors`` + ``config.json`` (the demo-zoo layout)."""
+    from ..tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
+    from ..models.checkpoint import load_strict, read_state_dict
+
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text())["config"]
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    vae = MultiScaleVQVAE(VQVAEConfig(**{**cfg, "test_mode": True}))
+    load_strict(vae, read_state_dict(str(folder / "model.safetensors")), what=str(folder))
+    return vae.to(dtype).eval()
+
+
+def load_var_folder(folder, vae=None, dtype: torch.dtype = torch.float32):
+    """A VAR saved as ``model.safetensors`` + ``config.json``; ``vae`` is attached for sampling."""
+    from ..models.var import VAR, VARConfig
+    from ..models.checkpoint import load_strict, read_state_dict
+
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text())["config"]
+    model = VAR(VARConfig.from_kwargs(**cfg), init=False)
+    load_strict(model, read_state_dict(str(folder / "model.safetensors")), what=str(folder))
+    model = model.to(dtype).eval().requires_grad_(False)
+    return model.attach_vae(vae) if vae is not None else model
+
+
+@torch.no_grad()
+def cached_scale_tokens(vqvae_folder: str, data: str, split: str = "train", flips: bool = True, image_size: int = 32,
+                        batch_size: int = 500):
+    """(all scales' indices [N, L] int16, labels [N]) of a split, cached next to the tokenizer."""
+    from .data import load_images, to_model_range
+
+    cache = Path(vqvae_folder) / f"tokens-{split}{'-flip' if flips else ''}-{image_size}px.pt"
+    if cache.exists():
+        blob = torch.load(cache)
+        return blob["tokens"], blob["labels"]
+    vae = load_msvq_folder(vqvae_folder)
+    images, labels, _ = load_images(data, split, image_size)
+    out = []
+    for flip in (False, True) if flips else (False,):
+        for i in range(0, images.shape[0], batch_size):
+            x = to_model_range(images[i : i + batch_size])
+            out.append(torch.cat(vae.img_to_idx(x.flip(-1) if flip else x), dim=1).to(torch.int16))
+    tokens, labels = torch.cat(out), labels.repeat(2 if flips else 1)
+    torch.save({"tokens": tokens, "labels": labels}, cache)
+    return tokens, labels
+
+
+def run_var_training(args: VARRunArgs) -> Path:
+    """Train one member of the VAR demo family; returns the exported ``model.safetensors`` (or ``last.pt``)."""
+    from ..models.var import VAR, VARConfig
+    from ..tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
+    from .common import export_fp16, run_steps, write_config
+    from .data import load_images, random_flip, to_model_range
+
+    if args.kind not in ("vqvae", "var", "code-refiner"):
+        raise ValueError(f"unknown VAR training kind {args.kind!r}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    common = dict(steps=args.steps, lr=args.lr, warmup=args.warmup, stop_at=args.stop_at, save_every=args.save_every)
+
+    if args.kind == "vqvae":
+        cfg = VQVAEConfig(**{**args.config, "test_mode": False})
+        vae = MultiScaleVQVAE(cfg).train().requires_grad_(True)
+        images, _, _ = load_images(args.data, "train", args.image_size)
+        print(f"VQVAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters, scales {cfg.v_patch_nums}")
+
+        def step_fn(step):
+            idx = torch.randint(0, images.shape[0], (args.batch_size,), generator=gen)
+            loss, parts = vqvae_loss(vae, random_flip(to_model_range(images[idx]), gen))
+            return loss, args.batch_size, parts
+
+        opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        if not run_steps(out, vae, opt, gen, step_fn, grad_clip=2.0, **common):
+            return out / "last.pt"
+        export_fp16(vae, out / "model.safetensors")
+        write_config(out, "var_vqvae", {**asdict(cfg), "test_mode": True})
+        return out / "model.safetensors"
+
+    if not args.vqvae:
+        raise ValueError(f"{args.kind} training needs --vqvae (a trained multi-scale VQVAE folder)")
+    vae = load_msvq_folder(args.vqvae)
+    tokens, labels = cached_scale_tokens(args.vqvae, args.data, "train", True, args.image_size)
+    if args.init:
+        model = load_var_folder(args.init).float()
+        model.requires_grad_(True)
+    else:
+        cfg = VARConfig.from_kwargs(**{**args.config, "num_classes": int(labels.max()) + 1, "vocab_size": vae.vocab_size,
+                                       "Cvae": vae.Cvae, "patch_nums": vae.patch_nums})
+        model = VAR(cfg)
+    model.attach_vae(vae)
+    print(f"VAR: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {tokens.shape[0]} sequences "
+          f"of {tokens.shape[1]} tokens")
+    teacher = None
+    if args.kind == "code-refiner":
+        if not args.teacher:
+            raise ValueError("code-refiner training needs --teacher (the drafter folder)")
+        teacher = load_var_folder(args.teacher, vae)
+
+    def step_fn(step):
+        idx = torch.randint(0, tokens.shape[0], (args.batch_size,), generator=gen)
+        t, y = tokens[idx].long(), labels[idx]
+        x = vae.idx_to_var_input(vae.split_tokens(t))
+        if teacher is None:
+            loss = var_loss(model, y, t, x, gen)
+        else:
+            loss = code_refiner_loss(model, teacher, y, x, args.draft_steps, args.temperature, t, args.alpha, gen)
+        return loss, t.numel(), {}
+
+    opt = make_optimizer(model, args.lr)
+    if not run_steps(out, model, opt, gen, step_fn, grad_clip=2.0, unit="tok", **common):
+        return out / "last.pt"
+    export_fp16(model, out / "model.safetensors")
+    extra = {"distilled_from": args.teacher, "draft_steps": args.draft_steps} if teacher is not None else {}
+    write_config(out, "var", asdict(model.config), **extra)
+    return out / "model.safetensors"
+
+
+def _common_args(p, steps: int, lr: float, batch: int) -> None:
+    p.add_argument("--data", required=True, help=".tar.gz with split/class/*.jpg, or a folder of class/*.jpg")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--stop-at", type=int, help="end this run after this step (resumable; schedule unchanged)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--config", default="{}", help="constructor fields as JSON")
+
+
+def add_cli(tsub) -> None:
+    p = tsub.add_parser("var-vqvae", help="VAR's multi-scale VQVAE")
+    _common_args(p, 2000, 3e-4, 32)
+    p = tsub.add_parser("var", help="class-conditional VAR over a trained multi-scale VQVAE's tokens")
+    _common_args(p, 2000, 1e-3, 64)
+    p.add_argument("--vqvae", required=True, help="folder with the VQVAE's model.safetensors + config.json")
+    p = tsub.add_parser("code-refiner", help="CoDe refiner specialisation: distil a drafter on the late scales")
+    _common_args(p, 500, 3e-4, 64)
+    p.add_argument("--vqvae", required=True)
+    p.add_argument("--teacher", required=True, help="the drafter's folder")
+    p.add_argument("--init", required=True, help="the small VAR to specialise (folder)")
+    p.add_argument("--draft-steps", type=int, required=True, help="distil on scales >= this (0: all scales)")
+    p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature T")
+    p.add_argument("--alpha", type=float, default=1.0, help="alpha*KD + (1-alpha)*CE")
+
+
+def run_cli(args) -> int:
+    kw = {k: v for k, v in vars(args).items() if k not in ("command", "what")}
+    kw["config"] = json.loads(args.config)
+    kind = {"var-vqvae": "vqvae", "var": "var", "code-refiner": "code-refiner"}[args.what]
+    print(f"wrote {run_var_training(VARRunArgs(kind=kind, **kw))}")
+    return 0

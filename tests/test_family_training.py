@@ -1,0 +1,128 @@
+"""VAR and MAR demo-zoo training runs on tiny data, their folders, and the pipelines built from them."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vargen
+from vargen.train.mar import MARRunArgs, load_kl_folder, load_mar_folder, run_mar_training
+from vargen.train.var import VARRunArgs, _scale_slice, distillation_kl, load_var_folder, run_var_training, var_inputs
+
+TINY_MSVQ = {"vocab_size": 16, "z_channels": 8, "ch": 32, "ch_mult": [1, 2, 2], "v_patch_nums": [1, 2, 4]}
+TINY_KL = {"embed_dim": 4, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "encoder_attn_resolutions": [4]}
+TINY_MAR = {"encoder_embed_dim": 32, "encoder_depth": 1, "encoder_num_heads": 2, "decoder_embed_dim": 32,
+            "decoder_depth": 1, "decoder_num_heads": 2, "buffer_size": 4, "diffloss_d": 1, "diffloss_w": 32,
+            "num_sampling_steps": "10", "attn_dropout": 0.0, "proj_dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    """Tiny VAR (msvq, drafter, refiner, specialised refiner) and MAR (kl, target, draft) folders."""
+    root = tmp_path_factory.mktemp("family")
+    rng = np.random.default_rng(0)
+    for c, base in enumerate(([200, 40, 40], [40, 40, 200], [40, 200, 40])):
+        d = root / "data" / "train" / f"class{c}"
+        d.mkdir(parents=True)
+        for i in range(16):
+            img = np.clip(np.array(base) + rng.normal(0, 25, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{i}.jpg")
+    data = str(root / "data")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VARGEN_CACHE", str(root / "cache"))
+    common = dict(data=data, batch_size=8, image_size=16, warmup=2, save_every=1000)
+    run_var_training(VARRunArgs(kind="vqvae", out=str(root / "msvq"), steps=20, lr=2e-3, config=TINY_MSVQ, **common))
+    var = dict(vqvae=str(root / "msvq"), steps=30, lr=3e-3, **common)
+    run_var_training(VARRunArgs(kind="var", out=str(root / "drafter"), config={"depth": 2, "embed_dim": 32, "num_heads": 2}, **var))
+    run_var_training(VARRunArgs(kind="var", out=str(root / "refiner0"), config={"depth": 1, "embed_dim": 16, "num_heads": 2}, **var))
+    run_var_training(VARRunArgs(kind="code-refiner", out=str(root / "refiner"), teacher=str(root / "drafter"),
+                                init=str(root / "refiner0"), draft_steps=1, temperature=1.0, **{**var, "steps": 40}))
+    run_mar_training(MARRunArgs(kind="kl-vae", out=str(root / "kl"), steps=10, lr=2e-3, config=TINY_KL, **common))
+    mar = dict(vae=str(root / "kl"), steps=10, lr=1e-3, ema=0.9, **common)
+    run_mar_training(MARRunArgs(kind="mar", out=str(root / "target"), config=TINY_MAR, **mar))
+    run_mar_training(MARRunArgs(kind="mar", out=str(root / "draft"), config={**TINY_MAR, "encoder_embed_dim": 16,
+                                                                              "decoder_embed_dim": 16}, **mar))
+    (root / "var").mkdir()
+    (root / "var" / "pipeline.json").write_text(json.dumps({
+        "kind": "var", "model": "drafter", "refiner": "refiner", "tokenizer": "msvq",
+        "defaults": {"cfg_scale": 2.0, "top_k": 0, "top_p": 1.0}, "sampler_options": {"code": {"draft_steps": 1}},
+        "benchmark": ["var", "var:model=refiner", "code:draft_steps=1", "code:draft_steps=2"]}))
+    (root / "mar").mkdir()
+    (root / "mar" / "pipeline.json").write_text(json.dumps({
+        "kind": "mar", "model": "target", "draft": "draft", "tokenizer": "kl", "defaults": {"cfg_scale": 2.0},
+        "sampler_options": {"mar": {"num_iter": 4}, "cspd": {"num_iter": 4, "num_draft": 2}}}))
+    yield root
+    mp.undo()
+
+
+def test_folders_are_fp16_with_their_config(family):
+    for name, kind in (("msvq", "var_vqvae"), ("drafter", "var"), ("refiner", "var"), ("kl", "kl_vae"), ("target", "mar")):
+        meta = json.loads((family / name / "config.json").read_text())
+        assert meta["type"] == kind
+        from safetensors.torch import load_file
+
+        assert all(v.dtype != torch.float32 for v in load_file(family / name / "model.safetensors").values())
+    assert json.loads((family / "refiner" / "config.json").read_text())["draft_steps"] == 1
+    scale = load_kl_folder(family / "kl").scale_factor
+    assert 0 < scale and scale != 0.2325  # measured on the data, not KL-16's constant
+    assert load_mar_folder(family / "target").config.img_size == 16
+
+
+def test_refiner_specialisation_moves_it_towards_the_drafter_on_late_scales(family):
+    from vargen.train.var import load_msvq_folder
+    from vargen.train.data import load_images, to_model_range
+
+    vae = load_msvq_folder(family / "msvq")
+    teacher, before, after = (load_var_folder(family / n, vae) for n in ("drafter", "refiner0", "refiner"))
+    images, labels, _ = load_images(str(family / "data"), "train", 16, cache_dir=family / "cache")
+    targets, x = var_inputs(vae, to_model_range(images))
+    late = _scale_slice(teacher, 1)
+
+    def kl(model):
+        return float(distillation_kl(model(labels, x)[:, late], teacher(labels, x)[:, late]))
+
+    assert kl(after) < kl(before)
+
+
+def test_var_pipeline_generates_with_every_sampler_and_member(family):
+    pipe = vargen.load(family / "var")
+    assert pipe.default_sampler == "var" and pipe.benchmark[1] == "var:model=refiner"
+    out = {}
+    for spec, opts in (("var", {}), ("refiner", {"model": "refiner"}), ("code", {})):
+        o = pipe.generate([0, 1, 2], sampler="code" if spec == "code" else "var", seed=3, **opts)
+        assert len(o.images) == 3 and o.images[0].size == (16, 16) and o.tokens.shape == (3, 1 + 4 + 16)
+        out[spec] = o
+    assert out["code"].stats.extra["refiner_forward_passes"] == 1 + 2  # one prefill + scales 1 and 2
+    assert torch.equal(out["code"].tokens[:, :1], out["var"].tokens[:, :1])  # same drafter, same seed: scale 0 agrees
+    with pytest.raises(ValueError, match="does not apply to a VAR pipeline"):
+        pipe.generate([0], sampler="sjd")
+    with pytest.raises(ValueError, match="model='draft'"):
+        pipe.generate([0], sampler="var", model="draft")
+    with pytest.raises(ValueError, match="draft_steps"):
+        pipe.generate([0], sampler="code", draft_steps=3)
+
+
+def test_mar_pipeline_generates_and_per_row_seeds_do_not_depend_on_the_batch(family):
+    pipe = vargen.load(family / "mar")
+    o = pipe.generate([0, 1], sampler="cspd", seed=0)
+    assert len(o.images) == 2 and o.tokens.shape == (2, 16, 4) and o.stats.draft_forward_passes > 0
+    both = pipe.generate([0, 2], sampler="mar", seed=5, per_row_seeds=True)
+    alone = pipe.generate([2], sampler="mar", seed=6, per_row_seeds=True)
+    torch.testing.assert_close(both.tokens[1:], alone.tokens)
+    assert both.stats.forward_passes == 2 * 4
+    draft_only = pipe.generate([0], sampler="mar", seed=0, model="draft")
+    assert draft_only.tokens.shape == (1, 16, 4)
+    with pytest.raises(ValueError, match="does not apply to a MAR pipeline"):
+        pipe.generate([0], sampler="code")
+    with pytest.raises(ValueError, match=r"class labels must be in \[0, 3\)"):
+        pipe.generate([7], sampler="mar")
+
+
+def test_training_kinds_and_missing_inputs_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown VAR training kind"):
+        run_var_training(VARRunArgs(kind="gpt", data="x", out=str(tmp_path)))
+    with pytest.raises(ValueError, match="--vqvae"):
+        run_var_training(VARRunArgs(kind="var", data="x", out=str(tmp_path)))
+    with pytest.raises(ValueError, match="--vae"):
+        run_mar_training(MARRunArgs(kind="mar", data="x", out=str(tmp_path)))
