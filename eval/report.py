@@ -54,6 +54,7 @@ class Row:
     tokens_per_forward: float = 0.0
     mean_accepted: float = 0.0
     seconds_per_image: float = 0.0
+    kv_cache_bytes_per_image: int = 0  # static K/V cache allocated per image (VAR family; on CPU the only memory figure)
     latency_batch1: float | None = None
     quality: dict = field(default_factory=dict)
     baseline: str = "ar"  # the sampler of this model that speed-ups and "FID vs baseline" refer to
@@ -122,6 +123,7 @@ def measure_model(model_name: str, specs: list[str], opts) -> tuple[list[Row], d
                   images=s.get("images_generated", 0) + s.get("images_skipped_existing", 0),
                   forward_passes=s.get("forward_passes_per_image", 0.0), tokens_per_forward=s.get("tokens_per_forward", 0.0),
                   mean_accepted=s.get("mean_accepted", 0.0), seconds_per_image=s.get("sampler_seconds_per_image", 0.0),
+                  kv_cache_bytes_per_image=s.get("kv_cache_bytes_per_image", 0),
                   accepted_per_step=s.get("accepted_per_step", []))
         res = compute_fid(folder, opts.reference, features=opts.features, mode=opts.mode, device=opts.device,
                           weights=opts.weights, verbose=False)
@@ -241,15 +243,18 @@ def _fmt(x, spec=".3f") -> str:
 
 def quality_table(rows: list[Row]) -> str:
     lines = ["| model | sampler | images | FID | FID vs baseline | KID | precision | recall | IS | forward passes / image | "
-             "tokens / forward | accepted / step | s / image (batched) | speed-up vs baseline | s / image (batch 1) | "
-             "latency speed-up |", "|" + "---|" * 16]
+             "tokens / forward | accepted / step | s / image (batched) | images / s | speed-up vs baseline | "
+             "K/V cache / image | s / image (batch 1) | latency speed-up |", "|" + "---|" * 18]
     for r in rows:
         q = r.quality
         lines.append(f"| {r.model} | `{r.sampler}` | {r.images} | {_fmt(q.get('fid'))} | {_fmt(r.fid_vs_baseline)} | "
                      f"{_fmt(q.get('kid'), '.5f')} | "
                      f"{_fmt(q.get('precision'))} | {_fmt(q.get('recall'))} | {_fmt(q.get('is'), '.2f')} | "
                      f"{r.forward_passes:.1f} | {r.tokens_per_forward:.2f} | {r.mean_accepted:.2f} | "
-                     f"{r.seconds_per_image:.4f} | {_fmt(r.speedup, '.2f')}x | {_fmt(r.latency_batch1, '.4f')} | "
+                     f"{r.seconds_per_image:.4f} | {_fmt(1 / r.seconds_per_image if r.seconds_per_image else None, '.1f')} | "
+                     f"{_fmt(r.speedup, '.2f')}x | "
+                     f"{f'{r.kv_cache_bytes_per_image / 2**10:.0f} KiB' if r.kv_cache_bytes_per_image else '–'} | "
+                     f"{_fmt(r.latency_batch1, '.4f')} | "
                      f"{_fmt(r.latency_speedup, '.2f')}x |")
     return "\n".join(lines)
 

@@ -113,6 +113,7 @@ def generate_indices(pipe, sampler: str, indices: list[int], labels: list[int], 
                         "tokens_per_forward": s.tokens_per_forward, "mean_accepted": s.mean_accepted,
                         "sampler_seconds": s.seconds, "seconds": time.perf_counter() - t0,
                         "peak_memory_bytes": s.peak_memory_bytes,
+                        "kv_cache_bytes": int(s.extra.get("kv_cache_bytes", 0)),
                         "accepted_sum": acc.sum(1).tolist(), "accepted_rows": (acc > 0).sum(1).tolist()})
     return records
 
@@ -145,6 +146,7 @@ def summarize(per_process: list[dict]) -> dict:
             "sampler_seconds_per_image": round(sum(r["sampler_seconds"] for r in records) / images, 5),
             "images_per_second": round(images / max(1e-9, out["wall_seconds"]), 3),
             "peak_memory_bytes": max(r["peak_memory_bytes"] for r in records),
+            "kv_cache_bytes_per_image": max(r.get("kv_cache_bytes", 0) // r["rows"] for r in records),
             "accepted_per_step": accepted_curve(records),
         })
     out["per_process"] = [{k: v for k, v in p.items() if k != "batches"} for p in per_process]

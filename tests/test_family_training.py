@@ -32,13 +32,13 @@ def family(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("VARGEN_CACHE", str(root / "cache"))
     common = dict(data=data, batch_size=8, image_size=16, warmup=2, save_every=1000)
-    run_var_training(VARRunArgs(kind="vqvae", out=str(root / "msvq"), steps=20, lr=2e-3, config=TINY_MSVQ, **common))
+    run_var_training(VARRunArgs(kind="vqvae", out=str(root / "msvq"), steps=60, lr=2e-3, config=TINY_MSVQ, **common))
     var = dict(vqvae=str(root / "msvq"), steps=30, lr=3e-3, **common)
     run_var_training(VARRunArgs(kind="var", out=str(root / "drafter"), config={"depth": 2, "embed_dim": 32, "num_heads": 2}, **var))
     run_var_training(VARRunArgs(kind="var", out=str(root / "refiner0"), config={"depth": 1, "embed_dim": 16, "num_heads": 2}, **var))
     run_var_training(VARRunArgs(kind="code-refiner", out=str(root / "refiner"), teacher=str(root / "drafter"),
                                 init=str(root / "refiner0"), draft_steps=1, temperature=1.0, **{**var, "steps": 40}))
-    run_mar_training(MARRunArgs(kind="kl-vae", out=str(root / "kl"), steps=10, lr=2e-3, config=TINY_KL, **common))
+    run_mar_training(MARRunArgs(kind="kl-vae", out=str(root / "kl"), steps=200, lr=2e-3, config=TINY_KL, **common))
     mar = dict(vae=str(root / "kl"), steps=10, lr=1e-3, ema=0.9, **common)
     run_mar_training(MARRunArgs(kind="mar", out=str(root / "target"), config=TINY_MAR, **mar))
     run_mar_training(MARRunArgs(kind="mar", out=str(root / "draft"), config={**TINY_MAR, "encoder_embed_dim": 16,
@@ -126,3 +126,19 @@ def test_training_kinds_and_missing_inputs_are_rejected(tmp_path):
         run_var_training(VARRunArgs(kind="var", data="x", out=str(tmp_path)))
     with pytest.raises(ValueError, match="--vae"):
         run_mar_training(MARRunArgs(kind="mar", data="x", out=str(tmp_path)))
+
+
+def test_tokenizer_psnr_improves_with_training(family):
+    from vargen.tokenizers.kl import KLVAE
+    from vargen.tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
+    from vargen.train.vq import evaluate_psnr, load_tokenizer_folder
+
+    data = str(family / "data")
+    msvq = evaluate_psnr(load_tokenizer_folder(family / "msvq"), data, "train", image_size=16)
+    kl = evaluate_psnr(load_tokenizer_folder(family / "kl"), data, "train", image_size=16)
+    torch.manual_seed(0)
+    untrained_msvq = MultiScaleVQVAE(VQVAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in TINY_MSVQ.items()}))
+    untrained_kl = KLVAE(**TINY_KL, resolution=16)
+    assert msvq["psnr_db"] > evaluate_psnr(untrained_msvq, data, "train", image_size=16)["psnr_db"] + 2
+    assert kl["psnr_db"] > evaluate_psnr(untrained_kl, data, "train", image_size=16)["psnr_db"] + 2
+    assert 0 < msvq["codebook_usage"] <= 1 and "codebook_usage" not in kl

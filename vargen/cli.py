@@ -239,7 +239,8 @@ def _add_measure(sub) -> None:
     p = sub.add_parser("measure", help="quality checks of the demo models on a dataset split")
     msub = p.add_subparsers(dest="what", required=True)
     ps = msub.add_parser("psnr", help="tokenizer reconstruction PSNR (dB) and codebook usage")
-    ps.add_argument("--tokenizer", default="cifar10-vq", help="zoo name or folder with model.safetensors + config.json")
+    ps.add_argument("--tokenizer", default="cifar10-vq",
+                    help="zoo name or folder with model.safetensors + config.json (LlamaGen VQ, VAR VQVAE or KL VAE)")
     nl = msub.add_parser("nll", help="held-out bits per token of a GPT vs a unigram baseline")
     nl.add_argument("--model", default="cifar10-llamagen")
     nl.add_argument("--unigram-every", type=int, default=5,
@@ -266,11 +267,10 @@ def _run_measure(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what == "psnr":
-        from .tokenizers.llamagen_vq import load_vq_folder
-        from .train.vq import evaluate_psnr
+        from .train.vq import evaluate_psnr, load_tokenizer_folder
 
-        vq = load_vq_folder(_zoo_or_folder(args.tokenizer))
-        result = evaluate_psnr(vq, args.data, args.split, limit=args.limit)
+        tok = load_tokenizer_folder(_zoo_or_folder(args.tokenizer))
+        result = evaluate_psnr(tok, args.data, args.split, limit=args.limit)
     else:
         from .pipeline import load
         from .train.gpt import nll_bits_per_token, tokenize_split, unigram_bits_per_token

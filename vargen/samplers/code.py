@@ -117,6 +117,7 @@ class CoDeSampler:
             for si in range(N):
                 run_scale(drafter, quantizer, cond_d, cache_d, state, si, settings, generator)
                 stats.forward_passes += 1
+            drafter_kv = 2 * cache_d.k.numel() * cache_d.k.element_size()
             del cache_d  # the refiner cannot use the drafter's K/V (different width); free it first
             t1 = _sync_time(device)
 
@@ -152,5 +153,8 @@ class CoDeSampler:
             refiner_forward_passes=refiner_passes, refiner_prefill_tokens=prefill_tokens,
             drafter_seconds=t1 - t0, refiner_seconds=t2 - t1,
             seconds_per_image=timer.seconds / B, peak_memory_bytes_per_image=timer.peak // B,
+            drafter_kv_cache_bytes=drafter_kv, refiner_kv_cache_bytes=2 * cache_r.k.numel() * cache_r.k.element_size(),
         )
+        # the two caches never coexist (the drafter's is freed first)
+        stats.extra["kv_cache_bytes"] = max(stats.extra["drafter_kv_cache_bytes"], stats.extra["refiner_kv_cache_bytes"])
         return GenerationOutput(tokens=tokens, stats=stats), state.f_hat

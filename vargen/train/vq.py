@@ -87,20 +87,55 @@ def train_vq(args: VQTrainArgs) -> Path:
     return out / "model.safetensors"
 
 
+def load_tokenizer_folder(folder):
+    """Any demo-zoo tokenizer folder by its ``config.json`` type: LlamaGen VQ, VAR's multi-scale VQVAE, MAR's KL VAE."""
+    import json
+
+    kind = json.loads((Path(folder) / "config.json").read_text()).get("type")
+    if kind == "llamagen_vq":
+        from ..tokenizers.llamagen_vq import load_vq_folder
+
+        return load_vq_folder(folder)
+    if kind == "var_vqvae":
+        from .var import load_msvq_folder
+
+        return load_msvq_folder(folder)
+    if kind == "kl_vae":
+        from .mar import load_kl_folder
+
+        return load_kl_folder(folder)
+    raise ValueError(f"{folder}: config.json type {kind!r} is not a tokenizer (llamagen_vq, var_vqvae, kl_vae)")
+
+
+def _reconstruct(model, x: torch.Tensor):
+    """(reconstruction, code indices or None): VQ tokenizers quantise; the KL VAE decodes its posterior mean."""
+    if isinstance(model, VQModel):
+        idx = model.encode(x)
+        return model.decode(idx), idx.flatten()
+    if hasattr(model, "img_to_idx"):  # VAR's multi-scale VQVAE: all scales' indices
+        idx = model.img_to_idx(x)
+        return model.idx_to_img(idx), torch.cat(idx, dim=1).flatten()
+    return model.decode(model.encode(x).mode()).clamp(-1, 1), None
+
+
 @torch.no_grad()
-def evaluate_psnr(model: VQModel, data: str, split: str = "test", image_size: int = 32, batch_size: int = 250,
+def evaluate_psnr(model, data: str, split: str = "test", image_size: int = 32, batch_size: int = 250,
                   limit: int | None = None) -> dict[str, float]:
-    """Mean reconstruction PSNR (dB) and codebook usage over a split."""
+    """Mean reconstruction PSNR (dB) over a split, and codebook usage for VQ tokenizers."""
     images, _, _ = load_images(data, split, image_size)
     if limit:
         images = images[:limit]
     model.eval()
-    vals, used = [], torch.zeros(model.config.codebook_size, dtype=torch.bool)
+    size = getattr(getattr(model, "config", None), "codebook_size", None) or getattr(model, "vocab_size", None)
+    vals, used = [], torch.zeros(size or 1, dtype=torch.bool)
     dtype = next(model.parameters()).dtype
     for i in range(0, images.shape[0], batch_size):
         x = to_model_range(images[i : i + batch_size]).to(dtype)
-        idx = model.encode(x)
-        used[idx.flatten()] = True
-        vals.append(psnr(model.decode(idx).float(), x.float()))
-    return {"psnr_db": float(torch.cat(vals).mean()), "codebook_usage": float(used.float().mean()),
-            "images": int(images.shape[0])}
+        recon, idx = _reconstruct(model, x)
+        if idx is not None:
+            used[idx] = True
+        vals.append(psnr(recon.float(), x.float()))
+    out = {"psnr_db": float(torch.cat(vals).mean()), "images": int(images.shape[0])}
+    if size:
+        out["codebook_usage"] = float(used.float().mean())
+    return out
