@@ -54,6 +54,8 @@ class Row:
     tokens_per_forward: float = 0.0
     mean_accepted: float = 0.0
     seconds_per_image: float = 0.0
+    draft_forward_passes: float = 0.0
+    draft_acceptance_rate: float | None = None  # CSpD: accepted / drafted tokens
     kv_cache_bytes_per_image: int = 0  # static K/V cache allocated per image (VAR family; on CPU the only memory figure)
     latency_batch1: float | None = None
     quality: dict = field(default_factory=dict)
@@ -91,7 +93,7 @@ def generate(pipe, spec: str, folder: Path, num_samples: int, batch_size: int, s
 
     sm = _sample_module()
     name, opts = parse_spec(spec)
-    n_classes = len(pipe.class_names) if pipe.class_names else pipe.model.config.num_classes
+    n_classes = pipe.num_classes
     labels = sm.labels_for(num_samples, n_classes)
     folder.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(num_samples) if not sm.png_path(folder, i).is_file()]
@@ -124,6 +126,8 @@ def measure_model(model_name: str, specs: list[str], opts) -> tuple[list[Row], d
                   forward_passes=s.get("forward_passes_per_image", 0.0), tokens_per_forward=s.get("tokens_per_forward", 0.0),
                   mean_accepted=s.get("mean_accepted", 0.0), seconds_per_image=s.get("sampler_seconds_per_image", 0.0),
                   kv_cache_bytes_per_image=s.get("kv_cache_bytes_per_image", 0),
+                  draft_forward_passes=s.get("draft_forward_passes_per_image", 0.0),
+                  draft_acceptance_rate=s.get("draft_acceptance_rate"),
                   accepted_per_step=s.get("accepted_per_step", []))
         res = compute_fid(folder, opts.reference, features=opts.features, mode=opts.mode, device=opts.device,
                           weights=opts.weights, verbose=False)
@@ -242,21 +246,27 @@ def _fmt(x, spec=".3f") -> str:
 
 
 def quality_table(rows: list[Row]) -> str:
-    lines = ["| model | sampler | images | FID | FID vs baseline | KID | precision | recall | IS | forward passes / image | "
-             "tokens / forward | accepted / step | s / image (batched) | images / s | speed-up vs baseline | "
-             "K/V cache / image | s / image (batch 1) | latency speed-up |", "|" + "---|" * 18]
-    for r in rows:
-        q = r.quality
-        lines.append(f"| {r.model} | `{r.sampler}` | {r.images} | {_fmt(q.get('fid'))} | {_fmt(r.fid_vs_baseline)} | "
-                     f"{_fmt(q.get('kid'), '.5f')} | "
-                     f"{_fmt(q.get('precision'))} | {_fmt(q.get('recall'))} | {_fmt(q.get('is'), '.2f')} | "
-                     f"{r.forward_passes:.1f} | {r.tokens_per_forward:.2f} | {r.mean_accepted:.2f} | "
-                     f"{r.seconds_per_image:.4f} | {_fmt(1 / r.seconds_per_image if r.seconds_per_image else None, '.1f')} | "
-                     f"{_fmt(r.speedup, '.2f')}x | "
-                     f"{f'{r.kv_cache_bytes_per_image / 2**10:.0f} KiB' if r.kv_cache_bytes_per_image else '–'} | "
-                     f"{_fmt(r.latency_batch1, '.4f')} | "
-                     f"{_fmt(r.latency_speedup, '.2f')}x |")
-    return "\n".join(lines)
+    """One table per model (its samplers share a baseline)."""
+    head = ("| sampler | images | FID | FID vs baseline | KID | precision | recall | IS | forward passes / image | "
+            "draft passes / image | tokens / forward | accepted / step | draft acceptance | s / image (batched) | "
+            "images / s | speed-up vs baseline | K/V cache / image | s / image (batch 1) | latency speed-up |")
+    out = []
+    for model in dict.fromkeys(r.model for r in rows):
+        mine = [r for r in rows if r.model == model]
+        out += [f"### {model} (baseline `{mine[0].baseline}`)\n", head, "|" + "---|" * 19]
+        for r in mine:
+            q = r.quality
+            kv = f"{r.kv_cache_bytes_per_image / 2**10:.0f} KiB" if r.kv_cache_bytes_per_image else "–"
+            ips = 1 / r.seconds_per_image if r.seconds_per_image else None
+            out.append(
+                f"| `{r.sampler}` | {r.images} | {_fmt(q.get('fid'))} | {_fmt(r.fid_vs_baseline)} | "
+                f"{_fmt(q.get('kid'), '.5f')} | {_fmt(q.get('precision'))} | {_fmt(q.get('recall'))} | "
+                f"{_fmt(q.get('is'), '.2f')} | {r.forward_passes:.1f} | {r.draft_forward_passes:.1f} | "
+                f"{r.tokens_per_forward:.2f} | {r.mean_accepted:.2f} | {_fmt(r.draft_acceptance_rate)} | "
+                f"{r.seconds_per_image:.4f} | {_fmt(ips, '.1f')} | {_fmt(r.speedup, '.2f')}x | {kv} | "
+                f"{_fmt(r.latency_batch1, '.4f')} | {_fmt(r.latency_speedup, '.2f')}x |")
+        out.append("")
+    return "\n".join(out)
 
 
 def shapes_table(shape_rows: list[dict]) -> str:

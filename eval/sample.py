@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=32, help="images per sampling call, per process")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-classes", type=int, help="default: the model's class names or config.num_classes")
+    p.add_argument("--num-classes", type=int, help="default: the pipeline's number of classes")
     p.add_argument("--checkpoint", help="local official GPT checkpoint (offline use of official names)")
     p.add_argument("--tokenizer-checkpoint", help="local official VQ checkpoint")
     for name, typ in (("--temperature", float), ("--top-k", int), ("--top-p", float), ("--cfg-scale", float)):
@@ -114,6 +114,7 @@ def generate_indices(pipe, sampler: str, indices: list[int], labels: list[int], 
                         "sampler_seconds": s.seconds, "seconds": time.perf_counter() - t0,
                         "peak_memory_bytes": s.peak_memory_bytes,
                         "kv_cache_bytes": int(s.extra.get("kv_cache_bytes", 0)),
+                        "drafted": int(s.extra.get("drafted", 0)), "accepted_drafts": int(s.extra.get("accepted_drafts", 0)),
                         "accepted_sum": acc.sum(1).tolist(), "accepted_rows": (acc > 0).sum(1).tolist()})
     return records
 
@@ -147,6 +148,9 @@ def summarize(per_process: list[dict]) -> dict:
             "images_per_second": round(images / max(1e-9, out["wall_seconds"]), 3),
             "peak_memory_bytes": max(r["peak_memory_bytes"] for r in records),
             "kv_cache_bytes_per_image": max(r.get("kv_cache_bytes", 0) // r["rows"] for r in records),
+            "draft_acceptance_rate": (round(sum(r.get("accepted_drafts", 0) for r in records)
+                                            / sum(r.get("drafted", 0) for r in records), 4)
+                                      if sum(r.get("drafted", 0) for r in records) else None),
             "accepted_per_step": accepted_curve(records),
         })
     out["per_process"] = [{k: v for k, v in p.items() if k != "batches"} for p in per_process]
@@ -181,7 +185,7 @@ def main(argv=None) -> int:
     get_sampler(name, **options)  # unknown samplers and options fail here, before any work
     overrides = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "cfg_scale") if getattr(args, k) is not None}
     config, _ = pipe.split_options(overrides)
-    num_classes = args.num_classes or (len(pipe.class_names) if pipe.class_names else pipe.model.config.num_classes)
+    num_classes = args.num_classes or pipe.num_classes
     labels = labels_for(args.num_samples, num_classes)
     out = Path(args.out)
     if state.is_main_process:

@@ -142,3 +142,33 @@ def test_tokenizer_psnr_improves_with_training(family):
     assert msvq["psnr_db"] > evaluate_psnr(untrained_msvq, data, "train", image_size=16)["psnr_db"] + 2
     assert kl["psnr_db"] > evaluate_psnr(untrained_kl, data, "train", image_size=16)["psnr_db"] + 2
     assert 0 < msvq["codebook_usage"] <= 1 and "codebook_usage" not in kl
+
+
+def test_report_covers_the_var_and_mar_pipelines_with_their_baselines(family, tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("vargen_eval_report_family", Path(__file__).parents[1] / "eval" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = report
+    spec.loader.exec_module(report)
+
+    def features(x):  # channel means and stds: a tiny fixed feature map, no downloads
+        x = x.float()
+        return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
+
+    result = report.run_report([str(family / "var"), str(family / "mar")], None, num_samples=4,
+                               reference=str(family / "data"), features=features, mode="clean",
+                               out=tmp_path / "bench.md", work_dir=tmp_path / "work", batch_size=2, latency=False,
+                               overrides={}, command="report --test", progress=lambda *_: None)
+    rows = {(Path(r["model"]).name, r["sampler"]): r for r in result["rows"]}
+    assert set(rows) == {("var", s) for s in ["var", "var:model=refiner", "code:draft_steps=1", "code:draft_steps=2"]} | {
+        ("mar", s) for s in report.default_samplers() if s in ("mar", "cspd")}
+    assert rows[("var", "var")]["speedup"] == 1.0 and rows[("var", "var")]["fid_vs_baseline"] is None
+    assert rows[("var", "code:draft_steps=1")]["fid_vs_baseline"] is not None
+    assert rows[("var", "var")]["kv_cache_bytes_per_image"] > rows[("var", "var:model=refiner")]["kv_cache_bytes_per_image"] > 0
+    cspd = rows[("mar", "cspd")]
+    assert cspd["baseline"] == "mar" and cspd["draft_forward_passes"] > 0 and 0 <= cspd["draft_acceptance_rate"] <= 1
+    text = (tmp_path / "bench.md").read_text()
+    assert "baseline `var`" in text and "baseline `mar`" in text
