@@ -104,6 +104,7 @@ def generate(pipe, spec: str, folder: Path, num_samples: int, batch_size: int, s
     args = SimpleNamespace(batch_size=batch_size, seed=seed)
     records = sm.generate_indices(pipe, name, todo, labels, args, folder, **overrides, **opts)
     summary = {"sampler": spec, "seed": seed, "num_samples": num_samples, "batch_size": batch_size,
+               "seeding": "per image" if getattr(pipe, "row_independent_seeds", True) else "per batch",
                **sm.summarize([{"process": 0, "skipped": num_samples - len(todo), "assigned": num_samples,
                                 "wall_seconds": time.perf_counter() - t0, "batches": records}])}
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")

@@ -97,12 +97,17 @@ def generate_indices(pipe, sampler: str, indices: list[int], labels: list[int], 
     A batch is a run of consecutive indices starting at ``i0``: ``Pipeline.generate(...,
     seed=row_seed(seed, i0), per_row_seeds=True)`` gives its row ``j`` the generator seeded with
     ``row_seed(seed, i0 + j)``, i.e. every image gets the seed of its own global index.
+
+    Pipelines whose samplers draw from one generator per call (``row_independent_seeds = False``:
+    MAR) would have to run row by row for that; they run whole batches seeded with ``row_seed(seed,
+    i0)`` instead, so an image depends on its batch (same files only for the same batch boundaries).
     """
+    per_row = getattr(pipe, "row_independent_seeds", True)
     records = []
     for chunk in contiguous_batches(indices, args.batch_size):
         t0 = time.perf_counter()
         result = pipe.generate([labels[i] for i in chunk], sampler=sampler, seed=row_seed(args.seed, chunk[0]),
-                               per_row_seeds=True, **options)
+                               per_row_seeds=per_row, **options)
         for i, img in zip(chunk, result.images):
             save_png(img, png_path(out, i))
         s = result.stats
@@ -204,6 +209,7 @@ def main(argv=None) -> int:
         summary = {"model": args.model, "sampler": args.sampler, "config": {k: v for k, v in vars(config).items()},
                    "num_samples": args.num_samples, "num_classes": num_classes, "seed": args.seed,
                    "batch_size": args.batch_size, "command": " ".join(sys.argv),
+                   "seeding": "per image" if getattr(pipe, "row_independent_seeds", True) else "per batch",
                    "machine": f"{platform.node()} {platform.machine()}, torch {torch.__version__}",
                    **summarize(sorted(gathered, key=lambda p: p["process"]))}
         path = Path(args.summary) if args.summary else out / "summary.json"

@@ -43,6 +43,7 @@ class Pipeline:
     default_sampler = "sjd"
     baseline_sampler = "ar"  # what speed-ups and "quality vs baseline" are measured against
     members: dict[str, str] = {}  # generate(..., model=NAME) runs the sampler on another model of the pipeline
+    row_independent_seeds = True  # per_row_seeds runs batched (one generator per row inside the sampler)
 
     def __init__(self, model, tokenizer, defaults: SamplingConfig | None = None, class_names=None,
                  name: str | None = None, draft=None, sampler_options: dict | None = None):
@@ -197,6 +198,7 @@ class MARPipeline(Pipeline):
     default_sampler = "mar"
     baseline_sampler = "mar"
     members = {"target": "model", "draft": "draft"}
+    row_independent_seeds = False  # MAR's samplers draw from one generator: per_row_seeds runs row by row
     samplers = ("mar", "cspd")
 
     def to(self, device=None, dtype=None) -> "MARPipeline":

@@ -378,7 +378,7 @@ def add_cli(tsub) -> None:
     _common_args(p, 500, 3e-4, 64)
     p.add_argument("--vqvae", required=True)
     p.add_argument("--teacher", required=True, help="the drafter's folder")
-    p.add_argument("--init", required=True, help="the small VAR to specialise (folder)")
+    p.add_argument("--init", help="the small VAR to specialise (folder); without it a fresh one from --config")
     p.add_argument("--draft-steps", type=int, required=True, help="distil on scales >= this (0: all scales)")
     p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature T")
     p.add_argument("--alpha", type=float, default=1.0, help="alpha*KD + (1-alpha)*CE")
