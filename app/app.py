@@ -183,7 +183,9 @@ class ModelStore:
         self.lock = threading.Lock()
 
     def names(self) -> list[str]:
-        listed = list(self.fixed) + self.extra_names + zoo.available()
+        # token-model pipelines only: the app's acceptance maps and samplers are LlamaGen's
+        token_models = [n for n in zoo.shipped_names() if zoo.pipeline_kind(n) == "llamagen"] + sorted(zoo.OFFICIAL)
+        listed = list(self.fixed) + self.extra_names + token_models
         return list(dict.fromkeys(listed))
 
     def default_name(self) -> str | None:

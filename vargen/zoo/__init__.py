@@ -39,6 +39,12 @@ def available() -> list[str]:
     return shipped_names() + sorted(OFFICIAL)
 
 
+def pipeline_kind(name: str) -> str | None:
+    """The ``kind`` of a shipped pipeline (``llamagen``, ``var``, ``mar``); None for other entries."""
+    path = ZOO_DIR / name / "pipeline.json"
+    return read_json(path).get("kind") if path.is_file() else None
+
+
 def shipped_path(name: str) -> Path | None:
     path = ZOO_DIR / name
     return path if path.is_dir() else None
