@@ -53,7 +53,8 @@ class Row:
     forward_passes: float = 0.0
     tokens_per_forward: float = 0.0
     mean_accepted: float = 0.0
-    seconds_per_image: float = 0.0
+    seconds_per_image: float = 0.0  # timed in the report process (see timed_batch), not during generation
+    generation_seconds_per_image: float = 0.0  # from the generation run's summary (may have shared the machine)
     draft_forward_passes: float = 0.0
     draft_acceptance_rate: float | None = None  # CSpD: accepted / drafted tokens
     kv_cache_bytes_per_image: int = 0  # static K/V cache allocated per image (VAR family; on CPU the only memory figure)
@@ -125,7 +126,7 @@ def measure_model(model_name: str, specs: list[str], opts) -> tuple[list[Row], d
         row = Row(model_name, spec, baseline=pipe.baseline_sampler,
                   images=s.get("images_generated", 0) + s.get("images_skipped_existing", 0),
                   forward_passes=s.get("forward_passes_per_image", 0.0), tokens_per_forward=s.get("tokens_per_forward", 0.0),
-                  mean_accepted=s.get("mean_accepted", 0.0), seconds_per_image=s.get("sampler_seconds_per_image", 0.0),
+                  mean_accepted=s.get("mean_accepted", 0.0), generation_seconds_per_image=s.get("sampler_seconds_per_image", 0.0),
                   kv_cache_bytes_per_image=s.get("kv_cache_bytes_per_image", 0),
                   draft_forward_passes=s.get("draft_forward_passes_per_image", 0.0),
                   draft_acceptance_rate=s.get("draft_acceptance_rate"),
@@ -143,6 +144,9 @@ def measure_model(model_name: str, specs: list[str], opts) -> tuple[list[Row], d
             row.fid_vs_baseline = compute_fid(folders[row.sampler], folders[base.sampler], features=opts.features,
                                               mode=opts.mode, device=opts.device, weights=opts.weights,
                                               verbose=False).fid
+    for row in rows:  # all timings of a model back to back in this process, after its samples exist
+        row.seconds_per_image = timed_batch(pipe, row.sampler, opts.batch_size, opts.seed, opts.overrides,
+                                            opts.timing_repeats)
     if opts.latency:
         for row in rows:
             row.latency_batch1 = latency(pipe, row.sampler, opts.seed, opts.overrides)
@@ -175,6 +179,20 @@ def floor_row(source: str, opts) -> dict:
     opts.progress(f"floor {source}: FID {res.fid:.3f}")
     return {"source": source, "images": opts.num_samples, "fid": res.fid, "kid": res.kid, "precision": res.precision,
             "recall": res.recall, "is": res.inception_score}
+
+
+def timed_batch(pipe, spec: str, batch: int, seed: int, overrides: dict, repeats: int = 2) -> float:
+    """Best-of-``repeats`` sampling seconds per image for one class-balanced batch (decode excluded), after a
+    warm-up run; the images are the same kind the quality columns score (same batch size and seeding)."""
+    from vargen.bench import parse_spec
+
+    name, opts = parse_spec(spec)
+    labels = [i % pipe.num_classes for i in range(batch)]
+    per_row = getattr(pipe, "row_independent_seeds", True)
+    run = lambda s: pipe.generate(labels, sampler=name, seed=s, per_row_seeds=per_row, decode=False,  # noqa: E731
+                                  **overrides, **opts).stats.seconds / batch
+    run(seed)
+    return min(run(seed + 1 + r) for r in range(repeats))
 
 
 def latency(pipe, spec: str, seed: int, overrides: dict, repeats: int = 3) -> float:
@@ -344,9 +362,11 @@ def write_markdown(path: Path, rows: list[Row], skipped: dict, shape_rows: list[
         f"- Quality: {opts.num_samples} samples per sampler (class-balanced, per-index seeds from seed {opts.seed}) "
         f"against `{opts.reference}` ({n_ref} images); features: **{label}**; mode=`{opts.mode}`. "
         f"KID, precision/recall (k=3) and IS use the same features.",
-        f"- Speed: sampling seconds per image at batch {opts.batch_size} (decode excluded), and latency at batch 1 "
-        f"(class 0, best of 3 runs after a warm-up, decode excluded); speed-ups are against the `ar` row of the same "
-        f"model, measured in the same process.",
+        f"- Speed: sampling seconds per image for one class-balanced batch of {opts.batch_size} (best of "
+        f"{opts.timing_repeats} runs after a warm-up, decode excluded), and latency at batch 1 (class 0, best of 3 "
+        f"after a warm-up); all timings of a model run back to back in this process after its samples were made, "
+        f"so the speed-ups (against the model's baseline row) are ratios measured in one run. K/V cache / image "
+        f"is the static cache a VAR-family sampler allocates (CPU runs report no peak memory).",
         f"- Sampling options: {json.dumps(opts.overrides) if opts.overrides else 'the model defaults'}.\n",
         "## Quality and speed\n",
         "\"FID vs baseline\" compares a sampler's images with the baseline sampler's images of the same model "
@@ -389,8 +409,8 @@ def run_report(models: list[str], samplers: list[str] | None = None, num_samples
                out: str | Path = "docs/benchmarks.md", work_dir: str | Path = "runs/report", batch_size: int = 50,
                seed: int = 0, shapes: list[str] | None = None, shape_samplers: list[str] | None = None,
                latency: bool = True, device: str = "cpu", weights=None, overrides: dict | None = None,
-               command: str | None = None, progress=print, floor: str | None = None) -> dict:
-    opts = SimpleNamespace(num_samples=num_samples, reference=reference, features=features, mode=mode,
+               command: str | None = None, progress=print, floor: str | None = None, timing_repeats: int = 2) -> dict:
+    opts = SimpleNamespace(timing_repeats=timing_repeats, num_samples=num_samples, reference=reference, features=features, mode=mode,
                            work_dir=work_dir, batch_size=batch_size, seed=seed, latency=latency, device=device,
                            weights=weights, overrides=overrides or {}, progress=progress)
     rows, skipped = [], {}
