@@ -50,7 +50,7 @@ def family(tmp_path_factory):
         "benchmark": ["var", "var:model=refiner", "code:draft_steps=1", "code:draft_steps=2"]}))
     (root / "mar").mkdir()
     (root / "mar" / "pipeline.json").write_text(json.dumps({
-        "kind": "mar", "model": "target", "draft": "draft", "tokenizer": "kl", "defaults": {"cfg_scale": 2.0},
+        "kind": "mar", "model": "target", "draft": "draft", "tokenizer": "kl", "defaults": {"cfg_scale": 2.0}, "clip_x0": 5.0,
         "sampler_options": {"mar": {"num_iter": 4}, "cspd": {"num_iter": 4, "num_draft": 2}}}))
     yield root
     mp.undo()
@@ -105,7 +105,9 @@ def test_var_pipeline_generates_with_every_sampler_and_member(family):
 
 def test_mar_pipeline_generates_and_per_row_seeds_do_not_depend_on_the_batch(family):
     pipe = vargen.load(family / "mar")
+    assert pipe.model.diffloss.clip_x0 == pipe.draft.diffloss.clip_x0 == 5.0
     o = pipe.generate([0, 1], sampler="cspd", seed=0)
+    assert float(o.tokens.abs().max()) <= 5.0 + 1e-4  # the final step returns the (clamped-x0) posterior mean
     assert len(o.images) == 2 and o.tokens.shape == (2, 16, 4) and o.stats.draft_forward_passes > 0
     both = pipe.generate([0, 2], sampler="mar", seed=5, per_row_seeds=True)
     alone = pipe.generate([2], sampler="mar", seed=6, per_row_seeds=True)

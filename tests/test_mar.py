@@ -422,3 +422,15 @@ def test_vae_training_reduces_loss():
     opt, _ = make_optimizer(vae, lr=2e-3, weight_decay=0.0)
     losses = [vae_train_step(vae, opt, images, generator=torch.Generator().manual_seed(1)) for _ in range(15)]
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_clip_x0_clamps_the_predicted_start_and_defaults_to_mar():
+    from vargen.models.mar import Diffusion
+
+    d = Diffusion.create("10")
+    x, eps, v = torch.randn(6, 4) * 3, torch.zeros(6, 4), torch.zeros(6, 4)
+    t = torch.full((6,), 9)
+    mean, log_var, x0 = d.p_mean_variance(x, t, eps, v)
+    assert float(x0.abs().max()) > 100  # first step of the cosine schedule: 1/sqrt(alpha_bar) is huge
+    mean_c, log_var_c, x0_c = d.p_mean_variance(x, t, eps, v, clip_x0=2.0)
+    assert float(x0_c.abs().max()) == 2.0 and torch.equal(log_var, log_var_c) and not torch.equal(mean, mean_c)

@@ -271,8 +271,11 @@ def _build_from_spec(spec: dict, resolve, folder: Path, dtype: torch.dtype) -> P
         from .train.mar import load_kl_folder, load_mar_folder
 
         draft = load_mar_folder(resolve(spec["draft"]), dtype) if spec.get("draft") else None
-        return MARPipeline(load_mar_folder(resolve(spec["model"]), dtype), load_kl_folder(resolve(spec["tokenizer"])),
-                           draft=draft, **common)
+        target = load_mar_folder(resolve(spec["model"]), dtype)
+        for m in (target, draft):  # pred-x0 clamp of the diffusion heads (see Diffusion.p_mean_variance)
+            if m is not None:
+                m.diffloss.clip_x0 = spec.get("clip_x0")
+        return MARPipeline(target, load_kl_folder(resolve(spec["tokenizer"])), draft=draft, **common)
     if spec["kind"] != "llamagen":
         raise ValueError(f"{folder}: pipeline kind {spec['kind']!r} is not loadable by this version (llamagen, var, mar)")
     from .models.llamagen import load_gpt_folder

@@ -183,15 +183,21 @@ class Diffusion:
         mean = self.const("posterior_mean_coef1", t) * x0 + self.const("posterior_mean_coef2", t) * x_t
         return mean, self.const("posterior_log_variance_clipped", t)
 
-    def p_mean_variance(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, v: torch.Tensor):
+    def p_mean_variance(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, v: torch.Tensor,
+                        clip_x0: float | None = None):
         """Reverse step p(x_{t-1} | x_t) from the network's eps and variance value v in [-1, 1].
 
         log σ² = frac · log β_t + (1 - frac) · log β̃_t with frac = (v + 1) / 2 (IDDPM eq. 15).
-        Returns (mean, log_variance, pred_xstart); no clipping, as in MAR.
+        Returns (mean, log_variance, pred_xstart). MAR does not clip; ``clip_x0=c`` clamps pred_xstart to
+        [-c, c] (IDDPM's ``clip_denoised`` with a range). At the first step of the cosine schedule
+        1/sqrt(alpha_bar) is ~4e3, so a briefly trained head's small eps error there becomes a huge x0
+        and the whole chain diverges; the demo models need the clamp, the official ones do not.
         """
         frac = (v + 1) / 2
         log_var = frac * self.const("log_betas", t) + (1 - frac) * self.const("posterior_log_variance_clipped", t)
         pred_x0 = self.const("sqrt_recip_alphas_cumprod", t) * x - self.const("sqrt_recipm1_alphas_cumprod", t) * eps
+        if clip_x0 is not None:
+            pred_x0 = pred_x0.clamp(-clip_x0, clip_x0)
         mean, _ = self.q_posterior(pred_x0, x, t)
         return mean, log_var, pred_x0
 
@@ -329,6 +335,7 @@ class DiffLoss(nn.Module):
         self.net = SimpleMLPAdaLN(target_channels, width, 2 * target_channels, z_channels, depth)
         self.train_diffusion = Diffusion.create("")
         self.gen_diffusion = Diffusion.create(str(num_sampling_steps))
+        self.clip_x0: float | None = None  # sampling only; None = MAR's behaviour (see Diffusion.p_mean_variance)
 
     @property
     def num_sampling_steps(self) -> int:
@@ -373,7 +380,7 @@ class DiffLoss(nn.Module):
         guided = (cfg != 1.0) if guided is None else guided
         out = self.net.forward_with_cfg(x, t, c, cfg) if guided else self.net(x, t, c)
         eps, v = out.split(self.in_channels, dim=1)
-        return d.p_mean_variance(x, index, eps, v)
+        return d.p_mean_variance(x, index, eps, v, self.clip_x0)
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0, noise: torch.Tensor | None = None,
