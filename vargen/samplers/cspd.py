@@ -94,13 +94,17 @@ def residual_resample(propose, n: int, max_tries: int, uniform, fallback: torch.
     ``propose(rows [m], tries) -> (values [tries, m, C], log_q_over_p [tries, m])`` draws candidates from
     p; candidate y is kept with probability max(0, 1 − q(y)/p(y)). Rows unresolved after ``max_tries``
     proposals each get ``fallback`` (default: their last proposal, a plain draw from p).
+    Rounds propose 1, 2, 4, ... up to ``chunk`` candidates per pending row: most rows resolve in the
+    first round (expected proposals 1/TV), and a proposal can cost a whole diffusion path.
     Returns (values [n, C], proposals drawn over all rows, number of fallbacks).
     """
     out = last = None
     pending = torch.arange(n)
     per_row = proposals = 0
+    size = 1
     while pending.numel() and per_row < max_tries:
-        t = min(chunk, max_tries - per_row)
+        t = min(size, max_tries - per_row)
+        size = min(2 * size, chunk)
         values, log_ratio = propose(pending, t)
         if out is None:
             out = values.new_zeros(n, values.shape[-1])
