@@ -177,7 +177,6 @@ def main(argv=None) -> int:
     from accelerate.utils import gather_object
 
     from vargen.bench import parse_spec
-    from vargen.samplers import get_sampler
 
     args = parse_args(argv)
     if args.threads:
@@ -187,7 +186,9 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     pipe = load_pipeline(args, state.device)
     name, options = parse_spec(args.sampler)
-    get_sampler(name, **options)  # unknown samplers and options fail here, before any work
+    # unknown samplers, options and member models fail here, before any work
+    pipe.member(options.get("model"))
+    pipe.make_sampler(name, **{k: v for k, v in options.items() if k != "model"})
     overrides = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "cfg_scale") if getattr(args, k) is not None}
     config, _ = pipe.split_options(overrides)
     num_classes = args.num_classes or pipe.num_classes
