@@ -449,6 +449,7 @@ def parse_args(argv=None):
     p.add_argument("--shapes", nargs="*", default=[], help="random-weight shapes PRESET:TOKENS, e.g. GPT-B:256")
     p.add_argument("--shape-samplers", nargs="+", default=["ar", "sjd:window=16"])
     p.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency runs")
+    p.add_argument("--timing-repeats", type=int, default=2, help="timed batches per sampler (best is kept)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
     for name, typ in (("--temperature", float), ("--top-k", int), ("--top-p", float), ("--cfg-scale", float)):
@@ -464,7 +465,7 @@ def main(argv=None) -> int:
     try:
         run_report(args.models, args.samplers, args.num_samples, args.reference, args.features, args.mode, args.out,
                    args.work_dir, args.batch_size, args.seed, args.shapes, args.shape_samplers, not args.no_latency,
-                   args.device, args.weights, overrides, floor=args.floor)
+                   args.device, args.weights, overrides, floor=args.floor, timing_repeats=args.timing_repeats)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
