@@ -117,7 +117,7 @@ def measure_model(model_name: str, specs: list[str], opts) -> tuple[list[Row], d
     from vargen.pipeline import load
 
     pipe = load(model_name, device=opts.device)
-    specs = specs or pipe.benchmark or default_samplers()
+    specs = [s for s in (specs or pipe.benchmark or default_samplers()) if s not in opts.skip]
     ok, skipped = working_samplers(pipe, specs)
     rows, folders = [], {}
     for spec in ok:
@@ -379,6 +379,8 @@ def write_markdown(path: Path, rows: list[Row], skipped: dict, shape_rows: list[
                   f"score FID **{floor['fid']:.3f}** (KID {_fmt(floor['kid'], '.5f')}, precision {_fmt(floor['precision'])}, "
                   f"recall {_fmt(floor['recall'])}, IS {_fmt(floor['is'], '.2f')}) with the same features: what a perfect "
                   f"sampler would get at this sample count.\n"]
+    if opts.skip:
+        parts += [f"Left out of this run (`--skip`): {', '.join(f'`{x}`' for x in sorted(opts.skip))}.\n"]
     if skipped:
         parts += ["Samplers that do not run on a model (another model family or missing pieces):\n"]
         parts += [f"- {m}: `{s}`: {why}" for m, d in skipped.items() for s, why in d.items()]
@@ -409,8 +411,9 @@ def run_report(models: list[str], samplers: list[str] | None = None, num_samples
                out: str | Path = "docs/benchmarks.md", work_dir: str | Path = "runs/report", batch_size: int = 50,
                seed: int = 0, shapes: list[str] | None = None, shape_samplers: list[str] | None = None,
                latency: bool = True, device: str = "cpu", weights=None, overrides: dict | None = None,
-               command: str | None = None, progress=print, floor: str | None = None, timing_repeats: int = 2) -> dict:
-    opts = SimpleNamespace(timing_repeats=timing_repeats, num_samples=num_samples, reference=reference, features=features, mode=mode,
+               command: str | None = None, progress=print, floor: str | None = None, timing_repeats: int = 2,
+               skip: list[str] | None = None) -> dict:
+    opts = SimpleNamespace(skip=set(skip or ()), timing_repeats=timing_repeats, num_samples=num_samples, reference=reference, features=features, mode=mode,
                            work_dir=work_dir, batch_size=batch_size, seed=seed, latency=latency, device=device,
                            weights=weights, overrides=overrides or {}, progress=progress)
     rows, skipped = [], {}
@@ -436,6 +439,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["cifar10-llamagen"], help="zoo names or pipeline folders")
     p.add_argument("--samplers", nargs="+", help="sampler specs (default: each model's pipeline.json 'benchmark' list)")
+    p.add_argument("--skip", nargs="+", default=[], help="sampler specs to leave out of the models' benchmark lists")
     p.add_argument("--floor", help="real-image floor: e.g. cifar10-train (num-samples images scored like a sampler)")
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--reference", default="cifar10-train", help="folder, dataset name, .npz images or stats")
@@ -465,7 +469,7 @@ def main(argv=None) -> int:
     try:
         run_report(args.models, args.samplers, args.num_samples, args.reference, args.features, args.mode, args.out,
                    args.work_dir, args.batch_size, args.seed, args.shapes, args.shape_samplers, not args.no_latency,
-                   args.device, args.weights, overrides, floor=args.floor, timing_repeats=args.timing_repeats)
+                   args.device, args.weights, overrides, floor=args.floor, timing_repeats=args.timing_repeats, skip=args.skip)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
