@@ -371,8 +371,12 @@ class VAR(nn.Module):
             return torch.get_autocast_dtype(dev.type)
         return self.class_emb.weight.dtype
 
-    def new_cache(self, batch: int, dtype: torch.dtype | None = None) -> ScaleKVCache:
-        shape = (self.depth, batch, self.num_heads, self.L, self.C // self.num_heads)
+    def new_cache(self, batch: int, dtype: torch.dtype | None = None, length: int | None = None) -> ScaleKVCache:
+        """K/V for ``length`` positions (default all L; CoDe's drafter only needs its first N scales)."""
+        length = self.L if length is None else int(length)
+        if not 0 < length <= self.L:
+            raise ValueError(f"cache length must be in 1..{self.L}, got {length}")
+        shape = (self.depth, batch, self.num_heads, length, self.C // self.num_heads)
         dev = self.class_emb.weight.device
         dtype = dtype or self.compute_dtype()
         return ScaleKVCache(torch.empty(shape, device=dev, dtype=dtype), torch.empty(shape, device=dev, dtype=dtype))
@@ -404,6 +408,8 @@ class VAR(nn.Module):
                 raise ValueError(f"cache holds {cache.batch} rows but the condition has {cond.batch}")
             if a > cache.filled:
                 raise ValueError(f"scale {first} starts at position {a} but the cache is filled only up to {cache.filled}")
+            if b > cache.k.shape[3]:
+                raise ValueError(f"scales up to {last - 1} need {b} cache positions; this cache holds {cache.k.shape[3]}")
         elif first != 0:
             raise ValueError("without a cache the pass must start at scale 0")
         x = self.embed(cond, inputs, first, last)

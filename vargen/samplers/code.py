@@ -113,7 +113,8 @@ class CoDeSampler:
         with StepTimer(device) as timer:
             t0 = _sync_time(device)
             state = NextScaleState.start(quantizer, B, device)
-            cond_d, cache_d = drafter.condition(labels), drafter.new_cache(labels.shape[0])
+            # the drafter only ever holds its N scales: a cache of that length, not all L positions
+            cond_d, cache_d = drafter.condition(labels), drafter.new_cache(labels.shape[0], length=drafter.begin_ends[N - 1][1])
             for si in range(N):
                 run_scale(drafter, quantizer, cond_d, cache_d, state, si, settings, generator)
                 stats.forward_passes += 1
