@@ -359,7 +359,8 @@ def write_markdown(path: Path, rows: list[Row], skipped: dict, shape_rows: list[
         f"- Command: `{command}`",
         f"- Machine: {machine_line()}",
         f"- Versions: {versions()}",
-        f"- Quality: {opts.num_samples} samples per sampler (class-balanced, per-index seeds from seed {opts.seed}) "
+        f"- Quality: {opts.num_samples} samples per sampler (class-balanced, per-index seeds from seed {opts.seed}; "
+        f"MAR pipelines seed each batch of {opts.batch_size} from its first index, see eval/README.md) "
         f"against `{opts.reference}` ({n_ref} images); features: **{label}**; mode=`{opts.mode}`. "
         f"KID, precision/recall (k=3) and IS use the same features.",
         f"- Speed: sampling seconds per image for one class-balanced batch of {opts.batch_size} (best of "
