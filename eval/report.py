@@ -127,7 +127,6 @@ def measure_model(model_name: str, specs: list[str], opts) -> tuple[list[Row], d
                   images=s.get("images_generated", 0) + s.get("images_skipped_existing", 0),
                   forward_passes=s.get("forward_passes_per_image", 0.0), tokens_per_forward=s.get("tokens_per_forward", 0.0),
                   mean_accepted=s.get("mean_accepted", 0.0), generation_seconds_per_image=s.get("sampler_seconds_per_image", 0.0),
-                  kv_cache_bytes_per_image=s.get("kv_cache_bytes_per_image", 0),
                   draft_forward_passes=s.get("draft_forward_passes_per_image", 0.0),
                   draft_acceptance_rate=s.get("draft_acceptance_rate"),
                   accepted_per_step=s.get("accepted_per_step", []))
@@ -145,8 +144,8 @@ def measure_model(model_name: str, specs: list[str], opts) -> tuple[list[Row], d
                                               mode=opts.mode, device=opts.device, weights=opts.weights,
                                               verbose=False).fid
     for row in rows:  # all timings of a model back to back in this process, after its samples exist
-        row.seconds_per_image = timed_batch(pipe, row.sampler, opts.batch_size, opts.seed, opts.overrides,
-                                            opts.timing_repeats)
+        row.seconds_per_image, row.kv_cache_bytes_per_image = timed_batch(
+            pipe, row.sampler, opts.batch_size, opts.seed, opts.overrides, opts.timing_repeats)
     if opts.latency:
         for row in rows:
             row.latency_batch1 = latency(pipe, row.sampler, opts.seed, opts.overrides)
@@ -181,18 +180,21 @@ def floor_row(source: str, opts) -> dict:
             "recall": res.recall, "is": res.inception_score}
 
 
-def timed_batch(pipe, spec: str, batch: int, seed: int, overrides: dict, repeats: int = 2) -> float:
+def timed_batch(pipe, spec: str, batch: int, seed: int, overrides: dict, repeats: int = 2) -> tuple[float, int]:
     """Best-of-``repeats`` sampling seconds per image for one class-balanced batch (decode excluded), after a
-    warm-up run; the images are the same kind the quality columns score (same batch size and seeding)."""
+    warm-up run, and the static K/V cache bytes per image of that run; the images are the same kind the
+    quality columns score (same batch size and seeding)."""
     from vargen.bench import parse_spec
 
     name, opts = parse_spec(spec)
     labels = [i % pipe.num_classes for i in range(batch)]
     per_row = getattr(pipe, "row_independent_seeds", True)
-    run = lambda s: pipe.generate(labels, sampler=name, seed=s, per_row_seeds=per_row, decode=False,  # noqa: E731
-                                  **overrides, **opts).stats.seconds / batch
+    stats = []
+    run = lambda s: stats.append(pipe.generate(labels, sampler=name, seed=s, per_row_seeds=per_row,  # noqa: E731
+                                               decode=False, **overrides, **opts).stats) or stats[-1].seconds / batch
     run(seed)
-    return min(run(seed + 1 + r) for r in range(repeats))
+    best = min(run(seed + 1 + r) for r in range(repeats))
+    return best, int(stats[-1].extra.get("kv_cache_bytes", 0)) // batch
 
 
 def latency(pipe, spec: str, seed: int, overrides: dict, repeats: int = 3) -> float:
