@@ -189,12 +189,14 @@ def timed_batch(pipe, spec: str, batch: int, seed: int, overrides: dict, repeats
     name, opts = parse_spec(spec)
     labels = [i % pipe.num_classes for i in range(batch)]
     per_row = getattr(pipe, "row_independent_seeds", True)
-    stats = []
-    run = lambda s: stats.append(pipe.generate(labels, sampler=name, seed=s, per_row_seeds=per_row,  # noqa: E731
-                                               decode=False, **overrides, **opts).stats) or stats[-1].seconds / batch
+
+    def run(s):
+        return pipe.generate(labels, sampler=name, seed=s, per_row_seeds=per_row, decode=False, **overrides,
+                             **opts).stats
+
     run(seed)
-    best = min(run(seed + 1 + r) for r in range(repeats))
-    return best, int(stats[-1].extra.get("kv_cache_bytes", 0)) // batch
+    timed = [run(seed + 1 + r) for r in range(repeats)]
+    return min(t.seconds for t in timed) / batch, int(timed[-1].extra.get("kv_cache_bytes", 0)) // batch
 
 
 def latency(pipe, spec: str, seed: int, overrides: dict, repeats: int = 3) -> float:

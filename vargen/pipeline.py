@@ -44,6 +44,8 @@ class Pipeline:
     baseline_sampler = "ar"  # what speed-ups and "quality vs baseline" are measured against
     members: dict[str, str] = {}  # generate(..., model=NAME) runs the sampler on another model of the pipeline
     row_independent_seeds = True  # per_row_seeds runs batched (one generator per row inside the sampler)
+    samplers: tuple[str, ...] | None = None  # the samplers that apply (None: any registered one)
+    companions: dict[str, str] = {"sd": "draft", "lantern": "draft"}  # sampler -> option filled from this attribute
 
     def __init__(self, model, tokenizer, defaults: SamplingConfig | None = None, class_names=None,
                  name: str | None = None, draft=None, sampler_options: dict | None = None):
@@ -68,6 +70,9 @@ class Pipeline:
         self.model.to(device=device, dtype=dtype)
         if self.tokenizer is not None:
             self.tokenizer.to(device=device)
+        for attr in set(self.companions.values()):  # drafter / refiner modules (a draft-head folder stays a path)
+            if isinstance(getattr(self, attr, None), torch.nn.Module):
+                getattr(self, attr).to(device=device, dtype=dtype)
         return self
 
     def class_id(self, c: int | str) -> int:
@@ -119,11 +124,15 @@ class Pipeline:
         return found
 
     def make_sampler(self, name: str, **options):
-        """``get_sampler`` with what this pipeline knows: its default drafter for ``sd``/``lantern``
-        (unless ``draft=`` is given) and the tokenizer codebook for neighbourhood rules (LANTERN, GSD)."""
+        """``get_sampler`` with what this pipeline knows: its per-sampler defaults, its companion model
+        (the drafter of ``sd``/``lantern``, CoDe's refiner, CSpD's draft; unless given as an option) and the
+        tokenizer codebook for neighbourhood rules (LANTERN, GSD)."""
+        if self.samplers is not None and name not in self.samplers:
+            raise ValueError(f"sampler {name!r} does not apply to a {self.kind.upper()} pipeline; use one of {self.samplers}")
         options = {**self.sampler_options.get(name, {}), **options}
-        if name in ("sd", "lantern") and "draft" not in options and self.draft is not None:
-            options["draft"] = self.draft
+        attr = self.companions.get(name)
+        if attr is not None and attr not in options and getattr(self, attr, None) is not None:
+            options[attr] = getattr(self, attr)
         sampler = get_sampler(name, **options)
         rule = getattr(sampler, "rule", None)
         if rule is not None and getattr(rule, "codebook", False) is None and self.tokenizer is not None:
@@ -150,26 +159,11 @@ class ScalePipeline(Pipeline):
     baseline_sampler = "var"
     members = {"drafter": "model", "refiner": "refiner"}
     samplers = ("var", "code")
+    companions = {"code": "refiner"}
 
     def __init__(self, model, tokenizer, defaults=None, class_names=None, name=None, refiner=None, sampler_options=None):
         super().__init__(model, tokenizer, defaults, class_names, name, None, sampler_options)
         self.refiner = refiner
-
-    def to(self, device=None, dtype=None) -> "ScalePipeline":
-        super().to(device, dtype)
-        if self.refiner is not None:
-            self.refiner.to(device=device, dtype=dtype)
-        return self
-
-    def make_sampler(self, name: str, **options):
-        if name not in self.samplers:
-            raise ValueError(f"sampler {name!r} does not apply to a VAR pipeline; use one of {self.samplers}")
-        options = {**self.sampler_options.get(name, {}), **options}
-        if name == "code" and "refiner" not in options:
-            if self.refiner is None:
-                raise ValueError("this pipeline has no refiner; pass refiner=<small VAR>")
-            options["refiner"] = self.refiner
-        return get_sampler(name, **options)
 
     def decode(self, tokens: torch.Tensor) -> list[Image.Image]:
         with torch.no_grad():
@@ -200,22 +194,7 @@ class MARPipeline(Pipeline):
     members = {"target": "model", "draft": "draft"}
     row_independent_seeds = False  # MAR's samplers draw from one generator: per_row_seeds runs row by row
     samplers = ("mar", "cspd")
-
-    def to(self, device=None, dtype=None) -> "MARPipeline":
-        super().to(device, dtype)
-        if self.draft is not None:
-            self.draft.to(device=device, dtype=dtype)
-        return self
-
-    def make_sampler(self, name: str, **options):
-        if name not in self.samplers:
-            raise ValueError(f"sampler {name!r} does not apply to a MAR pipeline; use one of {self.samplers}")
-        options = {**self.sampler_options.get(name, {}), **options}
-        if name == "cspd" and "draft" not in options:
-            if self.draft is None:
-                raise ValueError("this pipeline has no draft model; pass draft=<small MAR>")
-            options["draft"] = self.draft
-        return get_sampler(name, **options)
+    companions = {"cspd": "draft"}
 
     @torch.no_grad()
     def generate(self, cond, sampler=None, seed: int | None = 0, decode: bool = True, per_row_seeds: bool = False,

@@ -65,3 +65,14 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, hi
             lines.append(f"  likely cause: {hint}")
         raise ValueError("\n".join(lines))
     module.load_state_dict(state, strict=True, assign=assign)
+
+
+def load_zoo_folder(folder: str | os.PathLike, build) -> nn.Module:
+    """A demo-zoo folder (``config.json`` + ``model.safetensors``): ``build(config dict) -> module``, then a
+    strict load of the weights; returned in eval mode without gradients, in float32."""
+    import json
+
+    folder = Path(folder)
+    module = build(json.loads((folder / "config.json").read_text())["config"])
+    load_strict(module, read_state_dict(folder / "model.safetensors"), what=str(folder))
+    return module.eval().requires_grad_(False)

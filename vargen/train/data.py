@@ -78,3 +78,26 @@ def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flip = torch.rand(x.shape[0], generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+@torch.no_grad()
+def cached_encoding(cache: Path, encode, data: str, split: str = "train", flips: bool = True, image_size: int = 32,
+                    batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``encode`` of every image of a split [N, ...], labels [N]), computed once and kept in ``cache``.
+
+    ``encode(images in [-1, 1]) -> tensor`` is called per batch, only on a cache miss; with ``flips`` the
+    mirrored images are appended (labels repeated).
+    """
+    cache = Path(cache)
+    if cache.exists():
+        blob = torch.load(cache)
+        return blob["codes"], blob["labels"]
+    images, labels, _ = load_images(data, split, image_size)
+    out = []
+    for flip in (False, True) if flips else (False,):
+        for i in range(0, images.shape[0], batch_size):
+            x = to_model_range(images[i : i + batch_size])
+            out.append(encode(x.flip(-1) if flip else x))
+    codes, labels = torch.cat(out), labels.repeat(2 if flips else 1)
+    torch.save({"codes": codes, "labels": labels}, cache)
+    return codes, labels

@@ -118,45 +118,27 @@ class MARRunArgs:
 
 def load_kl_folder(folder, dtype: torch.dtype = torch.float32) -> KLVAE:
     """A KL VAE saved as ``model.safetensors`` + ``config.json`` (with its measured ``scale_factor``)."""
-    from ..models.checkpoint import load_strict, read_state_dict
+    from ..models.checkpoint import load_zoo_folder
 
-    folder = Path(folder)
-    vae = KLVAE(**json.loads((folder / "config.json").read_text())["config"])
-    load_strict(vae, read_state_dict(str(folder / "model.safetensors")), what=str(folder))
-    return vae.to(dtype).eval().requires_grad_(False)
+    return load_zoo_folder(folder, lambda cfg: KLVAE(**cfg)).to(dtype)
 
 
 def load_mar_folder(folder, dtype: torch.dtype = torch.float32) -> MAR:
-    from ..models.checkpoint import load_strict, read_state_dict
+    """A MAR saved as ``model.safetensors`` + ``config.json`` (the demo-zoo layout)."""
+    from ..models.checkpoint import load_zoo_folder
     from ..models.mar import MARConfig
 
-    folder = Path(folder)
-    model = MAR(MARConfig.from_dict(json.loads((folder / "config.json").read_text())["config"]))
-    load_strict(model, read_state_dict(str(folder / "model.safetensors")), what=str(folder))
-    return model.to(dtype).eval().requires_grad_(False)
+    return load_zoo_folder(folder, lambda cfg: MAR(MARConfig.from_dict(cfg))).to(dtype)
 
 
-@torch.no_grad()
-def cached_moments(vae_folder: str, data: str, split: str = "train", flips: bool = True, image_size: int = 32,
-                   batch_size: int = 500):
+def cached_moments(vae_folder: str, data: str, split: str = "train", flips: bool = True, image_size: int = 32):
     """(posterior moments [N, 2C, h, w] fp16, labels [N]) of a split, cached next to the VAE (MAR's
     ``main_cache.py`` does the same with ten-crop; here horizontal flips)."""
-    from .data import load_images, to_model_range
+    from .data import cached_encoding
 
     cache = Path(vae_folder) / f"moments-{split}{'-flip' if flips else ''}-{image_size}px.pt"
-    if cache.exists():
-        blob = torch.load(cache)
-        return blob["moments"], blob["labels"]
     vae = load_kl_folder(vae_folder)
-    images, labels, _ = load_images(data, split, image_size)
-    out = []
-    for flip in (False, True) if flips else (False,):
-        for i in range(0, images.shape[0], batch_size):
-            x = to_model_range(images[i : i + batch_size])
-            out.append(vae.moments(x.flip(-1) if flip else x).half())
-    moments, labels = torch.cat(out), labels.repeat(2 if flips else 1)
-    torch.save({"moments": moments, "labels": labels}, cache)
-    return moments, labels
+    return cached_encoding(cache, lambda x: vae.moments(x).half(), data, split, flips, image_size)
 
 
 def run_mar_training(args: MARRunArgs) -> Path:

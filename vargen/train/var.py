@@ -233,50 +233,33 @@ class VARRunArgs:
 
 def load_msvq_folder(folder, dtype: torch.dtype = torch.float32):
     """A multi-scale VQVAE saved as ``model.safetensors`` + ``config.json`` (the demo-zoo layout)."""
+    from ..models.checkpoint import load_zoo_folder
     from ..tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
-    from ..models.checkpoint import load_strict, read_state_dict
 
-    folder = Path(folder)
-    cfg = json.loads((folder / "config.json").read_text())["config"]
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-    vae = MultiScaleVQVAE(VQVAEConfig(**{**cfg, "test_mode": True}))
-    load_strict(vae, read_state_dict(str(folder / "model.safetensors")), what=str(folder))
-    return vae.to(dtype).eval()
+    def build(cfg):
+        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+        return MultiScaleVQVAE(VQVAEConfig(**{**cfg, "test_mode": True}))
+
+    return load_zoo_folder(folder, build).to(dtype)
 
 
 def load_var_folder(folder, vae=None, dtype: torch.dtype = torch.float32):
     """A VAR saved as ``model.safetensors`` + ``config.json``; ``vae`` is attached for sampling."""
+    from ..models.checkpoint import load_zoo_folder
     from ..models.var import VAR, VARConfig
-    from ..models.checkpoint import load_strict, read_state_dict
 
-    folder = Path(folder)
-    cfg = json.loads((folder / "config.json").read_text())["config"]
-    model = VAR(VARConfig.from_kwargs(**cfg), init=False)
-    load_strict(model, read_state_dict(str(folder / "model.safetensors")), what=str(folder))
-    model = model.to(dtype).eval().requires_grad_(False)
+    model = load_zoo_folder(folder, lambda cfg: VAR(VARConfig.from_kwargs(**cfg), init=False)).to(dtype)
     return model.attach_vae(vae) if vae is not None else model
 
 
-@torch.no_grad()
-def cached_scale_tokens(vqvae_folder: str, data: str, split: str = "train", flips: bool = True, image_size: int = 32,
-                        batch_size: int = 500):
-    """(all scales' indices [N, L] int16, labels [N]) of a split, cached next to the tokenizer."""
-    from .data import load_images, to_model_range
+def cached_scale_tokens(vae, vqvae_folder: str, data: str, split: str = "train", flips: bool = True,
+                        image_size: int = 32):
+    """(all scales' indices [N, L] int16, labels [N]) of a split by ``vae``, cached next to the tokenizer."""
+    from .data import cached_encoding
 
-    cache = Path(vqvae_folder) / f"tokens-{split}{'-flip' if flips else ''}-{image_size}px.pt"
-    if cache.exists():
-        blob = torch.load(cache)
-        return blob["tokens"], blob["labels"]
-    vae = load_msvq_folder(vqvae_folder)
-    images, labels, _ = load_images(data, split, image_size)
-    out = []
-    for flip in (False, True) if flips else (False,):
-        for i in range(0, images.shape[0], batch_size):
-            x = to_model_range(images[i : i + batch_size])
-            out.append(torch.cat(vae.img_to_idx(x.flip(-1) if flip else x), dim=1).to(torch.int16))
-    tokens, labels = torch.cat(out), labels.repeat(2 if flips else 1)
-    torch.save({"tokens": tokens, "labels": labels}, cache)
-    return tokens, labels
+    cache = Path(vqvae_folder) / f"scale-tokens-{split}{'-flip' if flips else ''}-{image_size}px.pt"
+    encode = lambda x: torch.cat(vae.img_to_idx(x), dim=1).to(torch.int16)  # noqa: E731
+    return cached_encoding(cache, encode, data, split, flips, image_size)
 
 
 def run_var_training(args: VARRunArgs) -> Path:
@@ -317,7 +300,7 @@ def run_var_training(args: VARRunArgs) -> Path:
     if not args.vqvae:
         raise ValueError(f"{args.kind} training needs --vqvae (a trained multi-scale VQVAE folder)")
     vae = load_msvq_folder(args.vqvae)
-    tokens, labels = cached_scale_tokens(args.vqvae, args.data, "train", True, args.image_size)
+    tokens, labels = cached_scale_tokens(vae, args.vqvae, args.data, "train", True, args.image_size)
     if args.init:
         model = load_var_folder(args.init).float()
         model.requires_grad_(True)
