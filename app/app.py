@@ -90,7 +90,7 @@ def rule_names() -> list[str]:
 
 def option_choices(name: str) -> list[str]:
     if name == "init":
-        from vargen.samplers.jacobi import INITS
+        from vargen.samplers.proposers.jacobi import INITS
 
         return list(INITS)
     if name == "acceptance":
@@ -124,7 +124,7 @@ def sampler_defaults(sampler: str, acceptance: str | None = None) -> dict[str, A
         return {}
     out = _init_defaults(instance)
     rule = getattr(instance, "rule", None)
-    if rule is not None:
+    if rule is not None and "acceptance" in out:
         out["acceptance"] = getattr(rule, "name", out.get("acceptance"))
         if _takes_extra_keywords(instance):
             rule = acceptance_rules.get_rule(acceptance) if acceptance else rule

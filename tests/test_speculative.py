@@ -10,7 +10,7 @@ from helpers import assert_rows_match_alone, SyncCounter, chi_square_pvalue, exa
 from vargen import SamplingConfig, get_sampler
 from vargen.models.draft_head import DraftHead, DraftHeadConfig, load_draft_head
 from vargen.samplers.acceptance import ExactAcceptance
-from vargen.samplers.speculative import SpeculativeSampler
+from vargen.samplers.proposers.draft import SpeculativeSampler
 from vargen.train.draft_head import accumulate_gradients, add_cli, run_cli
 
 CASES = {

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from conftest import fixture_dir
 from helpers import assert_rows_match_alone, chi_square_pvalue, exact_distribution, tiny_gpt
 from vargen import SamplingConfig, get_sampler
+from vargen.models.base import TextCondition
 from vargen.models.llamagen import GPT, GPTConfig, load_gpt_weights
 from vargen.samplers.acceptance import ExactAcceptance, Verdict
 
@@ -150,6 +151,6 @@ def test_t2i_masked_greedy_matches_official_generate(sampler):
     model = GPT(GPTConfig.from_dict(meta["gpt_t2i"]["model_args"])).eval()
     load_gpt_weights(model, str(d / "gpt_t2i_tiny.safetensors"))
     s = get_sampler(sampler, window=5) if sampler == "sjd" else get_sampler(sampler)
-    out = s.sample(model, t["t2i.masked.caption"], SamplingConfig(temperature=0.0, cfg_scale=4.0),
-                   emb_mask=t["t2i.masked.emb_masks"])
+    cond = TextCondition(t["t2i.masked.caption"], t["t2i.masked.emb_masks"])
+    out = s.sample(model, cond, SamplingConfig(temperature=0.0, cfg_scale=4.0))
     assert torch.equal(out.tokens, t["t2i.masked.greedy_tokens"])

@@ -85,7 +85,7 @@ def run_bench(model, specs: list[str], batches: list[int], config, seed: int = 0
                 nll = sample_nll_bits(model, cond, out.tokens) if quality else float("nan")
                 runs.append((out.stats, nll))
             mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-            tvs = [sum(s.tv_bound) / len(s.tv_bound) for s, _ in runs if s.tv_bound]
+            tvs = [s.mean_tv_bound for s, _ in runs if s.tv_bound is not None]
             row = BenchRow(spec, batch,
                            forward_passes=mean([s.forward_passes for s, _ in runs]),
                            tokens_per_forward=mean([s.tokens_per_forward for s, _ in runs]),

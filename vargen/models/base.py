@@ -1,43 +1,123 @@
-"""The three model protocols samplers talk to. Samplers never touch a model's internals.
+"""The model protocols samplers talk to: everything a sampler or a draft head may touch is named here.
 
-* :class:`TokenModel`: raster or any-order next-token models (LlamaGen, transformers image LMs).
+* :class:`TokenModel`: raster or any-order next-token models (LlamaGen, transformers image LMs, video).
+  :class:`HiddenStateModel` adds what an EAGLE-style draft head needs from its target.
 * :class:`ScaleModel`: next-scale models (VAR): one forward per scale over a pre-allocated cache.
 * :class:`ContinuousModel`: continuous-token models with a diffusion head (MAR).
+
+``vargen.testing`` checks a model against these (``check_token_model`` etc.); a model written from this
+file alone samples with every sampler of its kind (``tests/test_protocols.py`` has such a toy).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+__all__ = ["TokenModel", "HiddenStateModel", "ScaleModel", "ContinuousModel", "TextCondition"]
+
+
+@dataclass
+class TextCondition:
+    """Text-encoder features with their padding mask: ``features [B, T, D]``, ``mask [B, T]`` (1 = a real
+    token, 0 = padding; LlamaGen's t2i captions are left-padded)."""
+
+    features: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.mask is not None and tuple(self.mask.shape) != tuple(self.features.shape[:2]):
+            raise ValueError(f"caption mask {tuple(self.mask.shape)} does not match the features "
+                             f"{tuple(self.features.shape)} (expected [B, T])")
+
+    @property
+    def batch(self) -> int:
+        return self.features.shape[0]
+
+    def to(self, device) -> "TextCondition":
+        return TextCondition(self.features.to(device), None if self.mask is None else self.mask.to(device))
+
+    def cat(self, other: "TextCondition") -> "TextCondition":
+        mask = None
+        if self.mask is not None or other.mask is not None:
+            ones = lambda c: torch.ones(c.features.shape[:2], dtype=torch.bool, device=c.features.device)  # noqa: E731
+            mask = torch.cat([(self.mask if self.mask is not None else ones(self)).bool(),
+                              (other.mask if other.mask is not None else ones(other)).bool()])
+        return TextCondition(torch.cat([self.features, other.features]), mask)
 
 
 @runtime_checkable
 class TokenModel(Protocol):
     """A next-token image model with a static K/V cache.
 
-    Positions are counted in image tokens: token ``t`` of a row sits at position ``t``; the model
-    keeps whatever condition prefix it needs in front of that internally.
+    Positions are counted in image tokens: token ``t`` of a row sits at position ``t``; the model keeps
+    whatever condition prefix it needs in front of that internally.
 
-    * ``new_cache(batch, max_len)`` allocates the cache once (``max_len`` image tokens).
-    * ``prefill(cond, cache)`` writes the condition and returns logits ``[B, V]`` for token 0.
-    * ``forward(tokens [B, n], start [B], cache)`` writes K/V of ``tokens`` at per-row positions
-      ``start .. start+n-1`` and returns logits ``[B, n, V]``; entry ``i`` predicts token
-      ``start + i + 1``. Stale entries beyond a row's position are masked, never read.
-    * ``rollback(cache, length [B])`` moves each row's pointer back; nothing is copied.
-    * ``grid``: ``(T, H, W)`` of the token layout (T = 1 for images).
-    * ``codebook()``: ``[V, d]`` token embeddings in the geometry the tokenizer's quantiser uses.
+    Attributes: ``vocab_size``; ``grid = (T, H, W)`` of the token layout (T = 1 for images);
+    ``num_tokens`` (= T*H*W, the tokens one sample has); ``conditional`` (False: ``cond`` is only a batch
+    size and CFG does not apply); ``device``.
+
+    Conditions (opaque to samplers):
+
+    * ``check_cond(cond) -> B`` validates a condition (``ValueError`` naming the problem, before any
+      work) and returns its batch size;
+    * ``guidance_cond(cond)`` is the ``2B``-row condition ``[cond; unconditional]`` of classifier-free
+      guidance (rows ``B + i`` are the unconditional counterpart of row ``i``).
+
+    Decoding:
+
+    * ``new_cache(batch, max_len)`` allocates the cache once for ``max_len`` image tokens per row;
+    * ``prefill(cond, cache)`` writes the condition and returns logits ``[B, V]`` for token 0;
+    * ``forward(tokens [B, n], start [B], cache, kv_len=None)`` writes K/V of ``tokens`` at per-row
+      positions ``start .. start+n-1`` and returns logits ``[B, n, V]`` (entry ``i`` predicts token
+      ``start + i + 1``). A row's position is ``start``: entries at or beyond it from earlier calls are
+      stale, masked and later overwritten, never read (this is the rollback: nothing is copied). Windows
+      may run past ``num_tokens`` (up to ``max_len``); their extra outputs are never used. ``kv_len`` is an
+      optional host-side bound on ``max(start + n)``: a model may read only that many positions.
+    * ``codebook() -> [V, d]``: token embeddings in the geometry the tokenizer's quantiser uses
+      (neighbourhood rules such as LANTERN).
+
+    Optional: ``logits(cond, tokens [B, num_tokens]) -> [B, num_tokens, V]``, teacher forcing (entry ``i``
+    predicts token ``i``), used by the reference loop and the conformance checks.
     """
 
     vocab_size: int
     grid: tuple[int, int, int]
+    num_tokens: int
+    conditional: bool
+    device: torch.device
+
+    def check_cond(self, cond: Any) -> int: ...
+
+    def guidance_cond(self, cond: Any) -> Any: ...
 
     def new_cache(self, batch: int, max_len: int | None = None) -> Any: ...
 
     def prefill(self, cond: Any, cache: Any) -> torch.Tensor: ...
 
-    def forward(self, tokens: torch.Tensor, start: torch.Tensor, cache: Any) -> torch.Tensor: ...
+    def forward(self, tokens: torch.Tensor, start: torch.Tensor, cache: Any, kv_len: int | None = None
+                ) -> torch.Tensor: ...
 
-    def rollback(self, cache: Any, length: torch.Tensor) -> None: ...
+    def codebook(self) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class HiddenStateModel(TokenModel, Protocol):
+    """A :class:`TokenModel` whose features an EAGLE-style draft head learns to predict.
+
+    * ``hidden_size``: width of the final-norm hidden states;
+    * ``forward(..., return_hidden=True) -> (logits, hidden [B, n, hidden_size])`` (and ``prefill``
+      likewise), hidden state ``i`` being the one the logits of entry ``i`` are computed from;
+    * ``embed(tokens [B, n]) -> [B, n, hidden_size]``: the input token embedding;
+    * ``head(hidden [B, n, hidden_size]) -> logits [B, n, V]``: the output projection.
+    """
+
+    hidden_size: int
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -48,30 +128,34 @@ class ScaleModel(Protocol):
     ``L = sum(pn**2)`` sequence; a token attends to its own scale and every coarser one.
 
     * ``num_classes``: labels ``0 .. num_classes-1``; ``num_classes`` itself is the null (CFG) class.
-    * ``condition(labels [B]) -> cond``: everything derived from the labels once per call
-      (class embedding, the shared AdaLN projection). CFG is a doubled batch ``[labels; null]``.
-    * ``new_cache(batch, dtype=None) -> cache``: K/V for all ``L`` positions, allocated once, in the
-      compute dtype; forwards write into it, nothing is concatenated.
+    * ``check_labels(labels) -> labels`` validates (``ValueError``) and returns them as a LongTensor.
+    * ``condition(labels [B]) -> cond``: everything derived from the labels once per call (class
+      embedding, the shared AdaLN projection). CFG is a doubled batch ``[labels; null]``.
+    * ``new_cache(batch, dtype=None, length=None) -> cache``: K/V for the first ``length`` positions
+      (default all ``L``), allocated once, in the compute dtype; forwards write into it.
     * ``forward_scales(cond, inputs, cache, first, last, logits_from=None) -> logits | None``: runs
       scales ``first .. last-1`` in one pass (block-causal mask when it spans several scales),
-      writes their K/V, and returns logits ``[B, n, V]`` for the positions from scale
-      ``logits_from`` on (``None``: no head at all, e.g. a prefill). ``inputs`` are the continuous
-      next-scale inputs ``[B, n, Cvae]`` of those scales (scale 0 is the class start token and
-      takes no input).
-    * ``quantizer``: the tokenizer's multi-scale quantiser (codebook lookup, phi refinement, f_hat
-      accumulation and next-scale inputs), shared by drafter and refiner in CoDe.
+      writes their K/V, and returns logits ``[B, n, V]`` for the positions from scale ``logits_from`` on
+      (``None``: no head at all, e.g. a prefill). ``inputs`` are the continuous next-scale inputs
+      ``[B, n, Cvae]`` of those scales (scale 0 is the class start token and takes no input).
+    * ``quantizer``: the tokenizer's multi-scale quantiser (``embedding``, ``Cvae``, ``v_patch_nums``,
+      ``full_size``, ``add_scale``, ``next_input``), shared by drafter and refiner in CoDe.
     """
 
     patch_nums: tuple[int, ...]
+    begin_ends: list[tuple[int, int]]
     num_classes: int
     vocab_size: int
+    device: torch.device
 
     @property
     def quantizer(self) -> Any: ...
 
+    def check_labels(self, labels: torch.Tensor) -> torch.Tensor: ...
+
     def condition(self, labels: torch.Tensor) -> Any: ...
 
-    def new_cache(self, batch: int, dtype: torch.dtype | None = None) -> Any: ...
+    def new_cache(self, batch: int, dtype: torch.dtype | None = None, length: int | None = None) -> Any: ...
 
     def forward_scales(self, cond: Any, inputs: torch.Tensor | None, cache: Any, first: int, last: int,
                        logits_from: int | None = None) -> torch.Tensor | None: ...
@@ -81,19 +165,22 @@ class ScaleModel(Protocol):
 class ContinuousModel(Protocol):
     """A continuous-token model with a diffusion head (MAR).
 
-    * ``seq_len`` tokens of ``token_embed_dim`` channels; class labels in ``[0, num_classes)``.
+    * ``seq_len`` tokens of ``token_embed_dim`` channels; class labels in ``[0, num_classes)``; ``device``.
+    * ``check_labels(labels)`` raises ``ValueError`` for labels outside that range.
     * ``condition(tokens [B, L, C], mask [B, L], labels [B] | None, cfg=False) -> z [B or 2B, L, D]``:
       one encoder + decoder pass; 1 in ``mask`` = still to generate; ``cfg=True`` appends null-class rows.
-    * ``diffloss.sample(z_rows, temperature, cfg, noise=, step_noise=, generator=, trace=, keep_inputs=)``:
-      the diffusion head with caller-supplied noise (or draws from the caller's generator);
-      ``diffloss.reverse_step`` and ``diffloss.path_log_prob`` expose the reverse Gaussians.
-    * ``sample_orders(batch, generator, device)`` and ``check_labels(labels)`` (raises ``ValueError``).
+    * ``sample_orders(batch, generator, device) -> [B, L]``: one random generation order per row.
+    * ``diffloss``: the diffusion head: ``num_sampling_steps``,
+      ``sample(z_rows, temperature, cfg, noise=, step_noise=, generator=, trace=, keep_inputs=)`` with
+      caller-supplied noise (or draws from the caller's generator), ``reverse_step`` and
+      ``path_log_prob`` (the reverse Gaussians continuous speculative decoding verifies with).
     """
 
     seq_len: int
     token_embed_dim: int
     num_classes: int
     diffloss: Any
+    device: torch.device
 
     def condition(self, tokens: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None,
                   cfg: bool = False) -> torch.Tensor: ...

@@ -12,6 +12,9 @@ call time, so a head file is small and always matches its target.
 
 Inference keeps a static per-row K/V cache for the one layer (``HeadCache``); positions are indexed by
 ``t`` (the position of the feature), stale entries beyond a query are masked, never read.
+
+The head talks to its target only through :class:`~vargen.models.base.HiddenStateModel`
+(``embed``, ``head``, ``hidden_size``, ``vocab_size``, ``grid``).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .llamagen import GPT, GPTConfig, TransformerBlock, build_rope_2d
+from .llamagen import GPTConfig, TransformerBlock, attention_mask, build_rope_2d
 
 __all__ = ["DraftHeadConfig", "DraftHead", "HeadCache", "load_draft_head"]
 
@@ -70,12 +73,19 @@ class DraftHead(nn.Module):
         head_dim = config.dim // config.n_head
         self.rope = build_rope_2d(config.grid_size, head_dim, config.cls_token_num, config.rope_base)
 
-    def check_target(self, target: GPT) -> None:
-        c, t = self.config, target.config
-        if (c.dim, c.vocab_size, c.grid_size, c.cls_token_num) != (t.dim, t.vocab_size, t.grid_size, t.cls_token_num):
+    def check_target(self, target) -> None:
+        """``ValueError`` unless ``target`` is a HiddenStateModel of this head's width, vocabulary and grid."""
+        c = self.config
+        for name in ("embed", "head", "hidden_size"):
+            if not hasattr(target, name):
+                raise ValueError(f"a draft head needs a target with hidden states (HiddenStateModel); "
+                                 f"{type(target).__name__} has no {name!r}")
+        mine = (c.dim, c.vocab_size, (1, c.grid_size, c.grid_size))
+        theirs = (target.hidden_size, target.vocab_size, tuple(target.grid))
+        if mine != theirs:
             raise ValueError(
-                f"draft head (dim={c.dim}, vocab={c.vocab_size}, grid={c.grid_size}) does not match the target "
-                f"(dim={t.dim}, vocab={t.vocab_size}, grid={t.grid_size})")
+                f"draft head (dim={c.dim}, vocab={c.vocab_size}, grid={c.grid_size}x{c.grid_size}) does not match the "
+                f"target (dim={theirs[0]}, vocab={theirs[1]}, grid={theirs[2][1]}x{theirs[2][2]})")
 
     def _rope(self, t: torch.Tensor) -> torch.Tensor:
         if self.rope.device != t.device:
@@ -89,12 +99,12 @@ class DraftHead(nn.Module):
         return HeadCache(torch.zeros(shape, dtype=w.dtype, device=w.device),
                          torch.zeros(shape, dtype=w.dtype, device=w.device))
 
-    def forward(self, target: GPT, features: torch.Tensor, next_tokens: torch.Tensor, t: torch.Tensor,
+    def forward(self, target, features: torch.Tensor, next_tokens: torch.Tensor, t: torch.Tensor,
                 cache: HeadCache | None = None):
         """``features [B, n, h]`` (``f_t``), ``next_tokens [B, n]`` (``x_{t+1}``) at feature positions ``t``:
         ``[n]`` (teacher forcing, causal, no cache) or ``[B, n]`` with a cache. Returns
         ``(logits [B, n, V] for x_{t+2}, predicted features [B, n, h])``."""
-        emb = target.tok_embeddings(next_tokens).to(features.dtype)
+        emb = target.embed(next_tokens).to(features.dtype)
         x = self.fc(torch.cat([features, emb], dim=-1))
         if cache is None:
             h = self.layer(x, self._rope(t)[None])
@@ -102,9 +112,9 @@ class DraftHead(nn.Module):
             B, n = next_tokens.shape
             rows = torch.arange(B, device=x.device)[:, None].expand(B, n)
             valid = torch.ones(B, cache.max_positions, dtype=torch.bool, device=x.device)
-            mask = GPT._mask(t, valid, cache.max_positions)[:, None]
+            mask = attention_mask(t, valid, cache.max_positions)[:, None]
             h = self.layer(x, self._rope(t), mask, (cache.k, cache.v), (rows, t))
-        return target.output(h).float(), h
+        return target.head(h), h
 
 
 def load_draft_head(folder: str | Path, device=None, dtype=None) -> DraftHead:

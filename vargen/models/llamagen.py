@@ -22,9 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import TokenModel  # noqa: F401  (protocol documented there)
+from .base import TextCondition
 
-__all__ = ["GPTConfig", "GPT", "KVCache", "GPT_PRESETS", "gpt_config"]
+__all__ = ["GPTConfig", "GPT", "KVCache", "GPT_PRESETS", "gpt_config", "attention_mask", "TextCondition"]
 
 
 @dataclass
@@ -253,6 +253,13 @@ class CaptionEmbedder(nn.Module):
         return self.cap_proj(caption)
 
 
+def attention_mask(positions: torch.Tensor, key_valid: torch.Tensor, L: int) -> torch.Tensor:
+    """``[B, n, L]`` bool: a query at sequence position p sees keys at <= p that are valid (or itself)."""
+    keys = torch.arange(L, device=positions.device)
+    causal = keys[None, None, :] <= positions[:, :, None]
+    return causal & (key_valid[:, None, :] | (keys[None, None, :] == positions[:, :, None]))
+
+
 # ----------------------------------------------------------------------------------------------
 # Static K/V cache
 # ----------------------------------------------------------------------------------------------
@@ -260,15 +267,15 @@ class CaptionEmbedder(nn.Module):
 
 @dataclass
 class KVCache:
-    """Static per-layer K/V buffers ``[n_layer, B, H, L, hd]`` allocated once, plus per-row state.
+    """Static per-layer K/V buffers ``[n_layer, B, H, L, hd]`` allocated once.
 
-    ``length [B]``: committed sequence positions per row (condition prefix included); moved by
-    ``GPT.rollback``. ``key_valid [B, L]``: False for padded condition positions (t2i).
+    Rows keep no pointer here: the caller's per-row ``start`` is the position (stale entries beyond it
+    are masked by causality and overwritten later). ``key_valid [B, L]``: False for padded condition
+    positions (t2i).
     """
 
     k: torch.Tensor
     v: torch.Tensor
-    length: torch.Tensor
     key_valid: torch.Tensor
 
     @property
@@ -324,6 +331,10 @@ class GPT(nn.Module):
         return True
 
     @property
+    def hidden_size(self) -> int:
+        return self.config.dim
+
+    @property
     def device(self) -> torch.device:
         return self.output.weight.device
 
@@ -349,34 +360,70 @@ class GPT(nn.Module):
         return self.rope[positions.clamp(max=self.rope.shape[0] - 1)]
 
     # -- conditions -------------------------------------------------------------------------------
-    def check_cond(self, cond: torch.Tensor) -> None:
-        """Raise ``ValueError`` for a condition this model cannot take (before any work)."""
+    def check_cond(self, cond) -> int:
+        """Validate a condition before any work (``ValueError`` naming the problem); returns its batch size.
+
+        c2i: a 1-D integer tensor of class ids ``0 .. num_classes-1`` (the null class is internal to CFG).
+        t2i: a :class:`~vargen.models.base.TextCondition` (or bare features ``[B, T, caption_dim]``).
+        """
         cfg = self.config
         if cfg.model_type == "c2i":
             if not torch.is_tensor(cond) or cond.dtype not in (torch.int64, torch.int32) or cond.dim() != 1:
-                raise ValueError("a class-conditional model takes a 1-D integer tensor of class ids")
-            if ((cond < 0) | (cond > cfg.num_classes)).any():
-                bad = cond[(cond < 0) | (cond > cfg.num_classes)].tolist()
-                raise ValueError(
-                    f"class id(s) {bad} out of range: this model has {cfg.num_classes} classes "
-                    f"(0..{cfg.num_classes - 1}; {cfg.num_classes} is the CFG null class)"
-                )
-        else:
-            if not torch.is_tensor(cond) or cond.dim() != 3 or cond.shape[-1] != cfg.caption_dim:
-                raise ValueError(f"a text-conditional model takes caption features [B, T, {cfg.caption_dim}]")
+                got = f"a {cond.dtype} tensor of shape {tuple(cond.shape)}" if torch.is_tensor(cond) else type(cond).__name__
+                raise ValueError(f"a class-conditional model takes a 1-D integer tensor of class ids, got {got}")
+            if cond.numel() == 0:
+                raise ValueError("no class ids given: the batch is empty")
+            bad = (cond < 0) | (cond >= cfg.num_classes)
+            if bad.any():
+                raise ValueError(f"class id(s) {cond[bad].tolist()} out of range: this model has {cfg.num_classes} "
+                                 f"classes (0..{cfg.num_classes - 1})")
+            return cond.shape[0]
+        cond = self._text(cond)
+        if cond.features.dim() != 3 or cond.features.shape[-1] != cfg.caption_dim:
+            raise ValueError(f"a text-conditional model takes caption features [B, T, {cfg.caption_dim}], "
+                             f"got {tuple(cond.features.shape)}")
+        if cond.features.shape[1] != cfg.cls_token_num:
+            raise ValueError(f"caption features have {cond.features.shape[1]} tokens; this model's prefix holds "
+                             f"cls_token_num={cfg.cls_token_num}")
+        if cond.batch == 0:
+            raise ValueError("no captions given: the batch is empty")
+        return cond.batch
 
-    def null_cond(self, cond: torch.Tensor) -> torch.Tensor:
-        """The unconditional counterpart of ``cond`` for CFG (null class / learned null caption)."""
+    @staticmethod
+    def _text(cond) -> TextCondition:
+        return cond if isinstance(cond, TextCondition) else TextCondition(cond)
+
+    def null_cond(self, cond):
+        """The unconditional counterpart of ``cond`` (null class / learned null caption, same mask)."""
         if self.config.model_type == "c2i":
             return torch.full_like(cond, self.config.num_classes)
-        return torch.zeros_like(cond) + self.cls_embedding.uncond_embedding.to(cond.dtype)
+        cond = self._text(cond)
+        null = torch.zeros_like(cond.features) + self.cls_embedding.uncond_embedding.to(cond.features.dtype)
+        return TextCondition(null, cond.mask)
 
-    def embed_cond(self, cond: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+    def guidance_cond(self, cond):
+        """``[cond; null]`` for classifier-free guidance (one batched forward)."""
+        if self.config.model_type == "c2i":
+            return torch.cat([cond, self.null_cond(cond)])
+        return self._text(cond).cat(self.null_cond(cond))
+
+    def embed_cond(self, cond, drop: torch.Tensor | None = None) -> torch.Tensor:
+        if self.config.model_type == "t2i":
+            cond = self._text(cond).features
         return self.cls_embedding(cond, drop)[:, : self.config.cls_token_num]
 
+    def _cond_mask(self, cond) -> torch.Tensor | None:
+        return self._text(cond).mask if self.config.model_type == "t2i" else None
+
+    # -- HiddenStateModel: what a draft head reads ----------------------------------------------------
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tok_embeddings(tokens)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.output(hidden).float()
+
     # -- teacher forcing / training -----------------------------------------------------------------
-    def logits(self, cond: torch.Tensor, tokens: torch.Tensor, emb_mask: torch.Tensor | None = None,
-               drop: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, cond, tokens: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: ``[B, block_size, V]`` where entry ``i`` predicts ``tokens[:, i]``.
 
         ``tokens`` holds ``block_size`` (or ``block_size - 1``) tokens; the last is never fed.
@@ -389,19 +436,18 @@ class GPT(nn.Module):
         S = h.shape[1]
         rope = self._rope(torch.arange(S, device=h.device))[None]
         mask = None
-        if emb_mask is not None:
-            mask = self._mask(torch.arange(S, device=h.device).expand(h.shape[0], S),
-                              self._key_valid(emb_mask, S), S)[:, None]
+        cond_mask = self._cond_mask(cond)
+        if cond_mask is not None:
+            mask = attention_mask(torch.arange(S, device=h.device).expand(h.shape[0], S),
+                                  self._key_valid(cond_mask, S), S)[:, None]
         for layer in self.layers:
             h = layer(h, rope, mask)
         return self.output(self.norm(h))[:, T - 1 :].float()
 
     def forward(self, tokens: torch.Tensor, start: torch.Tensor | None = None, cache: KVCache | None = None,
-                return_hidden: bool = False, kv_len: int | None = None):
-        """Cached decode (``TokenModel.forward``) when ``cache`` is given, else teacher forcing.
-
-        Returns logits ``[B, n, V]`` (entry ``i`` predicts token ``start+i+1``); with
-        ``return_hidden`` also the final-norm hidden states ``[B, n, dim]`` (for draft heads).
+                kv_len: int | None = None, return_hidden: bool = False):
+        """Cached decode (``TokenModel.forward``): logits ``[B, n, V]`` (entry ``i`` predicts token
+        ``start+i+1``); with ``return_hidden`` also the final-norm hidden states ``[B, n, dim]``.
         ``kv_len``: a host-side bound on ``max(start + n)``; attention then reads only that many
         positions instead of the whole static cache (a caller that knows it saves the work).
         """
@@ -424,42 +470,32 @@ class GPT(nn.Module):
         return KVCache(
             k=torch.zeros(shape, dtype=dtype, device=dev),
             v=torch.zeros(shape, dtype=dtype, device=dev),
-            length=torch.zeros(batch, dtype=torch.long, device=dev),
             key_valid=torch.ones(batch, L, dtype=torch.bool, device=dev),
         )
 
-    def prefill(self, cond: torch.Tensor, cache: KVCache, emb_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Write the condition prefix; returns logits ``[B, V]`` for image token 0.
+    def prefill(self, cond, cache: KVCache, return_hidden: bool = False):
+        """Write the condition prefix; returns logits ``[B, V]`` for image token 0 (and its hidden state).
 
-        ``emb_mask [B, T]`` (t2i, left padding): padded caption positions are hidden from every
+        A t2i :class:`TextCondition` mask (left padding) hides padded caption positions from every
         query except itself (upstream forces the mask diagonal on).
         """
         T = self.config.cls_token_num
         B = cache.batch
         cache.key_valid.fill_(True)
-        if emb_mask is not None:
-            cache.key_valid[:, :T] = emb_mask.bool()
+        cond_mask = self._cond_mask(cond)
+        if cond_mask is not None:
+            cache.key_valid[:, :T] = cond_mask.bool()
         h = self.embed_cond(cond)
         start = torch.zeros(B, dtype=torch.long, device=h.device)
-        logits = self._cached(h, start, cache)
-        cache.length.fill_(T)
-        return logits[:, -1]
+        out = self._cached(h, start, cache, return_hidden)
+        if return_hidden:
+            return out[0][:, -1], out[1][:, -1]
+        return out[:, -1]
 
-    def rollback(self, cache: KVCache, length: torch.Tensor) -> None:
-        """Set each row's committed length in image tokens (a pointer move; nothing is copied)."""
-        cache.length.copy_(length + self.config.cls_token_num)
-
-    def _key_valid(self, emb_mask: torch.Tensor, L: int) -> torch.Tensor:
-        valid = torch.ones(emb_mask.shape[0], L, dtype=torch.bool, device=emb_mask.device)
-        valid[:, : emb_mask.shape[1]] = emb_mask.bool()
+    def _key_valid(self, cond_mask: torch.Tensor, L: int) -> torch.Tensor:
+        valid = torch.ones(cond_mask.shape[0], L, dtype=torch.bool, device=cond_mask.device)
+        valid[:, : cond_mask.shape[1]] = cond_mask.bool()
         return valid
-
-    @staticmethod
-    def _mask(positions: torch.Tensor, key_valid: torch.Tensor, L: int) -> torch.Tensor:
-        """``[B, n, L]`` bool: a query at sequence position p sees keys at <= p that are valid (or itself)."""
-        keys = torch.arange(L, device=positions.device)
-        causal = keys[None, None, :] <= positions[:, :, None]
-        return causal & (key_valid[:, None, :] | (keys[None, None, :] == positions[:, :, None]))
 
     def _cached(self, h: torch.Tensor, seq_start: torch.Tensor, cache: KVCache, return_hidden: bool = False,
                 keys: int | None = None):
@@ -470,7 +506,7 @@ class GPT(nn.Module):
         rows = torch.arange(B, device=h.device)[:, None].expand(B, n)
         rope = self._rope(positions)
         L = cache.max_positions if keys is None else min(keys, cache.max_positions)
-        mask = self._mask(positions, cache.key_valid[:, :L], L)[:, None]
+        mask = attention_mask(positions, cache.key_valid[:, :L], L)[:, None]
         h = self.tok_dropout(h)
         for i, layer in enumerate(self.layers):
             h = layer(h, rope, mask, (cache.k[i], cache.v[i]), (rows, positions))

@@ -10,11 +10,11 @@ from .base import GenerationOutput, SamplingConfig, Stats
 
 # name -> ("module:Class", preset options). Modules are imported on first use.
 _REGISTRY: dict[str, tuple[str, dict]] = {
-    "ar": ("vargen.samplers.ar:ARSampler", {}),
-    "sjd": ("vargen.samplers.jacobi:JacobiSampler", {}),
-    "sd": ("vargen.samplers.speculative:SpeculativeSampler", {}),
-    "lantern": ("vargen.samplers.speculative:SpeculativeSampler", {"acceptance": "lantern"}),
-    "gsd": ("vargen.samplers.jacobi:JacobiSampler", {"acceptance": "gsd"}),
+    "ar": ("vargen.samplers.loop:ARSampler", {}),
+    "sjd": ("vargen.samplers.proposers.jacobi:JacobiSampler", {}),
+    "sd": ("vargen.samplers.proposers.draft:SpeculativeSampler", {}),
+    "lantern": ("vargen.samplers.proposers.draft:SpeculativeSampler", {"acceptance": "lantern"}),
+    "gsd": ("vargen.samplers.proposers.jacobi:JacobiSampler", {"acceptance": "gsd"}),
     "var": ("vargen.samplers.next_scale:VARSampler", {}),
     "code": ("vargen.samplers.code:CoDeSampler", {}),
     "mar": ("vargen.samplers.mar:MARSampler", {}),

@@ -3,31 +3,36 @@
 A rule sees, for every row ``b`` and draft slot ``j``, the target's final probabilities ``p [B, J, V]``
 for that slot, the distribution ``q [B, J, V]`` the draft was truthfully drawn from, the drafts
 ``d [B, J]`` and uniforms ``u [B, J]``. It returns which drafts pass and the distribution to resample
-from at a rejected slot. The sampler commits the accepted prefix (first rejection by cumulative
+from at a rejected slot. The committer keeps the accepted prefix (first rejection by cumulative
 product) and draws one token from the residual of the first rejected slot -- no host sync, no loop.
 
 ``exact`` is standard speculative sampling (Leviathan et al. 2023, Chen et al. 2023): accept with
 probability ``min(1, p(d) / q(d))``; on rejection draw from ``norm(max(0, p - q))``. The committed
 token is then distributed exactly as ``p``.
 
-Lossy rules (``lantern``, ``gsd``) accept a draft ``x`` with ``min(1, P(x) / Q(x))`` where ``P(x)`` and
-``Q(x)`` sum ``p`` and ``q`` over a set ``S(x)`` of tokens judged interchangeable with ``x`` (LANTERN's
-latent neighbourhood, GSD's dynamic group). Both report ``tv = P(x) - p(x)``: the mass of ``p`` the
-relaxation credited to ``x`` (the TV distance between ``p`` and ``p`` with ``S(x)`` collapsed onto ``x``).
-On rejection they resample from Cool-SD's TV-optimal residual (AAAI 2026; research/lantern.md §1.4)
+Lossy rules (``lantern``, ``gsd``) accept a draft ``x`` with ``f(x) = min(1, P(x) / Q(x))`` where ``P(x)``
+sums ``p`` over a set ``S(x)`` of tokens judged interchangeable with ``x`` (LANTERN's latent
+neighbourhood, GSD's dynamic group) and ``Q(x)`` is ``q(x)`` or ``q`` summed over the same set. At a
+rejected slot they resample from a residual ``R``: ``"tv_optimal"`` is Cool-SD's (AAAI 2026)
 
-    G* = norm(max(0, p - q * f)),   f(y) = min(1, P(y) / Q(y)) for every token y,
+    G* = norm(max(0, p - q f)),
 
-i.e. the residual removes exactly the mass each token's own set let through, so the committed token's
-law is ``q f + (1 - sum q f) G*`` and its TV distance to ``p`` is ``sum_y max(0, q(y) f(y) - p(y))``.
-With no relaxation ``f = min(1, p/q)`` and ``G*`` is the exact residual, bit for bit.
-``residual="token"`` uses the official (GSD / SJD) ``norm(max(0, p - q))`` instead.
+which removes exactly the mass each token's own set let through, and ``"token"`` is the official GSD /
+SJD ``norm(max(0, p - q))``. The committed token's law at a decided slot is then
+``law = q f + (1 - sum q f) R``, and each rule reports its exact distance to ``p``,
 
-Only tokens the target can emit (``p > 0``, i.e. inside top-k / top-p) ever join a set, so a zero
-relaxation (``delta=0``, ``lam=1``, ``group_size=1``) is token for token the exact rule.
+    tv = 1/2 sum_y |law(y) - p(y)|      (= sum_y max(0, q(y) f(y) - p(y)) for G*),
+
+for every slot. Summed over the slots a row decides, that is a bound on the total-variation distance
+between the sampler's image distribution and the exact one (a union bound over a token-by-token
+coupling of the two chains), reported per row in ``Stats.tv_bound``.
+
+Only tokens the target can emit join LANTERN's sets, so a zero relaxation (``delta=0``, ``lam=1``,
+``group_size=1``) is token for token the exact rule.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -43,12 +48,14 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Verdict:
-    """accept: [B, J] bool; tv: [B, J] probability mass the rule moved (0 for exact rules);
-    relaxed: [B, J] bool, drafts accepted only because of a relaxation."""
+    """accept: [B, J] bool. For lossy rules also tv: [B, J], the total-variation distance between the
+    law of the token a slot commits and ``p`` (0 for exact rules); relaxed: [B, J] bool, drafts accepted
+    only because of a relaxation; residual: [B, J, V], what to draw from at each slot if it rejects."""
 
     accept: torch.Tensor
     tv: torch.Tensor | None = None
     relaxed: torch.Tensor | None = None
+    residual: torch.Tensor | None = None
 
 
 class ExactAcceptance:
@@ -99,12 +106,18 @@ def neighbour_table(codebook: torch.Tensor, k: int, normalize: bool = True, chun
     return out
 
 
+def codebook_key(book: torch.Tensor) -> str:
+    """A content hash of a codebook: two codebooks share a neighbour table only if they are equal."""
+    data = book.detach().to("cpu", torch.float32).contiguous()
+    return hashlib.sha1(data.numpy().tobytes() + str(tuple(data.shape)).encode()).hexdigest()
+
+
 class _RelaxedRule:
-    """Shared verify / residual of set-based lossy rules; subclasses define ``_set_masses``."""
+    """Shared verify / residual / TV accounting of set-based lossy rules; subclasses define ``_set_masses``."""
 
     lossless = False
 
-    def __init__(self, residual: str = "tv_optimal"):
+    def __init__(self, residual: str):
         if residual not in RESIDUALS:
             raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
         self.residual_kind = residual
@@ -114,87 +127,118 @@ class _RelaxedRule:
 
     def _set_masses(self, p, q, tokens, ctx):
         """For ``tokens [..., M]`` (leading dims of ``p [..., V]``): (P, Q, p(x), q(x)) as float64 [..., M],
-        with ``P = p(x) + sum of p over the set's other members`` (same for ``Q``)."""
+        ``P = p(x) + p`` summed over the set's other members, ``Q`` likewise for ``q`` or just ``q(x)``."""
         raise NotImplementedError
-
-    def verify(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, u: torch.Tensor) -> Verdict:
-        P, Q, pd, qd = (t.squeeze(-1) for t in self._set_masses(p, q, drafts[..., None], self._context(p)))
-        accept = u * Q < P
-        return Verdict(accept=accept, tv=P - pd, relaxed=accept & ~(u * qd < pd))
-
-    def residual(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """Cool-SD's ``norm(max(0, p - q f))`` for ``p, q [B, V]`` (or the token residual)."""
-        if self.residual_kind == "token":
-            return residual(p, q)
-        B, V = p.shape
-        ctx = self._context(p)
-        qf = torch.empty_like(p)
-        step = max(1, _CHUNK_ELEMENTS // max(1, B * self._set_width(V)))
-        for s in range(0, V, step):  # chunks of the vocabulary, not positions or rows
-            tok = torch.arange(s, min(V, s + step), device=p.device).expand(B, -1)
-            P, Q, pd, qd = self._set_masses(p, q, tok, ctx)
-            single = P == pd  # nothing credited: f = min(1, p/q) exactly, so q f = min(q, p)
-            part = torch.where(P >= Q, qd, torch.where(single, pd, qd * P / Q.clamp_min(1e-300)))
-            qf[:, s : s + step] = part.to(p.dtype)
-        r = (p - qf).clamp_min(0)
-        mass = r.sum(-1, keepdim=True)
-        return torch.where(mass > 0, r / mass.clamp_min(1e-30), p)
 
     def _set_width(self, V: int) -> int:
         return 1
 
+    def _qf(self, p, q, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+        """``q(y) f(y)`` (float64) for every token ``y`` (``f`` the acceptance probability of ``y`` as a draft)
+        over the last dim of ``p, q [..., V]``, in chunks of the vocabulary; and per distribution whether
+        any token got credit from its set (if none did, ``f = min(1, p/q)`` everywhere: the exact rule)."""
+        V = p.shape[-1]
+        lead = p.shape[:-1]
+        qf = torch.empty(p.shape, dtype=torch.float64, device=p.device)
+        credited = torch.zeros(lead, dtype=torch.bool, device=p.device)
+        step = max(1, _CHUNK_ELEMENTS // max(1, lead.numel() * self._set_width(V)))
+        for s in range(0, V, step):  # chunks of the vocabulary, not positions or rows
+            tok = torch.arange(s, min(V, s + step), device=p.device).expand(*lead, -1)
+            P, Q, pd, qd = self._set_masses(p, q, tok, ctx)
+            single = (P == pd) & (Q == qd)  # nothing credited: f = min(1, p/q) exactly, so q f = min(q, p)
+            qf[..., s : s + step] = torch.where(P >= Q, qd, torch.where(single, pd, qd * P / Q.clamp_min(1e-300)))
+            credited |= ~single.all(-1)
+        return qf, credited
+
+    def _residual_from(self, p, q, qf) -> torch.Tensor:
+        if self.residual_kind == "token":
+            return residual(p, q)
+        r = (p - qf.to(p.dtype)).clamp_min(0)
+        mass = r.sum(-1, keepdim=True)
+        return torch.where(mass > 0, r / mass.clamp_min(1e-30), p)
+
+    def verify(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, u: torch.Tensor) -> Verdict:
+        ctx = self._context(p)
+        P, Q, pd, qd = (t.squeeze(-1) for t in self._set_masses(p, q, drafts[..., None], ctx))
+        accept = u * Q < P
+        qf, credited = self._qf(p, q, ctx)
+        res = self._residual_from(p, q, qf)
+        # the committed token's law and its distance to p (exactly p, hence 0, where nothing was credited)
+        law = qf + (1 - qf.sum(-1, keepdim=True)).clamp_min(0) * res.double()
+        tv = torch.where(credited, 0.5 * (law - p.double()).abs().sum(-1), 0.0)
+        return Verdict(accept=accept, tv=tv, relaxed=accept & ~(u * qd < pd), residual=res)
+
+    def residual(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """The residual for ``p, q [..., V]`` (the committer uses the one ``verify`` returned)."""
+        if self.residual_kind == "token":
+            return residual(p, q)
+        return self._residual_from(p, q, self._qf(p, q, self._context(p))[0])
+
 
 class LanternAcceptance(_RelaxedRule):
     """LANTERN relaxed acceptance over latent neighbourhoods (Jang et al., ICLR 2025, arXiv 2410.03355;
-    LANTERN++ arXiv 2502.06352; research/lantern.md §1.2-1.4).
+    LANTERN++ arXiv 2502.06352).
 
     The set of draft ``x`` is ``{x} + n_1..n_j``: its ``k`` nearest codebook neighbours, nearest first,
     cut at the largest prefix ``j`` whose target mass ``S_j = sum_{i<=j} p(n_i)`` stays within the bound
-    (``S_j`` is then the TV distance to ``p``, research/lantern.md §1.3):
+    (LANTERN §3: ``S_j`` is the TV distance between ``p`` and ``p`` with the set collapsed onto ``x``):
 
     delta: additive bound ``S_j <= delta`` (LANTERN).
     lam: multiplicative bound ``p(x) + S_j <= lam * p(x)`` (LANTERN++). Both given: the tighter one.
         Neither given: ``delta=0.1`` (the official default).
     k: neighbourhood size (official 1000 for LANTERN, 5-10 for LANTERN++); the table is ``[V, k]``.
-    aggregate_q: sum the drafter's ``q`` over the same set (GSD-style, default) instead of the
-        official numerator-only ratio ``P(x) / q(x)``.
+    variant: ``"official"`` (default) decides as the official code does: neighbours ranked by raw
+        Euclidean distance between codebook rows, acceptance ratio ``P(x) / q(x)`` (only the target
+        side relaxed). ``"vargen"``: neighbours in the quantiser's geometry (l2-normalised rows, as
+        LlamaGen's quantiser looks codes up) and ``q`` summed over the same set (``P(x) / Q(x)``, as GSD
+        does), which removes the numerator-only ratio's bias towards drafts the drafter rates low.
+    aggregate_q / normalize: override the variant's choice of either.
     codebook: the tokenizer's codebook ``[V, d]`` (or a callable returning it), e.g.
-        ``vq.codebook()``; default ``model.codebook()``. Rows are l2-normalised (``normalize``).
-    residual: "tv_optimal" (Cool-SD G*, default) or "token"; see the module docstring.
+        ``vq.codebook()``; default ``model.codebook()``.
+    residual: "tv_optimal" (Cool-SD's G*, default) or "token" (see the module docstring). The
+        official code instead zeroes ``q`` at the ``k + 1`` nearest neighbours of a rejected draft
+        whatever the set was, an off-by-one vargen does not copy.
 
-    Fixes relative to the official code: the neighbour table is device resident, ``[V, k]`` int32 and
-    ranked in the quantiser's geometry; the bounds are separate options; the residual removes exactly
-    the sets used (the official code zeroes ``k+1`` neighbours whatever the set).
+    The neighbour table is device resident, ``[V, k]`` int32, built once per codebook content and
+    shared by every rule instance with the same codebook, ``k`` and geometry.
     """
 
     name = "lantern"
+    VARIANTS = {"official": (False, False), "vargen": (True, True)}  # (aggregate_q, normalize)
 
-    def __init__(self, k: int = 1000, delta: float | None = None, lam: float | None = None, aggregate_q: bool = True,
-                 codebook=None, normalize: bool = True, residual: str = "tv_optimal"):
+    def __init__(self, k: int = 1000, delta: float | None = None, lam: float | None = None, variant: str = "official",
+                 aggregate_q: bool | None = None, normalize: bool | None = None, codebook=None,
+                 residual: str = "tv_optimal"):
         super().__init__(residual)
+        if variant not in self.VARIANTS:
+            raise ValueError(f"LANTERN variant must be one of {sorted(self.VARIANTS)}, got {variant!r}")
         if delta is None and lam is None:
             delta = 0.1
         if delta is not None and not 0 <= delta <= 1:
             raise ValueError(f"delta must be in [0, 1], got {delta}")
         if lam is not None and lam < 1:
             raise ValueError(f"lam must be >= 1 (1 disables the relaxation), got {lam}")
-        if not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
-        self.k, self.delta, self.lam, self.aggregate_q = k, delta, lam, aggregate_q
-        self.codebook, self.normalize = codebook, normalize
+        agg, norm = self.VARIANTS[variant]
+        self.variant = variant
+        self.k, self.delta, self.lam = k, delta, lam
+        self.aggregate_q = agg if aggregate_q is None else bool(aggregate_q)
+        self.normalize = norm if normalize is None else bool(normalize)
+        self.codebook = codebook
         self.table: torch.Tensor | None = None
         self._key = None
 
     def prepare(self, model, codebook=None) -> None:
-        """Build the ``[V, k]`` neighbour table once per codebook (cached across calls)."""
+        """Build (or fetch from the shared cache) the ``[V, k]`` neighbour table of the codebook."""
         source = codebook if codebook is not None else self.codebook
         book = _codebook_tensor(source if source is not None else model.codebook)
         if book.shape[0] != model.vocab_size:
             raise ValueError(f"codebook has {book.shape[0]} rows but the model's vocabulary is {model.vocab_size}")
-        device = getattr(model, "device", book.device)
-        key = (book.shape, float(book.sum()), float(book.abs().sum()), str(device), self.k, self.normalize)
+        device = torch.device(getattr(model, "device", book.device))
+        key = (codebook_key(book), str(device), self.k, self.normalize)
         if key != self._key:
-            self.table = neighbour_table(book.to(device), self.k, self.normalize)
+            self.table = cached_neighbour_table(book, self.k, self.normalize, device, key)
             self._key = key
 
     def _set_width(self, V: int) -> int:
@@ -213,7 +257,7 @@ class LanternAcceptance(_RelaxedRule):
             bound = bound.clamp(max=self.delta)
         if self.lam is not None:
             bound = torch.minimum(bound, (self.lam - 1) * pd)
-        # S_j is non-decreasing, so "S_j <= bound" selects a prefix of the proximity list (§1.3)
+        # S_j is non-decreasing, so "S_j <= bound" selects a prefix of the proximity list
         take = (pn.cumsum(-1) <= bound[..., None]) & (pn > 0)
         P = pd + (pn * take).sum(-1)
         Q = qd
@@ -223,38 +267,60 @@ class LanternAcceptance(_RelaxedRule):
         return P, Q, pd, qd
 
 
+_TABLES: dict = {}  # (codebook hash, device, k, normalize) -> table; a few entries at most
+
+
+def cached_neighbour_table(book: torch.Tensor, k: int, normalize: bool, device, key) -> torch.Tensor:
+    """``neighbour_table`` memoised on the codebook's content (rule instances and samplers come and go)."""
+    table = _TABLES.get(key)
+    if table is None:
+        if len(_TABLES) >= 8:
+            _TABLES.pop(next(iter(_TABLES)))
+        table = _TABLES[key] = neighbour_table(book.to(device), k, normalize)
+    return table
+
+
 class GroupedAcceptance(_RelaxedRule):
-    """GSD grouped acceptance (So et al., ICCV 2025, arXiv 2508.07747; research/sjd_gsd.md §2).
+    """GSD grouped acceptance (So et al., ICCV 2025, arXiv 2508.07747).
 
-    The group of draft ``x`` is built from the target's current distribution: the tokens ranked next to
-    ``x`` when ``p`` is sorted (``group_size`` ranks including ``x``; ``group_size // 2`` above, the rest
-    below, as the official -7/+6), kept only if ``|p(g) - p(x)| < prob_gap`` and, when ``max_dist`` is
-    set, the squared distance of l2-normalised codebook rows is ``< max_dist``. The ratio is
-    ``sum_G p / sum_G q``.
+    The group of draft ``x`` is built from the target's current distribution: the tokens whose rank is
+    next to ``x``'s when ``p`` is sorted, kept only if ``|p(g) - p(x)| < prob_gap`` and, when
+    ``max_dist`` is set, the squared distance of the (l2-normalised) codebook rows is ``< max_dist``.
+    The ratio is ``sum_G p / sum_G q``; ``x`` always belongs to its group.
 
-    Edge cases the official code gets wrong are defined here: near the top (or bottom) of the ranking
-    the window is truncated (the official empty slice gives 0/0 and silently rejects); tokens outside
-    the target's support never join; ``x`` always belongs to its group. One stable sort per verify
-    call ranks every slot at once (the official code re-sorts the vocabulary per draft in a loop).
+    variant: ``"official"`` (default) decides as the official code does: ``p`` sorted *ascending*,
+        the group is ranks ``[r - G/2, r + G - G/2)`` around ``x``'s rank ``r`` (so ``G/2`` less likely
+        tokens and ``G - G/2 - 1`` more likely ones), tokens outside the target's support (``p = 0``
+        under top-k) join when the gap allows and add their ``q`` to ``Q``, and when ``r < G/2`` the
+        slice is empty and the test falls back to the plain token ratio ``p(x) / q(x)``.
+        ``"vargen"``: ``p`` sorted descending with ranks ``[r - G/2, r + G - G/2)`` (``G/2`` *more*
+        likely tokens), windows truncated at the ends instead of emptied, and only tokens the target
+        can emit join.
+    group_size: G (official 14; G = 1 is the exact rule). prob_gap: official 0.15.
+    max_dist: off unless given (the official 0.5 was on the LM's input embeddings, not a codebook).
+    residual: "token" (official, default) or "tv_optimal" (see the module docstring).
 
-    group_size=1 is the exact rule. Defaults are the official 14 / 0.15; the distance filter is off
-    unless ``max_dist`` is given (the official 0.5 was on LM input embeddings, not the codebook).
+    One stable sort per verify call ranks every slot at once (the official code re-sorts the
+    vocabulary per draft in a Python loop).
     """
 
     name = "gsd"
+    VARIANTS = ("official", "vargen")
 
-    def __init__(self, group_size: int = 14, prob_gap: float = 0.15, max_dist: float | None = None, codebook=None,
-                 normalize: bool = True, residual: str = "tv_optimal"):
+    def __init__(self, group_size: int = 14, prob_gap: float = 0.15, max_dist: float | None = None,
+                 variant: str = "official", codebook=None, normalize: bool = True, residual: str = "token"):
         super().__init__(residual)
-        if not isinstance(group_size, int) or group_size < 1:
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
             raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
         if prob_gap < 0:
             raise ValueError(f"prob_gap must be >= 0, got {prob_gap}")
-        self.group_size, self.prob_gap, self.max_dist = group_size, prob_gap, max_dist
+        if variant not in self.VARIANTS:
+            raise ValueError(f"GSD variant must be one of {self.VARIANTS}, got {variant!r}")
+        self.group_size, self.prob_gap, self.max_dist, self.variant = group_size, prob_gap, max_dist, variant
         self.codebook, self.normalize = codebook, normalize
         self.book: torch.Tensor | None = None
-        above = group_size // 2
-        self.offsets = torch.arange(-above, group_size - above)
+        below = group_size // 2
+        self.offsets = torch.arange(-below, group_size - below)
 
     def prepare(self, model, codebook=None) -> None:
         if self.max_dist is None:
@@ -270,7 +336,7 @@ class GroupedAcceptance(_RelaxedRule):
         return self.group_size
 
     def _context(self, p):
-        order = torch.sort(p, dim=-1, descending=True, stable=True).indices
+        order = torch.sort(p, dim=-1, descending=self.variant == "vargen", stable=True).indices
         ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(p.shape[-1], device=p.device).expand_as(order))
         return order, ranks
 
@@ -279,13 +345,18 @@ class GroupedAcceptance(_RelaxedRule):
         V = p.shape[-1]
         lead = tokens.shape
         off = self.offsets.to(p.device)
-        r = ranks.gather(-1, tokens)[..., None] + off  # [..., M, G]
+        rank = ranks.gather(-1, tokens)
+        r = rank[..., None] + off  # [..., M, G]
         valid = (r >= 0) & (r < V)
         cand = order.gather(-1, r.clamp(0, V - 1).flatten(-2))  # [..., M*G]
         pc = p.gather(-1, cand).view(*lead, -1).double()
         pd = p.gather(-1, tokens).double()
         qd = q.gather(-1, tokens).double()
-        keep = valid & (pc > 0) & ((pc - pd[..., None]).abs() < self.prob_gap) & (off != 0)
+        keep = valid & ((pc - pd[..., None]).abs() < self.prob_gap) & (off != 0)
+        if self.variant == "vargen":
+            keep &= pc > 0
+        else:  # the official slice [r - G/2 : ...] is empty when it would start below rank 0
+            keep &= (rank >= self.group_size // 2)[..., None]
         if self.max_dist is not None:
             if self.book is None:
                 raise RuntimeError("GroupedAcceptance.prepare(model) must run before verify when max_dist is set")

@@ -203,7 +203,9 @@ class Stats:
     token_step: [B, L], the index of the forward pass that committed each token (acceptance map).
     relaxed: [B, L] bool, tokens accepted by a relaxed rule that the exact rule would have rejected
         in that draw (LANTERN / GSD), when the rule reports it.
-    tv_bound: per step, the total-variation mass a lossy rule moved (mean over rows).
+    tv_bound: [B] float64, per row the sum over the slots a lossy rule decided of the total-variation
+        distance between the law of the token the slot committed and the exact ``p``: a bound on the
+        TV distance between the sampler's image distribution and the exact one (None for exact rules).
     seconds / peak_memory_bytes: wall time and peak accelerator memory of the sampling call.
     extra: sampler-specific counters (acceptance rates, passes per model, ...).
     """
@@ -214,7 +216,7 @@ class Stats:
     accepted: list[torch.Tensor] = field(default_factory=list)
     token_step: torch.Tensor | None = None
     relaxed: torch.Tensor | None = None
-    tv_bound: list[float] = field(default_factory=list)
+    tv_bound: torch.Tensor | None = None
     seconds: float = 0.0
     peak_memory_bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -235,6 +237,11 @@ class Stats:
         active = acc > 0
         return float(acc[active].mean()) if active.any() else 0.0
 
+    @property
+    def mean_tv_bound(self) -> float:
+        """Mean over rows of the per-row TV bound (independent of the batch size); NaN for exact rules."""
+        return float(self.tv_bound.double().mean()) if self.tv_bound is not None else float("nan")
+
     def summary(self) -> dict[str, Any]:
         out = {
             "forward_passes": self.forward_passes,
@@ -245,8 +252,8 @@ class Stats:
             "seconds": round(self.seconds, 4),
             "peak_memory_bytes": int(self.peak_memory_bytes),
         }
-        if self.tv_bound:
-            out["mean_tv_bound"] = sum(self.tv_bound) / len(self.tv_bound)
+        if self.tv_bound is not None:
+            out["mean_tv_bound"] = self.mean_tv_bound
         for k, v in self.extra.items():
             out[k] = v if isinstance(v, (int, float, str, bool)) else str(v)
         return out

@@ -2,8 +2,8 @@
 
 A :class:`TokenSession` wraps a :class:`~vargen.models.base.TokenModel` for one sampling call:
 
-* CFG is one batched forward of ``[cond; uncond]`` rows that always carry the same tokens
-  (the caller passes ``[B, n]`` tokens; the session feeds them to both halves);
+* CFG is one batched forward of ``[cond; uncond]`` rows (``model.guidance_cond``) that always carry the
+  same tokens (the caller passes ``[B, n]`` tokens; the session feeds them to both halves);
 * the cache is allocated once for ``num_tokens + extra`` positions, so fixed-shape windows that run
   past the end of the grid need no special case (their outputs are simply never used);
 * ``probs(logits, first_token)`` applies the logits chain once: CFG (with LlamaGen's interval),
@@ -16,45 +16,49 @@ import torch
 from .base import SamplingConfig, cfg_mix, logits_to_probs
 
 
+def resolve_config(model, config: SamplingConfig | None) -> SamplingConfig:
+    """Family defaults filled in and validated against the model (before any work)."""
+    config = (config or SamplingConfig()).with_defaults(getattr(model, "default_sampling", SamplingConfig()))
+    config.validate(vocab_size=model.vocab_size, conditional=model.conditional)
+    return config
+
+
 class TokenSession:
-    def __init__(self, model, cond, config: SamplingConfig, extra_positions: int = 0, emb_mask=None):
+    def __init__(self, model, cond, config: SamplingConfig, extra_positions: int = 0, hidden: bool = False):
         self.model = model
         self.config = config
         self.num_tokens = model.num_tokens
         self.use_cfg = config.uses_cfg
-        check = getattr(model, "check_cond", None)
-        if check is not None:
-            check(cond)
-        self.batch = cond.shape[0]
-        if self.use_cfg:
-            cond = torch.cat([cond, model.null_cond(cond)])
-            if emb_mask is not None:
-                emb_mask = torch.cat([emb_mask, emb_mask])
-        self.cond = cond
-        self.emb_mask = emb_mask
-        self.cache = model.new_cache(cond.shape[0], self.num_tokens + extra_positions)
+        self.batch = model.check_cond(cond)
+        self.cond = model.guidance_cond(cond) if self.use_cfg else cond
+        self.rows = 2 * self.batch if self.use_cfg else self.batch
+        self.hidden = hidden  # also return the target's hidden states (draft heads)
+        self.cache = model.new_cache(self.rows, self.num_tokens + extra_positions)
         self.forward_passes = 0
 
     @property
     def device(self) -> torch.device:
-        return self.cond.device
+        return torch.device(self.model.device)
 
-    def prefill(self) -> torch.Tensor:
-        """Logits ``[B(*2), V]`` for token 0."""
+    def prefill(self):
+        """``(logits [rows, V] for token 0, hidden [rows, h] or None)``."""
         self.forward_passes += 1
-        if self.emb_mask is not None:
-            return self.model.prefill(self.cond, self.cache, emb_mask=self.emb_mask)
-        return self.model.prefill(self.cond, self.cache)
+        if self.hidden:
+            return self.model.prefill(self.cond, self.cache, return_hidden=True)
+        return self.model.prefill(self.cond, self.cache), None
 
-    def forward(self, tokens: torch.Tensor, start: torch.Tensor, **kw):
-        """Feed ``tokens [B, n]`` at per-row token positions ``start [B]`` (both CFG halves)."""
+    def forward(self, tokens: torch.Tensor, start: torch.Tensor, kv_len: int | None = None):
+        """Feed ``tokens [B, n]`` at per-row token positions ``start [B]`` (both CFG halves):
+        ``(logits [rows, n, V], hidden [rows, n, h] or None)``."""
         self.forward_passes += 1
         if self.use_cfg:
             tokens, start = torch.cat([tokens, tokens]), torch.cat([start, start])
-        return self.model(tokens, start, self.cache, **kw)
+        if self.hidden:
+            return self.model(tokens, start, self.cache, kv_len=kv_len, return_hidden=True)
+        return self.model(tokens, start, self.cache, kv_len=kv_len), None
 
     def probs(self, logits: torch.Tensor, first_token: torch.Tensor | int) -> torch.Tensor:
-        """Final probabilities ``[B, n, V]`` for logits ``[B(*2), n, V]`` predicting tokens
+        """Final probabilities ``[B, n, V]`` for logits ``[rows, n, V]`` predicting tokens
         ``first_token .. first_token+n-1`` (``first_token`` per row ``[B]`` or an int)."""
         c = self.config
         if self.use_cfg:

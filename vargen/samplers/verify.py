@@ -1,16 +1,17 @@
-"""The target side of token-level speculative decoding, shared by every proposer.
+"""The target side of token-level speculative decoding (vLLM's rejection sampler), shared by every proposer.
 
-:class:`Committer` owns the per-row token buffer and the bookkeeping. ``commit`` verifies a window of
-drafts with an acceptance rule (all rows and slots at once), commits each row's accepted prefix plus
-one token -- drawn from the rule's residual at the first rejected slot, or from ``p`` after a fully
-accepted window (the bonus token) -- and records which forward pass committed each token. No Python
-loop over rows or positions, no host sync.
+:class:`Committer` owns the per-row token buffer and the bookkeeping. ``commit`` verifies a proposal with
+an acceptance rule (all rows and slots at once), commits each row's accepted prefix plus one token --
+drawn from the rule's residual at the first rejected slot, or from ``p`` after a fully accepted window
+(the bonus token) -- and records which forward pass committed each token. No Python loop over rows or
+positions, no host sync.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from .acceptance import Verdict
 from .base import Stats, sample_from_probs
 
 
@@ -22,24 +23,43 @@ class Committer:
         self.seq = torch.zeros(batch, buffer_len, dtype=torch.long, device=device)  # committed, then drafts
         self.token_step = torch.zeros(batch, buffer_len, dtype=torch.long, device=device)
         self.relaxed = torch.zeros(batch, buffer_len, dtype=torch.bool, device=device)
-        self.tv: list[torch.Tensor] = []
+        self.tv = torch.zeros(batch, dtype=torch.float64, device=device)  # per-row sum over decided slots
+        self.decided = torch.zeros(batch, dtype=torch.long, device=device)
+        self.proposed = torch.zeros(batch, dtype=torch.long, device=device)  # drafts inside the grid
+        self.accepted = torch.zeros(batch, dtype=torch.long, device=device)
 
-    def commit(self, p, q, drafts, u_acc, u_res, n, step: int):
-        """Verify ``drafts [B, J]`` (drawn from ``q [B, J, V]``) for tokens ``n .. n+J-1`` against the
-        target's ``p [B, J+1, V]`` for tokens ``n .. n+J``.
+    def commit(self, p, proposal, u_acc, u_res, n, step: int):
+        """Verify ``proposal`` (drafts ``[B, J]`` for tokens ``n .. n+J-1``, drawn from ``q [B, J, V]``)
+        against the target's ``p [B, J+1, V]`` for tokens ``n .. n+J``.
 
-        Returns ``(k, a)``: tokens committed and drafts accepted per row (``k = a + 1`` unless the
-        grid ended). ``self.seq`` then holds the committed tokens at ``n .. n+k-1``.
+        Returns ``(k, a)``: tokens committed and drafts accepted per row (``k = a + 1`` unless the grid
+        ended). ``self.seq`` then holds the committed tokens at ``n .. n+k-1``.
         """
+        drafts, q = proposal.tokens, proposal.q
         J = drafts.shape[1]
         slots = torch.arange(J + 1, device=p.device)
-        verdict = self.rule.verify(p[:, :J], q, drafts, u_acc)
-        in_grid = (n[:, None] + slots[:J]) < self.N
-        ok = verdict.accept & in_grid
+        live = (n[:, None] + slots[:J]) < self.N
+        if proposal.valid is not None:
+            live = live & proposal.valid
+            q = q * proposal.valid[..., None]  # an invalid slot resamples from residual(p, 0) = p
+        if J == 0:  # nothing proposed (plain AR step): the token is drawn from p
+            verdict = Verdict(accept=live)
+        else:
+            verdict = self.rule.verify(p[:, :J], q, drafts, u_acc)
+        ok = verdict.accept & live
         a = ok.long().cumprod(dim=1).sum(dim=1)
-        q_pad = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)  # after a full window: residual(p, 0) = p
-        extra = sample_from_probs(self.rule.residual(p[self.rows, a], q_pad[self.rows, a]), u_res)
+        if J == 0:
+            extra_p = p[:, 0]
+        elif verdict.residual is not None:  # the rule computed every slot's residual (lossy rules)
+            res = torch.where(live[..., None], verdict.residual, p[:, :J])
+            extra_p = torch.cat([res, p[:, J:]], dim=1)[self.rows, a]
+        else:
+            q_pad = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)  # after a full window: residual(p, 0) = p
+            extra_p = self.rule.residual(p[self.rows, a], q_pad[self.rows, a])
+        extra = sample_from_probs(extra_p, u_res)
         k = a + ((n + a) < self.N).long()
+        self.proposed += live.sum(1)
+        self.accepted += a
         values = torch.where(slots == a[:, None], extra[:, None], F.pad(drafts, (0, 1)))
         pos = n[:, None] + slots
         commit = slots[None] < k[:, None]
@@ -47,9 +67,10 @@ class Committer:
         self._write(self.token_step, pos, torch.full_like(values, step), commit)
         if verdict.relaxed is not None:
             self._write(self.relaxed, pos, F.pad(verdict.relaxed, (0, 1)), slots[None] < a[:, None])
-        if verdict.tv is not None:  # mass moved by a lossy rule on the slots it decided
-            decided = F.pad(ok, (1, 0), value=True)[:, :-1] & in_grid
-            self.tv.append((verdict.tv * decided).sum(1).mean())
+        if verdict.tv is not None:  # the slots this step decided: the accepted ones and the first rejection
+            decided = (slots[None, :J] <= a[:, None]) & live
+            self.tv += (verdict.tv * decided).sum(1)
+            self.decided += decided.sum(1)
         return k, a
 
     @staticmethod
@@ -62,6 +83,10 @@ class Committer:
     def fill_stats(self, stats: Stats) -> None:
         stats.tokens = torch.full((self.seq.shape[0],), self.N)
         stats.token_step = self.token_step[:, : self.N].cpu()
+        proposed = int(self.proposed.sum())
+        if proposed:
+            stats.extra["draft_acceptance_rate"] = int(self.accepted.sum()) / proposed
         if not getattr(self.rule, "lossless", True):
             stats.relaxed = self.relaxed[:, : self.N].cpu()
-            stats.tv_bound = [float(t) for t in self.tv]
+            stats.tv_bound = self.tv.cpu()
+            stats.extra["relaxed_slots"] = int(self.decided.sum())

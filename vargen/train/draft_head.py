@@ -70,7 +70,7 @@ def load_target(name: str, device: str = "cpu"):
 @torch.no_grad()
 def self_samples(model, defaults, n: int, generator: torch.Generator, batch: int = 256):
     """``n`` sequences sampled by the target (plain AR, its defaults), with uniformly drawn labels."""
-    from ..samplers.ar import ARSampler
+    from ..samplers.loop import ARSampler
 
     labels = torch.randint(0, model.config.num_classes, (n,), generator=generator)
     out = []

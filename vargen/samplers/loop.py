@@ -1,0 +1,212 @@
+"""The one token loop: any proposer times any acceptance rule.
+
+The split follows vLLM's speculative decoding: a *proposer* guesses the next tokens (:class:`Proposal`),
+the target model *scores* them in one forward over its static cache (:class:`~.session.TokenSession`),
+and a *rejection sampler* (:class:`~.verify.Committer` with an acceptance rule) keeps a prefix and draws
+one more token. Each step, per row with ``n`` committed tokens:
+
+    proposal = proposer.propose(ctx, n)                    # drafts d_0..d_{J-1} for tokens n..n+J-1, with q
+    p = target([x_{n-1}, d_0..d_{J-1}])                    # final probabilities for tokens n..n+J
+    k = commit(p, proposal)                                # accepted prefix + one residual/bonus token
+    proposer.observe(ctx, Feedback(p, hidden, n, k, ...))  # e.g. Jacobi keeps p's samples as next drafts
+    n += k
+
+Plain AR is the empty proposal (``J = 0``: one token per forward). Rows advance independently (per-row
+``n`` into a static cache, nothing copied), verification has no host sync, and the loop syncs once per
+step (its stopping test). With the ``exact`` rule every proposer gives exactly the target's distribution
+(speculative sampling, Leviathan et al. 2023; Chen et al. 2023), tested by enumeration.
+
+Writing a proposer: implement ``start`` / ``propose`` / ``observe`` (and ``lookahead``, the most drafts
+a proposal holds); see README.md "How to write a proposer". The loop calls a shallow copy of the
+proposer per ``sample`` call, so per-call state can live on ``self``.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from .acceptance import get_rule
+from .base import GenerationOutput, RowRandom, SamplingConfig, Stats, StepTimer, sample_from_probs
+from .session import TokenSession, resolve_config
+from .verify import Committer
+
+__all__ = ["Proposal", "Feedback", "DecodeContext", "Proposer", "NoProposer", "TokenSampler", "ARSampler"]
+
+
+@dataclass
+class Proposal:
+    """Drafts for tokens ``n .. n+J-1`` of each row.
+
+    tokens: ``[B, J]``. q: ``[B, J, V]``, the distribution each draft was truthfully drawn from (a
+    deterministic draft has a one-hot q). valid: optional ``[B, J]`` bool; an invalid slot is never
+    accepted and its token is drawn from the target's ``p`` (nothing else after it is accepted).
+    """
+
+    tokens: torch.Tensor
+    q: torch.Tensor
+    valid: torch.Tensor | None = None
+
+    @classmethod
+    def empty(cls, batch: int, vocab: int, device) -> "Proposal":
+        return cls(torch.zeros(batch, 0, dtype=torch.long, device=device), torch.zeros(batch, 0, vocab, device=device))
+
+    @property
+    def length(self) -> int:
+        return self.tokens.shape[1]
+
+
+@dataclass
+class Feedback:
+    """What one target forward said about a proposal.
+
+    p: ``[B, J+1, V]`` final probabilities for tokens ``n .. n+J``; hidden: the target's hidden states of
+    the fed tokens ``[x_{n-1}, d_0 .. d_{J-1}]`` (``[rows, J+1, h]``, CFG rows included; None unless the
+    proposer ``wants_hidden``); start: ``n`` before the step ``[B]``; committed: ``k [B]``; accepted: drafts
+    accepted ``a [B]``; proposal: what was verified.
+    """
+
+    p: torch.Tensor
+    hidden: torch.Tensor | None
+    start: torch.Tensor
+    committed: torch.Tensor
+    accepted: torch.Tensor
+    proposal: Proposal
+
+
+@dataclass
+class DecodeContext:
+    """One sampling call as proposers see it.
+
+    cond: the condition the call was given (a drafter model builds its own session from it).
+    seq: ``[B, L]`` committed tokens (positions ``< n`` of each row; beyond that, scratch space a proposer
+    may write drafts into). rng: every random number comes from here (per-row streams when the caller
+    passes one generator per row). session: the target (``session.probs`` is the logits chain, so a
+    drafter's q is guided and warped exactly like the target's p).
+    """
+
+    model: Any
+    cond: Any
+    session: TokenSession
+    config: SamplingConfig
+    rng: RowRandom
+    seq: torch.Tensor
+    batch: int
+    num_tokens: int
+    vocab_size: int
+    grid: tuple[int, int, int]
+    device: torch.device
+    step: int = 0
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    """Guesses the next tokens of every row. ``lookahead``: the most drafts one proposal holds (the
+    target's cache gets that much headroom); ``wants_hidden``: pass the target's hidden states to
+    ``start`` / ``observe``; ``draft_passes``: forward calls of a drafter model, for ``Stats``."""
+
+    name: str
+    lookahead: int
+    wants_hidden: bool
+    draft_passes: int
+
+    def check(self, model) -> None: ...
+
+    def start(self, ctx: DecodeContext, p0: torch.Tensor, hidden0: torch.Tensor | None) -> None: ...
+
+    def propose(self, ctx: DecodeContext, n: torch.Tensor) -> Proposal: ...
+
+    def observe(self, ctx: DecodeContext, feedback: Feedback) -> None: ...
+
+    def extra_stats(self) -> dict: ...
+
+
+class NoProposer:
+    """The empty proposal: plain autoregressive decoding, one token per forward."""
+
+    name = "none"
+    lookahead = 0
+    wants_hidden = False
+    draft_passes = 0
+
+    def check(self, model) -> None:
+        return None
+
+    def start(self, ctx, p0, hidden0) -> None:
+        return None
+
+    def propose(self, ctx, n) -> Proposal:
+        return Proposal.empty(ctx.batch, ctx.vocab_size, ctx.device)
+
+    def observe(self, ctx, feedback) -> None:
+        return None
+
+    def extra_stats(self) -> dict:
+        return {}
+
+
+class TokenSampler:
+    """``proposer`` x acceptance rule, run by the one loop. ``sample(model, cond, config, generator)``.
+
+    acceptance: "exact" (lossless), "lantern", "gsd" or a rule instance, with the rule's options.
+    """
+
+    name = "token"
+
+    def __init__(self, proposer: Proposer | None = None, acceptance="exact", **rule_options):
+        self.proposer = proposer if proposer is not None else NoProposer()
+        self.rule = get_rule(acceptance, **rule_options)
+
+    @torch.no_grad()
+    def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:
+        config = resolve_config(model, config)
+        proposer = copy.copy(self.proposer)
+        proposer.check(model)
+        self.rule.prepare(model)
+        J = proposer.lookahead
+        session = TokenSession(model, cond, config, extra_positions=J + 1, hidden=proposer.wants_hidden)
+        B, N, V, dev = session.batch, session.num_tokens, model.vocab_size, session.device
+        rng = RowRandom(generator, B, dev)
+        committer = Committer(self.rule, B, N, N + 2 * J + 4, dev)
+        ctx = DecodeContext(model, cond, session, config, rng, committer.seq, B, N, V, tuple(model.grid), dev)
+        stats = Stats()
+        with StepTimer(dev) as timer:
+            logits, hidden = session.prefill()
+            p0 = session.probs(logits[:, None], 0)
+            committer.seq[:, 0] = sample_from_probs(p0[:, 0], rng.rand(1)[:, 0])
+            stats.accepted.append(torch.ones(B, dtype=torch.long, device=dev))
+            n = torch.ones(B, dtype=torch.long, device=dev)
+            proposer.start(ctx, p0, hidden)
+            ctx.step = 1
+            while True:
+                lo, hi = torch.stack([n.min(), n.max()]).tolist()  # the one host sync per step
+                if lo >= N:
+                    break
+                proposal = proposer.propose(ctx, n)
+                j = proposal.length
+                u_acc, u_res = rng.rand(j + 1).split([j, 1], dim=1)
+                inputs = torch.cat([committer.seq.gather(1, (n - 1)[:, None]), proposal.tokens], dim=1)
+                logits, hidden = session.forward(inputs, n - 1, kv_len=hi + j)
+                p = session.probs(logits, n)  # [B, j+1, V] for tokens n .. n+j
+                k, a = committer.commit(p, proposal, u_acc, u_res[:, 0], n, ctx.step)
+                proposer.observe(ctx, Feedback(p, hidden, n, k, a, proposal))
+                stats.accepted.append(k)
+                n = n + k
+                ctx.step += 1
+        stats.forward_passes = session.forward_passes
+        stats.draft_forward_passes = proposer.draft_passes
+        committer.fill_stats(stats)
+        stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
+        stats.extra.update(proposer=proposer.name, acceptance=self.rule.name, **proposer.extra_stats())
+        return GenerationOutput(tokens=committer.tokens(), stats=stats)
+
+
+class ARSampler(TokenSampler):
+    """One token per forward pass, raster order: the loop with the empty proposal."""
+
+    name = "ar"
+
+    def __init__(self):
+        super().__init__(NoProposer())

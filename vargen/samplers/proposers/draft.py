@@ -1,0 +1,190 @@
+"""Draft-based proposers (Leviathan et al. 2023; Chen et al. 2023; EAGLE, Li et al. 2024).
+
+Each step a drafter proposes a chain of ``gamma`` tokens ``d_1..d_gamma``, each drawn from its own
+(guided, warped) distribution ``q``; the loop verifies them in one target forward.
+
+* :class:`DraftModelProposer`: any :class:`~vargen.models.base.TokenModel` with the target's vocabulary
+  and grid (e.g. a smaller LlamaGen GPT); it gets its own cache and the same CFG batching and logits
+  chain.
+* :class:`DraftHeadProposer`: EAGLE's one-layer feature predictor on the target's final-norm hidden
+  states (:class:`~vargen.models.draft_head.DraftHead`, or a folder written by ``vargen train
+  draft-head``); with CFG it runs on the cond and uncond halves, fed each half's own features, and its
+  logits are guided with the same scale (as LANTERN's drafter does).
+
+Cache bookkeeping, per row with ``n`` committed tokens: the target cache holds tokens ``< n-1`` (the last
+committed token is fed first in the next window). The draft model re-feeds the two last committed
+tokens ``[x_{n-2}, x_{n-1}]`` each step -- at most one of them is new to its cache and re-writing an
+identical entry is a no-op, so the chain needs no per-row ragged input. The head re-feeds the last
+``gamma + 1`` (feature, token) pairs for the same reason. The first step proposes nothing (one plain
+target step: the head needs the target's feature of token 0), so drafting starts at ``n = 2``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..base import sample_from_probs
+from ..loop import Proposal, TokenSampler
+from ..session import TokenSession
+
+__all__ = ["DraftModelProposer", "DraftHeadProposer", "SpeculativeSampler"]
+
+
+def _check_gamma(gamma) -> int:
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+        raise ValueError(f"gamma must be an integer >= 1, got {gamma!r}")
+    return gamma
+
+
+class _ChainProposer:
+    """A chain of ``gamma`` drafts, each drawn from the drafter's guided q; subclasses give the logits."""
+
+    wants_hidden = False
+
+    def __init__(self, gamma: int):
+        self.gamma = _check_gamma(gamma)
+        self.lookahead = gamma
+        self.draft_passes = 0
+        self.ready = False
+
+    def extra_stats(self) -> dict:
+        return {"gamma": self.gamma, "drafter": self.name}
+
+    def propose(self, ctx, n) -> Proposal:
+        if not self.ready:  # first step: a plain target step
+            return Proposal.empty(ctx.batch, ctx.vocab_size, ctx.device)
+        u = ctx.rng.rand(self.gamma)
+        logits = self._catch_up(ctx.seq, n)
+        drafts, qs = [], []
+        for i in range(self.gamma):
+            q_i = ctx.session.probs(logits[:, None], n + i)[:, 0]
+            drafts.append(sample_from_probs(q_i, u[:, i]))
+            qs.append(q_i)
+            if i + 1 < self.gamma:
+                logits = self._step(drafts[-1], n + i)
+        return Proposal(torch.stack(drafts, 1), torch.stack(qs, 1))
+
+
+class DraftModelProposer(_ChainProposer):
+    """A smaller TokenModel as drafter (its own cache, same CFG and logits chain)."""
+
+    name = "model"
+
+    def __init__(self, draft, gamma: int = 4):
+        super().__init__(gamma)
+        self.draft = draft
+
+    def check(self, model) -> None:
+        d = self.draft
+        if d.vocab_size != model.vocab_size or tuple(d.grid) != tuple(model.grid):
+            raise ValueError(f"draft model (vocab {d.vocab_size}, grid {tuple(d.grid)}) does not match the "
+                             f"target (vocab {model.vocab_size}, grid {tuple(model.grid)})")
+
+    def start(self, ctx, p0, hidden0) -> None:
+        self.ready = False
+        self.session = TokenSession(self.draft, ctx.cond, ctx.config, extra_positions=self.gamma + 2)
+        self.session.prefill()  # the condition prefix; its prediction of token 0 is not used
+        self.draft_passes = 1
+
+    def observe(self, ctx, fb) -> None:
+        self.ready = True
+
+    def _catch_up(self, seq, n) -> torch.Tensor:
+        """Logits ``[rows, V]`` for token ``n`` after feeding ``x_{n-2}, x_{n-1}`` (n >= 2)."""
+        pos = (n - 2)[:, None] + torch.arange(2, device=n.device)
+        self.draft_passes += 1
+        return self.session.forward(seq.gather(1, pos), n - 2)[0][:, -1]
+
+    def _step(self, token, position) -> torch.Tensor:
+        """Feed draft ``token [B]`` at ``position [B]``; logits for the next token."""
+        self.draft_passes += 1
+        return self.session.forward(token[:, None], position)[0][:, 0]
+
+
+class DraftHeadProposer(_ChainProposer):
+    """An EAGLE draft head on the target's features (the target must be a HiddenStateModel)."""
+
+    name = "head"
+    wants_hidden = True
+
+    def __init__(self, head, gamma: int = 4):
+        super().__init__(gamma)
+        self.head = head
+
+    def check(self, model) -> None:
+        self.head.check_target(model)
+
+    def start(self, ctx, p0, hidden0) -> None:
+        self.ready = False
+        self.target, self.use_cfg = ctx.model, ctx.session.use_cfg
+        self.head.to(device=hidden0.device, dtype=hidden0.dtype).eval()
+        rows = ctx.session.rows
+        length = ctx.num_tokens + 2 * self.gamma + 4
+        self.cache = self.head.new_cache(rows, length)
+        self.features = torch.zeros(rows, length, hidden0.shape[-1], dtype=hidden0.dtype, device=hidden0.device)
+        self.last = None  # predicted feature of the newest chain position
+
+    def _rows(self, x):
+        return torch.cat([x, x]) if self.use_cfg else x
+
+    def observe(self, ctx, fb) -> None:
+        """Store the target's features of the fed tokens ``x_{n-1}, d_0, ...`` at positions ``n-1, n, ...``."""
+        hidden = fb.hidden
+        pos = self._rows(fb.start - 1)[:, None] + torch.arange(hidden.shape[1], device=hidden.device)
+        self.features.scatter_(1, pos[..., None].expand(-1, -1, hidden.shape[-1]), hidden.to(self.features.dtype))
+        self.ready = True
+
+    def _run(self, feats, tokens, t):
+        self.draft_passes += 1
+        return self.head(self.target, feats, self._rows(tokens), self._rows(t), self.cache)
+
+    def _catch_up(self, seq, n) -> torch.Tensor:
+        """Re-feed pairs ``(f_t, x_{t+1})`` for ``t`` up to ``n-2`` (true features); logits for token ``n``."""
+        start = (n - 2 - self.gamma).clamp(min=0)
+        t = start[:, None] + torch.arange(self.gamma + 1, device=n.device)
+        feats = self.features.gather(1, self._rows(t)[..., None].expand(-1, -1, self.features.shape[-1]))
+        logits, h = self._run(feats, seq.gather(1, t + 1), t)
+        idx = self._rows(n - 2 - start)
+        rows = torch.arange(idx.shape[0], device=n.device)
+        self.last = h[rows, idx][:, None]
+        return logits[rows, idx]
+
+    def _step(self, token, position) -> torch.Tensor:
+        """Pair ``(f_hat_{position-1}, token at position)``: logits for token ``position + 1``."""
+        logits, self.last = self._run(self.last, token[:, None], (position - 1)[:, None])
+        return logits[:, 0]
+
+
+def draft_proposer(draft, gamma: int = 4):
+    """The proposer for ``draft``: a DraftHead (or a head folder) or a draft TokenModel."""
+    from ...models.draft_head import DraftHead, load_draft_head
+
+    if draft is None:
+        raise ValueError("speculative decoding needs draft=<draft TokenModel | DraftHead | draft head folder>")
+    if isinstance(draft, (str, Path)):
+        draft = load_draft_head(draft)
+    if isinstance(draft, DraftHead):
+        return DraftHeadProposer(draft, gamma)
+    return DraftModelProposer(draft, gamma)
+
+
+class SpeculativeSampler(TokenSampler):
+    """Draft-model / draft-head speculative decoding times any acceptance rule.
+
+    draft: a TokenModel (draft model), a ``DraftHead``, or a head folder.
+    gamma: chain length (drafts per step, >= 1).
+    acceptance: "exact" (lossless), "lantern", "gsd" or a rule instance, with the rule's options
+        (``delta=``, ``lam=``, ``k=``, ``group_size=``, ``codebook=``, ...).
+    """
+
+    name = "sd"
+
+    def __init__(self, draft=None, gamma: int = 4, acceptance="exact", **rule_options):
+        _check_gamma(gamma)
+        super().__init__(draft_proposer(draft, gamma), acceptance, **rule_options)
+
+    @property
+    def draft(self):
+        p = self.proposer
+        return p.head if isinstance(p, DraftHeadProposer) else p.draft

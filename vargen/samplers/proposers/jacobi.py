@@ -1,0 +1,154 @@
+"""The Jacobi proposer of Speculative Jacobi Decoding (Teng et al., ICLR 2025, arXiv 2410.01699).
+
+Each forward pass feeds a window ``[x_{n-1}, d_n, ..., d_{n+W-2}]`` (the last committed token and
+``W-1`` drafts) and yields the target's probabilities ``p`` for tokens ``n .. n+W-1``. After the loop
+commits ``k`` tokens, the pass's own samples for the uncommitted tokens become the next drafts (the
+Jacobi update, with ``q = p``: the distribution they were truthfully drawn from) and ``k - 1`` fresh
+drafts are appended at the tail, so the window slides by ``k``.
+
+Fixes relative to the official code: ``q`` of a random draft is the uniform distribution it was drawn
+from, not a one-hot; spatial initialisation uses the model's real grid, vertical included, and "sample"
+really samples; rows advance independently; every random number comes from the caller's generator.
+
+``coupled=True`` is MC-SJD / speculative coupled decoding (arXiv 2510.24211): a re-drafted position
+keeps its previous draft with probability ``min(1, q_t(x)/q_{t-1}(x))``, else draws from
+``norm(max(0, q_t - q_{t-1}))`` (a maximal coupling). The new draft's marginal is still ``q_t``, so the
+sampler stays lossless, and drafts stop churning.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..acceptance import residual
+from ..base import sample_from_probs
+from ..loop import Proposal, TokenSampler
+
+__all__ = ["JacobiProposer", "JacobiSampler", "INITS"]
+
+INITS = ("random", "horizontal", "vertical", "horizontal_sample", "vertical_sample")
+
+
+class JacobiProposer:
+    """Previous-iteration drafts with a fresh-draft init.
+
+    window: W, tokens fed per forward (the last committed token + W-1 drafts); 1 is plain AR.
+    init: how fresh tail drafts are made -- "random" (uniform, q uniform), "horizontal"/"vertical"
+        (repeat the left / upper neighbour, q one-hot), "horizontal_sample"/"vertical_sample" (draw
+        from the neighbour's predicted distribution truncated to its ``sample_top`` most likely tokens).
+    coupled: MC-SJD maximal coupling of re-drafted positions with their previous drafts.
+    """
+
+    name = "jacobi"
+    wants_hidden = False
+    draft_passes = 0
+
+    def __init__(self, window: int = 16, init: str = "random", coupled: bool = False, sample_top: int = 32):
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
+        if isinstance(sample_top, bool) or not isinstance(sample_top, int) or sample_top < 1:
+            raise ValueError(f"sample_top must be an integer >= 1, got {sample_top!r}")
+        if not isinstance(coupled, bool):
+            raise ValueError(f"coupled must be True or False, got {coupled!r}")
+        self.window, self.init, self.coupled, self.sample_top = window, init, coupled, sample_top
+        self.lookahead = window - 1
+
+    def check(self, model) -> None:
+        return None
+
+    def extra_stats(self) -> dict:
+        return {"window": self.window, "init": self.init, "coupled": self.coupled}
+
+    # -- fresh drafts ---------------------------------------------------------------------------------
+    def _fresh(self, ctx, first_fresh, positions, u):
+        """Tokens and truthful q for fresh drafts at ``positions [B, J]``; ``ctx.seq`` holds committed
+        tokens and carried drafts at every position < ``first_fresh``."""
+        seq, V = ctx.seq, ctx.vocab_size
+        B, J = positions.shape
+        _, gh, gw = ctx.grid
+        rand_tok = (u * V).long().clamp_(max=V - 1)
+        uniform = torch.full((B, J, V), 1.0 / V, device=seq.device)
+        if self.init == "random" or J == 0:
+            return rand_tok, uniform
+        if self.init.startswith("horizontal"):
+            src = torch.minimum(positions - 1, first_fresh[:, None] - 1)
+            ok = (src >= 0) & (src // gw == positions // gw)
+        else:  # vertical: the cell above, in the same frame
+            src = positions - gw
+            ok = (positions % (gh * gw) >= gw) & (src < first_fresh[:, None])
+        src = src.clamp(min=0)
+        if not self.init.endswith("_sample"):
+            tok = torch.where(ok, seq.gather(1, src), rand_tok)
+            q = torch.where(ok[..., None], F.one_hot(tok, V).to(uniform.dtype), uniform)
+            return tok, q
+        nb_idx, nb_p = self.nb
+        idx = nb_idx.gather(1, src[..., None].expand(-1, -1, nb_idx.shape[-1]))
+        pk = nb_p.gather(1, src[..., None].expand(-1, -1, nb_p.shape[-1]))
+        pk = pk / pk.sum(-1, keepdim=True)
+        pick = idx.gather(-1, sample_from_probs(pk, u)[..., None]).squeeze(-1)
+        tok = torch.where(ok, pick, rand_tok)
+        q_nb = torch.zeros(B, J, V, device=seq.device).scatter_(-1, idx, pk)
+        return tok, torch.where(ok[..., None], q_nb, uniform)
+
+    def _remember(self, p, first):
+        """Neighbour distributions for the ``*_sample`` inits: the top ``sample_top`` of each position's p."""
+        if self.nb is None:
+            return
+        K = self.nb[0].shape[-1]
+        top = p.topk(K, dim=-1)
+        pos = (first[:, None] + torch.arange(p.shape[1], device=p.device))[..., None].expand(-1, -1, K)
+        self.nb[0].scatter_(1, pos, top.indices)
+        self.nb[1].scatter_(1, pos, top.values)
+
+    # -- the proposer protocol --------------------------------------------------------------------------
+    def start(self, ctx, p0, hidden0) -> None:
+        B, L, dev = ctx.batch, ctx.seq.shape[1], ctx.device
+        K = min(self.sample_top, ctx.vocab_size)
+        self.nb = None
+        if self.init.endswith("_sample"):
+            self.nb = (torch.zeros(B, L, K, dtype=torch.long, device=dev), torch.zeros(B, L, K, device=dev))
+        self._remember(p0, torch.zeros(B, dtype=torch.long, device=dev))
+        self.slots = torch.arange(self.window, device=dev)
+        n = torch.ones(B, dtype=torch.long, device=dev)
+        self.drafts, self.q = self._fresh(ctx, n, n[:, None] + self.slots[: self.lookahead], ctx.rng.rand(self.lookahead))
+
+    def propose(self, ctx, n) -> Proposal:
+        return Proposal(self.drafts, self.q)
+
+    def observe(self, ctx, fb) -> None:
+        W, slots, p, n, k = self.window, self.slots, fb.p, fb.start, fb.committed
+        u_y, u_keep, u_init = ctx.rng.rand(3 * W - 1).split([W, W, W - 1], dim=1)
+        self._remember(p, n)
+        # Jacobi update: this pass's predictions for tokens n..n+W-1 become candidate drafts
+        y = sample_from_probs(p, u_y)
+        if self.coupled:  # MC-SJD: keep the previous draft when the maximal coupling allows it
+            q_pad = torch.cat([self.q, torch.zeros_like(p[:, :1])], dim=1)  # token n+W-1 had no draft
+            old = F.pad(self.drafts, (0, 1))
+            p_old = p.gather(-1, old[..., None]).squeeze(-1).double()
+            q_old = q_pad.gather(-1, old[..., None]).squeeze(-1).double()
+            keep = (u_keep * q_old < p_old) & (slots[None] < W - 1)
+            moved = sample_from_probs(residual(p, q_pad), u_y)
+            y = torch.where(keep, old, moved)
+        # carried drafts sit at positions n+k..n+W-1; write them so fresh inits can see them
+        seq = ctx.seq
+        pos = n[:, None] + slots
+        seq.scatter_(1, pos, torch.where(slots[None] >= k[:, None], y, seq.gather(1, pos)))
+        first_fresh = n + W
+        f_tok, f_q = self._fresh(ctx, first_fresh, first_fresh[:, None] + slots[: W - 1], u_init)
+        # next window: drafts for tokens n+k .. n+k+W-2 out of [carried (W) ; fresh (W-1)]
+        pick = k[:, None] + slots[: W - 1]
+        self.drafts = torch.cat([y, f_tok], dim=1).gather(1, pick)
+        self.q = torch.cat([p, f_q], dim=1).gather(1, pick[..., None].expand(-1, -1, p.shape[-1]))
+
+
+class JacobiSampler(TokenSampler):
+    """SJD: ``JacobiProposer(window, init, coupled, sample_top)`` x an acceptance rule (``exact`` is
+    lossless; ``gsd`` / ``lantern`` with their options are the relaxed variants)."""
+
+    name = "sjd"
+
+    def __init__(self, window: int = 16, init: str = "random", coupled: bool = False, acceptance="exact",
+                 sample_top: int = 32, **rule_options):
+        super().__init__(JacobiProposer(window, init, coupled, sample_top), acceptance, **rule_options)
