@@ -6,7 +6,7 @@ import torch
 
 from helpers import SyncCounter, tiny_gpt
 from vargen import SamplingConfig, get_sampler
-from vargen.samplers.acceptance import (ExactAcceptance, GroupedAcceptance, LanternAcceptance, get_rule,
+from vargen.samplers.acceptance import (ExactAcceptance, GroupedAcceptance, LanternAcceptance, Verdict, get_rule,
                                         neighbour_table, residual)
 from vargen.samplers.proposers.draft import SpeculativeSampler
 
@@ -208,3 +208,182 @@ def test_sjd_with_relaxed_rules_syncs_once_per_step(acceptance, monkeypatch):
     steps = len(out.stats.accepted)
     # one loop condition per step, plus the setup (condition check, prepare's cache key) and the stats
     assert counter.count <= steps + 8
+
+
+# ---------------------------------------------------------------------------------------------------
+# The rules decide as the official code does (transcribed from its per-candidate Python loops), and
+# vargen's variants are named options
+# ---------------------------------------------------------------------------------------------------
+
+
+def official_lantern_accepts(p, q, x, u, book, k, delta=None, lam=None):
+    """LANTERN's static-tree test for one candidate: neighbours by raw Euclidean distance (self excluded),
+    the largest prefix whose cumulative p stays within the bound, accept iff u <= (p(x) + S) / q(x)."""
+    d = torch.cdist(book[x][None], book)[0]
+    d[x] = float("inf")
+    nearest = torch.sort(d, stable=True).indices[:k]
+    cum = torch.cumsum(p[nearest].double(), 0)
+    bound = (lam - 1) * float(p[x]) if lam is not None else delta
+    inside = (cum <= bound).nonzero()
+    px = float(p[x]) + (float(cum[inside[-1, 0]]) if inside.numel() else 0.0)
+    return u <= px / float(q[x])
+
+
+def official_gsd_accepts(p, q, x, u, G, gap):
+    """GSD's test for one draft: ascending sort, the slice [r - G//2 : r + G - G//2] (Python slicing: a
+    negative start leaves it empty for any realistic vocabulary), keep |p(g) - p(x)| < gap; an empty
+    slice raises inside the official try-block, which falls back to the token ratio."""
+    order = torch.sort(p, stable=True).indices
+    r = int((order == x).nonzero()[0, 0])
+    group = order[r - G // 2 : r + G - G // 2] if r - G // 2 >= 0 else order[:0]
+    if group.numel() == 0:
+        return u < float(p[x]) / float(q[x])
+    keep = (p[group] - p[x]).abs() < gap
+    return u < float(p[group][keep].sum()) / float(q[group][keep].sum())
+
+
+def test_lantern_default_makes_the_official_decisions():
+    V, k = 24, 6
+    g = torch.Generator().manual_seed(11)
+    book = torch.randn(V, 4, generator=g) * torch.rand(V, 1, generator=g) * 3  # rows of different norms
+    p, q, d, u = _dists(8, 6, V, seed=12)
+    for opts in (dict(delta=0.2), dict(lam=4.0), dict(delta=0.05)):
+        rule = LanternAcceptance(k=k, **opts)
+        rule.prepare(FakeModel(V, book))
+        got = rule.verify(p, q, d, u).accept
+        want = torch.tensor([[official_lantern_accepts(p[b, j], q[b, j], int(d[b, j]), float(u[b, j]), book, k, **opts)
+                              for j in range(6)] for b in range(8)])
+        assert torch.equal(got, want), opts
+        mine = LanternAcceptance(k=k, variant="vargen", **opts)
+        mine.prepare(FakeModel(V, book))
+        assert mine.aggregate_q and mine.normalize and not rule.aggregate_q and not rule.normalize
+    assert not torch.equal(mine.verify(p, q, d, u).accept, got)  # the named variant really differs
+
+
+def test_gsd_default_makes_the_official_decisions():
+    V, G = 64, 14
+    p, q, d, u = _dists(8, 6, V, seed=13)  # p has zeros (a top-k cut) that drafts can land on
+    rule = GroupedAcceptance(group_size=G, prob_gap=0.15)
+    got = rule.verify(p, q, d, u).accept
+    want = torch.tensor([[official_gsd_accepts(p[b, j], q[b, j], int(d[b, j]), float(u[b, j]), G, 0.15)
+                          for j in range(6)] for b in range(8)])
+    assert torch.equal(got, want)
+
+
+def _one(p, q):
+    return torch.tensor([[p]]), torch.tensor([[q]])
+
+
+def test_gsd_official_window_holds_less_likely_tokens():
+    """G=2, draft 2: the official ascending window pairs it with token 3 (p=.1) and rejects at u=.55;
+    vargen's variant pairs it with token 1 (p=.25) and accepts."""
+    p, q = _one([.3, .25, .2, .1, .06, .05, .03, .01], [.05, .05, .6, .05, .05, .1, .05, .05])
+    d, u = torch.tensor([[2]]), torch.tensor([[0.55]], dtype=torch.float64)
+    assert not GroupedAcceptance(group_size=2).verify(p, q, d, u).accept.item()
+    assert GroupedAcceptance(group_size=2, variant="vargen").verify(p, q, d, u).accept.item()
+    assert official_gsd_accepts(p[0, 0], q[0, 0], 2, 0.55, 2, 0.15) is False
+
+
+def test_gsd_official_empty_slice_falls_back_to_the_token_ratio():
+    """The least likely draft (rank 0 < G/2): the official slice is empty, so the plain ratio p/q decides
+    (0.01 / 0.05 = 0.2); vargen's truncated window would credit its neighbours."""
+    p, q = _one([.3, .25, .2, .1, .06, .05, .03, .01], [.05, .05, .6, .05, .05, .1, .05, .05])
+    d = torch.tensor([[7]])
+    for u, accept in ((0.19, True), (0.21, False)):
+        uu = torch.tensor([[u]], dtype=torch.float64)
+        assert GroupedAcceptance(group_size=4).verify(p, q, d, uu).accept.item() is accept
+    assert GroupedAcceptance(group_size=4, variant="vargen").verify(p, q, d, torch.tensor([[0.21]], dtype=torch.float64)).accept.item()
+
+
+def test_gsd_official_counts_zero_probability_members_in_q():
+    """Under top-k, tokens with p = 0 pass the gap test when p(x) < gap and add their q to Q(G) (official);
+    vargen's variant keeps them out."""
+    p, q = _one([.6, .3, .1, 0.0, 0.0, 0.0], [.05, .05, .3, .1, .25, .25])
+    d, u = torch.tensor([[2]]), torch.tensor([[0.2]], dtype=torch.float64)
+    rule = GroupedAcceptance(group_size=4)  # ascending ranks 1..4 around token 2: tokens 4, 5, 2, 1
+    P, Q, _, _ = rule._set_masses(p, q, d[..., None], rule._context(p))
+    assert float(P) == pytest.approx(0.1) and float(Q) == pytest.approx(0.3 + 0.25 + 0.25)
+    assert not rule.verify(p, q, d, u).accept.item()  # 0.1 / 0.8 < 0.2
+    assert GroupedAcceptance(group_size=4, variant="vargen").verify(p, q, d, u).accept.item()  # 0.1 / 0.3
+
+
+def test_neighbour_tables_are_keyed_on_the_codebook_content():
+    """Two codebooks with the same sum (the old key) get their own tables."""
+    V = 10
+    a = torch.randn(V, 3, generator=torch.Generator().manual_seed(1))
+    b = a[torch.randperm(V, generator=torch.Generator().manual_seed(2))].clone()
+    b[0, 0] += 1.0
+    b[1, 0] -= 1.0  # same sum and abs-sum shape as before, different content
+    ra, rb = LanternAcceptance(k=3), LanternAcceptance(k=3)
+    ra.prepare(FakeModel(V, a))
+    rb.prepare(FakeModel(V, b))
+    assert torch.equal(ra.table, neighbour_table(a, 3, normalize=False))
+    assert torch.equal(rb.table, neighbour_table(b, 3, normalize=False))
+    assert not torch.equal(ra.table, rb.table)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reported TV bound bounds the real distance (enumerated), and the old per-draft figure did not
+# ---------------------------------------------------------------------------------------------------
+
+
+class DraftCreditOnly(LanternAcceptance):
+    """vargen's old figure: P(x) - p(x) at the drawn draft (its expectation is sum q (P - p))."""
+
+    def verify(self, p, q, drafts, u):
+        v = super().verify(p, q, drafts, u)
+        P, _, pd, _ = (t.squeeze(-1) for t in self._set_masses(p, q, drafts[..., None], None))
+        return Verdict(v.accept, tv=P - pd, relaxed=v.relaxed, residual=v.residual)
+
+
+def _sequence_tv(tokens, model, config):
+    from helpers import exact_distribution
+
+    exact = exact_distribution(model, 1, config)  # itertools.product order = base-V numbering
+    law = torch.tensor(list(exact.values()), dtype=torch.float64)
+    V, N = model.vocab_size, tokens.shape[1]
+    idx = (tokens * V ** torch.arange(N - 1, -1, -1)).sum(1)
+    counts = torch.bincount(idx, minlength=V**N).double() / tokens.shape[0]
+    return 0.5 * float((counts - law).abs().sum())
+
+
+TV_RULES = [("lantern", dict(delta=0.3, k=3)), ("lantern", dict(delta=0.3, k=3, variant="vargen")),
+            ("lantern", dict(lam=20.0, k=3)), ("gsd", dict(group_size=4, prob_gap=0.3))]
+
+
+@pytest.fixture(scope="module")
+def tv_setup():
+    model = tiny_gpt(vocab=4, grid=2, seed=5, sharpness=3.0)  # 256 sequences
+    flat = tiny_gpt(vocab=4, grid=2, seed=9, sharpness=0.2, n_layer=1)  # a drafter far from the target
+    config = SamplingConfig(temperature=1.0)
+    M = 20000
+    exact = get_sampler("sd", draft=flat, gamma=3).sample(model, torch.full((M,), 1), config,
+                                                           generator=torch.Generator().manual_seed(0))
+    slack = 0.01 + 2 * _sequence_tv(exact.tokens, model, config)  # the empirical TV's own noise floor, doubled
+    return model, flat, config, M, slack
+
+
+@pytest.mark.parametrize("proposer", ["sjd", "sd"])
+@pytest.mark.parametrize("name,options", TV_RULES)
+def test_reported_tv_bound_bounds_the_sequence_tv(tv_setup, proposer, name, options):
+    model, flat, config, M, slack = tv_setup
+    extra = dict(window=4) if proposer == "sjd" else dict(draft=flat, gamma=3)
+    out = get_sampler(proposer, acceptance=name, **options, **extra).sample(
+        model, torch.full((M,), 1), config, generator=torch.Generator().manual_seed(1))
+    tv = _sequence_tv(out.tokens, model, config)
+    assert tv > slack, "the rule must move the distribution, or the check is vacuous"
+    assert tv <= out.stats.mean_tv_bound + slack, (tv, out.stats.mean_tv_bound)
+    assert out.stats.tv_bound.shape == (M,)
+
+
+def test_tv_bound_check_has_power_and_is_batch_independent(tv_setup):
+    model, flat, config, M, slack = tv_setup
+    old = get_sampler("sd", draft=flat, gamma=3, acceptance=DraftCreditOnly(delta=0.3, k=1)).sample(
+        model, torch.full((M,), 1), config, generator=torch.Generator().manual_seed(1))
+    assert _sequence_tv(old.tokens, model, config) > old.stats.mean_tv_bound + slack  # the old figure fails
+    small = get_sampler("sd", draft=flat, gamma=3, acceptance="lantern", delta=0.3, k=1).sample(
+        model, torch.full((64,), 1), config, generator=[torch.Generator().manual_seed(s) for s in range(64)])
+    alone = [get_sampler("sd", draft=flat, gamma=3, acceptance="lantern", delta=0.3, k=1).sample(
+        model, torch.full((1,), 1), config, generator=[torch.Generator().manual_seed(s)]).stats.tv_bound
+        for s in range(4)]
+    assert torch.allclose(small.stats.tv_bound[:4], torch.cat(alone))  # per row, whatever the batch

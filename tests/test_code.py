@@ -117,7 +117,7 @@ def test_code_rejects_bad_input(fx):
             CoDeSampler(draft_steps=n, refiner=fx.refiner).sample(fx.var, [1], cfg, g)
     with pytest.raises(ValueError, match="needs a refiner"):
         CoDeSampler(draft_steps=1).sample(fx.var, [1], cfg, g)
-    with pytest.raises(ValueError, match="class label"):
+    with pytest.raises(ValueError, match="class id"):
         CoDeSampler(draft_steps=1, refiner=fx.refiner).sample(fx.var, [fx.var.num_classes + 1], cfg, g)
     base = fx.refiner.config.__dict__
     other_scales = VAR(VARConfig(**{**base, "patch_nums": tuple(fx.var.patch_nums[:-1])}), init=False)

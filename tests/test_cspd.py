@@ -203,10 +203,10 @@ def test_bad_input_is_rejected_before_any_work(pair):
     wide = tiny_mar(1, vae_embed_dim=8)
     with pytest.raises(ValueError, match="token layouts differ"):
         get_sampler("cspd", draft=wide, num_iter=4).sample(target, LABELS)
-    with pytest.raises(ValueError, match="class labels"):
+    with pytest.raises(ValueError, match="class id"):
         get_sampler("cspd", draft=draft, num_iter=4).sample(target, torch.tensor([0, target.num_classes]))
     small = tiny_mar(2, class_num=3)
-    with pytest.raises(ValueError, match="class labels"):
+    with pytest.raises(ValueError, match="class id"):
         get_sampler("cspd", draft=small, num_iter=4).sample(target, LABELS)
     with pytest.raises(ValueError, match="temperature > 0"):
         get_sampler("cspd", draft=draft, num_iter=4).sample(target, LABELS, SamplingConfig(temperature=0.0))

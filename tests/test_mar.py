@@ -164,7 +164,7 @@ def test_condition_with_cfg(fx):
 def test_condition_rejects_bad_input(fx):
     m, t = fx["model"], fx["t"]
     tokens, mask = t["inputs/tokens"], t["inputs/mask"].clone()
-    with pytest.raises(ValueError, match="class labels"):
+    with pytest.raises(ValueError, match="class id"):
         m.condition(tokens, mask, torch.tensor([0, m.num_classes]))
     mask[0, mask[0].argmin()] = 1.0  # one more masked position in row 0
     with pytest.raises(ValueError, match="same number of masked"):
@@ -304,9 +304,9 @@ def test_sampler_is_seeded_and_rejects_bad_input(fx):
             get_sampler("mar", num_iter=bad)
     with pytest.raises(ValueError, match="num_iter"):
         MARSampler(num_iter=m.seq_len + 1).sample(m, labels)
-    with pytest.raises(ValueError, match="class labels"):
+    with pytest.raises(ValueError, match="class id"):
         s.sample(m, torch.tensor([0, m.num_classes]))
-    with pytest.raises(ValueError, match="class labels"):
+    with pytest.raises(ValueError, match="class id"):
         s.sample(m, torch.tensor([-1]))
     with pytest.raises(ValueError, match="conditional"):
         s.sample(m, 2, SamplingConfig(cfg_scale=3.0))

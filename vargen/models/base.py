@@ -15,7 +15,27 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["TokenModel", "HiddenStateModel", "ScaleModel", "ContinuousModel", "TextCondition"]
+__all__ = ["TokenModel", "HiddenStateModel", "ScaleModel", "ContinuousModel", "TextCondition", "class_ids"]
+
+
+def class_ids(labels, num_classes: int, device=None, allow_null: bool = False) -> torch.Tensor:
+    """Class ids as a 1-D LongTensor, checked: integers (a tensor or a list; no floats or bools) in
+    ``0 .. num_classes-1`` (``allow_null`` also admits ``num_classes``, the CFG null class, for internal use)."""
+    if isinstance(labels, (list, tuple)):
+        if not all(isinstance(c, int) and not isinstance(c, bool) for c in labels):
+            raise ValueError(f"class ids must be integers, got {list(labels)!r}")
+        labels = torch.tensor(labels, dtype=torch.long)
+    if not torch.is_tensor(labels) or labels.dtype not in (torch.int32, torch.int64) or labels.dim() != 1:
+        got = f"a {labels.dtype} tensor of shape {tuple(labels.shape)}" if torch.is_tensor(labels) else type(labels).__name__
+        raise ValueError(f"class ids must be a 1-D integer tensor (or a list of ints), got {got}")
+    if labels.numel() == 0:
+        raise ValueError("no class ids given: the batch is empty")
+    hi = num_classes if allow_null else num_classes - 1
+    bad = (labels < 0) | (labels > hi)
+    if bool(bad.any()):
+        raise ValueError(f"class id(s) {labels[bad].tolist()} out of range: this model has {num_classes} classes "
+                         f"(0..{num_classes - 1})")
+    return labels.to(device=device, dtype=torch.long) if device is not None else labels.long()
 
 
 @dataclass
@@ -128,6 +148,7 @@ class ScaleModel(Protocol):
     ``L = sum(pn**2)`` sequence; a token attends to its own scale and every coarser one.
 
     * ``num_classes``: labels ``0 .. num_classes-1``; ``num_classes`` itself is the null (CFG) class.
+      ``Cvae``: channels of the continuous next-scale inputs.
     * ``check_labels(labels) -> labels`` validates (``ValueError``) and returns them as a LongTensor.
     * ``condition(labels [B]) -> cond``: everything derived from the labels once per call (class
       embedding, the shared AdaLN projection). CFG is a doubled batch ``[labels; null]``.
@@ -138,7 +159,7 @@ class ScaleModel(Protocol):
       writes their K/V, and returns logits ``[B, n, V]`` for the positions from scale ``logits_from`` on
       (``None``: no head at all, e.g. a prefill). ``inputs`` are the continuous next-scale inputs
       ``[B, n, Cvae]`` of those scales (scale 0 is the class start token and takes no input).
-    * ``quantizer``: the tokenizer's multi-scale quantiser (``embedding``, ``Cvae``, ``v_patch_nums``,
+    * ``quantizer``: the tokenizer's multi-scale quantiser (``ValueError`` when none is attached) (``embedding``, ``Cvae``, ``v_patch_nums``,
       ``full_size``, ``add_scale``, ``next_input``), shared by drafter and refiner in CoDe.
     """
 
@@ -146,6 +167,7 @@ class ScaleModel(Protocol):
     begin_ends: list[tuple[int, int]]
     num_classes: int
     vocab_size: int
+    Cvae: int
     device: torch.device
 
     @property

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import TextCondition
+from .base import TextCondition, class_ids
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "GPT_PRESETS", "gpt_config", "attention_mask", "TextCondition"]
 
@@ -368,16 +368,9 @@ class GPT(nn.Module):
         """
         cfg = self.config
         if cfg.model_type == "c2i":
-            if not torch.is_tensor(cond) or cond.dtype not in (torch.int64, torch.int32) or cond.dim() != 1:
-                got = f"a {cond.dtype} tensor of shape {tuple(cond.shape)}" if torch.is_tensor(cond) else type(cond).__name__
-                raise ValueError(f"a class-conditional model takes a 1-D integer tensor of class ids, got {got}")
-            if cond.numel() == 0:
-                raise ValueError("no class ids given: the batch is empty")
-            bad = (cond < 0) | (cond >= cfg.num_classes)
-            if bad.any():
-                raise ValueError(f"class id(s) {cond[bad].tolist()} out of range: this model has {cfg.num_classes} "
-                                 f"classes (0..{cfg.num_classes - 1})")
-            return cond.shape[0]
+            if not torch.is_tensor(cond):
+                raise ValueError(f"a class-conditional model takes a 1-D integer tensor of class ids, got {type(cond).__name__}")
+            return class_ids(cond, cfg.num_classes).shape[0]
         cond = self._text(cond)
         if cond.features.dim() != 3 or cond.features.shape[-1] != cfg.caption_dim:
             raise ValueError(f"a text-conditional model takes caption features [B, T, {cfg.caption_dim}], "

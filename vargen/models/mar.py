@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .base import class_ids
 from .checkpoint import load_strict, read_state_dict
 
 # ----------------------------------------------------------------------------------------------
@@ -610,11 +611,13 @@ class MAR(nn.Module):
         self.check_labels(labels)
         return self.class_emb(labels)
 
-    def check_labels(self, labels: torch.Tensor) -> None:
-        if labels.dtype not in (torch.int32, torch.int64) or labels.dim() != 1:
-            raise ValueError(f"labels must be a 1-D integer tensor, got {labels.dtype} of shape {tuple(labels.shape)}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(f"class labels must be in [0, {self.num_classes}), got {labels.tolist()}")
+    @property
+    def device(self) -> torch.device:
+        return self.class_emb.weight.device
+
+    def check_labels(self, labels) -> torch.Tensor:
+        """Class ids ``0 .. num_classes-1`` as a LongTensor (``ValueError`` otherwise)."""
+        return class_ids(labels, self.num_classes, self.device)
 
     def forward_mae_encoder(self, x: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
         x = self.z_proj(x)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .base import class_ids
 from .checkpoint import load_strict as _load_strict
 
 __all__ = ["VARConfig", "VAR", "VAR_PRESETS", "ScaleKVCache", "load_state_dict_file", "load_strict"]
@@ -348,19 +349,17 @@ class VAR(nn.Module):
 
     # -- the ScaleModel interface ---------------------------------------------------------------------
 
-    def check_labels(self, labels: torch.Tensor, allow_null: bool = True) -> torch.Tensor:
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.class_emb.weight.device).reshape(-1)
-        hi = self.num_classes if allow_null else self.num_classes - 1
-        if labels.numel() == 0:
-            raise ValueError("no labels given")
-        bad = (labels < 0) | (labels > hi)
-        if bool(bad.any()):
-            raise ValueError(f"class label {int(labels[bad][0])} out of range: this model has classes 0..{self.num_classes - 1}"
-                             + (f" (and {self.num_classes} = unconditional)" if allow_null else ""))
-        return labels
+    @property
+    def device(self) -> torch.device:
+        return self.class_emb.weight.device
+
+    def check_labels(self, labels, allow_null: bool = False) -> torch.Tensor:
+        """Class ids ``0 .. num_classes-1`` as a LongTensor on the model's device (``ValueError`` otherwise);
+        ``allow_null`` also admits ``num_classes``, the CFG null class (internal use)."""
+        return class_ids(labels, self.num_classes, self.device, allow_null)
 
     def condition(self, labels: torch.Tensor) -> VARCondition:
-        labels = self.check_labels(labels)
+        labels = self.check_labels(labels, allow_null=True)
         cond_BD = self.class_emb(labels)
         gss = self.shared_ada_lin(cond_BD)
         return VARCondition(cond_BD, [b.modulation(gss) for b in self.blocks], labels)
@@ -428,8 +427,9 @@ class VAR(nn.Module):
 
     def forward(self, labels: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Teacher forcing: logits [B, L, V]; entry i predicts token i. Labels are dropped to the null
-        class with probability ``cond_drop_rate`` only in training mode (CFG training)."""
-        labels = self.check_labels(labels)
+        class with probability ``cond_drop_rate`` only in training mode (CFG training). As upstream, the
+        null class ``num_classes`` itself is a valid label here."""
+        labels = self.check_labels(labels, allow_null=True)
         if self.training and self.config.cond_drop_rate > 0:
             drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.config.cond_drop_rate
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)

@@ -74,15 +74,17 @@ class CoDeSampler:
             raise ValueError(f"drafter and refiner have different patch_nums: {tuple(drafter.patch_nums)} vs {tuple(refiner.patch_nums)}")
         if not 1 <= self.draft_steps <= K - 1:
             raise ValueError(f"draft_steps must be in 1..{K - 1} for {K} scales, got {self.draft_steps}")
-        if refiner.vocab_size != drafter.vocab_size or getattr(refiner, "Cvae", None) != getattr(drafter, "Cvae", None):
+        if refiner.vocab_size != drafter.vocab_size or refiner.Cvae != drafter.Cvae:
             raise ValueError(f"drafter and refiner use different codebooks: vocab {drafter.vocab_size} x Cvae "
-                             f"{getattr(drafter, 'Cvae', None)} vs {refiner.vocab_size} x {getattr(refiner, 'Cvae', None)}")
+                             f"{drafter.Cvae} vs {refiner.vocab_size} x {refiner.Cvae}")
         if refiner.num_classes != drafter.num_classes:
             raise ValueError(f"drafter has {drafter.num_classes} classes, refiner {refiner.num_classes}")
         q = drafter.quantizer
-        q_ref = getattr(refiner, "vae", None)
-        q_ref = q_ref.quantize if q_ref is not None else None
-        if q_ref is not None and q_ref is not q and not torch.equal(q_ref.embedding.weight.to(q.embedding.weight), q.embedding.weight):
+        try:
+            q_ref = refiner.quantizer
+        except ValueError:  # a refiner without a tokenizer of its own works in the drafter's
+            q_ref = q
+        if q_ref is not q and not torch.equal(q_ref.embedding.weight.to(q.embedding.weight), q.embedding.weight):
             raise ValueError("drafter and refiner are attached to different VQVAE codebooks; CoDe needs one shared tokenizer")
         return q
 
@@ -99,7 +101,7 @@ class CoDeSampler:
         settings = ScaleSettings.resolve(drafter, config, self.temperatures, self.top_ks, self.more_smooth)
         cfg = settings.uses_cfg
         labels = cfg_labels(drafter, cond, cfg)
-        refiner.check_labels(labels)
+        refiner.check_labels(labels, allow_null=True)
         B = labels.shape[0] // 2 if cfg else labels.shape[0]
         _gens(generator, B)
         device = labels.device

@@ -235,7 +235,7 @@ class CSpDSampler:
             raise ValueError("CSpD compares densities and needs temperature > 0")
         B, L, C = plan.batch, target.seq_len, target.token_embed_dim
         S = target.diffloss.num_sampling_steps
-        device = next(target.parameters()).device
+        device = target.device
         gdev = generator.device if generator is not None else device
         guided, K = plan.guided, self.num_iter
 

@@ -78,15 +78,16 @@ def plan_run(model, cond, config: SamplingConfig | None, num_iter: int) -> MARPl
     config.validate(conditional=cond is not None and not isinstance(cond, int))
     if config.top_k or config.top_p != 1.0:
         raise ValueError("top_k / top_p do not apply to MAR's continuous tokens")
-    if isinstance(cond, int):
+    if isinstance(cond, int) and not isinstance(cond, bool):
         if cond < 1:
             raise ValueError(f"batch size must be >= 1, got {cond}")
         labels, batch = None, cond
     else:
-        if not isinstance(cond, torch.Tensor):
-            raise ValueError("cond must be a LongTensor of class labels [B] or an int batch size (unconditional)")
-        model.check_labels(cond)
-        labels, batch = cond, cond.shape[0]
+        if not isinstance(cond, (torch.Tensor, list, tuple)):
+            raise ValueError("cond must be class labels [B] (a LongTensor or a list of ints) or an int batch size "
+                             "(unconditional)")
+        labels = model.check_labels(cond)
+        batch = labels.shape[0]
     return MARPlan(labels, batch, config, masked_after_step(model.seq_len, num_iter),
                    cfg_scales(model.seq_len, num_iter, config.cfg_scale, config.cfg_schedule))
 
@@ -122,7 +123,7 @@ class MARSampler:
         """
         plan = plan_run(model, cond, config, self.num_iter)
         B, L, C = plan.batch, model.seq_len, model.token_embed_dim
-        device = next(model.parameters()).device
+        device = model.device
         if orders is None:
             orders = model.sample_orders(B, generator, device)
         orders = check_orders(orders.to(device), B, L)

@@ -1,0 +1,184 @@
+"""Protocol conformance checks any model (vargen's or a user's) can run before sampler work.
+
+    from vargen.testing import check_token_model
+    check_token_model(my_model, cond)      # raises AssertionError naming the first broken promise
+
+Each check exercises what the samplers rely on (``vargen/models/base.py``): shapes, per-row positions,
+windows past the end of the grid, stale cache entries, a cache reused across calls, CFG rows, and --
+where the model has teacher forcing -- that cached decoding gives the teacher-forcing logits. They
+return a small dict of what was measured (largest differences) for reports.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .models.base import ContinuousModel, HiddenStateModel, ScaleModel, TokenModel
+
+__all__ = ["check_token_model", "check_scale_model", "check_continuous_model"]
+
+
+def _missing(model, protocol) -> list[str]:
+    names = [n for n in dir(protocol) if not n.startswith("_")] + list(getattr(protocol, "__annotations__", {}))
+    return sorted({n for n in names if not hasattr(model, n)})
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, atol: float, what: str) -> float:
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} vs {tuple(b.shape)}"
+    diff = float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+    assert diff <= atol, f"{what}: max abs difference {diff:.3g} > {atol:g}"
+    return diff
+
+
+@torch.no_grad()
+def check_token_model(model, cond, atol: float = 1e-4, seed: int = 0) -> dict[str, Any]:
+    """Check ``model`` against :class:`~vargen.models.base.TokenModel` with condition ``cond``."""
+    missing = _missing(model, TokenModel)
+    assert not missing, f"{type(model).__name__} is not a TokenModel: missing {missing}"
+    B = model.check_cond(cond)
+    assert isinstance(B, int) and B >= 1, f"check_cond must return the batch size, got {B!r}"
+    V, N, dev = model.vocab_size, model.num_tokens, torch.device(model.device)
+    T, H, W = model.grid
+    assert T * H * W == N, f"grid {model.grid} holds {T * H * W} tokens but num_tokens is {N}"
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, V, (B, N + 4), generator=g).to(dev)  # 4 past the end for overrunning windows
+    report: dict[str, Any] = {}
+
+    def fresh(extra=4):
+        cache = model.new_cache(B, N + extra)
+        first = model.prefill(cond, cache)
+        assert tuple(first.shape) == (B, V), f"prefill returned {tuple(first.shape)}, expected [{B}, {V}]"
+        return cache, first
+
+    def zeros(value=0):
+        return torch.full((B,), value, dtype=torch.long, device=dev)
+
+    # one token per call: the reference for everything below
+    cache, first = fresh()
+    steps = [first]
+    for t in range(N - 1):
+        out = model(tokens[:, t : t + 1], zeros(t), cache)
+        assert tuple(out.shape) == (B, 1, V), f"forward of one token returned {tuple(out.shape)}, expected [{B}, 1, {V}]"
+        steps.append(out[:, 0])
+    step = torch.stack(steps, 1)  # entry t predicts token t
+    assert torch.isfinite(step).all(), "non-finite logits"
+
+    if hasattr(model, "logits"):
+        report["teacher_forcing"] = _close(model.logits(cond, tokens[:, :N]), step, atol, "teacher forcing vs cached decode")
+
+    # a chunk of 4 per call (a verification window), with the host-side bound kv_len
+    cache, first = fresh()
+    chunks = [first[:, None]]
+    for t in range(0, N - 1, 4):
+        n = min(4, N - 1 - t)
+        chunks.append(model(tokens[:, t : t + n], zeros(t), cache, kv_len=t + n))
+    report["chunked"] = _close(torch.cat(chunks, 1), step, atol, "chunks of 4 vs one token per call")
+
+    # per-row positions: rows restart a window at different points of a filled cache
+    w = min(3, N - 1)
+    if w >= 1:
+        model(tokens[:, : N - 1], zeros(0), cache)
+        starts = torch.tensor([(2 * b) % (N - w) for b in range(B)], device=dev)
+        idx = starts[:, None] + torch.arange(w, device=dev)
+        out = model(tokens.gather(1, idx), starts, cache)
+        want = step.gather(1, (idx + 1)[..., None].expand(-1, -1, V))
+        report["per_row"] = _close(out, want, atol, "rows at different start positions")
+
+    # stale entries: wrong drafts written at 0..5, then the right tokens from 0 again (a rollback)
+    cache, _ = fresh()
+    wrong = torch.randint(0, V, (B, min(6, N)), generator=g).to(dev)
+    model(wrong, zeros(0), cache)
+    n = min(3, N - 1)
+    out = model(tokens[:, :n], zeros(0), cache)
+    report["rollback"] = _close(out, step[:, 1 : n + 1], atol, "after a rollback (stale entries must be masked)")
+
+    # a window running past the end of the grid: its in-grid entry is right, the rest finite
+    start = max(0, N - 2)
+    out = model(tokens[:, start : start + 4], zeros(start), cache)
+    assert tuple(out.shape) == (B, 4, V) and torch.isfinite(out).all(), "a window past the end of the grid must work"
+
+    # the same cache reused for a new call (prefill again) gives the same logits
+    again = [model.prefill(cond, cache)]
+    for t in range(min(4, N - 1)):
+        again.append(model(tokens[:, t : t + 1], zeros(t), cache)[:, 0])
+    report["reuse"] = _close(torch.stack(again, 1), step[:, : len(again)], atol, "a cache reused across calls")
+
+    # CFG rows: [cond; null] in one batch, the cond half unchanged
+    if model.conditional:
+        both = model.guidance_cond(cond)
+        cache2 = model.new_cache(2 * B, N + 4)
+        first2 = model.prefill(both, cache2)
+        assert tuple(first2.shape) == (2 * B, V), f"guidance_cond must give {2 * B} rows, prefill returned {tuple(first2.shape)}"
+        report["cfg_rows"] = _close(first2[:B], first, atol, "the cond half of a CFG batch")
+
+    book = model.codebook()
+    assert book.dim() == 2 and book.shape[0] == V, f"codebook() must be [V={V}, d], got {tuple(book.shape)}"
+
+    if isinstance(model, HiddenStateModel):
+        cache, _ = fresh()
+        logits, hidden = model(tokens[:, :2], zeros(0), cache, return_hidden=True)
+        assert tuple(hidden.shape) == (B, 2, model.hidden_size), f"hidden states {tuple(hidden.shape)}"
+        report["head"] = _close(model.head(hidden), logits, atol, "head(hidden) vs the logits")
+        assert tuple(model.embed(tokens[:, :2]).shape) == (B, 2, model.hidden_size), "embed(tokens) shape"
+    return report
+
+
+@torch.no_grad()
+def check_scale_model(model, labels, atol: float = 1e-4, seed: int = 0) -> dict[str, Any]:
+    """Check a next-scale model: cached scale-by-scale decoding (and a multi-scale prefill) give the
+    logits of one block-causal pass over every scale."""
+    missing = _missing(model, ScaleModel)
+    assert not missing, f"{type(model).__name__} is not a ScaleModel: missing {missing}"
+    labels = model.check_labels(labels)
+    B, K = labels.shape[0], len(model.patch_nums)
+    ends = [pn * pn for pn in model.patch_nums]
+    assert [b - a for a, b in model.begin_ends] == ends, "begin_ends must follow patch_nums"
+    L = model.begin_ends[-1][1]
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(B, L - ends[0], model.Cvae, generator=g).to(model.device)
+    cond = model.condition(labels)
+    full = model.forward_scales(cond, inputs, None, 0, K, logits_from=0)
+    assert tuple(full.shape) == (B, L, model.vocab_size), f"one pass over all scales gave {tuple(full.shape)}"
+    cache = model.new_cache(B)
+    per_scale = []
+    for k in range(K):
+        a, b = model.begin_ends[k]
+        x = inputs[:, a - ends[0] : b - ends[0]] if k else None
+        per_scale.append(model.forward_scales(cond, x, cache, k, k + 1, logits_from=k))
+    report = {"per_scale": _close(torch.cat(per_scale, 1), full, atol, "scale-by-scale cached vs one pass")}
+    if K > 1:  # a prefill of the first scales (no head) into a cache that only holds them, then one step
+        half = max(1, K // 2)
+        cache = model.new_cache(B, length=model.begin_ends[half][1])
+        assert model.forward_scales(cond, inputs[:, : model.begin_ends[half - 1][1] - ends[0]], cache, 0, half) is None
+        a, b = model.begin_ends[half]
+        step = model.forward_scales(cond, inputs[:, a - ends[0] : b - ends[0]], cache, half, half + 1, logits_from=half)
+        report["prefill_then_step"] = _close(step, full[:, a:b], atol, "multi-scale prefill then one cached scale")
+    return report
+
+
+@torch.no_grad()
+def check_continuous_model(model, labels, seed: int = 0) -> dict[str, Any]:
+    """Check a continuous-token model: condition shapes with and without CFG rows, generation orders, and a
+    diffusion head that is a function of the noise it is given."""
+    missing = _missing(model, ContinuousModel)
+    assert not missing, f"{type(model).__name__} is not a ContinuousModel: missing {missing}"
+    labels = model.check_labels(labels)
+    B, L, C = labels.shape[0], model.seq_len, model.token_embed_dim
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(B, L, C, generator=g).to(model.device)
+    mask = torch.ones(B, L, dtype=torch.bool, device=model.device)
+    mask[:, : L // 2] = False
+    z = model.condition(tokens, mask, labels)
+    z2 = model.condition(tokens, mask, labels, cfg=True)
+    assert z.shape[:2] == (B, L) and z2.shape[:2] == (2 * B, L), f"condition shapes {tuple(z.shape)}, {tuple(z2.shape)}"
+    diff = float((z2[:B] - z).abs().max())
+    assert diff < 1e-4, f"the cond half of a CFG batch differs by {diff:.3g}"
+    orders = model.sample_orders(B, torch.Generator(model.device).manual_seed(seed), model.device)
+    assert torch.equal(orders.sort(-1).values, torch.arange(L, device=orders.device).expand(B, L)), "orders must be permutations"
+    rows = z[mask][:4]
+    x = model.diffloss.sample(rows, 1.0, 1.0, generator=torch.Generator(model.device).manual_seed(seed))
+    y = model.diffloss.sample(rows, 1.0, 1.0, generator=torch.Generator(model.device).manual_seed(seed))
+    assert x.shape == (rows.shape[0], C) and torch.equal(x, y), "the diffusion head must be a function of its noise"
+    assert model.diffloss.num_sampling_steps >= 1
+    return {"cfg_rows": diff}
