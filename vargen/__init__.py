@@ -1,4 +1,9 @@
 """vargen: fast sampling for visual autoregressive image generators."""
+import os
+
+# idle OpenMP threads must not spin on a shared CPU (see vargen.runtime); only takes effect before torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .samplers import get_sampler
 from .samplers.base import GenerationOutput, SamplingConfig, Stats
 

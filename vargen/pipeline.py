@@ -283,7 +283,12 @@ def _load_official(name: str, dtype, device, checkpoint=None, tokenizer_checkpoi
 
 def load(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
          checkpoint: str | None = None, tokenizer_checkpoint: str | None = None) -> Pipeline:
-    """A pipeline from a shipped demo name, an official name, or a local folder with ``pipeline.json``."""
+    """A pipeline from a shipped demo name, an official name, or a local folder with ``pipeline.json``.
+
+    The first call also picks torch's CPU threads for this process (``vargen.runtime.ensure_threads``)."""
+    from .runtime import ensure_threads
+
+    ensure_threads()
     name = str(name_or_path)
     shipped = zoo.shipped_path(name)
     if shipped is not None and (shipped / "pipeline.json").is_file():

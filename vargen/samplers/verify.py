@@ -89,4 +89,4 @@ class Committer:
         if not getattr(self.rule, "lossless", True):
             stats.relaxed = self.relaxed[:, : self.N].cpu()
             stats.tv_bound = self.tv.cpu()
-            stats.extra["relaxed_slots"] = int(self.decided.sum())
+            stats.extra["tv_per_decided_slot"] = float(self.tv.sum()) / max(1, int(self.decided.sum()))

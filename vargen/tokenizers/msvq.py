@@ -264,6 +264,9 @@ class MultiScaleQuantizer(nn.Module):
         for si, pn in enumerate(self.v_patch_nums):
             z = rest if si == K - 1 else F.interpolate(rest, size=(pn, pn), mode="area")
             idx = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, C))
+            if self.training:  # code usage per scale, as upstream keeps it (dead-code restarts read it)
+                hits = torch.bincount(idx, minlength=self.vocab_size).float()
+                self.ema_vocab_hit_SV[si].mul_(0.99).add_(hits, alpha=0.01)
             h = self.phi(si, self.upsample(si, self.embedding(idx.view(B, pn, pn)).permute(0, 3, 1, 2)))
             f_hat = f_hat + h
             rest = rest - h.detach()

@@ -34,6 +34,24 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def restart_dead_codes(vae, images: torch.Tensor, generator: torch.Generator, fraction: float = 0.03) -> int:
+    """Re-seed codes whose usage (the quantiser's EMA of hits per step, all scales) fell below ``fraction``
+    of the mean with random encoder latents of ``images`` (the dead-code restarts of e.g. Dhariwal et
+    al. 2020, Jukebox §2.2, and Zeghidour et al. 2021, SoundStream §3.3). Returns how many were restarted."""
+    q = vae.quantize
+    usage = q.ema_vocab_hit_SV.sum(0)
+    dead = (usage < fraction * usage.mean()).nonzero().squeeze(1)
+    if dead.numel() == 0:
+        return 0
+    f = vae.encode_latent(images).float()
+    rows = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+    pick = torch.randint(0, rows.shape[0], (dead.numel(),), generator=generator)
+    q.embedding.weight[dead] = rows[pick].to(q.embedding.weight.dtype)
+    q.ema_vocab_hit_SV[:, dead] = q.ema_vocab_hit_SV.mean(1, keepdim=True)  # a grace period before the next check
+    return int(dead.numel())
+
+
 def vqvae_loss(vae, images: torch.Tensor, l1_weight: float = 0.0):
     """(loss, parts) for one batch of images in [-1, 1]."""
     recon, vq = vae(images)
@@ -228,6 +246,7 @@ class VARRunArgs:
     save_every: int = 200
     stop_at: int | None = None
     threads: int = 0
+    restart_every: int = 0
     config: dict = field(default_factory=dict)
 
 
@@ -287,8 +306,13 @@ def run_var_training(args: VARRunArgs) -> Path:
 
         def step_fn(step):
             idx = torch.randint(0, images.shape[0], (args.batch_size,), generator=gen)
-            loss, parts = vqvae_loss(vae, random_flip(to_model_range(images[idx]), gen))
-            return loss, args.batch_size, parts
+            x = random_flip(to_model_range(images[idx]), gen)
+            if args.restart_every and step >= args.warmup and step % args.restart_every == 0:
+                parts_restart = restart_dead_codes(vae, x, gen)
+            else:
+                parts_restart = 0
+            loss, parts = vqvae_loss(vae, x)
+            return loss, args.batch_size, {**parts, "restarted": float(parts_restart)}
 
         opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
         if not run_steps(out, vae, opt, gen, step_fn, grad_clip=2.0, **common):
@@ -354,6 +378,8 @@ def _common_args(p, steps: int, lr: float, batch: int) -> None:
 def add_cli(tsub) -> None:
     p = tsub.add_parser("var-vqvae", help="VAR's multi-scale VQVAE")
     _common_args(p, 2000, 3e-4, 32)
+    p.add_argument("--restart-every", type=int, default=0,
+                   help="every N steps re-seed unused codes with encoder latents (0: never)")
     p = tsub.add_parser("var", help="class-conditional VAR over a trained multi-scale VQVAE's tokens")
     _common_args(p, 2000, 1e-3, 64)
     p.add_argument("--vqvae", required=True, help="folder with the VQVAE's model.safetensors + config.json")
