@@ -113,7 +113,7 @@ def test_code_rejects_bad_input(fx):
     state = g.get_state()
     cfg = SamplingConfig()
     for n in (0, K):
-        with pytest.raises(ValueError, match="draft_steps must be in"):
+        with pytest.raises(ValueError, match="draft_steps must be"):
             CoDeSampler(draft_steps=n, refiner=fx.refiner).sample(fx.var, [1], cfg, g)
     with pytest.raises(ValueError, match="needs a refiner"):
         CoDeSampler(draft_steps=1).sample(fx.var, [1], cfg, g)

@@ -50,7 +50,7 @@ def test_sjd_greedy_equals_ar_greedy(init):
     model = tiny_gpt(vocab=16, grid=4, seed=1)
     labels = torch.tensor([0, 1, 2, 1])
     ref = get_sampler("ar").sample(model, labels, GREEDY).tokens
-    for W in (1, 3, 8, 20):
+    for W in (1, 3, 8, 16):  # 16: every window but the first runs past the end of the grid
         out = get_sampler("sjd", window=W, init=init).sample(model, labels, GREEDY)
         assert torch.equal(out.tokens, ref), (init, W)
 
@@ -72,7 +72,7 @@ def _draw(sampler, model, config, n_rows, seed, label=1):
     ("sjd", dict(window=3, init="random")),
     ("sjd", dict(window=4, init="vertical")),
     ("sjd", dict(window=3, init="horizontal_sample", coupled=True)),
-    ("sjd", dict(window=8, init="random", coupled=True)),
+    ("sjd", dict(window=4, init="random", coupled=True)),  # the whole grid in one window
 ])
 def test_lossless_against_enumerated_distribution(case, name, options):
     model = tiny_gpt()  # vocab 6, 2x2 grid: 1296 sequences

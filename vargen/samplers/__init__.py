@@ -1,12 +1,15 @@
 """Samplers: each is a composition (proposer x acceptance rule) run by one loop.
 
-``get_sampler(name, **options)`` returns a configured instance; every option is a keyword.
+``get_sampler(name, **options)`` returns a configured instance; every option is a keyword, declared with
+its type, range and help (``sampler_options(name)``; :mod:`vargen.samplers.spec`), and an option the
+sampler does not take is a ``ValueError`` that lists the ones it does.
 """
 from __future__ import annotations
 
 import importlib
 
 from .base import GenerationOutput, SamplingConfig, Stats
+from .spec import Option, SamplerSpec
 
 # name -> ("module:Class", preset options). Modules are imported on first use.
 _REGISTRY: dict[str, tuple[str, dict]] = {
@@ -31,14 +34,48 @@ def available_samplers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_sampler(name: str, **options):
-    """A configured sampler by name, e.g. ``get_sampler("sjd", window=16, init="vertical")``."""
+def sampler_class(name: str):
     if name not in _REGISTRY:
         raise ValueError(f"unknown sampler {name!r}; available: {', '.join(available_samplers())}")
-    target, preset = _REGISTRY[name]
-    module_name, cls_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(**{**preset, **options})
+    module_name, cls_name = _REGISTRY[name][0].split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
 
 
-__all__ = ["get_sampler", "register_sampler", "available_samplers", "SamplingConfig", "Stats", "GenerationOutput"]
+def sampler_options(name: str, acceptance=None) -> dict[str, Option]:
+    """The options ``name`` takes, by name: its own, and -- for token samplers -- ``acceptance`` and the
+    options of that rule (``acceptance`` given, or the sampler's preset rule, or ``exact``)."""
+    from .acceptance import available_rules, rule_class
+    from .spec import options_of
+
+    cls = sampler_class(name)
+    preset = _REGISTRY[name][1]
+    out = dict(options_of(cls.OPTIONS, name)) if getattr(cls, "OPTIONS", None) else {}
+    if getattr(cls, "TAKES_RULE", False):
+        rule = acceptance if acceptance is not None else preset.get("acceptance", "exact")
+        out["acceptance"] = Option("acceptance", "str", preset.get("acceptance", "exact"),
+                                   "the acceptance rule: exact is lossless; the others relax it",
+                                   choices=tuple(available_rules()), owner=name)
+        if isinstance(rule, str):
+            rule_cls = rule_class(rule)
+            if rule_cls.OPTIONS:
+                out.update(options_of(rule_cls.OPTIONS, f"{name} (acceptance={rule})"))
+    return out
+
+
+def get_sampler(name: str, **options):
+    """A configured sampler by name, e.g. ``get_sampler("sjd", window=16, init="vertical")``; options are
+    checked against the declared ones (type, range) before anything is built."""
+    cls = sampler_class(name)
+    declared = sampler_options(name, options.get("acceptance"))
+    from .spec import unknown_option_message
+
+    for key, value in options.items():
+        if key not in declared:
+            raise ValueError(unknown_option_message(name, key, declared))
+        if declared[key].kind != "object" and not (key == "acceptance" and not isinstance(value, str)):
+            options[key] = declared[key].convert(value, name)
+    return cls(**{**_REGISTRY[name][1], **options})
+
+
+__all__ = ["get_sampler", "register_sampler", "available_samplers", "sampler_options", "sampler_class",
+           "SamplingConfig", "Stats", "GenerationOutput", "SamplerSpec", "Option"]

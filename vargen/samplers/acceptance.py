@@ -34,9 +34,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .spec import checked, option
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -63,6 +66,7 @@ class ExactAcceptance:
 
     name = "exact"
     lossless = True
+    OPTIONS = None
 
     def prepare(self, model) -> None:  # rules with per-model tables (neighbourhoods) build them here
         return None
@@ -175,6 +179,22 @@ class _RelaxedRule:
         return self._residual_from(p, q, self._qf(p, q, self._context(p))[0])
 
 
+@dataclass
+class LanternOptions:
+    k: int = option(1000, "neighbourhood size: the k nearest codebook entries of a draft", minimum=1, bound="vocab_size")
+    delta: float | None = option(None, "additive bound on the neighbours' target mass (LANTERN); none: 0.1 "
+                                 "unless lam is given", minimum=0.0, maximum=1.0)
+    lam: float | None = option(None, "multiplicative bound p(x) + S <= lam p(x) (LANTERN++)", minimum=1.0)
+    variant: str = option("official", "official: decide as the official code (raw distances, ratio P(x)/q(x)); "
+                          "vargen: quantiser geometry and q summed over the set", choices=("official", "vargen"))
+    aggregate_q: bool | None = option(None, "sum q over the set too (none: the variant's choice)")
+    normalize: bool | None = option(None, "rank neighbours on l2-normalised codebook rows (none: the variant's)")
+    codebook: Any = option(None, "the tokenizer's codebook [V, d] (none: the model's; a pipeline fills in its "
+                           "tokenizer's)", text=False)
+    residual: str = option("tv_optimal", "what a rejected slot resamples from: Cool-SD's tv_optimal or the token "
+                           "residual", choices=("tv_optimal", "token"))
+
+
 class LanternAcceptance(_RelaxedRule):
     """LANTERN relaxed acceptance over latent neighbourhoods (Jang et al., ICLR 2025, arXiv 2410.03355;
     LANTERN++ arXiv 2502.06352).
@@ -204,22 +224,18 @@ class LanternAcceptance(_RelaxedRule):
     """
 
     name = "lantern"
+    OPTIONS = LanternOptions
     VARIANTS = {"official": (False, False), "vargen": (True, True)}  # (aggregate_q, normalize)
 
     def __init__(self, k: int = 1000, delta: float | None = None, lam: float | None = None, variant: str = "official",
                  aggregate_q: bool | None = None, normalize: bool | None = None, codebook=None,
                  residual: str = "tv_optimal"):
-        super().__init__(residual)
-        if variant not in self.VARIANTS:
-            raise ValueError(f"LANTERN variant must be one of {sorted(self.VARIANTS)}, got {variant!r}")
+        o = checked(LanternOptions(k, delta, lam, variant, aggregate_q, normalize, codebook, residual), "lantern")
+        super().__init__(o.residual)
+        k, delta, lam = o.k, o.delta, o.lam
         if delta is None and lam is None:
             delta = 0.1
-        if delta is not None and not 0 <= delta <= 1:
-            raise ValueError(f"delta must be in [0, 1], got {delta}")
-        if lam is not None and lam < 1:
-            raise ValueError(f"lam must be >= 1 (1 disables the relaxation), got {lam}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        self.options = o
         agg, norm = self.VARIANTS[variant]
         self.variant = variant
         self.k, self.delta, self.lam = k, delta, lam
@@ -280,6 +296,22 @@ def cached_neighbour_table(book: torch.Tensor, k: int, normalize: bool, device, 
     return table
 
 
+@dataclass
+class GSDOptions:
+    group_size: int = option(14, "ranks in a draft's group, the draft included (1 is the exact rule)", minimum=1,
+                             bound="vocab_size")
+    prob_gap: float = option(0.15, "members keep |p(g) - p(x)| < prob_gap", minimum=0.0)
+    max_dist: float | None = option(None, "members keep a squared codebook distance < max_dist (none: no filter)",
+                                    minimum=0.0)
+    variant: str = option("official", "official: decide as the official code (ascending ranks, empty slices fall "
+                          "back to p/q, zero-probability members count in Q); vargen: descending ranks, "
+                          "truncated windows, support only", choices=("official", "vargen"))
+    codebook: Any = option(None, "the codebook for max_dist (none: the model's)", text=False)
+    normalize: bool = option(True, "l2-normalise codebook rows for max_dist")
+    residual: str = option("token", "what a rejected slot resamples from: the official token residual or "
+                           "Cool-SD's tv_optimal", choices=("tv_optimal", "token"))
+
+
 class GroupedAcceptance(_RelaxedRule):
     """GSD grouped acceptance (So et al., ICCV 2025, arXiv 2508.07747).
 
@@ -305,17 +337,12 @@ class GroupedAcceptance(_RelaxedRule):
     """
 
     name = "gsd"
-    VARIANTS = ("official", "vargen")
+    OPTIONS = GSDOptions
 
     def __init__(self, group_size: int = 14, prob_gap: float = 0.15, max_dist: float | None = None,
                  variant: str = "official", codebook=None, normalize: bool = True, residual: str = "token"):
+        self.options = checked(GSDOptions(group_size, prob_gap, max_dist, variant, codebook, normalize, residual), "gsd")
         super().__init__(residual)
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
-        if prob_gap < 0:
-            raise ValueError(f"prob_gap must be >= 0, got {prob_gap}")
-        if variant not in self.VARIANTS:
-            raise ValueError(f"GSD variant must be one of {self.VARIANTS}, got {variant!r}")
         self.group_size, self.prob_gap, self.max_dist, self.variant = group_size, prob_gap, max_dist, variant
         self.codebook, self.normalize = codebook, normalize
         self.book: torch.Tensor | None = None
@@ -374,10 +401,28 @@ def register_rule(name: str, cls) -> None:
     _RULES[name] = cls
 
 
+def available_rules() -> list[str]:
+    """Registered acceptance rules, ``exact`` first."""
+    return sorted(_RULES, key=lambda n: (n != "exact", n))
+
+
+def rule_class(name: str):
+    if name not in _RULES:
+        raise ValueError(f"unknown acceptance rule {name!r}; available: {', '.join(available_rules())}")
+    return _RULES[name]
+
+
 def get_rule(rule, **options):
     """An acceptance rule from a name (``"exact"``, ...) or an instance (returned as is)."""
     if not isinstance(rule, str):
+        if options:
+            raise ValueError(f"rule options {sorted(options)} given with a rule instance ({type(rule).__name__})")
         return rule
-    if rule not in _RULES:
-        raise ValueError(f"unknown acceptance rule {rule!r}; available: {', '.join(sorted(_RULES))}")
-    return _RULES[rule](**options)
+    cls = rule_class(rule)
+    from .spec import options_of, unknown_option_message
+
+    declared = options_of(cls.OPTIONS, rule) if cls.OPTIONS else {}
+    for key in options:
+        if key not in declared:
+            raise ValueError(unknown_option_message(f"acceptance={rule}", key, declared))
+    return cls(**options)

@@ -11,6 +11,7 @@ a residual (research/sjd_gsd.md, pitfall P5).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -64,8 +65,29 @@ class SamplingConfig:
                 merged[name] = getattr(base, name)
         return replace(self, **merged)
 
+    def reject_unused(self, used: tuple[str, ...], family: str) -> None:
+        """``ValueError`` for a field set to something other than its library default that ``family``'s
+        samplers do not use (e.g. ``cfg_interval`` on VAR), naming the fields they do use."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name not in used and value is not None and value != getattr(_LIBRARY_DEFAULTS, f.name):
+                raise ValueError(f"{f.name}={value!r} does not apply to {family} samplers; they use: {', '.join(used)}")
+
     def validate(self, vocab_size: int | None = None, conditional: bool = True) -> None:
         """Raise ``ValueError`` naming the bad field; call before any work starts."""
+        for name in ("temperature", "top_p", "cfg_scale"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        for name in ("top_k", "cfg_interval"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if self.cfg_interval is not None and self.cfg_interval < -1:
+            raise ValueError(f"cfg_interval must be -1 (always guided) or >= 0, got {self.cfg_interval}")
+        if self.more_smooth is not None and not isinstance(self.more_smooth, bool):
+            raise ValueError(f"more_smooth must be true or false, got {self.more_smooth!r}")
         if self.temperature is not None and self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k is not None:

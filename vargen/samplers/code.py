@@ -23,10 +23,13 @@ one), with per-model seconds and per-image time and memory next to them.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer
+from .spec import checked, option
 from .next_scale import NextScaleState, ScaleSettings, _gens, cfg_labels, commit_scale, fill_stats, guide, run_scale, var_filter, draw_tokens
 
 __all__ = ["CoDeSampler"]
@@ -47,6 +50,18 @@ def _sync_time(device) -> float:
     return time.perf_counter()
 
 
+@dataclass
+class CoDeOptions:
+    draft_steps: int = option(8, "scales drawn by the large drafter; the small refiner draws the rest (1..K-1)",
+                              minimum=1)
+    refiner: Any = option(None, "the small VAR (a pipeline fills in its own)", text=False)
+    reuse: bool = option(True, "the refiner builds its K/V of the drafted scales in one prefill (false: the "
+                         "official behaviour, rewinding the generator)")
+    temperatures: tuple[float, ...] | None = option(None, "per-scale temperatures (a/b/c)", minimum=0.0)
+    top_ks: tuple[int, ...] | None = option(None, "per-scale top-k (a/b/c)", minimum=0)
+    more_smooth: bool | None = option(None, "VAR's Gumbel-softmax smoothing (none: the config's)")
+
+
 class CoDeSampler:
     """``get_sampler("code", draft_steps=8, refiner=var_d16)``; ``sample(drafter, labels, config, generator)``.
 
@@ -56,13 +71,13 @@ class CoDeSampler:
     """
 
     name = "code"
+    OPTIONS = CoDeOptions
 
     def __init__(self, draft_steps: int = 8, refiner=None, reuse: bool = True, temperatures=None, top_ks=None,
                  more_smooth: bool | None = None):
-        if isinstance(draft_steps, bool) or not isinstance(draft_steps, int):
-            raise ValueError(f"draft_steps must be an integer, got {draft_steps!r}")
-        self.draft_steps, self.refiner, self.reuse = draft_steps, refiner, bool(reuse)
-        self.temperatures, self.top_ks, self.more_smooth = temperatures, top_ks, more_smooth
+        o = checked(CoDeOptions(draft_steps, refiner, reuse, temperatures, top_ks, more_smooth), "code")
+        self.draft_steps, self.refiner, self.reuse = o.draft_steps, refiner, o.reuse
+        self.temperatures, self.top_ks, self.more_smooth = o.temperatures, o.top_ks, o.more_smooth
 
     # -- validation ------------------------------------------------------------------------------------
 

@@ -72,11 +72,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer
 from .mar import check_orders, mask_from_order, plan_run
+from .spec import checked, option
 
 TESTS = ("exact", "final_step", "official")
 
@@ -155,6 +157,20 @@ class _Drafts:
     path: torch.Tensor | None      # [B, L, S, C] step inputs x_S .. x_1 (exact test)
 
 
+@dataclass
+class CSpDOptions:
+    draft: Any = option(None, "the draft MAR (a pipeline fills in its own)", text=False)
+    num_iter: int = option(64, "MAR steps K", minimum=1, bound="seq_len")
+    ratio: float = option(0.15, "fraction of the steps pre-filled by the target", minimum=0.0, maximum=1.0)
+    num_draft: int = option(8, "draft steps per verification (gamma, in MAR steps)", minimum=1)
+    test: str = option("exact", "the acceptance test: exact (path space, lossless on the coarsened schedule), "
+                       "final_step, or official (CSpD's heuristic)", choices=("exact", "final_step", "official"))
+    inner_temperature: float = option(42.0, "lambda of the official test", minimum=1e-9)
+    phi_sign: float = option(1.0, "the sign of log Phi in the official test", choices=(1.0, -1.0))
+    max_tries: int = option(100, "residual proposals per rejected token before a plain target sample", minimum=1,
+                            maximum=10000)
+
+
 class CSpDSampler:
     """Continuous speculative decoding with a draft MAR (``draft=``) for a target MAR (the ``model``).
 
@@ -165,21 +181,14 @@ class CSpDSampler:
     Defaults are the official runner's (K 64, ratio 0.15, γ 8, λ 42); the demo used K 256, ratio 0.05, γ 4.
     """
 
+    name = "cspd"
+    OPTIONS = CSpDOptions
+
     def __init__(self, draft=None, num_iter: int = 64, ratio: float = 0.15, num_draft: int = 8,
                  test: str = "exact", inner_temperature: float = 42.0, phi_sign: float = 1.0,
                  max_tries: int = 100):
-        if not isinstance(num_iter, int) or num_iter < 1:
-            raise ValueError(f"num_iter must be an integer >= 1, got {num_iter!r}")
-        if not isinstance(num_draft, int) or num_draft < 1:
-            raise ValueError(f"num_draft must be an integer >= 1, got {num_draft!r}")
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-        if test not in TESTS:
-            raise ValueError(f"test must be one of {TESTS}, got {test!r}")
-        if inner_temperature <= 0:
-            raise ValueError(f"inner_temperature must be > 0, got {inner_temperature}")
-        if max_tries < 1:
-            raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+        o = checked(CSpDOptions(None, num_iter, ratio, num_draft, test, inner_temperature, phi_sign, max_tries), "cspd")
+        num_iter, ratio, num_draft, inner_temperature, phi_sign = o.num_iter, o.ratio, o.num_draft, o.inner_temperature, o.phi_sign
         self.draft, self.num_iter, self.ratio, self.num_draft = draft, num_iter, ratio, num_draft
         self.test, self.inner_temperature, self.phi_sign, self.max_tries = test, inner_temperature, phi_sign, max_tries
 

@@ -151,9 +151,12 @@ class TokenSampler:
     """``proposer`` x acceptance rule, run by the one loop. ``sample(model, cond, config, generator)``.
 
     acceptance: "exact" (lossless), "lantern", "gsd" or a rule instance, with the rule's options.
+    Subclasses name their proposer's options dataclass in ``OPTIONS`` (None: no options of their own).
     """
 
     name = "token"
+    OPTIONS = None
+    TAKES_RULE = True  # "acceptance" and the chosen rule's options are options of this sampler
 
     def __init__(self, proposer: Proposer | None = None, acceptance="exact", **rule_options):
         self.proposer = proposer if proposer is not None else NoProposer()
@@ -207,6 +210,7 @@ class ARSampler(TokenSampler):
     """One token per forward pass, raster order: the loop with the empty proposal."""
 
     name = "ar"
+    TAKES_RULE = False
 
     def __init__(self):
         super().__init__(NoProposer())

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer
+from .spec import check_bounds, checked, option
+
+MAR_CONFIG_FIELDS = ("temperature", "cfg_scale", "cfg_schedule")
 
 MAR_DEFAULTS = SamplingConfig(temperature=1.0, cfg_scale=1.0, cfg_schedule="linear")
 
@@ -74,10 +77,10 @@ def plan_run(model, cond, config: SamplingConfig | None, num_iter: int) -> MARPl
         raise ValueError(f"num_iter must be an integer >= 1, got {num_iter!r}")
     if num_iter > model.seq_len:
         raise ValueError(f"num_iter={num_iter} is more steps than tokens ({model.seq_len})")
-    config = (config or SamplingConfig()).with_defaults(MAR_DEFAULTS)
+    config = config or SamplingConfig()
+    config.reject_unused(MAR_CONFIG_FIELDS, "MAR (continuous tokens)")
+    config = config.with_defaults(MAR_DEFAULTS)
     config.validate(conditional=cond is not None and not isinstance(cond, int))
-    if config.top_k or config.top_p != 1.0:
-        raise ValueError("top_k / top_p do not apply to MAR's continuous tokens")
     if isinstance(cond, int) and not isinstance(cond, bool):
         if cond < 1:
             raise ValueError(f"batch size must be >= 1, got {cond}")
@@ -105,12 +108,20 @@ def check_orders(orders: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor
     return orders.long()
 
 
+@dataclass
+class MAROptions:
+    num_iter: int = option(64, "MAR steps (the encoder-decoder passes); MAR's default 64, its FID runs 256",
+                           minimum=1, bound="seq_len")
+
+
 class MARSampler:
     """MAR's ``sample_tokens`` as a sampler. ``num_iter``: AR steps (MAR's default 64; its FID runs use 256)."""
 
+    name = "mar"
+    OPTIONS = MAROptions
+
     def __init__(self, num_iter: int = 64):
-        if not isinstance(num_iter, int) or num_iter < 1:
-            raise ValueError(f"num_iter must be an integer >= 1, got {num_iter!r}")
+        self.options = checked(MAROptions(num_iter), "mar")
         self.num_iter = num_iter
 
     @torch.no_grad()

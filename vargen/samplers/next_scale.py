@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer, filter_logits
+from .spec import checked, option
 
 __all__ = ["VARSampler", "VAR_DEFAULTS", "ScaleSettings", "NextScaleState", "var_filter", "guide", "draw_tokens"]
 
@@ -51,6 +52,7 @@ class ScaleSettings:
         """Merge config, VAR defaults and per-scale overrides; raise ValueError before any work."""
         K, V = len(model.patch_nums), model.vocab_size
         config = config or SamplingConfig()
+        config.reject_unused(VAR_CONFIG_FIELDS, "VAR")
         defaults = replace(VAR_DEFAULTS, top_k=min(VAR_DEFAULTS.top_k, V))  # tiny vocabularies: clamp the default
         cfg = config.with_defaults(defaults)
         cfg.validate(vocab_size=V, conditional=True)
@@ -209,18 +211,32 @@ def fill_stats(stats: Stats, patch_nums, batch: int, device) -> None:
     stats.token_step = torch.cat([torch.full((n,), k, dtype=torch.long) for k, n in enumerate(sizes)]).expand(batch, -1).clone()
 
 
+VAR_CONFIG_FIELDS = ("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "more_smooth")
+
+
+@dataclass
+class VAROptions:
+    temperatures: tuple[float, ...] | None = option(None, "per-scale temperatures overriding the config's (a/b/c)",
+                                                    minimum=0.0)
+    top_ks: tuple[int, ...] | None = option(None, "per-scale top-k overriding the config's (a/b/c)", minimum=0)
+    more_smooth: bool | None = option(None, "VAR's Gumbel-softmax smoothing of the next-scale input (none: the "
+                                      "config's)")
+
+
 class VARSampler:
     """Plain next-scale sampling: ``K`` forwards, one per scale.
 
     Options (keywords): ``temperatures`` / ``top_ks``: per-scale lists overriding ``config.temperature``
     / ``config.top_k`` (CoDe's recipe uses both); ``more_smooth`` overrides ``config.more_smooth``.
-    ``cfg_interval`` (LlamaGen's) does not apply to VAR and is ignored.
+    ``cfg_interval`` (LlamaGen's) does not apply to VAR: setting it is an error.
     """
 
     name = "var"
+    OPTIONS = VAROptions
 
     def __init__(self, temperatures=None, top_ks=None, more_smooth: bool | None = None):
-        self.temperatures, self.top_ks, self.more_smooth = temperatures, top_ks, more_smooth
+        o = checked(VAROptions(temperatures, top_ks, more_smooth), "var")
+        self.temperatures, self.top_ks, self.more_smooth = o.temperatures, o.top_ks, o.more_smooth
 
     def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:
         return self.sample_latent(model, cond, config, generator)[0]

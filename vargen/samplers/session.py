@@ -16,9 +16,14 @@ import torch
 from .base import SamplingConfig, cfg_mix, logits_to_probs
 
 
+TOKEN_CONFIG_FIELDS = ("temperature", "top_k", "top_p", "cfg_scale", "cfg_interval")
+
+
 def resolve_config(model, config: SamplingConfig | None) -> SamplingConfig:
     """Family defaults filled in and validated against the model (before any work)."""
-    config = (config or SamplingConfig()).with_defaults(getattr(model, "default_sampling", SamplingConfig()))
+    config = config or SamplingConfig()
+    config.reject_unused(TOKEN_CONFIG_FIELDS, "token (next-token)")
+    config = config.with_defaults(getattr(model, "default_sampling", SamplingConfig()))
     config.validate(vocab_size=model.vocab_size, conditional=model.conditional)
     return config
 

@@ -20,21 +20,29 @@ target step: the head needs the target's feature of token 0), so drafting starts
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..base import sample_from_probs
 from ..loop import Proposal, TokenSampler
 from ..session import TokenSession
+from ..spec import check_bounds, checked, option
 
-__all__ = ["DraftModelProposer", "DraftHeadProposer", "SpeculativeSampler"]
+__all__ = ["DraftModelProposer", "DraftHeadProposer", "SpeculativeSampler", "DraftOptions"]
+
+
+@dataclass
+class DraftOptions:
+    draft: Any = option(None, "the drafter: a draft TokenModel, a DraftHead, or a draft-head folder "
+                        "(a pipeline fills in its own)")
+    gamma: int = option(4, "drafts per step (the chain length)", minimum=1, bound="num_tokens")
 
 
 def _check_gamma(gamma) -> int:
-    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
-        raise ValueError(f"gamma must be an integer >= 1, got {gamma!r}")
-    return gamma
+    return checked(DraftOptions(None, gamma), "sd").gamma
 
 
 class _ChainProposer:
@@ -47,6 +55,9 @@ class _ChainProposer:
         self.lookahead = gamma
         self.draft_passes = 0
         self.ready = False
+
+    def _check_bounds(self, model) -> None:
+        check_bounds(DraftOptions(None, self.gamma), "sd", model)
 
     def extra_stats(self) -> dict:
         return {"gamma": self.gamma, "drafter": self.name}
@@ -76,6 +87,7 @@ class DraftModelProposer(_ChainProposer):
         self.draft = draft
 
     def check(self, model) -> None:
+        self._check_bounds(model)
         d = self.draft
         if d.vocab_size != model.vocab_size or tuple(d.grid) != tuple(model.grid):
             raise ValueError(f"draft model (vocab {d.vocab_size}, grid {tuple(d.grid)}) does not match the "
@@ -113,6 +125,7 @@ class DraftHeadProposer(_ChainProposer):
         self.head = head
 
     def check(self, model) -> None:
+        self._check_bounds(model)
         self.head.check_target(model)
 
     def start(self, ctx, p0, hidden0) -> None:
@@ -179,6 +192,7 @@ class SpeculativeSampler(TokenSampler):
     """
 
     name = "sd"
+    OPTIONS = DraftOptions
 
     def __init__(self, draft=None, gamma: int = 4, acceptance="exact", **rule_options):
         _check_gamma(gamma)

@@ -17,16 +17,29 @@ sampler stays lossless, and drafts stop churning.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from ..acceptance import residual
 from ..base import sample_from_probs
 from ..loop import Proposal, TokenSampler
+from ..spec import check_bounds, checked, option
 
-__all__ = ["JacobiProposer", "JacobiSampler", "INITS"]
+__all__ = ["JacobiProposer", "JacobiSampler", "JacobiOptions", "INITS"]
 
 INITS = ("random", "horizontal", "vertical", "horizontal_sample", "vertical_sample")
+
+
+@dataclass
+class JacobiOptions:
+    window: int = option(16, "tokens fed per forward: the last committed token and window-1 drafts (1 is plain AR)",
+                         minimum=1, bound="num_tokens")
+    init: str = option("random", "how fresh tail drafts are made: uniform (random), a copy of the left/upper "
+                       "neighbour, or a draw from its predicted distribution (*_sample)", choices=INITS)
+    coupled: bool = option(False, "MC-SJD: keep a re-drafted token with the maximal-coupling probability")
+    sample_top: int = option(32, "candidates per neighbour for the *_sample inits", minimum=1)
 
 
 class JacobiProposer:
@@ -44,19 +57,12 @@ class JacobiProposer:
     draft_passes = 0
 
     def __init__(self, window: int = 16, init: str = "random", coupled: bool = False, sample_top: int = 32):
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be an integer >= 1, got {window!r}")
-        if init not in INITS:
-            raise ValueError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
-        if isinstance(sample_top, bool) or not isinstance(sample_top, int) or sample_top < 1:
-            raise ValueError(f"sample_top must be an integer >= 1, got {sample_top!r}")
-        if not isinstance(coupled, bool):
-            raise ValueError(f"coupled must be True or False, got {coupled!r}")
+        self.options = checked(JacobiOptions(window, init, coupled, sample_top), "sjd")
         self.window, self.init, self.coupled, self.sample_top = window, init, coupled, sample_top
         self.lookahead = window - 1
 
     def check(self, model) -> None:
-        return None
+        check_bounds(self.options, "sjd", model)
 
     def extra_stats(self) -> dict:
         return {"window": self.window, "init": self.init, "coupled": self.coupled}
@@ -148,6 +154,7 @@ class JacobiSampler(TokenSampler):
     lossless; ``gsd`` / ``lantern`` with their options are the relaxed variants)."""
 
     name = "sjd"
+    OPTIONS = JacobiOptions
 
     def __init__(self, window: int = 16, init: str = "random", coupled: bool = False, acceptance="exact",
                  sample_top: int = 32, **rule_options):
