@@ -27,8 +27,9 @@ def _official_sampler(fx, calls, reuse):
 def test_greedy_code_matches_fixture(fx, reuse):
     call = fx.m["code"]["code_greedy_calls"]["draft"]
     config = SamplingConfig(top_p=call["top_p"] or 1.0, cfg_scale=cfg_scale(call["cfg"]))
-    out, f_hat = _official_sampler(fx, call, reuse).sample_latent(fx.var, fx.T["infer_label_B"], config,
-                                                                  torch.Generator().manual_seed(call["g_seed"]))
+    out = _official_sampler(fx, call, reuse).sample(fx.var, fx.T["infer_label_B"], config,
+                                                    torch.Generator().manual_seed(call["g_seed"]))
+    f_hat = out.latents
     assert torch.equal(out.tokens, fx.code["code_greedy_idx_BL"])
     assert (f_hat - fx.code["code_greedy_fhat_BChw"]).abs().max() < ATOL
 
@@ -39,8 +40,9 @@ def test_seeded_code_matches_fixture(fx, reuse):
     reuse=True skips them, which leaves the generator exactly where they would have left it."""
     call = fx.m["code"]["code_sample_calls"]["draft_and_refine_common"]
     config = SamplingConfig(top_p=call["top_p"] or 1.0, cfg_scale=cfg_scale(call["cfg"]))
-    out, f_hat = _official_sampler(fx, call, reuse).sample_latent(fx.var, fx.T["infer_label_B"], config,
-                                                                  torch.Generator().manual_seed(call["g_seed"]))
+    out = _official_sampler(fx, call, reuse).sample(fx.var, fx.T["infer_label_B"], config,
+                                                    torch.Generator().manual_seed(call["g_seed"]))
+    f_hat = out.latents
     assert torch.equal(out.tokens, fx.code["code_sample_idx_BL"])
     assert (f_hat - fx.code["code_sample_fhat_BChw"]).abs().max() < ATOL
 

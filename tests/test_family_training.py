@@ -7,8 +7,12 @@ import torch
 from PIL import Image
 
 import vargen
-from vargen.train.mar import MARRunArgs, load_kl_folder, load_mar_folder, run_mar_training
-from vargen.train.var import VARRunArgs, _scale_slice, distillation_kl, load_var_folder, run_var_training, var_inputs
+from vargen.models.mar import MAR
+from vargen.models.var import VAR
+from vargen.tokenizers.kl import KLVAE
+from vargen.tokenizers.msvq import MultiScaleVQVAE
+from vargen.train.mar import MARRunArgs, run_mar_training
+from vargen.train.var import VARRunArgs, _scale_slice, distillation_kl, run_var_training, var_inputs
 
 TINY_MSVQ = {"vocab_size": 16, "z_channels": 8, "ch": 32, "ch_mult": [1, 2, 2], "v_patch_nums": [1, 2, 4]}
 TINY_KL = {"embed_dim": 4, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "encoder_attn_resolutions": [4]}
@@ -50,8 +54,8 @@ def family(tmp_path_factory):
         "benchmark": ["var", "var:model=refiner", "code:draft_steps=1", "code:draft_steps=2"]}))
     (root / "mar").mkdir()
     (root / "mar" / "pipeline.json").write_text(json.dumps({
-        "kind": "mar", "model": "target", "draft": "draft", "tokenizer": "kl", "defaults": {"cfg_scale": 2.0}, "clip_x0": 5.0,
-        "sampler_options": {"mar": {"num_iter": 4}, "cspd": {"num_iter": 4, "num_draft": 2}}}))
+        "kind": "mar", "model": "target", "draft": "draft", "tokenizer": "kl", "defaults": {"cfg_scale": 2.0},
+        "sampler_options": {"mar": {"num_iter": 4, "clip_x0": 5.0}, "cspd": {"num_iter": 4, "num_draft": 2, "clip_x0": 5.0}}}))
     yield root
     mp.undo()
 
@@ -64,17 +68,16 @@ def test_folders_are_fp16_with_their_config(family):
 
         assert all(v.dtype != torch.float32 for v in load_file(family / name / "model.safetensors").values())
     assert json.loads((family / "refiner" / "config.json").read_text())["draft_steps"] == 1
-    scale = load_kl_folder(family / "kl").scale_factor
+    scale = KLVAE.from_folder(family / "kl").scale_factor
     assert 0 < scale and scale != 0.2325  # measured on the data, not KL-16's constant
-    assert load_mar_folder(family / "target").config.img_size == 16
+    assert MAR.from_folder(family / "target").config.img_size == 16
 
 
 def test_refiner_specialisation_moves_it_towards_the_drafter_on_late_scales(family):
-    from vargen.train.var import load_msvq_folder
     from vargen.train.data import load_images, to_model_range
 
-    vae = load_msvq_folder(family / "msvq")
-    teacher, before, after = (load_var_folder(family / n, vae) for n in ("drafter", "refiner0", "refiner"))
+    vae = MultiScaleVQVAE.from_folder(family / "msvq")
+    teacher, before, after = (VAR.from_folder(family / n, vae) for n in ("drafter", "refiner0", "refiner"))
     images, labels, _ = load_images(str(family / "data"), "train", 16, cache_dir=family / "cache")
     targets, x = var_inputs(vae, to_model_range(images))
     late = _scale_slice(teacher, 1)
@@ -105,7 +108,7 @@ def test_var_pipeline_generates_with_every_sampler_and_member(family):
 
 def test_mar_pipeline_generates_and_per_row_seeds_do_not_depend_on_the_batch(family):
     pipe = vargen.load(family / "mar")
-    assert pipe.model.diffloss.clip_x0 == pipe.draft.diffloss.clip_x0 == 5.0
+    assert pipe.sampler_options["mar"]["clip_x0"] == pipe.sampler_options["cspd"]["clip_x0"] == 5.0
     o = pipe.generate([0, 1], sampler="cspd", seed=0)
     assert float(o.tokens.abs().max()) <= 5.0 + 1e-4  # the final step returns the (clamped-x0) posterior mean
     assert len(o.images) == 2 and o.tokens.shape == (2, 16, 4) and o.stats.draft_forward_passes > 0

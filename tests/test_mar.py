@@ -14,7 +14,10 @@ import torch
 
 from conftest import fixture_dir
 from vargen.models.checkpoint import load_strict
-from vargen.models.mar import MAR, PRESETS, Diffusion, MARConfig, preset, timestep_features
+from vargen.models.mar import MAR, PRESETS, MARConfig, preset, timestep_features
+from vargen.samplers import mar as mar_sampler
+from vargen.samplers.diffusion_head import denoise, reverse_step
+from vargen.samplers.schedulers import IDDPMScheduler
 from vargen.samplers import get_sampler
 from vargen.samplers.base import SamplingConfig
 from vargen.samplers.mar import MARSampler, cfg_scales, masked_after_step
@@ -64,7 +67,7 @@ def test_config_derived_sizes_match_fixture(fx):
     assert (m.seq_len, m.seq_h, m.token_embed_dim) == (derived["seq_len"], derived["seq_h"], derived["token_embed_dim"])
     assert sum(p.numel() for p in m.parameters()) == derived["n_params"]
     assert m.diffloss.num_sampling_steps == derived["gen_num_timesteps"]
-    assert m.diffloss.train_diffusion.num_timesteps == derived["train_num_timesteps"]
+    assert m.diffloss.train_scheduler.num_timesteps == derived["train_num_timesteps"]
 
 
 def test_strict_loading_names_first_bad_keys(fx):
@@ -192,16 +195,16 @@ def test_diffloss_network(fx):
 
 
 def test_diffusion_constants(fx):
-    t, gen = fx["t"], fx["model"].diffloss.gen_diffusion
+    t, gen = fx["t"], fx["model"].diffloss.scheduler
     assert torch.equal(gen.timestep_map, t["diffusion/gen_timestep_map"])
     for name in ("betas", "alphas_cumprod", "alphas_cumprod_prev", "posterior_variance",
                  "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
                  "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod"):
         assert_close(getattr(gen, name), t[f"diffusion/gen_{name}"], tol=1e-12, what=name)
-    train = fx["model"].diffloss.train_diffusion
+    train = fx["model"].diffloss.train_scheduler
     assert_close(train.betas, t["diffusion/train_betas"], tol=1e-12, what="train_betas")
     assert_close(train.alphas_cumprod, t["diffusion/train_alphas_cumprod"], tol=1e-12, what="train_alphas_cumprod")
-    released = Diffusion.create("100")
+    released = IDDPMScheduler.create("100")
     assert torch.equal(released.timestep_map, t["diffusion/timestep_map_100"])
     assert_close(released.betas, t["diffusion/gen_betas_100"], tol=1e-12, what="gen_betas_100")
 
@@ -210,7 +213,7 @@ def test_reverse_step(fx):
     m, t, meta = fx["model"], fx["t"], fx["meta"]
     x = t["pmv/x"]
     with torch.no_grad():
-        mean, log_var, x0 = m.diffloss.reverse_step(x, torch.full((x.shape[0],), meta["pmv_index"]), t["mar/z_masked"])
+        mean, log_var, x0 = reverse_step(m.diffloss, x, torch.full((x.shape[0],), meta["pmv_index"]), t["mar/z_masked"])
     assert_close(mean, t["pmv/mean"], what="mean")
     assert_close(log_var, t["pmv/log_variance"], what="log_variance")
     assert_close(x0, t["pmv/pred_xstart"], what="pred_xstart")
@@ -224,13 +227,13 @@ def test_diffloss_sampling_replay(fx, kind):
     cfg = meta["cfg_scale"] if guided else 1.0
     traj = t[f"{kind}/trajectory"]
     # replay of the recorded draws ...
-    tr = m.diffloss.sample(z, meta["temperature"], cfg, noise=t[f"{kind}/init_noise"],
-                           step_noise=t[f"{kind}/step_noise"], trace=True, keep_inputs=True)
+    tr = denoise(m.diffloss, z, meta["temperature"], cfg, noise=t[f"{kind}/init_noise"],
+                 step_noise=t[f"{kind}/step_noise"], trace=True, keep_inputs=True)
     assert_close(tr.sample, t[f"{kind}/output"], what="output")
     assert_close(tr.inputs[1:], traj[:-1], what="trajectory")
     # ... and the same draws from a generator seeded like the official torch RNG
     gen = torch.Generator().manual_seed(meta["sampling_seeds"][kind])
-    assert_close(m.diffloss.sample(z, meta["temperature"], cfg, generator=gen), t[f"{kind}/output"], what="seeded")
+    assert_close(denoise(m.diffloss, z, meta["temperature"], cfg, generator=gen), t[f"{kind}/output"], what="seeded")
 
 
 def test_mask_and_cfg_schedules_match_official():
@@ -251,14 +254,14 @@ def test_end_to_end_sampling(fx, run, monkeypatch):
     m, t, meta = fx["model"], fx["t"], fx["meta"]
     e = meta["end_to_end"][run]
     calls = []
-    original = m.diffloss.sample
+    original = denoise
 
-    def recording(z, temperature, cfg, **kw):
-        out = original(z, temperature, cfg, **kw)
+    def recording(head, z, temperature, cfg, **kw):
+        out = original(head, z, temperature, cfg, **kw)
         calls.append((z, cfg, out))
         return out
 
-    monkeypatch.setattr(m.diffloss, "sample", recording)
+    monkeypatch.setattr(mar_sampler, "denoise", recording)
     config = SamplingConfig(temperature=e["temperature"], cfg_scale=e["cfg"], cfg_schedule=e["cfg_schedule"])
     gen = torch.Generator().manual_seed(e["torch_seed"])
     out = get_sampler("mar", num_iter=e["num_iter"]).sample(m, t["inputs/labels"], config, gen,
@@ -270,7 +273,7 @@ def test_end_to_end_sampling(fx, run, monkeypatch):
         assert cfg == pytest.approx(step["cfg_iter"] if e["cfg"] != 1.0 else 1.0)
         assert_close(z, t[f"{run}/step{k}_z"], what=f"step{k}_z")
         assert_close(sampled, t[f"{run}/step{k}_sampled"], what=f"step{k}_sampled")
-        replay = original(t[f"{run}/step{k}_z"], e["temperature"], cfg, noise=t[f"{run}/step{k}_init_noise"],
+        replay = original(m.diffloss, t[f"{run}/step{k}_z"], e["temperature"], cfg, noise=t[f"{run}/step{k}_init_noise"],
                           step_noise=t[f"{run}/step{k}_step_noise"])
         assert_close(replay, t[f"{run}/step{k}_sampled"], what=f"step{k} replay")
     assert_close(m.unpatchify(out.tokens), t[f"{run}/tokens_out"], what="tokens_out")
@@ -425,12 +428,38 @@ def test_vae_training_reduces_loss():
 
 
 def test_clip_x0_clamps_the_predicted_start_and_defaults_to_mar():
-    from vargen.models.mar import Diffusion
-
-    d = Diffusion.create("10")
+    d = IDDPMScheduler.create("10")
     x, eps, v = torch.randn(6, 4) * 3, torch.zeros(6, 4), torch.zeros(6, 4)
     t = torch.full((6,), 9)
     mean, log_var, x0 = d.p_mean_variance(x, t, eps, v)
     assert float(x0.abs().max()) > 100  # first step of the cosine schedule: 1/sqrt(alpha_bar) is huge
-    mean_c, log_var_c, x0_c = d.p_mean_variance(x, t, eps, v, clip_x0=2.0)
+    mean_c, log_var_c, x0_c = d.p_mean_variance(x, t, eps, v, clip_sample_range=2.0)
     assert float(x0_c.abs().max()) == 2.0 and torch.equal(log_var, log_var_c) and not torch.equal(mean, mean_c)
+
+
+def test_diffusers_ddpm_scheduler_differs(fx):
+    """Why MAR samples through vargen's IDDPMScheduler and not diffusers' DDPMScheduler (the module docstring
+    of vargen.samplers.schedulers): the timesteps agree, the constants are float32, the noise stream and the
+    last step's variance differ, so a seeded MAR run does not reproduce."""
+    diffusers = pytest.importorskip("diffusers")
+    m, t, meta = fx["model"], fx["t"], fx["meta"]
+    ours = m.diffloss.scheduler
+    theirs = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                                     variance_type="learned_range", clip_sample=False, timestep_spacing="linspace")
+    theirs.set_timesteps(ours.num_timesteps)
+    assert torch.equal(theirs.timesteps, ours.timesteps)  # IDDPM's respacing = diffusers' linspace
+    ac = theirs.alphas_cumprod[ours.timestep_map]
+    assert ac.dtype == torch.float32 and float((ac.double() - ours.alphas_cumprod).abs().max()) > 0
+    z = t["mar/z_masked"]
+    gen = torch.Generator().manual_seed(meta["sampling_seeds"]["sample_nocfg"])
+    x = torch.randn(z.shape[0], m.diffloss.in_channels, generator=gen)
+    with torch.no_grad():
+        for i, step in enumerate(theirs.timesteps.tolist()):
+            index = torch.full((z.shape[0],), ours.num_timesteps - 1 - i)
+            x = theirs.step(m.diffloss.predict(x, index, z), step, x, generator=gen).prev_sample
+    diff = float((x - t["sample_nocfg/output"]).abs().max())
+    assert diff > 1e-2, diff  # a different random stream (one draw fewer per run, none at t = 0): another sample
+    # the last step's learned-range log-variance at v = 0: diffusers mixes in log(1e-20), IDDPM step 1's value
+    last = theirs._get_variance(0, predicted_variance=torch.zeros(1)).item()
+    mine = 0.5 * (ours.log_betas[0] + ours.posterior_log_variance_clipped[0]).item()
+    assert last < mine - 5, (last, mine)

@@ -123,10 +123,10 @@ def test_shipped_families_pass_the_conformance_checks():
     llamagen = vargen.load("cifar10-llamagen")
     check_token_model(llamagen.model, torch.tensor([0, 3, 9]))
     var = vargen.load("cifar10-var")
-    for model in (var.model, var.refiner):
+    for model in (var.model, var.member("refiner")):
         check_scale_model(model, torch.tensor([1, 7]))
     mar = vargen.load("cifar10-mar")
-    for model in (mar.model, mar.draft):
+    for model in (mar.model, mar.member("draft")):
         check_continuous_model(model, torch.tensor([2, 5]))
 
 

@@ -8,7 +8,7 @@ import torch
 
 from helpers import assert_rows_match_alone, SyncCounter, chi_square_pvalue, exact_distribution, save_gpt_folder, tiny_gpt
 from vargen import SamplingConfig, get_sampler
-from vargen.models.draft_head import DraftHead, DraftHeadConfig, load_draft_head
+from vargen.models.draft_head import DraftHead, DraftHeadConfig
 from vargen.samplers.acceptance import ExactAcceptance
 from vargen.samplers.proposers.draft import SpeculativeSampler
 from vargen.train.draft_head import accumulate_gradients, add_cli, run_cli
@@ -159,4 +159,4 @@ def test_train_draft_head_cli_writes_a_head_that_drafts_better(tmp_path):
                                                               generator=torch.Generator().manual_seed(0))
         rates[name] = out.stats.extra["draft_acceptance_rate"]
     assert rates["trained"] > 0.4 > 0.2 > rates["random"], rates
-    assert isinstance(load_draft_head(tmp_path / "head"), DraftHead)
+    assert isinstance(DraftHead.from_folder(tmp_path / "head"), DraftHead)

@@ -48,11 +48,11 @@ def test_vq_and_gpt_training_reduce_the_loss_and_resume(image_folder, tmp_path, 
     gpt_args = GPTTrainArgs(data=str(image_folder), vq=str(tmp_path / "vq"), out=str(tmp_path / "gpt"), steps=40,
                             batch_size=8, lr=3e-3, warmup=2, save_every=20, image_size=16, config=TINY_GPT)
     train_gpt(gpt_args)
-    from vargen.models.llamagen import load_gpt_folder
-    from vargen.tokenizers.llamagen_vq import load_vq_folder
+    from vargen.models.llamagen import GPT
+    from vargen.tokenizers.llamagen_vq import VQModel
 
-    model = load_gpt_folder(tmp_path / "gpt")
-    vq = load_vq_folder(tmp_path / "vq")
+    model = GPT.from_folder(tmp_path / "gpt")
+    vq = VQModel.from_folder(tmp_path / "vq")
     from vargen.train.gpt import nll_bits_per_token, tokenize_split
 
     tokens, labels = tokenize_split(vq, str(image_folder), "train", flips=False, image_size=16)
@@ -78,21 +78,21 @@ def test_shipped_checkpoints_load_strictly_with_their_config(name):
     assert (folder / "model.safetensors").stat().st_size <= 15 * 2**20
     kind = json.loads((folder / "config.json").read_text()).get("type")
     if kind == "llamagen_gpt":
-        from vargen.models.llamagen import load_gpt_folder
+        from vargen.models.llamagen import GPT
 
-        load_gpt_folder(folder)
+        GPT.from_folder(folder)
     elif kind in ("llamagen_vq", "var_vqvae", "kl_vae"):
         from vargen.train.vq import load_tokenizer_folder
 
         load_tokenizer_folder(folder)
     elif kind == "var":
-        from vargen.train.var import load_var_folder
+        from vargen.models.var import VAR
 
-        load_var_folder(folder)
+        VAR.from_folder(folder)
     elif kind == "mar":
-        from vargen.train.mar import load_mar_folder
+        from vargen.models.mar import MAR
 
-        load_mar_folder(folder)
+        MAR.from_folder(folder)
 
 
 @pytest.mark.parametrize("name, sampler", [("cifar10-var", "code"), ("cifar10-mar", "cspd")])

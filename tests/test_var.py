@@ -283,7 +283,8 @@ def test_greedy_sampling_matches_fixture(fx, greedy):
     config = SamplingConfig(top_k=1, top_p=1.0, cfg_scale=cfg_scale(call["cfg"]))
     if greedy == "temperature=0":
         config = SamplingConfig(temperature=0.0, top_k=0, top_p=1.0, cfg_scale=cfg_scale(call["cfg"]))
-    out, f_hat = VARSampler().sample_latent(fx.var, fx.T["infer_label_B"], config, torch.Generator().manual_seed(call["g_seed"]))
+    out = VARSampler().sample(fx.var, fx.T["infer_label_B"], config, torch.Generator().manual_seed(call["g_seed"]))
+    f_hat = out.latents
     assert torch.equal(out.tokens, fx.T["greedy_idx_BL"])
     assert (f_hat - fx.T["greedy_fhat_BChw"]).abs().max() < ATOL
 
@@ -292,7 +293,8 @@ def test_seeded_sampling_matches_fixture(fx):
     """Upstream draws with torch.multinomial on one CPU generator seeded with g_seed: RNG-identical here."""
     call = fx.m["sample_call"]
     config = SamplingConfig(top_k=call["top_k"], top_p=call["top_p"] or 1.0, cfg_scale=cfg_scale(call["cfg"]))
-    out, f_hat = VARSampler().sample_latent(fx.var, fx.T["infer_label_B"], config, torch.Generator().manual_seed(call["g_seed"]))
+    out = VARSampler().sample(fx.var, fx.T["infer_label_B"], config, torch.Generator().manual_seed(call["g_seed"]))
+    f_hat = out.latents
     assert torch.equal(out.tokens, fx.T["sample_idx_BL"])
     assert (f_hat - fx.T["sample_fhat_BChw"]).abs().max() < ATOL
     # the decoded image is the decoder applied to the latent
@@ -330,9 +332,12 @@ def test_per_scale_temperature_and_more_smooth(fx):
     greedy_all = VARSampler(temperatures=[0.0] * K).sample(fx.var, [3, 7], config, torch.Generator().manual_seed(0)).tokens
     greedy_ref = VARSampler().sample(fx.var, [3, 7], SamplingConfig(temperature=0.0, cfg_scale=2.5), torch.Generator().manual_seed(0)).tokens
     assert torch.equal(greedy_all, greedy_ref)
-    hard, f_hard = VARSampler().sample_latent(fx.var, [3, 7], config, torch.Generator().manual_seed(1))
-    soft, f_soft = VARSampler(more_smooth=True).sample_latent(fx.var, [3, 7], config, torch.Generator().manual_seed(1))
-    soft2, f_soft2 = VARSampler(more_smooth=True).sample_latent(fx.var, [3, 7], config, torch.Generator().manual_seed(1))
+    hard = VARSampler().sample(fx.var, [3, 7], config, torch.Generator().manual_seed(1))
+    f_hard = hard.latents
+    soft = VARSampler(more_smooth=True).sample(fx.var, [3, 7], config, torch.Generator().manual_seed(1))
+    f_soft = soft.latents
+    soft2 = VARSampler(more_smooth=True).sample(fx.var, [3, 7], config, torch.Generator().manual_seed(1))
+    f_soft2 = soft2.latents
     assert torch.equal(f_soft, f_soft2)
     assert (f_soft - fx.vae.idx_to_fhat(split_scales(soft.tokens, fx.var.patch_nums))).abs().max() > 1e-3
 

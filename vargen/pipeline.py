@@ -1,10 +1,18 @@
-"""``vargen.load(name_or_path) -> Pipeline``: tokenizer + model + sampling defaults -> images and stats."""
+"""``vargen.load(name_or_path) -> Pipeline``: tokenizer + model + sampling defaults -> images and stats.
+
+One :class:`Pipeline` class serves every model family. What differs per family is one row of
+:data:`FAMILIES` (:class:`FamilySpec`): how a ``pipeline.json`` folder is loaded, how outputs are decoded,
+the default and baseline samplers, the samplers that apply, the companion models samplers take (a draft
+head, CoDe's refiner, CSpD's draft MAR) and the ``SamplingConfig`` fields the family uses.
+
+Companions are loaded once per pipeline (on first use), and samplers -- with their rule caches such as
+LANTERN's neighbour table -- are built once per (sampler, options) and reused across ``generate`` calls.
+"""
 from __future__ import annotations
 
-import json
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
@@ -12,8 +20,10 @@ from PIL import Image
 from . import zoo
 from .samplers import get_sampler
 from .samplers.base import GenerationOutput, SamplingConfig, Stats
+from .samplers.spec import SamplerSpec
 
-CONFIG_FIELDS = {f.name for f in fields(SamplingConfig)}
+CONFIG_FIELDS = tuple(f.name for f in fields(SamplingConfig))
+MAX_SEED = 2**63 - 1
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -31,144 +41,344 @@ def image_grid(images: Sequence[Image.Image], cols: int) -> Image.Image:
     return grid
 
 
-class Pipeline:
-    """A token model (LlamaGen-style) with its tokenizer and defaults.
+# ----------------------------------------------------------------------------------------------
+# Families
+# ----------------------------------------------------------------------------------------------
 
-    ``generate(cond, sampler="sjd", seed=0, **options)``: ``options`` may hold
-    :class:`SamplingConfig` fields (``cfg_scale=``, ``top_k=``, ...) and sampler options
-    (``window=``, ``init=``, ``coupled=``, ``acceptance=``, ...); anything else is an error.
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What a model family needs from the one Pipeline class.
+
+    build(spec, resolve, dtype) -> (model, tokenizer, companions): ``companions`` maps a name to a module
+    or to a zero-argument loader called on first use. decode(pipeline, output) -> image tensor [B, 3, H, W]
+    in [-1, 1], one row at a time (so an image never depends on the batch it was generated in).
+    companions: sampler -> (option name, companion name) filled in unless the caller gives the option.
+    members: ``model=NAME`` -> companion name ("main" is the model itself).
     """
 
-    kind = "llamagen"
-    default_sampler = "sjd"
-    baseline_sampler = "ar"  # what speed-ups and "quality vs baseline" are measured against
-    members: dict[str, str] = {}  # generate(..., model=NAME) runs the sampler on another model of the pipeline
-    row_independent_seeds = True  # per_row_seeds runs batched (one generator per row inside the sampler)
-    samplers: tuple[str, ...] | None = None  # the samplers that apply (None: any registered one)
-    companions: dict[str, str] = {"sd": "draft", "lantern": "draft"}  # sampler -> option filled from this attribute
+    kind: str
+    build: Callable
+    decode_row: Callable
+    default_sampler: str
+    baseline: str
+    samplers: tuple[str, ...]
+    config_fields: tuple[str, ...]
+    companions: dict = field(default_factory=dict)
+    members: dict = field(default_factory=dict)
+    row_independent_seeds: bool = True  # False: samplers draw from one generator; per-row seeds run row by row
+    codebook_rules: bool = False  # fill LANTERN / GSD's codebook from the tokenizer
 
-    def __init__(self, model, tokenizer, defaults: SamplingConfig | None = None, class_names=None,
-                 name: str | None = None, draft=None, sampler_options: dict | None = None):
-        self.draft = draft  # default drafter (a draft-head folder or model) for "sd" / "lantern"
-        self.sampler_options = dict(sampler_options or {})  # per-sampler default options, e.g. {"mar": {"num_iter": 16}}
-        self.benchmark: list[str] = []  # the sampler specs eval/report.py measures on this model (pipeline.json)
+
+def _build_llamagen(spec, resolve, dtype):
+    from .models.draft_head import DraftHead
+    from .models.llamagen import GPT
+    from .tokenizers.llamagen_vq import VQModel
+
+    model = GPT.from_folder(resolve(spec["model"]), dtype)
+    companions = {}
+    if spec.get("draft"):
+        path = resolve(spec["draft"])
+        companions["draft"] = lambda: DraftHead.from_folder(path)
+    return model, VQModel.from_folder(resolve(spec["tokenizer"])), companions
+
+
+def _decode_llamagen(pipe, tokens, latents):
+    _, h, w = pipe.model.grid
+    return pipe.tokenizer.decode(tokens.view(tokens.shape[0], h, w))
+
+
+def _build_var(spec, resolve, dtype):
+    from .models.var import VAR
+    from .tokenizers.msvq import MultiScaleVQVAE
+
+    vae = MultiScaleVQVAE.from_folder(resolve(spec["tokenizer"]))
+    companions = {}
+    if spec.get("refiner"):
+        path = resolve(spec["refiner"])
+        companions["refiner"] = lambda: VAR.from_folder(path, vae, dtype)
+    return VAR.from_folder(resolve(spec["model"]), vae, dtype), vae, companions
+
+
+def _decode_var(pipe, tokens, latents):
+    if latents is not None:  # the sampler's own f_hat (with more_smooth it is not a function of the tokens)
+        return pipe.tokenizer.fhat_to_img(latents.float())
+    return pipe.tokenizer.idx_to_img(tokens)
+
+
+def _build_mar(spec, resolve, dtype):
+    from .models.mar import MAR
+    from .tokenizers.kl import KLVAE
+
+    companions = {}
+    if spec.get("draft"):
+        path = resolve(spec["draft"])
+        companions["draft"] = lambda: MAR.from_folder(path, dtype)
+    return MAR.from_folder(resolve(spec["model"]), dtype), KLVAE.from_folder(resolve(spec["tokenizer"])), companions
+
+
+def _decode_mar(pipe, tokens, latents):
+    x = latents if latents is not None else tokens
+    latent = pipe.model.unpatchify(x.to(pipe.device, next(pipe.model.parameters()).dtype))
+    return pipe.tokenizer.tokens_to_images(latent.to(pipe.tokenizer_device, next(pipe.tokenizer.parameters()).dtype))
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    "llamagen": FamilySpec(
+        "llamagen", _build_llamagen, _decode_llamagen, default_sampler="sjd", baseline="ar",
+        samplers=("ar", "sjd", "gsd", "sd", "lantern"),
+        config_fields=("temperature", "top_k", "top_p", "cfg_scale", "cfg_interval"),
+        companions={"sd": ("draft", "draft"), "lantern": ("draft", "draft")}, codebook_rules=True),
+    "var": FamilySpec(
+        "var", _build_var, _decode_var, default_sampler="var", baseline="var", samplers=("var", "code"),
+        config_fields=("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "more_smooth"),
+        companions={"code": ("refiner", "refiner")}, members={"drafter": "main", "refiner": "refiner"}),
+    "mar": FamilySpec(
+        "mar", _build_mar, _decode_mar, default_sampler="mar", baseline="mar", samplers=("mar", "cspd"),
+        config_fields=("temperature", "cfg_scale", "cfg_schedule"),
+        companions={"cspd": ("draft", "draft")}, members={"target": "main", "draft": "draft"},
+        row_independent_seeds=False),
+}
+
+
+def register_family(spec: FamilySpec) -> None:
+    FAMILIES[spec.kind] = spec
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline
+# ----------------------------------------------------------------------------------------------
+
+
+def _frozen(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return ("id", id(value))
+
+
+class Pipeline:
+    """A model with its tokenizer, companions and defaults; ``generate`` turns conditions into images.
+
+    ``generate(cond, sampler=None, seed=0, **options)``: ``options`` may hold the family's
+    :class:`SamplingConfig` fields (``cfg_scale=``, ``top_k=``, ...), the sampler's options (``window=``,
+    ``init=``, ``acceptance=``, ...) and ``model=`` (a member such as VAR's ``refiner``); anything else is
+    an error before any work.
+    """
+
+    def __init__(self, family: FamilySpec | str, model, tokenizer, defaults: SamplingConfig | None = None,
+                 class_names=None, name: str | None = None, companions: dict | None = None,
+                 sampler_options: dict | None = None, benchmark: Sequence[str] = ()):
+        self.family = FAMILIES[family] if isinstance(family, str) else family
         self.model = model
         self.tokenizer = tokenizer
         self.defaults = defaults or SamplingConfig()
         self.class_names = list(class_names) if class_names else None
         self.name = name
+        self.sampler_options = dict(sampler_options or {})  # per-sampler defaults, e.g. {"code": {"draft_steps": 4}}
+        self.benchmark = list(benchmark)  # the sampler specs the benchmark report measures on this model
+        self._companions = dict(companions or {})
+        self._samplers: dict = {}
+        self._placement: tuple = (None, None)
+        foreign = self.defaults_used_but_foreign()
+        if foreign:
+            raise ValueError(f"{name}: default(s) {', '.join(foreign)} do not apply to {self.kind} models")
+
+    # -- what the pipeline is --------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return self.family.kind
+
+    @property
+    def default_sampler(self) -> str:
+        return self.family.default_sampler
+
+    @property
+    def baseline_sampler(self) -> str:
+        return self.family.baseline
+
+    @property
+    def row_independent_seeds(self) -> bool:
+        return self.family.row_independent_seeds
+
+    def applicable_samplers(self) -> tuple[str, ...]:
+        return self.family.samplers
+
+    def defaults_used_but_foreign(self) -> list[str]:
+        return [f.name for f in fields(SamplingConfig)
+                if getattr(self.defaults, f.name) is not None and f.name not in self.family.config_fields]
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @property
+    def tokenizer_device(self) -> torch.device:
+        return next(self.tokenizer.parameters()).device
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names) if self.class_names else int(getattr(self.model, "num_classes", 0) or 0)
+
+    def companion(self, name: str):
+        """A companion model (loaded on first use, then kept), or None if this pipeline has none."""
+        value = self._companions.get(name)
+        if callable(value) and not isinstance(value, torch.nn.Module):
+            value = value()
+            device, dtype = self._placement
+            if isinstance(value, torch.nn.Module) and (device is not None or dtype is not None):
+                value = value.to(device=device, dtype=dtype)
+            self._companions[name] = value
+        return value
 
     def to(self, device=None, dtype=None) -> "Pipeline":
         self.model.to(device=device, dtype=dtype)
         if self.tokenizer is not None:
             self.tokenizer.to(device=device)
-        for attr in set(self.companions.values()):  # drafter / refiner modules (a draft-head folder stays a path)
-            if isinstance(getattr(self, attr, None), torch.nn.Module):
-                getattr(self, attr).to(device=device, dtype=dtype)
+        for value in self._companions.values():
+            if isinstance(value, torch.nn.Module):
+                value.to(device=device, dtype=dtype)
+        self._placement = (device or self._placement[0], dtype or self._placement[1])
+        self._samplers.clear()
         return self
 
-    def class_id(self, c: int | str) -> int:
-        if isinstance(c, str) and not c.isdigit():
+    def member(self, name: str | None):
+        """The model a sampler runs on: the main one, or a named member (``"refiner"``, ``"draft"``)."""
+        if name is None or name == "main":
+            return self.model
+        if name not in self.family.members:
+            raise ValueError(f"model={name!r}: this {self.kind} pipeline has {['main', *self.family.members]}")
+        key = self.family.members[name]
+        found = self.model if key == "main" else self.companion(key)
+        if found is None:
+            raise ValueError(f"model={name!r}: this pipeline has no {name} model")
+        return found
+
+    def class_id(self, c) -> int:
+        """A class id from a name or an integer id, checked against the classes (``0 .. num_classes-1``)."""
+        n = self.num_classes
+        if isinstance(c, str) and not c.strip().lstrip("-").isdigit():
             if not self.class_names or c not in self.class_names:
                 raise ValueError(f"unknown class {c!r}; classes: {self.class_names}")
             return self.class_names.index(c)
-        return int(c)
+        if isinstance(c, bool) or not isinstance(c, (int, str)):
+            raise ValueError(f"class ids must be integers or class names, got {c!r}")
+        cid = int(c)
+        if not 0 <= cid < n:
+            raise ValueError(f"class id {cid} out of range: this model has {n} classes (0..{n - 1})")
+        return cid
 
+    # -- samplers -----------------------------------------------------------------------------------------
     def split_options(self, options: dict[str, Any]) -> tuple[SamplingConfig, dict[str, Any]]:
+        """(the call's SamplingConfig over the pipeline's defaults, the sampler options); a config field this
+        family does not use is an error."""
         cfg = {k: v for k, v in options.items() if k in CONFIG_FIELDS}
+        foreign = [k for k in cfg if k not in self.family.config_fields]
+        if foreign:
+            raise ValueError(f"{', '.join(foreign)} does not apply to {self.kind} models; their sampling config "
+                             f"takes: {', '.join(self.family.config_fields)}")
         rest = {k: v for k, v in options.items() if k not in CONFIG_FIELDS}
         return SamplingConfig(**cfg).with_defaults(self.defaults), rest
+
+    def make_sampler(self, name: str, **options):
+        """``get_sampler`` with what this pipeline knows: its per-sampler defaults, its companion model (the
+        drafter of ``sd``/``lantern``, CoDe's refiner, CSpD's draft; unless given as an option) and the
+        tokenizer codebook for neighbourhood rules. Built once per (name, options), then reused."""
+        if name not in self.family.samplers:
+            raise ValueError(f"sampler {name!r} does not apply to a {self.kind.upper()} pipeline; use one of "
+                             f"{', '.join(self.family.samplers)}")
+        options = {**self.sampler_options.get(name, {}), **options}
+        key = (name, tuple(sorted((k, _frozen(v)) for k, v in options.items())))
+        if key in self._samplers:
+            return self._samplers[key]
+        link = self.family.companions.get(name)
+        if link is not None and link[0] not in options:
+            value = self.companion(link[1])
+            if value is not None:
+                options[link[0]] = value
+        sampler = get_sampler(name, **options)
+        rule = getattr(sampler, "rule", None)
+        if self.family.codebook_rules and rule is not None and getattr(rule, "codebook", False) is None:
+            rule.codebook = self.tokenizer.codebook  # neighbourhoods in the quantiser's geometry
+        self._samplers[key] = sampler
+        return sampler
+
+    def conditions(self, cond) -> torch.Tensor:
+        """Class names / ids (a list, or one) -> a LongTensor of checked ids on the model's device."""
+        if isinstance(cond, (int, str)):
+            cond = [cond]
+        if isinstance(cond, (list, tuple)):
+            if not cond:
+                raise ValueError("no classes given: the batch is empty")
+            cond = torch.tensor([self.class_id(c) for c in cond], dtype=torch.long)
+        if not torch.is_tensor(cond):
+            raise ValueError(f"cond must be class ids or names, got {type(cond).__name__}")
+        return cond.to(self.device)
+
+    @staticmethod
+    def check_seed(seed) -> None:
+        if seed is None:
+            return
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
 
     @torch.no_grad()
     def generate(self, cond, sampler: str | Any | None = None, seed: int | None = 0, decode: bool = True,
                  per_row_seeds: bool = False, **options) -> GenerationOutput:
-        """``sampler``: a name (default: the pipeline's, e.g. ``sjd`` for LlamaGen) or a sampler instance."""
+        """``sampler``: a name (default: the family's, e.g. ``sjd`` for LlamaGen), a ``"name:key=value"``
+        spec, or a sampler instance. ``per_row_seeds``: row ``i`` uses seed ``seed + i``, so a row's tokens do
+        not depend on the batch it runs in."""
+        self.check_seed(seed)
+        if per_row_seeds and seed is not None and seed + 1000 > MAX_SEED:
+            raise ValueError(f"seed {seed} leaves no room for per-row seeds (at most {MAX_SEED - 1000})")
         sampler = sampler or self.default_sampler
+        if isinstance(sampler, str) and ":" in sampler:
+            spec = SamplerSpec.parse(sampler)
+            sampler, options = spec.name, {**spec.options, **options, **({"model": spec.member} if spec.member else {})}
         model = self.member(options.pop("model", None))
         config, sampler_options = self.split_options(options)
         if isinstance(sampler, str):
             sampler = self.make_sampler(sampler, **sampler_options)
         elif sampler_options:
             raise ValueError(f"options {sorted(sampler_options)} given with a sampler instance")
-        if isinstance(cond, (int, str)):
-            cond = [cond]
-        if isinstance(cond, (list, tuple)):
-            cond = torch.tensor([self.class_id(c) for c in cond], device=self.device)
-        cond = cond.to(self.device)
-        if per_row_seeds:  # row i uses seed + i, independent of the batch it runs in
+        cond = self.conditions(cond)
+        if per_row_seeds and not self.row_independent_seeds:
+            return self._generate_row_by_row(cond, sampler, model, config, seed or 0, decode)
+        if per_row_seeds:
             generator = [torch.Generator(self.device).manual_seed((seed or 0) + i) for i in range(cond.shape[0])]
         else:
             generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         out = sampler.sample(model, cond, config, generator)
         if decode and self.tokenizer is not None:
-            out.images = self.decode(out.tokens)
+            out.images = self.decode(out)
         return out
 
-    def member(self, name: str | None):
-        """The model a sampler runs on: the main one, or a named member (``"refiner"``, ``"draft"``)."""
-        if name is None or name == "main":
-            return self.model
-        if name not in self.members:
-            raise ValueError(f"model={name!r}: this {self.kind} pipeline has {['main', *self.members] }")
-        found = getattr(self, self.members[name])
-        if found is None:
-            raise ValueError(f"model={name!r}: this pipeline has no {name} model")
-        return found
+    def _generate_row_by_row(self, cond, sampler, model, config, seed: int, decode: bool) -> GenerationOutput:
+        """For samplers that draw from one generator per call: row i alone with seed + i."""
+        rows = [sampler.sample(model, cond[i : i + 1], config, torch.Generator(self.device).manual_seed(seed + i))
+                for i in range(cond.shape[0])]
+        latents = torch.cat([r.latents for r in rows]) if rows[0].latents is not None else None
+        out = GenerationOutput(tokens=torch.cat([r.tokens for r in rows]), stats=_rows_stats([r.stats for r in rows]),
+                               latents=latents)
+        if decode and self.tokenizer is not None:
+            out.images = self.decode(out)
+        return out
 
-    def make_sampler(self, name: str, **options):
-        """``get_sampler`` with what this pipeline knows: its per-sampler defaults, its companion model
-        (the drafter of ``sd``/``lantern``, CoDe's refiner, CSpD's draft; unless given as an option) and the
-        tokenizer codebook for neighbourhood rules (LANTERN, GSD)."""
-        if self.samplers is not None and name not in self.samplers:
-            raise ValueError(f"sampler {name!r} does not apply to a {self.kind.upper()} pipeline; use one of {self.samplers}")
-        options = {**self.sampler_options.get(name, {}), **options}
-        attr = self.companions.get(name)
-        if attr is not None and attr not in options and getattr(self, attr, None) is not None:
-            options[attr] = getattr(self, attr)
-        sampler = get_sampler(name, **options)
-        rule = getattr(sampler, "rule", None)
-        if rule is not None and getattr(rule, "codebook", False) is None and self.tokenizer is not None:
-            rule.codebook = self.tokenizer.codebook  # neighbourhoods in the quantiser's geometry
-        return sampler
-
-    def decode(self, tokens: torch.Tensor) -> list[Image.Image]:
-        _, h, w = self.model.grid
-        dtype = next(self.tokenizer.parameters()).dtype
-        with torch.no_grad():
-            images = self.tokenizer.decode(tokens.view(tokens.shape[0], h, w).to(self.tokenizer_device))
-        return to_pil(images.to(dtype=torch.float32))
-
-    @property
-    def tokenizer_device(self) -> torch.device:
-        return next(self.tokenizer.parameters()).device
-
-
-class ScalePipeline(Pipeline):
-    """VAR (next-scale) drafter + multi-scale VQVAE, with a default refiner for CoDe (``sampler="code"``)."""
-
-    kind = "var"
-    default_sampler = "var"
-    baseline_sampler = "var"
-    members = {"drafter": "model", "refiner": "refiner"}
-    samplers = ("var", "code")
-    companions = {"code": "refiner"}
-
-    def __init__(self, model, tokenizer, defaults=None, class_names=None, name=None, refiner=None, sampler_options=None):
-        super().__init__(model, tokenizer, defaults, class_names, name, None, sampler_options)
-        self.refiner = refiner
-
-    def decode(self, tokens: torch.Tensor) -> list[Image.Image]:
-        with torch.no_grad():
-            images = self.tokenizer.idx_to_img(tokens.to(self.tokenizer_device))
-        return to_pil(images.float())
+    @torch.no_grad()
+    def decode(self, out: GenerationOutput | torch.Tensor) -> list[Image.Image]:
+        """Images of an output (its latents when the sampler computed them, else its tokens), decoded one
+        row at a time: an image is the same whatever batch it was generated and decoded in."""
+        if torch.is_tensor(out):
+            out = GenerationOutput(tokens=out, stats=Stats())
+        images = []
+        for i in range(out.tokens.shape[0]):
+            lat = out.latents[i : i + 1] if out.latents is not None else None
+            tok = out.tokens[i : i + 1].to(self.tokenizer_device)
+            images.append(self.family.decode_row(self, tok, lat).float())
+        return to_pil(torch.cat(images))
 
 
 def _rows_stats(parts: list[Stats]) -> Stats:
@@ -185,120 +395,81 @@ def _rows_stats(parts: list[Stats]) -> Stats:
                  peak_memory_bytes=max(p.peak_memory_bytes for p in parts), extra=extra)
 
 
-class MARPipeline(Pipeline):
-    """MAR target + KL VAE, with a default draft MAR for continuous speculative decoding (``sampler="cspd"``)."""
-
-    kind = "mar"
-    default_sampler = "mar"
-    baseline_sampler = "mar"
-    members = {"target": "model", "draft": "draft"}
-    row_independent_seeds = False  # MAR's samplers draw from one generator: per_row_seeds runs row by row
-    samplers = ("mar", "cspd")
-    companions = {"cspd": "draft"}
-
-    @torch.no_grad()
-    def generate(self, cond, sampler=None, seed: int | None = 0, decode: bool = True, per_row_seeds: bool = False,
-                 **options) -> GenerationOutput:
-        """MAR's samplers draw from one generator; ``per_row_seeds`` therefore runs the rows one by one
-        (row i with seed + i), so a row's image does not depend on its batch."""
-        if not per_row_seeds:
-            return super().generate(cond, sampler, seed, decode, False, **options)
-        if isinstance(cond, (int, str)):
-            cond = [cond]
-        rows = [super(MARPipeline, self).generate([c], sampler, (seed or 0) + i, False, False, **options)
-                for i, c in enumerate(list(cond))]
-        out = GenerationOutput(tokens=torch.cat([r.tokens for r in rows]), stats=_rows_stats([r.stats for r in rows]))
-        if decode:
-            out.images = self.decode(out.tokens)
-        return out
-
-    def decode(self, tokens: torch.Tensor) -> list[Image.Image]:
-        with torch.no_grad():
-            latents = self.model.unpatchify(tokens.to(self.device, next(self.model.parameters()).dtype))
-            images = self.tokenizer.tokens_to_images(latents.to(self.tokenizer_device, next(self.tokenizer.parameters()).dtype))
-        return to_pil(images.float())
-
-
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
 
+_SPEC_KEYS = {"kind", "model", "tokenizer", "draft", "refiner", "defaults", "class_names", "sampler_options",
+              "benchmark"}
 
-def _load_pipeline_json(folder: Path, dtype: torch.dtype, device) -> Pipeline:
-    spec = zoo.read_json(folder / "pipeline.json")
-    root = folder.parent
+
+def load_pipeline_folder(folder: Path, dtype: torch.dtype = torch.float32, device="cpu") -> Pipeline:
+    """A folder with ``pipeline.json`` naming its model, tokenizer and companions (paths relative to the
+    folder's parent, as in the zoo)."""
+    path = Path(folder) / "pipeline.json"
+    spec = zoo.read_json(path)
+    unknown = sorted(set(spec) - _SPEC_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; a pipeline.json takes {sorted(_SPEC_KEYS)}")
+    kind = spec.get("kind")
+    if kind not in FAMILIES:
+        raise ValueError(f"{path}: kind {kind!r} is not a known family ({', '.join(FAMILIES)})")
+    for key in ("model", "tokenizer"):
+        if not spec.get(key):
+            raise ValueError(f"{path}: {key!r} is missing")
+    root = Path(folder).parent
 
     def resolve(name):
         p = Path(name)
         return p if p.is_absolute() else root / name
 
-    pipe = _build_from_spec(spec, resolve, folder, dtype).to(device)
-    pipe.benchmark = list(spec.get("benchmark", []))
-    return pipe
+    family = FAMILIES[kind]
+    model, tokenizer, companions = family.build(spec, resolve, dtype)
+    try:
+        defaults = SamplingConfig(**spec.get("defaults", {}))
+    except TypeError as err:
+        raise ValueError(f"{path}: bad defaults: {err}") from None
+    pipe = Pipeline(family, model, tokenizer, defaults, spec.get("class_names"), Path(folder).name, companions,
+                    spec.get("sampler_options"), spec.get("benchmark", ()))
+    return pipe.to(device)
 
 
-def _build_from_spec(spec: dict, resolve, folder: Path, dtype: torch.dtype) -> Pipeline:
-    common = dict(defaults=SamplingConfig(**spec.get("defaults", {})), class_names=spec.get("class_names"),
-                  name=folder.name, sampler_options=spec.get("sampler_options"))
-    if spec["kind"] == "var":
-        from .train.var import load_msvq_folder, load_var_folder
-
-        vae = load_msvq_folder(resolve(spec["tokenizer"]))
-        refiner = load_var_folder(resolve(spec["refiner"]), vae, dtype) if spec.get("refiner") else None
-        return ScalePipeline(load_var_folder(resolve(spec["model"]), vae, dtype), vae, refiner=refiner, **common)
-    if spec["kind"] == "mar":
-        from .train.mar import load_kl_folder, load_mar_folder
-
-        draft = load_mar_folder(resolve(spec["draft"]), dtype) if spec.get("draft") else None
-        target = load_mar_folder(resolve(spec["model"]), dtype)
-        for m in (target, draft):  # pred-x0 clamp of the diffusion heads (see Diffusion.p_mean_variance)
-            if m is not None:
-                m.diffloss.clip_x0 = spec.get("clip_x0")
-        return MARPipeline(target, load_kl_folder(resolve(spec["tokenizer"])), draft=draft, **common)
-    if spec["kind"] != "llamagen":
-        raise ValueError(f"{folder}: pipeline kind {spec['kind']!r} is not loadable by this version (llamagen, var, mar)")
-    from .models.llamagen import load_gpt_folder
-    from .tokenizers.llamagen_vq import load_vq_folder
-
-    model = load_gpt_folder(resolve(spec["model"]), dtype)
-    vq = load_vq_folder(resolve(spec["tokenizer"]))
-    draft = str(resolve(spec["draft"])) if spec.get("draft") else None
-    return Pipeline(model, vq, draft=draft, **common)
-
-
-def _load_official(name: str, dtype, device, checkpoint=None, tokenizer_checkpoint=None) -> Pipeline:
+def _load_official(name: str, dtype, device, checkpoint=None, tokenizer_checkpoint=None, trusted=False) -> Pipeline:
     from .models.llamagen import GPT, gpt_config, load_gpt_weights
     from .tokenizers.llamagen_vq import VQModel, load_vq_weights, vq_config
 
     spec = zoo.OFFICIAL[name]
     gpt_args = dict(spec["gpt"])
     model = GPT(gpt_config(gpt_args.pop("preset"), **gpt_args))
-    load_gpt_weights(model, zoo.fetch(spec["checkpoint"], checkpoint))
+    load_gpt_weights(model, zoo.fetch(spec["checkpoint"], checkpoint), trusted=trusted)
     vq_args = dict(spec["vq"])
     vq = VQModel(vq_config(vq_args.pop("preset"), **vq_args))
-    load_vq_weights(vq, zoo.fetch(spec["tokenizer_checkpoint"], tokenizer_checkpoint))
-    pipe = Pipeline(model.to(dtype).eval(), vq.eval(), SamplingConfig(**spec["defaults"]), None, name)
+    load_vq_weights(vq, zoo.fetch(spec["tokenizer_checkpoint"], tokenizer_checkpoint), trusted=trusted)
+    pipe = Pipeline("llamagen", model.to(dtype).eval(), vq.eval(), SamplingConfig(**spec["defaults"]), None, name)
     return pipe.to(device)
 
 
 def load(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-         checkpoint: str | None = None, tokenizer_checkpoint: str | None = None) -> Pipeline:
+         checkpoint: str | None = None, tokenizer_checkpoint: str | None = None, trusted: bool = False) -> Pipeline:
     """A pipeline from a shipped demo name, an official name, or a local folder with ``pipeline.json``.
 
-    The first call also picks torch's CPU threads for this process (``vargen.runtime.ensure_threads``)."""
-    from .runtime import ensure_threads
+    ``trusted=True`` allows official ``.pt`` files that are more than tensors to be unpickled fully (they
+    can run code; see :mod:`vargen.models.checkpoint`). The first call also picks torch's CPU threads for
+    this process (``vargen.runtime.ensure_threads``)."""
+    from .runtime import check_device, ensure_threads
 
     ensure_threads()
+    device = check_device(device)
     name = str(name_or_path)
     shipped = zoo.shipped_path(name)
     if shipped is not None and (shipped / "pipeline.json").is_file():
-        return _load_pipeline_json(shipped, dtype, device)
+        return load_pipeline_folder(shipped, dtype, device)
     if name in zoo.OFFICIAL:
-        return _load_official(name, dtype, device, checkpoint, tokenizer_checkpoint)
+        return _load_official(name, dtype, device, checkpoint, tokenizer_checkpoint, trusted)
     path = Path(name)
     if path.is_dir() and (path / "pipeline.json").is_file():
-        return _load_pipeline_json(path, dtype, device)
+        return load_pipeline_folder(path, dtype, device)
     raise ValueError(
-        f"unknown model {name!r}: not a shipped demo ({', '.join(zoo.shipped_names()) or 'none'}), not an official "
-        f"name ({', '.join(sorted(zoo.OFFICIAL))}) and not a folder with pipeline.json"
+        f"unknown model {name!r}: not a shipped demo ({', '.join(n for n in zoo.shipped_names() if zoo.pipeline_kind(n)) or 'none'}), "
+        f"not an official name ({', '.join(sorted(zoo.OFFICIAL))}) and not a folder with pipeline.json"
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["configure_threads", "ensure_threads", "usable_cores"]
+__all__ = ["configure_threads", "ensure_threads", "usable_cores", "check_device"]
 
 _configured: int | None = None
 
@@ -55,3 +55,21 @@ def configure_threads(threads: int | None = None) -> int:
 def ensure_threads() -> int:
     """:func:`configure_threads` once per process (``vargen.load`` calls it; an explicit call wins)."""
     return _configured if _configured is not None else configure_threads()
+
+
+def check_device(device):
+    """``device`` as a ``torch.device``, or a ``ValueError`` naming what is missing (no CUDA build or GPU)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available to this process; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu")
+    return dev

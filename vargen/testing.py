@@ -177,8 +177,10 @@ def check_continuous_model(model, labels, seed: int = 0) -> dict[str, Any]:
     orders = model.sample_orders(B, torch.Generator(model.device).manual_seed(seed), model.device)
     assert torch.equal(orders.sort(-1).values, torch.arange(L, device=orders.device).expand(B, L)), "orders must be permutations"
     rows = z[mask][:4]
-    x = model.diffloss.sample(rows, 1.0, 1.0, generator=torch.Generator(model.device).manual_seed(seed))
-    y = model.diffloss.sample(rows, 1.0, 1.0, generator=torch.Generator(model.device).manual_seed(seed))
+    from .samplers.diffusion_head import denoise
+
+    x = denoise(model.diffloss, rows, 1.0, 1.0, generator=torch.Generator(model.device).manual_seed(seed))
+    y = denoise(model.diffloss, rows, 1.0, 1.0, generator=torch.Generator(model.device).manual_seed(seed))
     assert x.shape == (rows.shape[0], C) and torch.equal(x, y), "the diffusion head must be a function of its noise"
     assert model.diffloss.num_sampling_steps >= 1
     return {"cfg_rows": diff}

@@ -192,10 +192,10 @@ class ContinuousModel(Protocol):
     * ``condition(tokens [B, L, C], mask [B, L], labels [B] | None, cfg=False) -> z [B or 2B, L, D]``:
       one encoder + decoder pass; 1 in ``mask`` = still to generate; ``cfg=True`` appends null-class rows.
     * ``sample_orders(batch, generator, device) -> [B, L]``: one random generation order per row.
-    * ``diffloss``: the diffusion head: ``num_sampling_steps``,
-      ``sample(z_rows, temperature, cfg, noise=, step_noise=, generator=, trace=, keep_inputs=)`` with
-      caller-supplied noise (or draws from the caller's generator), ``reverse_step`` and
-      ``path_log_prob`` (the reverse Gaussians continuous speculative decoding verifies with).
+    * ``diffloss``: the diffusion head: ``predict(x, index, c, cfg) -> [eps | v]`` (its network at the
+      scheduler's spaced indices), ``scheduler`` (an ``IDDPMScheduler`` with diffusers' interface, respaced
+      for sampling), ``in_channels`` and ``num_sampling_steps``; ``vargen.samplers.diffusion_head`` runs the
+      ancestral loop over them with caller-supplied noise.
     """
 
     seq_len: int

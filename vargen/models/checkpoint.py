@@ -1,42 +1,98 @@
-"""Loading official checkpoints strictly, whatever wrapper they come in."""
+"""Loading checkpoints strictly and safely, whatever wrapper they come in.
+
+Security policy (one for every family): torch pickles are read with ``weights_only=True``, which cannot
+run code; the argparse ``Namespace`` that released LlamaGen / VAR training checkpoints carry is allowed
+as a plain value. Anything else needs ``trusted=True`` (``--trust-checkpoint`` on the command line),
+which unpickles fully and warns; the error for a refused file says how to convert it to safetensors.
+"""
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable
 
 import torch
 import torch.nn as nn
 
-WRAPPER_KEYS = ("model", "module", "state_dict", "model_state_dict")
+WRAPPER_KEYS = ("model", "module", "state_dict", "model_state_dict", "ema", "trainer", "net", "weights")
+PREFIXES = ("module.", "_orig_mod.")
+
+__all__ = ["read_state_dict", "load_strict", "load_zoo_folder", "read_folder_config", "WRAPPER_KEYS"]
 
 
-def read_state_dict(path: str | os.PathLike, prefer: Iterable[str] = ()) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors``/``.pt``/``.pth``/``.ckpt`` file and unwrap it to a flat state dict.
+def _convert_hint(path: Path) -> str:
+    return ("if you trust this file, pass trusted=True (--trust-checkpoint); or convert it once on a machine you "
+            "trust: python -c \"import torch, safetensors.torch as st; sd = torch.load('" + str(path) + "', "
+            "weights_only=False); st.save_file({k: v.contiguous() for k, v in sd.items()}, 'model.safetensors')\" "
+            "(unwrap sd['model'] first if the file holds a training state)")
 
-    ``prefer`` lists wrapper keys tried before the usual ones (e.g. ``("model_ema", "ema")`` for EMA
-    weights). Pickles are read weights-only first; released LlamaGen/VAR files that still carry an
-    argparse ``Namespace`` are then re-read with the full unpickler, deliberately and only for files
-    the user pointed us to.
+
+def _load_pickle(path: Path, trusted: bool):
+    if trusted:
+        warnings.warn(f"unpickling {path} with weights_only=False: it can run arbitrary code; only do this for files "
+                      f"you trust", stacklevel=3)
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a class outside the allow-list: refused, never executed
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: refused to unpickle: it holds more than tensors ({first}); "
+                         f"{_convert_hint(path)}") from None
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and len(obj) > 0 and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+
+
+def _unwrap(obj, path: Path, prefer: Iterable[str]):
+    """Descend through trainer wrappers (``{"trainer": {"var_wo_ddp": ...}}``, ``model``, ``state_dict`` ...)
+    to the flat state dict; strip ``module.`` / ``_orig_mod.`` prefixes."""
+    keys = (*prefer, *WRAPPER_KEYS)
+    for _ in range(4):
+        if _is_state_dict(obj):
+            break
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: expected a state dict, found {type(obj).__name__}")
+        inner = next((obj[k] for k in keys if k in obj and isinstance(obj[k], dict)), None)
+        if inner is None:
+            raise ValueError(f"{path} does not hold a state dict (top-level keys: {sorted(map(str, obj))[:10]})")
+        obj = inner
+    if not _is_state_dict(obj):
+        raise ValueError(f"{path}: no state dict found inside the wrappers")
+    out = {}
+    for k, v in obj.items():
+        for p in PREFIXES:
+            while k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def read_state_dict(path: str | os.PathLike, prefer: Iterable[str] = (), trusted: bool = False,
+                    missing_hint: str = "") -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors``/``.pt``/``.pth``/``.ckpt``/``.bin`` file and unwrap it to a flat state dict.
+
+    ``prefer`` lists wrapper keys tried before the usual ones (e.g. ``("model_ema",)`` for EMA weights).
+    Pickles load weights-only (see the module docstring); ``trusted=True`` unpickles fully, with a warning.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"checkpoint not found: {path}" + (f"; {missing_hint}" if missing_hint else ""))
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # an argparse Namespace or similar in a training checkpoint
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    for key in (*prefer, *WRAPPER_KEYS):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict (top-level keys: {list(obj)[:8]})")
-    return obj
+        try:
+            obj = load_file(str(path))
+        except Exception as err:  # truncated, empty, or not safetensors at all
+            raise ValueError(f"{path} is not a readable safetensors file ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:160] if str(err) else 'empty'}); re-download or re-export it") from None
+    else:
+        obj = _load_pickle(path, trusted)
+    return _unwrap(obj, path, prefer)
 
 
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, hint: str = "",
@@ -44,7 +100,8 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, hi
     """``load_state_dict(strict=True)`` with an error that names the mismatch and the likely cause.
 
     ``assign``: adopt the checkpoint's tensors (modules built on the meta device); ``ignore_shape``:
-    key suffixes whose shape may legitimately differ (the module's own ``load_state_dict`` handles them)."""
+    key suffixes whose shape may legitimately differ (the module's own ``load_state_dict`` handles them).
+    Non-finite weights load, with a warning naming them (they give constant images)."""
     state = {k.removeprefix("module."): v for k, v in state.items() if k not in set(drop)}
     own = module.state_dict()
     missing = [k for k in own if k not in state]
@@ -64,15 +121,44 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, hi
         if hint:
             lines.append(f"  likely cause: {hint}")
         raise ValueError("\n".join(lines))
+    params = {n for n, _ in module.named_parameters()}  # buffers may hold -inf on purpose (attention masks)
+    bad = [k for k, v in state.items() if v.is_floating_point()
+           and (bool(torch.isnan(v).any()) or (k in params and not bool(torch.isfinite(v).all())))]
+    if bad:
+        warnings.warn(f"{what}: {len(bad)} weight tensor(s) hold NaN or inf values ({bad[:3]}); samples will be "
+                      f"meaningless", stacklevel=2)
     module.load_state_dict(state, strict=True, assign=assign)
 
 
-def load_zoo_folder(folder: str | os.PathLike, build) -> nn.Module:
-    """A demo-zoo folder (``config.json`` + ``model.safetensors``): ``build(config dict) -> module``, then a
-    strict load of the weights; returned in eval mode without gradients, in float32."""
-    import json
-
+def read_folder_config(folder: str | os.PathLike, expected: str | tuple[str, ...] | None = None) -> dict:
+    """``config.json`` of a model folder (``{"type": ..., "config": {...}}``), checked: the file exists,
+    parses, and (when ``expected`` is given) is of that type. Errors name the file."""
     folder = Path(folder)
-    module = build(json.loads((folder / "config.json").read_text())["config"])
-    load_strict(module, read_state_dict(folder / "model.safetensors"), what=str(folder))
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a model folder: {path} not found")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{path} must hold {{\"type\": ..., \"config\": {{...}}}}")
+    if expected is not None:
+        expected = (expected,) if isinstance(expected, str) else tuple(expected)
+        if meta.get("type") not in expected:
+            raise ValueError(f"{folder} holds a {meta.get('type')!r} model, not {' or '.join(map(repr, expected))}")
+    return meta
+
+
+def load_zoo_folder(folder: str | os.PathLike, build, expected: str | tuple[str, ...] | None = None,
+                    **strict) -> nn.Module:
+    """A model folder (``config.json`` + ``model.safetensors``): ``build(config dict) -> module``, then a
+    strict load of the weights; returned in eval mode without gradients."""
+    folder = Path(folder)
+    meta = read_folder_config(folder, expected)
+    try:
+        module = build(meta["config"])
+    except TypeError as err:
+        raise ValueError(f"{folder / 'config.json'}: bad config for {meta.get('type')}: {err}") from None
+    load_strict(module, read_state_dict(folder / "model.safetensors"), what=str(folder), **strict)
     return module.eval().requires_grad_(False)

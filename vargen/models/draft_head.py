@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .llamagen import GPTConfig, TransformerBlock, attention_mask, build_rope_2d
 
-__all__ = ["DraftHeadConfig", "DraftHead", "HeadCache", "load_draft_head"]
+__all__ = ["DraftHeadConfig", "DraftHead", "HeadCache"]
 
 
 @dataclass
@@ -87,6 +86,14 @@ class DraftHead(nn.Module):
                 f"draft head (dim={c.dim}, vocab={c.vocab_size}, grid={c.grid_size}x{c.grid_size}) does not match the "
                 f"target (dim={theirs[0]}, vocab={theirs[1]}, grid={theirs[2][1]}x{theirs[2][2]})")
 
+    @classmethod
+    def from_folder(cls, folder, device=None, dtype=None) -> "DraftHead":
+        """A head saved by ``vargen train draft-head``: ``config.json`` + ``model.safetensors``."""
+        from .checkpoint import load_zoo_folder
+
+        head = load_zoo_folder(folder, lambda c: cls(DraftHeadConfig(**c)), expected="llamagen_draft_head")
+        return head.to(device=device, dtype=dtype or torch.float32)
+
     def _rope(self, t: torch.Tensor) -> torch.Tensor:
         if self.rope.device != t.device:
             self.rope = self.rope.to(t.device)
@@ -115,24 +122,6 @@ class DraftHead(nn.Module):
             mask = attention_mask(t, valid, cache.max_positions)[:, None]
             h = self.layer(x, self._rope(t), mask, (cache.k, cache.v), (rows, t))
         return target.head(h), h
-
-
-def load_draft_head(folder: str | Path, device=None, dtype=None) -> DraftHead:
-    """A head saved by ``vargen train draft-head``: ``config.json`` + ``model.safetensors``."""
-    from safetensors.torch import load_file
-
-    from .checkpoint import load_strict
-
-    folder = Path(folder)
-    for name in ("config.json", "model.safetensors"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"draft head file missing: {folder / name} (train one with `vargen train draft-head`)")
-    meta = json.loads((folder / "config.json").read_text())
-    if meta.get("type") != "llamagen_draft_head":
-        raise ValueError(f"{folder / 'config.json'} is not a draft head config (type={meta.get('type')!r})")
-    head = DraftHead(DraftHeadConfig(**meta["config"]))
-    load_strict(head, load_file(str(folder / "model.safetensors")), "draft head")
-    return head.to(device=device, dtype=dtype or torch.float32).eval()
 
 
 def head_config_json(head: DraftHead, **extra) -> str:

@@ -511,6 +511,14 @@ class GPT(nn.Module):
         """Token embeddings for neighbourhood rules; the pipeline replaces this by the VQ codebook."""
         return self.tok_embeddings.weight.detach()
 
+    @classmethod
+    def from_folder(cls, folder, dtype: torch.dtype = torch.float32) -> "GPT":
+        """A GPT saved as ``model.safetensors`` + ``config.json`` (``vargen train gpt``, the demo zoo)."""
+        from .checkpoint import load_zoo_folder
+
+        build = lambda c: cls(GPTConfig.from_dict(c))  # noqa: E731
+        return load_zoo_folder(folder, build, expected="llamagen_gpt", drop=("freqs_cis",)).to(dtype)
+
 
 def infer_gpt_shape(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """What a LlamaGen state dict implies: layers, width, vocabulary, classes, task."""
@@ -530,11 +538,12 @@ def infer_gpt_shape(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     return out
 
 
-def load_gpt_weights(model: GPT, path_or_state) -> GPT:
-    """Load an official checkpoint (``.pt`` with model/module/state_dict wrappers, or safetensors) strictly."""
+def load_gpt_weights(model: GPT, path_or_state, trusted: bool = False) -> GPT:
+    """Load an official checkpoint (``.pt`` with model/module/state_dict wrappers, or safetensors) strictly;
+    pickles weights-only unless ``trusted`` (:mod:`vargen.models.checkpoint`)."""
     from .checkpoint import load_strict, read_state_dict
 
-    state = path_or_state if isinstance(path_or_state, dict) else read_state_dict(path_or_state)
+    state = path_or_state if isinstance(path_or_state, dict) else read_state_dict(path_or_state, trusted=trusted)
     implied = infer_gpt_shape(state)
     cfg = model.config
     hint = (f"the checkpoint looks like {implied.get('preset', 'a custom size')} "
@@ -543,14 +552,3 @@ def load_gpt_weights(model: GPT, path_or_state) -> GPT:
             f"vocab={cfg.vocab_size}, {cfg.model_type}")
     load_strict(model, state, "LlamaGen GPT", hint=hint, drop=("freqs_cis",))
     return model
-
-
-def load_gpt_folder(folder, dtype: torch.dtype = torch.float32) -> GPT:
-    """A GPT saved as ``model.safetensors`` + ``config.json`` (the demo-zoo layout)."""
-    import json
-    from pathlib import Path
-
-    folder = Path(folder)
-    meta = json.loads((folder / "config.json").read_text())
-    model = GPT(GPTConfig.from_dict(meta["config"]))
-    return load_gpt_weights(model, str(folder / "model.safetensors")).to(dtype).eval()

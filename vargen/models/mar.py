@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..samplers.schedulers import IDDPMScheduler
 from .base import class_ids
 from .checkpoint import load_strict, read_state_dict
 
@@ -103,108 +104,7 @@ def preset(name: str, **overrides: Any) -> MARConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# Diffusion schedule (IDDPM / DiT conventions, float64 like the official numpy code)
-# ----------------------------------------------------------------------------------------------
-
-
-def cosine_betas(num_steps: int = 1000, max_beta: float = 0.999) -> torch.Tensor:
-    """Nichol & Dhariwal's cosine schedule, alpha_bar(t) = cos²((t + 0.008) / 1.008 · π/2)."""
-    def alpha_bar(t: float) -> float:
-        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-    return torch.tensor([min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), max_beta)
-                         for i in range(num_steps)], dtype=torch.float64, device="cpu")
-
-
-def space_timesteps(num_timesteps: int, section_counts: str | int | list[int]) -> list[int]:
-    """IDDPM respacing: split [0, T) into sections and take evenly strided steps from each (round-half-even)."""
-    if isinstance(section_counts, str):
-        section_counts = [num_timesteps] if section_counts == "" else [int(x) for x in section_counts.split(",")]
-    elif isinstance(section_counts, int):
-        section_counts = [section_counts]
-    size_per, extra = divmod(num_timesteps, len(section_counts))
-    start, steps = 0, []
-    for i, count in enumerate(section_counts):
-        size = size_per + (1 if i < extra else 0)
-        if size < count:
-            raise ValueError(f"cannot take {count} steps from a section of {size} timesteps")
-        stride = 1 if count <= 1 else (size - 1) / (count - 1)
-        steps += [start + round(k * stride) for k in range(count)] if count > 1 else [start]
-        start += size
-    return sorted(set(steps))
-
-
-class Diffusion:
-    """Constants of a (possibly respaced) Gaussian diffusion, float64, indexed by (spaced) step.
-
-    ``timestep_map[i]`` is the original 0..999 timestep the network sees at spaced index i.
-    """
-
-    def __init__(self, base_betas: torch.Tensor, use_timesteps: list[int]):
-        base_ac = torch.cumprod(1.0 - base_betas, dim=0)
-        betas, last = [], 1.0
-        for t in use_timesteps:  # respaced betas keep alpha_bar at the kept steps
-            betas.append(1.0 - base_ac[t].item() / last)
-            last = base_ac[t].item()
-        b = torch.tensor(betas, dtype=torch.float64, device="cpu")
-        self.timestep_map = torch.tensor(use_timesteps, dtype=torch.long, device="cpu")
-        self.num_timesteps = len(b)
-        self.betas = b
-        self.alphas_cumprod = torch.cumprod(1.0 - b, dim=0)
-        self.alphas_cumprod_prev = torch.cat([b.new_ones(1), self.alphas_cumprod[:-1]])
-        ac, ac_prev = self.alphas_cumprod, self.alphas_cumprod_prev
-        self.sqrt_alphas_cumprod = ac.sqrt()
-        self.sqrt_one_minus_alphas_cumprod = (1.0 - ac).sqrt()
-        self.sqrt_recip_alphas_cumprod = (1.0 / ac).sqrt()
-        self.sqrt_recipm1_alphas_cumprod = (1.0 / ac - 1).sqrt()
-        self.posterior_variance = b * (1.0 - ac_prev) / (1.0 - ac)
-        # the posterior variance is 0 at step 0: its log is copied from step 1 (IDDPM)
-        pv = self.posterior_variance
-        self.posterior_log_variance_clipped = torch.cat([pv[1:2], pv[1:]]).log() if len(pv) > 1 else pv.log()
-        self.posterior_mean_coef1 = b * ac_prev.sqrt() / (1.0 - ac)
-        self.posterior_mean_coef2 = (1.0 - ac_prev) * (1.0 - b).sqrt() / (1.0 - ac)
-        self.log_betas = b.log()
-        self._f32: dict[tuple[str, torch.device], torch.Tensor] = {}
-
-    @classmethod
-    def create(cls, respacing: str = "", steps: int = 1000) -> "Diffusion":
-        return cls(cosine_betas(steps), space_timesteps(steps, respacing))
-
-    def const(self, name: str, index: torch.Tensor) -> torch.Tensor:
-        """``name[index]`` cast to float32 (the official ``_extract_into_tensor``), shaped [N, 1]."""
-        key = (name, index.device)
-        if key not in self._f32:
-            self._f32[key] = getattr(self, name).float().to(index.device)
-        return self._f32[key][index].unsqueeze(-1)
-
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.const("sqrt_alphas_cumprod", t) * x0 + self.const("sqrt_one_minus_alphas_cumprod", t) * noise
-
-    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
-        mean = self.const("posterior_mean_coef1", t) * x0 + self.const("posterior_mean_coef2", t) * x_t
-        return mean, self.const("posterior_log_variance_clipped", t)
-
-    def p_mean_variance(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, v: torch.Tensor,
-                        clip_x0: float | None = None):
-        """Reverse step p(x_{t-1} | x_t) from the network's eps and variance value v in [-1, 1].
-
-        log σ² = frac · log β_t + (1 - frac) · log β̃_t with frac = (v + 1) / 2 (IDDPM eq. 15).
-        Returns (mean, log_variance, pred_xstart). MAR does not clip; ``clip_x0=c`` clamps pred_xstart to
-        [-c, c] (IDDPM's ``clip_denoised`` with a range). At the first step of the cosine schedule
-        1/sqrt(alpha_bar) is ~4e3, so a briefly trained head's small eps error there becomes a huge x0
-        and the whole chain diverges; the demo models need the clamp, the official ones do not.
-        """
-        frac = (v + 1) / 2
-        log_var = frac * self.const("log_betas", t) + (1 - frac) * self.const("posterior_log_variance_clipped", t)
-        pred_x0 = self.const("sqrt_recip_alphas_cumprod", t) * x - self.const("sqrt_recipm1_alphas_cumprod", t) * eps
-        if clip_x0 is not None:
-            pred_x0 = pred_x0.clamp(-clip_x0, clip_x0)
-        mean, _ = self.q_posterior(pred_x0, x, t)
-        return mean, log_var, pred_x0
-
-
-# ----------------------------------------------------------------------------------------------
-# DiffLoss head
+# DiffLoss network (the schedule is vargen.samplers.schedulers.IDDPMScheduler)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -297,36 +197,6 @@ class SimpleMLPAdaLN(nn.Module):
         return torch.cat([torch.cat([guided, guided]), rest], dim=1)
 
 
-@dataclass
-class DenoiseTrace:
-    """What one ancestral diffusion run produced, per row.
-
-    sample: the output x_0 (the last step adds no noise, so it equals ``final_mean``).
-    inputs: the S inputs of the reverse steps in call order (x_S first, x_1 last), ``[S, R, C]``,
-        kept when asked for; ``x1`` is always kept.
-    final_log_variance: log σ² of the last (index 0) reverse step, without temperature.
-    log_std_sum: Σ over the stochastic steps (index ≥ 1) of ½ log σ², without temperature, ``[R, C]``.
-    log_prob: log density of the stochastic steps' draws (index ≥ 1) under the temperature-scaled
-        reverse Gaussians, ``[R]`` (x_S's prior term left out: it is the same for every model).
-    """
-
-    sample: torch.Tensor
-    x1: torch.Tensor
-    final_log_variance: torch.Tensor
-    log_std_sum: torch.Tensor
-    log_prob: torch.Tensor
-    inputs: torch.Tensor | None = None
-
-
-LOG_2PI = math.log(2 * math.pi)
-
-
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, exp(log_std)²) summed over the last dim."""
-    z = (x - mean) * torch.exp(-log_std)
-    return (-0.5 * z.square() - log_std - 0.5 * LOG_2PI).sum(-1)
-
-
 class DiffLoss(nn.Module):
     """MAR's diffusion head: ``net`` plus the training (1000-step) and sampling (respaced) schedules."""
 
@@ -334,19 +204,18 @@ class DiffLoss(nn.Module):
         super().__init__()
         self.in_channels = target_channels
         self.net = SimpleMLPAdaLN(target_channels, width, 2 * target_channels, z_channels, depth)
-        self.train_diffusion = Diffusion.create("")
-        self.gen_diffusion = Diffusion.create(str(num_sampling_steps))
-        self.clip_x0: float | None = None  # sampling only; None = MAR's behaviour (see Diffusion.p_mean_variance)
+        self.train_scheduler = IDDPMScheduler()  # all 1000 steps: the training loss
+        self.scheduler = IDDPMScheduler.create(str(num_sampling_steps))  # respaced: sampling
 
     @property
     def num_sampling_steps(self) -> int:
-        return self.gen_diffusion.num_timesteps
+        return self.scheduler.num_timesteps
 
     # -- training -------------------------------------------------------------------------------
     def forward(self, target: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Training loss: eps MSE + variational bound for the learned variance (IDDPM hybrid loss)."""
-        d = self.train_diffusion
+        d = self.train_scheduler
         t = torch.randint(0, d.num_timesteps, (target.shape[0],), device=target.device, generator=generator)
         noise = torch.randn(target.shape, device=target.device, dtype=target.dtype, generator=generator)
         loss = self.loss_terms(target, z, t, noise)
@@ -355,8 +224,8 @@ class DiffLoss(nn.Module):
         return loss.mean()
 
     def loss_terms(self, x0: torch.Tensor, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        d = self.train_diffusion
-        x_t = d.q_sample(x0, t, noise)
+        d = self.train_scheduler
+        x_t = d.add_noise(x0, noise, t)
         eps, v = self.net(x_t, d.timestep_map.to(t.device)[t], z).split(self.in_channels, dim=1)
         mse = (noise - eps).square().mean(-1)
         # the VB term trains only the variance: eps is frozen inside it (IDDPM §3.1)
@@ -368,94 +237,15 @@ class DiffLoss(nn.Module):
         vb = torch.where(t[:, None] == 0, nll, kl).mean(-1) / math.log(2.0)
         return mse + vb
 
-    # -- sampling -------------------------------------------------------------------------------
-    def reverse_step(self, x: torch.Tensor, index: torch.Tensor, c: torch.Tensor, cfg: float | torch.Tensor = 1.0,
-                     guided: bool | None = None):
-        """(mean, log_variance, pred_xstart) of p(x_{i-1} | x_i) at spaced indices ``index`` [R].
-
-        Guided (default: ``cfg != 1``) rows are [cond; uncond] and ``c`` carries both conditions; ``cfg``
-        may then be a per-row tensor [R/2, 1].
-        """
-        d = self.gen_diffusion
-        t = d.timestep_map.to(x.device)[index]
+    # -- the network as the samplers call it ---------------------------------------------------
+    def predict(self, x: torch.Tensor, index: torch.Tensor, c: torch.Tensor, cfg: float | torch.Tensor = 1.0,
+                guided: bool | None = None) -> torch.Tensor:
+        """``[eps | v]`` at sampling indices ``index`` [R] (the scheduler's spaced steps). Guided (default:
+        ``cfg != 1``) rows are [cond; uncond] and ``c`` carries both conditions; ``cfg`` may be a per-row
+        tensor [R/2, 1]."""
+        t = self.scheduler.timestep_map.to(x.device)[index]
         guided = (cfg != 1.0) if guided is None else guided
-        out = self.net.forward_with_cfg(x, t, c, cfg) if guided else self.net(x, t, c)
-        eps, v = out.split(self.in_channels, dim=1)
-        return d.p_mean_variance(x, index, eps, v, self.clip_x0)
-
-    @torch.no_grad()
-    def sample(self, z: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0, noise: torch.Tensor | None = None,
-               step_noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-               trace: bool = False, keep_inputs: bool = False):
-        """Ancestral sampling, as MAR's ``DiffLoss.sample``; returns [R, C] (or a :class:`DenoiseTrace`).
-
-        ``noise`` is x_T for the cond rows ([R/2, C] with CFG, duplicated for the uncond half, as in MAR;
-        [R, C] without); it is not scaled by temperature. ``step_noise`` is ``[S, R, C]`` in call order
-        (entry j is used at spaced index S-1-j; the last one is multiplied by zero). Whatever is not
-        given is drawn from ``generator`` in the official order: x_T first, then one draw per step.
-        """
-        rows, C = z.shape[0], self.in_channels
-        guided = cfg != 1.0
-        if guided and rows % 2:
-            raise ValueError("with CFG the condition rows must be [cond; uncond] (an even number)")
-        S = self.gen_diffusion.num_timesteps
-        if step_noise is not None and tuple(step_noise.shape) != (S, rows, C):
-            raise ValueError(f"step_noise must be [{S}, {rows}, {C}], got {tuple(step_noise.shape)}")
-        kw = dict(device=z.device, dtype=z.dtype, generator=generator)
-        if noise is None:
-            noise = torch.randn(rows // 2 if guided else rows, C, **kw)
-        x = torch.cat([noise, noise]) if guided and noise.shape[0] * 2 == rows else noise
-        log_std_sum = torch.zeros(rows, C, device=z.device, dtype=z.dtype)
-        log_prob = torch.zeros(rows, device=z.device, dtype=z.dtype)
-        inputs = [] if keep_inputs else None
-        final_log_var = x1 = None
-        log_tau = math.log(temperature) if temperature > 0 else float("-inf")
-        for j in range(S):
-            i = S - 1 - j
-            if keep_inputs:
-                inputs.append(x)
-            mean, log_var, _ = self.reverse_step(x, torch.full((rows,), i, dtype=torch.long, device=z.device), z, cfg)
-            eps = step_noise[j] if step_noise is not None else torch.randn(rows, C, **kw)
-            if i == 0:
-                x1, final_log_var = x, log_var
-                x = mean  # + 0 · exp(½ log σ²) · eps · τ
-            else:
-                x = mean + torch.exp(0.5 * log_var) * eps * temperature
-                log_std_sum = log_std_sum + 0.5 * log_var
-                if trace:
-                    log_prob = log_prob + (-0.5 * eps.square() - 0.5 * log_var - log_tau - 0.5 * LOG_2PI).sum(-1)
-        if not trace:
-            return x
-        return DenoiseTrace(x, x1, final_log_var, log_std_sum, log_prob,
-                            torch.stack(inputs) if keep_inputs else None)
-
-    @torch.no_grad()
-    def path_log_prob(self, inputs: torch.Tensor, z: torch.Tensor, temperature: float,
-                      cfg: float | torch.Tensor = 1.0):
-        """Score a given reverse path under this head in one batched network call (all S steps at once).
-
-        ``inputs`` [S, N, C] are the step inputs x_S .. x_1 of the cond rows (``DenoiseTrace.inputs``);
-        ``z`` is [N, D], or [2N, D] = [cond; uncond] for guided rows, with ``cfg`` a float or [N] scales.
-        Returns (log_prob [N] of the draws x_{S-1} .. x_1 under the temperature-scaled reverse Gaussians,
-        final_mean [N, C] and final_log_variance [N, C] of the last (index 0) step at x_1).
-        """
-        S, N, C = inputs.shape
-        index = torch.arange(S - 1, -1, -1, device=z.device).repeat_interleave(N)  # call order S-1 .. 0
-        x = inputs.reshape(S * N, C)
-        if z.shape[0] == N:
-            mean, log_var, _ = self.reverse_step(x, index, z.repeat(S, 1), guided=False)
-        else:
-            cond, uncond = z.chunk(2)
-            c = torch.cat([cond.repeat(S, 1), uncond.repeat(S, 1)])
-            if isinstance(cfg, torch.Tensor):
-                cfg = cfg.reshape(1, N, 1).expand(S, N, 1).reshape(S * N, 1).to(x.dtype)
-            mean, log_var, _ = self.reverse_step(torch.cat([x, x]), torch.cat([index, index]), c, cfg, guided=True)
-            mean, log_var = mean[: S * N], log_var[: S * N]
-        mean, log_var = mean.reshape(S, N, C), log_var.reshape(S, N, C)
-        # the draw of step k (input inputs[k]) is inputs[k + 1], for the S-1 stochastic steps
-        log_std = 0.5 * log_var[:-1] + math.log(temperature)
-        log_prob = gaussian_log_prob(inputs[1:], mean[:-1], log_std).sum(0)
-        return log_prob, mean[-1], log_var[-1]
+        return self.net.forward_with_cfg(x, t, c, cfg) if guided else self.net(x, t, c)
 
 
 def _approx_normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -584,9 +374,16 @@ class MAR(nn.Module):
         model = cls(preset(config) if isinstance(config, str) else config)
         return model.load_checkpoint(path, ema=ema)
 
-    def load_checkpoint(self, path: str, ema: bool = True) -> "MAR":
+    @classmethod
+    def from_folder(cls, folder, dtype: torch.dtype = torch.float32) -> "MAR":
+        """A MAR saved as ``model.safetensors`` + ``config.json`` (``vargen train mar``, the demo zoo)."""
+        from .checkpoint import load_zoo_folder
+
+        return load_zoo_folder(folder, lambda c: cls(MARConfig.from_dict(c)), expected="mar").to(dtype)
+
+    def load_checkpoint(self, path: str, ema: bool = True, trusted: bool = False) -> "MAR":
         prefer = ("model_ema", "model") if ema else ("model", "model_ema")
-        load_strict(self, read_state_dict(path, prefer=prefer), "MAR",
+        load_strict(self, read_state_dict(path, prefer=prefer, trusted=trusted), "MAR",
                     hint="the checkpoint's size does not match this config: mar_base/large/huge need "
                          "preset('mar_base'|'mar_large'|'mar_huge') (DiffLoss 6x1024, 8x1280, 12x1536)")
         return self
@@ -710,4 +507,4 @@ def load_mar(path: str, name: str = "mar_base", ema: bool = True) -> MAR:
     return MAR.from_pretrained(path, name, ema=ema).eval()
 
 
-__all__ = ["MARConfig", "MAR", "DiffLoss", "Diffusion", "DenoiseTrace", "PRESETS", "preset", "load_mar"]
+__all__ = ["MARConfig", "MAR", "DiffLoss", "PRESETS", "preset", "load_mar"]

@@ -438,6 +438,14 @@ class VAR(nn.Module):
     # -- checkpoints ------------------------------------------------------------------------------------
 
     @classmethod
+    def from_folder(cls, folder, vae=None, dtype: torch.dtype = torch.float32) -> "VAR":
+        """A VAR saved as ``model.safetensors`` + ``config.json`` (``vargen train var``); ``vae`` is attached."""
+        from .checkpoint import load_zoo_folder
+
+        model = load_zoo_folder(folder, lambda c: cls(VARConfig.from_kwargs(**c), init=False), expected="var").to(dtype)
+        return model.attach_vae(vae) if vae is not None else model
+
+    @classmethod
     def from_checkpoint(cls, path, config: VARConfig | str | None = None, vae=None, trusted: bool = False) -> "VAR":
         """Strictly load ``var_d{16,20,24,30,36}.pth`` (or a .pt / .safetensors / trainer checkpoint).
 
@@ -463,53 +471,17 @@ class VAR(nn.Module):
 # Checkpoint files
 # ------------------------------------------------------------------------------------------------
 
-_WRAPPER_KEYS = ("state_dict", "model", "module", "ema", "var_wo_ddp", "vae_wo_ddp", "trainer", "net", "weights")
-_PREFIXES = ("module.", "_orig_mod.")
 
 
-def _is_state_dict(obj) -> bool:
-    return isinstance(obj, dict) and len(obj) > 0 and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+def load_state_dict_file(path, trusted: bool = False, prefer: tuple[str, ...] = ("var_wo_ddp",)) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a torch pickle, unwrapping trainer wrappers
+    (``{"trainer": {"var_wo_ddp": ...}}``, ``state_dict``, ``model``, ``module.`` prefixes); pickles
+    load weights-only unless ``trusted`` (:mod:`vargen.models.checkpoint`)."""
+    from .checkpoint import read_state_dict
 
-
-def _unwrap(obj, path):
-    for _ in range(4):
-        if _is_state_dict(obj):
-            break
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path}: expected a state dict, found {type(obj).__name__}")
-        inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)), None)
-        if inner is None:
-            raise ValueError(f"{path}: no state dict found; top-level keys: {sorted(map(str, obj))[:10]}")
-        obj = inner
-    if not _is_state_dict(obj):
-        raise ValueError(f"{path}: no state dict found inside the wrappers")
-    out = {}
-    for k, v in obj.items():
-        for p in _PREFIXES:
-            while k.startswith(p):
-                k = k[len(p):]
-        out[k] = v
-    return out
-
-
-def load_state_dict_file(path, trusted: bool = False) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a torch pickle (``.pth``/``.pt``/``.bin``), unwrapping
-    trainer wrappers (``{"trainer": {"var_wo_ddp": ...}}``, ``state_dict``, ``model``, ``module.`` prefixes).
-    Pickles load with ``weights_only=True`` unless ``trusted``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; the official VAR/VQVAE weights are on the Hugging Face "
-                                f"repo FoundationVision/var (var_d16.pth ... var_d36.pth, vae_ch160v4096z32.pth)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return _unwrap(load_file(str(path)), path)
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=not trusted)
-    except Exception as e:  # pickles with custom classes (e.g. trainer args)
-        raise ValueError(f"{path}: could not load with weights_only=True ({type(e).__name__}); "
-                         f"pass trusted=True if you trust this file") from e
-    return _unwrap(obj, path)
+    return read_state_dict(path, prefer=prefer, trusted=trusted,
+                           missing_hint="the official VAR/VQVAE weights are on the Hugging Face repo FoundationVision/var "
+                                        "(var_d16.pth ... var_d36.pth, vae_ch160v4096z32.pth)")
 
 
 def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str = "checkpoint", assign: bool = False) -> None:

@@ -283,11 +283,14 @@ class Stats:
 
 @dataclass
 class GenerationOutput:
-    """``tokens``: [B, L] in generation order (raster for LlamaGen); ``images``: PIL images when decoded."""
+    """``tokens``: [B, L] in generation order (raster for LlamaGen; [B, L, C] continuous for MAR);
+    ``latents``: what the tokenizer decodes, when the sampler computed it (VAR's final ``f_hat``, which with
+    ``more_smooth`` is not a function of the tokens; MAR's tokens); ``images``: PIL images when decoded."""
 
     tokens: torch.Tensor
     stats: Stats
     images: list | None = None
+    latents: torch.Tensor | None = None
 
 
 class StepTimer:

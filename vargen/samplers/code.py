@@ -105,12 +105,9 @@ class CoDeSampler:
 
     # -- sampling ---------------------------------------------------------------------------------------
 
-    def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:
-        return self.sample_latent(model, cond, config, generator)[0]
-
     @torch.no_grad()
-    def sample_latent(self, model, cond, config: SamplingConfig | None = None, generator=None):
-        """``model`` is the drafter (large). Returns (GenerationOutput, final latent f_hat)."""
+    def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:
+        """``model`` is the drafter (large). Returns tokens and, as ``latents``, the final ``f_hat``."""
         drafter, refiner, N = model, self.refiner, self.draft_steps
         quantizer = self._check_pair(drafter, refiner)
         settings = ScaleSettings.resolve(drafter, config, self.temperatures, self.top_ks, self.more_smooth)
@@ -175,4 +172,4 @@ class CoDeSampler:
         )
         # the two caches never coexist (the drafter's is freed first)
         stats.extra["kv_cache_bytes"] = max(stats.extra["drafter_kv_cache_bytes"], stats.extra["refiner_kv_cache_bytes"])
-        return GenerationOutput(tokens=tokens, stats=stats), state.f_hat
+        return GenerationOutput(tokens=tokens, stats=stats, latents=state.f_hat)

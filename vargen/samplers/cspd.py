@@ -77,6 +77,7 @@ from typing import Any
 import torch
 
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer
+from .diffusion_head import denoise, path_log_prob, reverse_step
 from .mar import check_orders, mask_from_order, plan_run
 from .spec import checked, option
 
@@ -169,6 +170,8 @@ class CSpDOptions:
     phi_sign: float = option(1.0, "the sign of log Phi in the official test", choices=(1.0, -1.0))
     max_tries: int = option(100, "residual proposals per rejected token before a plain target sample", minimum=1,
                             maximum=10000)
+    clip_x0: float | None = option(None, "clamp each diffusion step's predicted start to [-c, c] (none: MAR's "
+                                   "behaviour)", minimum=0.0)
 
 
 class CSpDSampler:
@@ -186,8 +189,10 @@ class CSpDSampler:
 
     def __init__(self, draft=None, num_iter: int = 64, ratio: float = 0.15, num_draft: int = 8,
                  test: str = "exact", inner_temperature: float = 42.0, phi_sign: float = 1.0,
-                 max_tries: int = 100):
-        o = checked(CSpDOptions(None, num_iter, ratio, num_draft, test, inner_temperature, phi_sign, max_tries), "cspd")
+                 max_tries: int = 100, clip_x0: float | None = None):
+        o = checked(CSpDOptions(None, num_iter, ratio, num_draft, test, inner_temperature, phi_sign, max_tries,
+                                clip_x0), "cspd")
+        self.clip_x0 = o.clip_x0
         num_iter, ratio, num_draft, inner_temperature, phi_sign = o.num_iter, o.ratio, o.num_draft, o.inner_temperature, o.phi_sign
         self.draft, self.num_iter, self.ratio, self.num_draft = draft, num_iter, ratio, num_draft
         self.test, self.inner_temperature, self.phi_sign, self.max_tries = test, inner_temperature, phi_sign, max_tries
@@ -204,15 +209,14 @@ class CSpDSampler:
                              f"noise ({draft.diffloss.num_sampling_steps} vs {target.diffloss.num_sampling_steps})")
 
     # -- one diffusion-head run with the shared noise -----------------------------------------------
-    @staticmethod
-    def _denoise(model, z_rows: torch.Tensor, x_T: torch.Tensor, eps: torch.Tensor, temperature: float,
+    def _denoise(self, model, z_rows: torch.Tensor, x_T: torch.Tensor, eps: torch.Tensor, temperature: float,
                  scale: float, guided: bool, keep_inputs: bool = False):
         """Run ``model``'s head on n positions with their bank noise; returns the cond half of the trace."""
         step_noise = eps.transpose(0, 1)  # [S, n, C]
         if guided:
             step_noise = torch.cat([step_noise, step_noise], dim=1)
-        tr = model.diffloss.sample(z_rows, temperature, scale if guided else 1.0, noise=x_T, step_noise=step_noise,
-                                   trace=True, keep_inputs=keep_inputs)
+        tr = denoise(model.diffloss, z_rows, temperature, scale if guided else 1.0, noise=x_T, step_noise=step_noise,
+                     trace=True, keep_inputs=keep_inputs, clip_x0=self.clip_x0)
         n = x_T.shape[0]
         tr.sample, tr.x1, tr.final_log_variance, tr.log_std_sum = (
             tr.sample[:n], tr.x1[:n], tr.final_log_variance[:n], tr.log_std_sum[:n])
@@ -339,7 +343,7 @@ class CSpDSampler:
         if log_phis:
             phi = torch.cat(log_phis)
             stats.extra.update(log_phi_mean=float(phi.mean()), log_phi_abs_max=float(phi.abs().max()))
-        return GenerationOutput(tokens=tokens, stats=stats)
+        return GenerationOutput(tokens=tokens, stats=stats, latents=tokens)
 
     @staticmethod
     def _commit(stats: Stats, where: torch.Tensor) -> None:
@@ -377,8 +381,8 @@ class CSpDSampler:
         elif self.test == "final_step":
             x1 = d.x1[window]
             idx0 = torch.zeros(2 * n if guided else n, dtype=torch.long, device=x1.device)
-            mu_p, lv_p, _ = target.diffloss.reverse_step(torch.cat([x1, x1]) if guided else x1, idx0, zp_rows,
-                                                         scale, guided=guided)
+            mu_p, lv_p, _ = reverse_step(target.diffloss, torch.cat([x1, x1]) if guided else x1, idx0, zp_rows,
+                                         scale, guided=guided, clip_x0=self.clip_x0)
             mu_p, log_sp = mu_p[:n], 0.5 * lv_p[:n] + log_tau
             mu_q, log_sq = d.mean0[window], 0.5 * d.log_var0[window] + log_tau
             draft_tokens = d.token[window]
@@ -395,22 +399,22 @@ class CSpDSampler:
             zq = d.z[window]  # [n, 1 or 2, D]
             zq_rows = torch.cat([zq[:, 0], zq[:, 1]]) if guided else zq[:, 0]
             sq = d.scale[window]
-            lp, mu_p, _ = target.diffloss.path_log_prob(path, zp_rows, tau, scale)
-            lq, _, _ = draft.diffloss.path_log_prob(path, zq_rows, tau, sq)
+            lp, mu_p, _ = path_log_prob(target.diffloss, path, zp_rows, tau, scale, clip_x0=self.clip_x0)
+            lq, _, _ = path_log_prob(draft.diffloss, path, zq_rows, tau, sq, clip_x0=self.clip_x0)
             log_r = lp - lq
             draft_tokens, extra = mu_p, {}  # an accepted path's token is the target's final mean at its x_1
 
             def propose(rows, t):
                 m = rows.numel()
                 zp = self._rows_of(zp_rows, rows, guided, n, t)
-                tr = target.diffloss.sample(zp, tau, scale if guided else 1.0, generator=None,
-                                            noise=randn(t * m, mu_p.shape[-1]),
-                                            step_noise=self._step_noise(randn, t * m, mu_p.shape[-1], target.diffloss.num_sampling_steps,
-                                                                        guided),
-                                            trace=True, keep_inputs=True)
+                tr = denoise(target.diffloss, zp, tau, scale if guided else 1.0, generator=None,
+                             noise=randn(t * m, mu_p.shape[-1]),
+                             step_noise=self._step_noise(randn, t * m, mu_p.shape[-1], target.diffloss.num_sampling_steps,
+                                                         guided),
+                             trace=True, keep_inputs=True, clip_x0=self.clip_x0)
                 k = t * m
-                lq_y, _, _ = draft.diffloss.path_log_prob(
-                    tr.inputs[:, :k], self._rows_of(zq_rows, rows, guided, n, t), tau, sq[rows].repeat(t))
+                lq_y, _, _ = path_log_prob(draft.diffloss, tr.inputs[:, :k], self._rows_of(zq_rows, rows, guided, n, t),
+                                           tau, sq[rows].repeat(t), clip_x0=self.clip_x0)
                 return tr.sample[:k].reshape(t, m, -1), (lq_y - tr.log_prob[:k]).reshape(t, m)
 
             fallback = None

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer
-from .spec import check_bounds, checked, option
+from .diffusion_head import denoise
+from .spec import checked, option
 
 MAR_CONFIG_FIELDS = ("temperature", "cfg_scale", "cfg_schedule")
 
@@ -112,6 +113,8 @@ def check_orders(orders: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor
 class MAROptions:
     num_iter: int = option(64, "MAR steps (the encoder-decoder passes); MAR's default 64, its FID runs 256",
                            minimum=1, bound="seq_len")
+    clip_x0: float | None = option(None, "clamp each diffusion step's predicted start to [-c, c] (none: MAR's "
+                                   "behaviour)", minimum=0.0)
 
 
 class MARSampler:
@@ -120,9 +123,9 @@ class MARSampler:
     name = "mar"
     OPTIONS = MAROptions
 
-    def __init__(self, num_iter: int = 64):
-        self.options = checked(MAROptions(num_iter), "mar")
-        self.num_iter = num_iter
+    def __init__(self, num_iter: int = 64, clip_x0: float | None = None):
+        self.options = checked(MAROptions(num_iter, clip_x0), "mar")
+        self.num_iter, self.clip_x0 = num_iter, self.options.clip_x0
 
     @torch.no_grad()
     def sample(self, model, cond, config: SamplingConfig | None = None, generator: torch.Generator | None = None,
@@ -149,8 +152,8 @@ class MARSampler:
                 mask_next = mask_from_order(orders, plan.masked_after[step])
                 to_pred = mask & ~mask_next
                 rows = z[torch.cat([to_pred, to_pred]) if guided else to_pred]
-                sampled = model.diffloss.sample(rows, temperature, plan.scales[step] if guided else 1.0,
-                                                generator=generator)
+                sampled = denoise(model.diffloss, rows, temperature, plan.scales[step] if guided else 1.0,
+                                  generator=generator, clip_x0=self.clip_x0)
                 tokens[to_pred] = sampled[: int(to_pred.sum())]
                 stats.token_step[to_pred] = step
                 stats.accepted.append(to_pred.sum(-1))
@@ -158,4 +161,4 @@ class MARSampler:
         stats.tokens = torch.full((B,), L, dtype=torch.long)
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
         stats.extra.update(num_iter=self.num_iter, diffusion_steps=model.diffloss.num_sampling_steps)
-        return GenerationOutput(tokens=tokens, stats=stats)
+        return GenerationOutput(tokens=tokens, stats=stats, latents=tokens)

@@ -238,13 +238,10 @@ class VARSampler:
         o = checked(VAROptions(temperatures, top_ks, more_smooth), "var")
         self.temperatures, self.top_ks, self.more_smooth = o.temperatures, o.top_ks, o.more_smooth
 
-    def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:
-        return self.sample_latent(model, cond, config, generator)[0]
-
     @torch.no_grad()
-    def sample_latent(self, model, cond, config: SamplingConfig | None = None, generator=None):
-        """Like :meth:`sample`, also returning the final latent ``f_hat`` [B, Cvae, H, W] (what the VQVAE
-        decoder needs; with ``more_smooth`` it is not a function of the tokens)."""
+    def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:
+        """Tokens [B, L] and, as ``latents``, the final ``f_hat`` [B, Cvae, H, W] (what the VQVAE decoder
+        needs; with ``more_smooth`` it is not a function of the tokens)."""
         settings = ScaleSettings.resolve(model, config, self.temperatures, self.top_ks, self.more_smooth)
         quantizer = model.quantizer
         cfg = settings.uses_cfg
@@ -265,4 +262,4 @@ class VARSampler:
         fill_stats(stats, model.patch_nums, B, device)
         stats.extra.update(seconds_per_image=timer.seconds / B, peak_memory_bytes_per_image=timer.peak // B,
                            kv_cache_bytes=cache.k.numel() * cache.k.element_size() * 2)
-        return GenerationOutput(tokens=tokens, stats=stats), state.f_hat
+        return GenerationOutput(tokens=tokens, stats=stats, latents=state.f_hat)

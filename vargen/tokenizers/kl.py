@@ -171,9 +171,16 @@ class KLVAE(nn.Module):
         if ckpt_path is not None:
             self.load_checkpoint(ckpt_path)
 
-    def load_checkpoint(self, path: str) -> "KLVAE":
+    @classmethod
+    def from_folder(cls, folder, dtype: torch.dtype = torch.float32) -> "KLVAE":
+        """A KL VAE saved as ``model.safetensors`` + ``config.json`` (``vargen train kl-vae``, the demo zoo)."""
+        from ..models.checkpoint import load_zoo_folder
+
+        return load_zoo_folder(folder, lambda c: cls(**c), expected="kl_vae").to(dtype)
+
+    def load_checkpoint(self, path: str, trusted: bool = False) -> "KLVAE":
         """Strictly load ``kl16.ckpt`` (unwrapping its ``"model"`` entry) or a plain state dict."""
-        load_strict(self, read_state_dict(path), "KLVAE",
+        load_strict(self, read_state_dict(path, trusted=trusted), "KLVAE",
                     hint="kl16.ckpt needs KLVAE(embed_dim=16, ch_mult=(1, 1, 2, 2, 4)); get it from MAR's "
                          "util/download.py (download_pretrained_vae)")
         return self

@@ -205,6 +205,17 @@ class VQModel(nn.Module):
         """``[V, d]`` codebook rows in the geometry the quantiser uses (l2-normalised)."""
         return self.quantize.codebook().detach()
 
+    @classmethod
+    def from_folder(cls, folder, dtype: torch.dtype = torch.float32) -> "VQModel":
+        """A tokenizer saved as ``model.safetensors`` + ``config.json`` (``vargen train vq``, the demo zoo)."""
+        from pathlib import Path
+
+        from ..models.checkpoint import read_folder_config
+
+        meta = read_folder_config(folder, "llamagen_vq")
+        vq = cls(VQConfig.from_dict(meta["config"]))
+        return load_vq_weights(vq, str(Path(folder) / "model.safetensors")).to(dtype).eval().requires_grad_(False)
+
     def codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices ``[B, h, w]`` (or ``[B, h*w]`` for a square grid) -> latent ``[B, d, h, w]``."""
         if indices.dim() == 2:
@@ -227,10 +238,10 @@ class VQModel(nn.Module):
         return self.decode_latent(quant), losses
 
 
-def load_vq_weights(model: VQModel, path_or_state) -> VQModel:
+def load_vq_weights(model: VQModel, path_or_state, trusted: bool = False) -> VQModel:
     from ..models.checkpoint import load_strict, read_state_dict
 
-    state = path_or_state if isinstance(path_or_state, dict) else read_state_dict(path_or_state)
+    state = path_or_state if isinstance(path_or_state, dict) else read_state_dict(path_or_state, trusted=trusted)
     if "codebook_used" not in dict(model.quantize.named_buffers()):
         state = {k: v for k, v in state.items() if k != "quantize.codebook_used"}
     book = state.get("quantize.embedding.weight")
@@ -239,14 +250,3 @@ def load_vq_weights(model: VQModel, path_or_state) -> VQModel:
             f"({c.codebook_size}, {c.codebook_embed_dim}); check ch_mult (VQ-16 vs VQ-8), ch and num_res_blocks")
     load_strict(model, state, "LlamaGen VQ", hint=hint)
     return model
-
-
-def load_vq_folder(folder, dtype: torch.dtype = torch.float32) -> VQModel:
-    """A tokenizer saved as ``model.safetensors`` + ``config.json`` (the demo-zoo layout)."""
-    import json
-    from pathlib import Path
-
-    folder = Path(folder)
-    meta = json.loads((folder / "config.json").read_text())
-    vq = VQModel(VQConfig.from_dict(meta["config"]))
-    return load_vq_weights(vq, str(folder / "model.safetensors")).to(dtype).eval()

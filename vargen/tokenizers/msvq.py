@@ -400,10 +400,22 @@ class MultiScaleVQVAE(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @classmethod
-    def from_checkpoint(cls, path, config: VQVAEConfig | None = None, **kwargs) -> "MultiScaleVQVAE":
+    def from_checkpoint(cls, path, config: VQVAEConfig | None = None, trusted: bool = False,
+                        **kwargs) -> "MultiScaleVQVAE":
         """Build and strictly load (``.pth``/``.pt``/``.safetensors``); default config is vae_ch160v4096z32."""
         from vargen.models.var import load_state_dict_file, load_strict
 
         model = cls(config or (VQVAEConfig(**kwargs) if kwargs else VAE_CH160V4096Z32))
-        load_strict(model, load_state_dict_file(path), what=str(path))
+        load_strict(model, load_state_dict_file(path, trusted, prefer=("vae_wo_ddp",)), what=str(path))
         return model
+
+    @classmethod
+    def from_folder(cls, folder, dtype: torch.dtype = torch.float32) -> "MultiScaleVQVAE":
+        """A VQVAE saved as ``model.safetensors`` + ``config.json`` (``vargen train var-vqvae``, the demo zoo)."""
+        from vargen.models.checkpoint import load_zoo_folder
+
+        def build(cfg):
+            cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+            return cls(VQVAEConfig(**{**cfg, "test_mode": True}))
+
+        return load_zoo_folder(folder, build, expected="var_vqvae", ignore_shape=("ema_vocab_hit_SV",)).to(dtype)

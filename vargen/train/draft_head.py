@@ -54,13 +54,10 @@ def load_target(name: str, device: str = "cpu"):
     """(GPT, sampling defaults) from a pipeline name / folder, or a GPT folder (``config.json`` + weights)."""
     folder = Path(name)
     if folder.is_dir() and not (folder / "pipeline.json").is_file() and (folder / "config.json").is_file():
-        from ..models.llamagen import GPT, GPTConfig, load_gpt_weights
+        from ..models.llamagen import GPT
         from ..samplers.base import SamplingConfig
 
-        meta = json.loads((folder / "config.json").read_text())
-        model = GPT(GPTConfig.from_dict(meta["config"]))
-        load_gpt_weights(model, str(folder / "model.safetensors"))
-        return model.float().eval().to(device), SamplingConfig()
+        return GPT.from_folder(folder).to(device), SamplingConfig()
     from ..pipeline import load
 
     pipe = load(name, device=device)

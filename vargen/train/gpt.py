@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.llamagen import GPT, GPTConfig, gpt_config
-from ..tokenizers.llamagen_vq import VQConfig, VQModel, load_vq_folder
+from ..tokenizers.llamagen_vq import VQConfig, VQModel
 from .common import EMA, Progress, cosine_lr, export_fp16, resume, save_run
 from .data import load_images, to_model_range
 
@@ -60,7 +60,7 @@ def cached_tokens(vq_folder: str, data: str, split: str, flips: bool, image_size
     if cache.exists():
         blob = torch.load(cache)
         return blob["tokens"], blob["labels"]
-    tokens, labels = tokenize_split(load_vq_folder(vq_folder), data, split, flips, image_size=image_size)
+    tokens, labels = tokenize_split(VQModel.from_folder(vq_folder), data, split, flips, image_size=image_size)
     torch.save({"tokens": tokens, "labels": labels}, cache)
     return tokens, labels
 

@@ -116,28 +116,13 @@ class MARRunArgs:
     config: dict = field(default_factory=dict)
 
 
-def load_kl_folder(folder, dtype: torch.dtype = torch.float32) -> KLVAE:
-    """A KL VAE saved as ``model.safetensors`` + ``config.json`` (with its measured ``scale_factor``)."""
-    from ..models.checkpoint import load_zoo_folder
-
-    return load_zoo_folder(folder, lambda cfg: KLVAE(**cfg)).to(dtype)
-
-
-def load_mar_folder(folder, dtype: torch.dtype = torch.float32) -> MAR:
-    """A MAR saved as ``model.safetensors`` + ``config.json`` (the demo-zoo layout)."""
-    from ..models.checkpoint import load_zoo_folder
-    from ..models.mar import MARConfig
-
-    return load_zoo_folder(folder, lambda cfg: MAR(MARConfig.from_dict(cfg))).to(dtype)
-
-
 def cached_moments(vae_folder: str, data: str, split: str = "train", flips: bool = True, image_size: int = 32):
     """(posterior moments [N, 2C, h, w] fp16, labels [N]) of a split, cached next to the VAE (MAR's
     ``main_cache.py`` does the same with ten-crop; here horizontal flips)."""
     from .data import cached_encoding
 
     cache = Path(vae_folder) / f"moments-{split}{'-flip' if flips else ''}-{image_size}px.pt"
-    vae = load_kl_folder(vae_folder)
+    vae = KLVAE.from_folder(vae_folder)
     return cached_encoding(cache, lambda x: vae.moments(x).half(), data, split, flips, image_size)
 
 
@@ -224,4 +209,4 @@ def run_cli(args) -> int:
     return 0
 
 
-__all__ = ["MARRunArgs", "run_mar_training", "load_kl_folder", "load_mar_folder", "make_optimizer", "EMA", "mar_train_step", "vae_loss", "vae_train_step", "latent_scale", "LATENT_SCALE"]
+__all__ = ["MARRunArgs", "run_mar_training", "make_optimizer", "EMA", "mar_train_step", "vae_loss", "vae_train_step", "latent_scale", "LATENT_SCALE"]

@@ -250,27 +250,6 @@ class VARRunArgs:
     config: dict = field(default_factory=dict)
 
 
-def load_msvq_folder(folder, dtype: torch.dtype = torch.float32):
-    """A multi-scale VQVAE saved as ``model.safetensors`` + ``config.json`` (the demo-zoo layout)."""
-    from ..models.checkpoint import load_zoo_folder
-    from ..tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
-
-    def build(cfg):
-        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-        return MultiScaleVQVAE(VQVAEConfig(**{**cfg, "test_mode": True}))
-
-    return load_zoo_folder(folder, build).to(dtype)
-
-
-def load_var_folder(folder, vae=None, dtype: torch.dtype = torch.float32):
-    """A VAR saved as ``model.safetensors`` + ``config.json``; ``vae`` is attached for sampling."""
-    from ..models.checkpoint import load_zoo_folder
-    from ..models.var import VAR, VARConfig
-
-    model = load_zoo_folder(folder, lambda cfg: VAR(VARConfig.from_kwargs(**cfg), init=False)).to(dtype)
-    return model.attach_vae(vae) if vae is not None else model
-
-
 def cached_scale_tokens(vae, vqvae_folder: str, data: str, split: str = "train", flips: bool = True,
                         image_size: int = 32):
     """(all scales' indices [N, L] int16, labels [N]) of a split by ``vae``, cached next to the tokenizer."""
@@ -323,10 +302,10 @@ def run_var_training(args: VARRunArgs) -> Path:
 
     if not args.vqvae:
         raise ValueError(f"{args.kind} training needs --vqvae (a trained multi-scale VQVAE folder)")
-    vae = load_msvq_folder(args.vqvae)
+    vae = MultiScaleVQVAE.from_folder(args.vqvae)
     tokens, labels = cached_scale_tokens(vae, args.vqvae, args.data, "train", True, args.image_size)
     if args.init:
-        model = load_var_folder(args.init).float()
+        model = VAR.from_folder(args.init)
         model.requires_grad_(True)
     else:
         cfg = VARConfig.from_kwargs(**{**args.config, "num_classes": int(labels.max()) + 1, "vocab_size": vae.vocab_size,
@@ -339,7 +318,7 @@ def run_var_training(args: VARRunArgs) -> Path:
     if args.kind == "code-refiner":
         if not args.teacher:
             raise ValueError("code-refiner training needs --teacher (the drafter folder)")
-        teacher = load_var_folder(args.teacher, vae)
+        teacher = VAR.from_folder(args.teacher, vae)
 
     def step_fn(step):
         idx = torch.randint(0, tokens.shape[0], (args.batch_size,), generator=gen)

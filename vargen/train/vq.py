@@ -89,22 +89,9 @@ def train_vq(args: VQTrainArgs) -> Path:
 
 def load_tokenizer_folder(folder):
     """Any demo-zoo tokenizer folder by its ``config.json`` type: LlamaGen VQ, VAR's multi-scale VQVAE, MAR's KL VAE."""
-    import json
+    from ..zoo import TOKENIZER_TYPES, load_folder
 
-    kind = json.loads((Path(folder) / "config.json").read_text()).get("type")
-    if kind == "llamagen_vq":
-        from ..tokenizers.llamagen_vq import load_vq_folder
-
-        return load_vq_folder(folder)
-    if kind == "var_vqvae":
-        from .var import load_msvq_folder
-
-        return load_msvq_folder(folder)
-    if kind == "kl_vae":
-        from .mar import load_kl_folder
-
-        return load_kl_folder(folder)
-    raise ValueError(f"{folder}: config.json type {kind!r} is not a tokenizer (llamagen_vq, var_vqvae, kl_vae)")
+    return load_folder(folder, TOKENIZER_TYPES)
 
 
 def _reconstruct(model, x: torch.Tensor):

@@ -89,4 +89,41 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A JSON file; a malformed one is a ``ValueError`` naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return data
+
+
+# config.json "type" -> the class whose from_folder loads it
+FOLDER_TYPES = {
+    "llamagen_gpt": "vargen.models.llamagen:GPT",
+    "llamagen_vq": "vargen.tokenizers.llamagen_vq:VQModel",
+    "llamagen_draft_head": "vargen.models.draft_head:DraftHead",
+    "var_vqvae": "vargen.tokenizers.msvq:MultiScaleVQVAE",
+    "var": "vargen.models.var:VAR",
+    "kl_vae": "vargen.tokenizers.kl:KLVAE",
+    "mar": "vargen.models.mar:MAR",
+}
+TOKENIZER_TYPES = ("llamagen_vq", "var_vqvae", "kl_vae")
+
+
+def folder_class(folder, expected: tuple[str, ...] | None = None):
+    """The class of a model folder (by its ``config.json`` type), checked against ``expected`` types."""
+    import importlib
+
+    from ..models.checkpoint import read_folder_config
+
+    kind = read_folder_config(folder, expected or tuple(FOLDER_TYPES))["type"]
+    module, name = FOLDER_TYPES[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_folder(folder, expected: tuple[str, ...] | None = None, **kwargs):
+    """A model or tokenizer folder (``config.json`` + ``model.safetensors``) by its type: ``Class.from_folder``."""
+    return folder_class(folder, expected).from_folder(folder, **kwargs)

@@ -171,12 +171,12 @@ class DraftHeadProposer(_ChainProposer):
 
 def draft_proposer(draft, gamma: int = 4):
     """The proposer for ``draft``: a DraftHead (or a head folder) or a draft TokenModel."""
-    from ...models.draft_head import DraftHead, load_draft_head
+    from ...models.draft_head import DraftHead
 
     if draft is None:
         raise ValueError("speculative decoding needs draft=<draft TokenModel | DraftHead | draft head folder>")
     if isinstance(draft, (str, Path)):
-        draft = load_draft_head(draft)
+        draft = DraftHead.from_folder(draft)
     if isinstance(draft, DraftHead):
         return DraftHeadProposer(draft, gamma)
     return DraftModelProposer(draft, gamma)
