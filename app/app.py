@@ -1,15 +1,17 @@
-"""vargen demo: the AR baseline and an accelerated sampler side by side, with the acceptance map.
+"""vargen demo: a model family's baseline and an accelerated sampler side by side, with the acceptance map.
 
     vargen app                      # http://127.0.0.1:7860, the shipped demo models, CPU
     python app/app.py --port 8000   # the same without the vargen entry point
 
-One click runs plain AR and the chosen sampler with the same seed and shows both results, their
-forward passes, tokens per forward, seconds and the speed-up, and the acceptance map: the token grid
-coloured by the forward pass that committed each token, so one sees where speculative decoding helps.
+One click runs the model's baseline (``ar`` for LlamaGen, ``var`` for VAR, ``mar`` for MAR) and the chosen
+sampler with the same seed and shows both results, their forward passes, tokens per forward, seconds and the
+speed-up, and the acceptance map: the token grid coloured by the forward pass that committed each token.
 
-The sampler options are discovered from ``available_samplers()`` and the samplers' own signatures:
-known options get a control and are shown only for samplers that take them; anything else goes
-through the "more options" box as ``key=value`` pairs.
+Everything goes through the pipeline (``vargen.load(name).generate``): the sampler list is the model's
+applicable samplers, and the option controls are the samplers' declared options (type, range, help), shown
+for the samplers that take them; "more options" takes anything else in the one option grammar
+(``key=value,key=value``). Each request is bounded (batch, and the options' declared and per-request limits)
+before any work, and the queue is bounded too.
 
 Tests and other programs can inject ready pipelines: ``build_app({"tiny": pipeline})``.
 """
@@ -28,140 +30,73 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from vargen import zoo
-from vargen.cli import parse_value
 from vargen.pipeline import Pipeline, image_grid, load
-from vargen.samplers import acceptance as acceptance_rules
-from vargen.samplers import available_samplers, get_sampler
+from vargen.samplers import available_samplers, sampler_options
 from vargen.samplers.base import GenerationOutput, SamplingConfig
+from vargen.samplers.spec import Option, SamplerSpec
 
 log = logging.getLogger("vargen.app")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-BASELINE = "ar"
-DEFAULT_SAMPLER = "sjd"
 DEFAULT_MODEL = "cifar10-llamagen"
 MAX_BATCH = 8
 MIN_IMAGE_SIDE = 192  # small demo images are enlarged (nearest neighbour) to at least this size
+# per-request limits on top of the options' own ranges (one request must not hold the server for minutes)
+REQUEST_LIMITS = {"num_iter": 64, "max_tries": 200, "sample_top": 256, "k": 1024, "group_size": 256, "num_draft": 64}
 
 
 # ----------------------------------------------------------------------------------------------
-# Sampler options: discovered from the samplers, with controls for the ones we know
+# Sampler options: the declared options of every sampler, one control per name
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class OptionField:
-    """A sampler option that gets its own control (shown only when the sampler takes it)."""
+def _rule_names() -> list[str]:
+    from vargen.samplers.acceptance import available_rules
 
-    name: str
-    label: str
-    kind: str  # "int" | "float" | "bool" | "choice"
-    default: Any
-    info: str = ""
-    minimum: float | None = None
-    maximum: float | None = None
-    step: float | None = None
+    return available_rules()
 
 
-OPTION_FIELDS: tuple[OptionField, ...] = (
-    OptionField("window", "window W", "int", 16, "tokens fed per forward: the last committed token + W-1 drafts",
-                1, 64, 1),
-    OptionField("init", "draft init", "choice", "random", "how fresh drafts are made"),
-    OptionField("coupled", "coupled drafts (MC-SJD)", "bool", False,
-                "keep a re-drafted token with the maximal-coupling probability"),
-    OptionField("acceptance", "acceptance rule", "choice", "exact",
-                "exact is lossless; relaxed rules accept more drafts and change the distribution"),
-    OptionField("sample_top", "neighbour top-k", "int", 32, "candidates for the *_sample inits"),
-    OptionField("k", "neighbourhood size k", "int", 10, "relaxed acceptance: tokens counted as neighbours"),
-    OptionField("delta", "relaxation budget δ", "float", 0.1, "relaxed acceptance: total-variation budget",
-                0.0, 1.0, 0.01),
-    OptionField("draft_steps", "draft steps", "int", 8, "CoDe: scales drawn by the drafter"),
-)
-FIELD_NAMES = tuple(f.name for f in OPTION_FIELDS)
-
-
-def rule_names() -> list[str]:
-    """Registered acceptance rules (``exact`` first)."""
-    listing = getattr(acceptance_rules, "available_rules", None)
-    names = list(listing()) if callable(listing) else sorted(acceptance_rules._RULES)
-    return sorted(names, key=lambda n: (n != "exact", n))
-
-
-def option_choices(name: str) -> list[str]:
-    if name == "init":
-        from vargen.samplers.proposers.jacobi import INITS
-
-        return list(INITS)
-    if name == "acceptance":
-        return rule_names()
-    return []
-
-
-def _init_defaults(obj) -> dict[str, Any]:
-    """Keyword parameters of ``type(obj).__init__`` with the values ``obj`` was built with (when it keeps them)."""
-    params = inspect.signature(type(obj).__init__).parameters
-    out = {}
-    for name, p in params.items():
-        if name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-            continue
-        default = None if p.default is p.empty else p.default
-        out[name] = getattr(obj, name, default)
+def option_catalogue() -> dict[str, Option]:
+    """Every option any registered sampler (with any rule) declares and that can be typed in, by name (the
+    first declaration of a name gives its control)."""
+    out: dict[str, Option] = {}
+    for name in available_samplers():
+        rules = [None] + (_rule_names() if "acceptance" in sampler_options(name) else [])
+        for rule in rules:
+            for opt in sampler_options(name, rule).values():
+                if opt.text and opt.kind != "object" and opt.name not in out:
+                    out[opt.name] = opt
     return out
 
 
-def _takes_extra_keywords(obj) -> bool:
-    params = inspect.signature(type(obj).__init__).parameters.values()
-    return any(p.kind == p.VAR_KEYWORD for p in params)
+CATALOGUE = option_catalogue()
+OPTION_NAMES = tuple(CATALOGUE)
 
 
-def sampler_defaults(sampler: str, acceptance: str | None = None) -> dict[str, Any]:
-    """The options ``sampler`` takes, with their defaults: its own keywords, and -- for samplers that pass
-    extra keywords to an acceptance rule -- the options of that rule (``acceptance`` or the preset one)."""
-    try:
-        instance = get_sampler(sampler)
-    except Exception:  # a sampler that cannot be built without arguments: only "more options" apply
-        return {}
-    out = _init_defaults(instance)
-    rule = getattr(instance, "rule", None)
-    if rule is not None and "acceptance" in out:
-        out["acceptance"] = getattr(rule, "name", out.get("acceptance"))
-        if _takes_extra_keywords(instance):
-            rule = acceptance_rules.get_rule(acceptance) if acceptance else rule
-            out.update({k: v for k, v in _init_defaults(rule).items() if k not in out})
-    return out
-
-
-def parse_extra(text: str | None) -> dict[str, Any]:
-    """``"key=value, key=value"`` (commas or new lines) -> options; numbers and booleans are converted."""
-    out = {}
-    for item in (text or "").replace("\n", ",").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if "=" not in item:
-            raise ValueError(f"more options: expected key=value, got {item!r}")
-        key, value = (s.strip() for s in item.split("=", 1))
-        if not key.isidentifier():
-            raise ValueError(f"more options: {key!r} is not an option name")
-        out[key] = parse_value(value)
-    return out
-
-
-def _as_int(value):
-    return int(value) if isinstance(value, float) and value.is_integer() else value
+def sampler_defaults(sampler: str, acceptance: str | None = None, pipe: Pipeline | None = None) -> dict[str, Any]:
+    """The typed-in options ``sampler`` takes (with rule ``acceptance``), with their defaults: the declared
+    ones, overridden by the pipeline's own per-sampler defaults (e.g. CoDe's ``draft_steps`` of the demo)."""
+    own = pipe.sampler_options.get(sampler, {}) if pipe is not None else {}
+    return {k: own.get(k, o.default) for k, o in sampler_options(sampler, acceptance).items() if k in CATALOGUE}
 
 
 def collect_options(sampler: str, values: dict[str, Any], extra: str | None = None) -> dict[str, Any]:
-    """The keyword options for ``get_sampler(sampler, ...)``: the controls this sampler (and its rule)
-    takes, then the "more options" pairs, which win and may name anything."""
-    accepted = sampler_defaults(sampler, values.get("acceptance"))
-    kinds = {f.name: f.kind for f in OPTION_FIELDS}
+    """The sampler's options from the controls (only those it takes; empty controls are left out), then the
+    "more options" text in the option grammar, which wins. Everything is typed and range-checked here."""
+    declared = sampler_options(sampler, values.get("acceptance") or None)
     opts = {}
     for name, value in values.items():
-        if name in accepted and value is not None:
-            opts[name] = _as_int(value) if kinds.get(name) == "int" else value
-    opts.update(parse_extra(extra))
+        value = _control_value(name, value)
+        if name in declared and value is not None and value != "":
+            opts[name] = declared[name].convert(value, sampler)
+    text = (extra or "").replace("\n", ",").strip().strip(",")
+    if text:
+        spec = SamplerSpec.parse(f"{sampler}:{text}")
+        opts.update(spec.options)
+    for name, limit in REQUEST_LIMITS.items():
+        if isinstance(opts.get(name), (int, float)) and opts[name] > limit:
+            raise ValueError(f"{name}={opts[name]} is over this demo's per-request limit ({limit})")
     return opts
 
 
@@ -183,19 +118,14 @@ class ModelStore:
         self.lock = threading.Lock()
 
     def names(self) -> list[str]:
-        # token-model pipelines only: the app's acceptance maps and samplers are LlamaGen's
-        token_models = [n for n in zoo.shipped_names() if zoo.pipeline_kind(n) == "llamagen"] + sorted(zoo.OFFICIAL)
-        listed = list(self.fixed) + self.extra_names + token_models
-        return list(dict.fromkeys(listed))
+        shipped = [n for n in zoo.shipped_names() if zoo.pipeline_kind(n)]
+        return list(dict.fromkeys(list(self.fixed) + self.extra_names + shipped + sorted(zoo.OFFICIAL)))
 
     def default_name(self) -> str | None:
         names = self.names()
         if self.fixed or self.extra_names:
             return names[0]
-        if DEFAULT_MODEL in names:
-            return DEFAULT_MODEL
-        shipped = zoo.shipped_names()
-        return shipped[0] if shipped else (names[0] if names else None)
+        return DEFAULT_MODEL if DEFAULT_MODEL in names else (names[0] if names else None)
 
     def get(self, name: str | None) -> Pipeline:
         name = (name or "").strip()
@@ -212,14 +142,8 @@ class ModelStore:
             return self.loaded[name]
 
 
-def num_classes(pipe: Pipeline) -> int:
-    if pipe.class_names:
-        return len(pipe.class_names)
-    return int(getattr(pipe.model.config, "num_classes", 0) or getattr(pipe.model, "num_classes", 0))
-
-
 def class_choices(pipe: Pipeline) -> list[tuple[str, str]]:
-    names = pipe.class_names or [str(i) for i in range(num_classes(pipe))]
+    names = pipe.class_names or [str(i) for i in range(pipe.num_classes)]
     return [(f"{i}: {n}" if n != str(i) else n, str(i)) for i, n in enumerate(names)]
 
 
@@ -230,14 +154,7 @@ def resolve_class(pipe: Pipeline, label) -> int:
         raise ValueError("choose a class")
     if ":" in text and text.split(":", 1)[0].strip().lstrip("-").isdigit():
         text = text.split(":", 1)[0].strip()
-    n = num_classes(pipe)
-    if text.lstrip("-").isdigit():
-        cid = int(text)
-    else:
-        cid = pipe.class_id(text)
-    if not 0 <= cid < n:
-        raise ValueError(f"class {cid} is out of range: this model has {n} classes (0..{n - 1})")
-    return cid
+    return pipe.class_id(text)
 
 
 def model_defaults(pipe: Pipeline) -> SamplingConfig:
@@ -245,10 +162,16 @@ def model_defaults(pipe: Pipeline) -> SamplingConfig:
 
 
 def describe(pipe: Pipeline) -> str:
-    t, h, w = pipe.model.grid
-    frames = f"{t} x " if t > 1 else ""
-    return (f"{frames}{h} x {w} tokens, vocabulary {pipe.model.vocab_size}, {num_classes(pipe)} classes, "
-            f"device {pipe.device}")
+    m = pipe.model
+    if pipe.kind == "var":
+        layout = f"scales {'/'.join(map(str, m.patch_nums))}"
+    elif pipe.kind == "mar":
+        layout = f"{m.seq_h} x {m.seq_w} continuous tokens of {m.token_embed_dim}"
+    else:
+        t, h, w = m.grid
+        layout = f"{f'{t} x ' if t > 1 else ''}{h} x {w} tokens"
+    return (f"{pipe.kind} model: {layout}, vocabulary {getattr(m, 'vocab_size', '-')}, {pipe.num_classes} classes, "
+            f"device {pipe.device}; baseline `{pipe.baseline_sampler}`")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,35 +188,22 @@ class Run:
     output: GenerationOutput
 
 
-def build_sampler(name: str, options: dict[str, Any]):
-    if name not in available_samplers():
-        raise ValueError(f"unknown sampler {name!r}; available: {', '.join(available_samplers())}")
-    try:
-        return get_sampler(name, **options)
-    except TypeError as err:  # an option the sampler does not take
-        raise ValueError(f"{name}: {err}") from None
-
-
-def check_request(pipe: Pipeline, config: dict[str, Any], batch_size, seed) -> tuple[int, int, SamplingConfig]:
+def check_request(pipe: Pipeline, config: dict[str, Any], batch_size, seed) -> tuple[int, int]:
     """Validate what does not depend on the sampler; raises ``ValueError`` before any work."""
-    if batch_size is None or not 1 <= int(batch_size) <= MAX_BATCH:
-        raise ValueError(f"batch size must be between 1 and {MAX_BATCH}, got {batch_size}")
-    if seed is None or int(seed) < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed}")
-    cfg, _ = pipe.split_options({k: v for k, v in config.items() if v is not None})
-    cfg.validate(vocab_size=pipe.model.vocab_size, conditional=getattr(pipe.model, "conditional", True))
-    return int(batch_size), int(seed), cfg
+    if batch_size is None or isinstance(batch_size, bool) or not 1 <= int(batch_size) <= MAX_BATCH \
+            or int(batch_size) != batch_size:
+        raise ValueError(f"batch size must be an integer from 1 to {MAX_BATCH}, got {batch_size}")
+    if seed is None or int(seed) != seed:
+        raise ValueError(f"seed must be an integer, got {seed}")
+    pipe.check_seed(int(seed))
+    cfg, _ = pipe.split_options(config)
+    cfg.validate(vocab_size=getattr(pipe.model, "vocab_size", None), conditional=True)
+    return int(batch_size), int(seed)
 
 
-def run_sampler(pipe: Pipeline, name: str, sampler, class_id: int, batch: int, seed: int,
-                config: dict[str, Any], options: dict[str, Any]) -> Run:
-    try:
-        out = pipe.generate([class_id] * batch, sampler=sampler, seed=seed, per_row_seeds=True,
-                            **{k: v for k, v in config.items() if v is not None})
-    except AttributeError as err:  # a sampler for another model family (VAR, MAR) on this model
-        log.warning("%s on %s: %s", name, type(pipe.model).__name__, err)
-        raise ValueError(f"sampler {name!r} does not work with this model ({type(pipe.model).__name__}): "
-                         f"it needs a different model family") from None
+def run_sampler(pipe: Pipeline, name: str, class_id: int, batch: int, seed: int, config: dict[str, Any],
+                options: dict[str, Any]) -> Run:
+    out = pipe.generate([class_id] * batch, sampler=name, seed=seed, per_row_seeds=True, **config, **options)
     return Run(name, options, out)
 
 
@@ -301,7 +211,7 @@ def run_sampler(pipe: Pipeline, name: str, sampler, class_id: int, batch: int, s
 # Rendering: images, the acceptance map, the statistics
 # ----------------------------------------------------------------------------------------------
 
-# viridis at 9 stops: early passes dark blue, late passes yellow
+# viridis at 10 stops: early passes dark blue, late passes yellow
 _PALETTE = [(68, 1, 84), (72, 40, 120), (62, 74, 137), (49, 104, 142), (38, 130, 142), (31, 158, 137),
             (53, 183, 121), (109, 205, 89), (180, 222, 44), (253, 231, 37)]
 
@@ -371,18 +281,27 @@ def with_legend(image: Image.Image, first: int, last: int) -> Image.Image:
     return out
 
 
-def acceptance_maps(run: Run, grid: tuple[int, int, int]) -> Image.Image | None:
-    """Every row's acceptance map side by side, with one legend; ``None`` when the sampler reports none."""
-    stats = run.output.stats
-    if stats.token_step is None:
+def map_grid(pipe: Pipeline) -> tuple[int, int] | None:
+    """(rows, cols) of the token layout the acceptance map draws; None where tokens are not one grid (VAR)."""
+    if pipe.kind == "mar":
+        return pipe.model.seq_h, pipe.model.seq_w
+    if hasattr(pipe.model, "grid"):
+        t, h, w = pipe.model.grid
+        return t * h, w
+    return None
+
+
+def acceptance_maps(run: Run, pipe: Pipeline) -> Image.Image | None:
+    """Every row's acceptance map side by side, with one legend; ``None`` when there is no token grid."""
+    stats, grid = run.output.stats, map_grid(pipe)
+    if stats.token_step is None or grid is None or stats.token_step.shape[1] != grid[0] * grid[1]:
         return None
-    width = grid[-1]
-    cell = max(4, 2 * MIN_IMAGE_SIDE // max(grid[-2], width))
+    height, width = grid
+    cell = max(4, 2 * MIN_IMAGE_SIDE // max(height, width))
     relaxed = stats.relaxed
     maps = [acceptance_map(stats.token_step[b], width, None if relaxed is None else relaxed[b], cell)
             for b in range(stats.token_step.shape[0])]
-    grid_img = image_grid(maps, cols=min(4, len(maps)))
-    return with_legend(grid_img, int(stats.token_step.min()), int(stats.token_step.max()))
+    return with_legend(image_grid(maps, cols=min(4, len(maps))), int(stats.token_step.min()), int(stats.token_step.max()))
 
 
 def gallery(run: Run) -> list[Image.Image]:
@@ -397,15 +316,10 @@ def stats_table(base: Run, fast: Run | None) -> str:
     """Markdown: forward passes, tokens per forward, mean accepted, seconds, and the speed-ups."""
     b = base.output.stats
     head = f"| | {base.sampler} (baseline) |"
-    rows = [
-        ("forward passes", str(b.forward_passes)),
-        ("tokens / forward", f"{b.tokens_per_forward:.2f}"),
-        ("mean accepted / step", f"{b.mean_accepted:.2f}"),
-        ("seconds", f"{b.seconds:.2f}"),
-    ]
+    rows = [("forward passes", str(b.forward_passes)), ("tokens / forward", f"{b.tokens_per_forward:.2f}"),
+            ("mean accepted / step", f"{b.mean_accepted:.2f}"), ("seconds", f"{b.seconds:.2f}")]
     if fast is None:
-        lines = [head, "|---|---:|"] + [f"| {k} | {v} |" for k, v in rows]
-        return "\n".join(lines)
+        return "\n".join([head, "|---|---:|"] + [f"| {k} | {v} |" for k, v in rows])
     f = fast.output.stats
     values = [str(f.forward_passes), f"{f.tokens_per_forward:.2f}", f"{f.mean_accepted:.2f}", f"{f.seconds:.2f}"]
     speed = [_ratio(b.forward_passes, f.forward_passes), "", "", _ratio(b.seconds, f.seconds)]
@@ -413,7 +327,8 @@ def stats_table(base: Run, fast: Run | None) -> str:
     lines += [f"| {k} | {v} | {fv} | {s} |" for (k, v), fv, s in zip(rows, values, speed)]
     relaxed = f.relaxed
     if relaxed is not None and bool(relaxed.any()):
-        lines.append(f"\n{int(relaxed.sum())} tokens were accepted by relaxation (white dots on the map).")
+        lines.append(f"\n{int(relaxed.sum())} tokens were accepted by relaxation (white dots on the map); "
+                     f"TV bound per image {f.mean_tv_bound:.3f}.")
     return "\n".join(lines)
 
 
@@ -435,11 +350,13 @@ def stats_json(pipe_name: str, class_id: int, seed: int, base: Run, fast: Run | 
 # ----------------------------------------------------------------------------------------------
 
 INTRO = """# vargen: fast visual autoregressive sampling
-Runs plain **AR** (one token per forward pass) and the chosen **sampler** with the same seed. Lossless
-samplers (SJD with the exact rule) draw from the same distribution as AR, so the two images differ sample
-by sample, not in quality. The **acceptance map** colours each token by the forward pass that committed it
-(dark: early, yellow: late); tokens committed together by one pass form one region. A white dot marks a token
-accepted only by a relaxed rule."""
+Runs the model's **baseline** (AR, VAR or MAR) and the chosen **sampler** with the same seed. Lossless
+samplers draw from the same distribution as the baseline, so the images differ sample by sample, not in
+quality. The **acceptance map** colours each token by the forward pass that committed it (dark: early,
+yellow: late); a white dot marks a token accepted only by a relaxed rule."""
+
+USER_ERRORS = (ValueError, FileNotFoundError)
+CONFIG_CONTROLS = ("cfg_scale", "temperature", "top_k", "top_p")
 
 
 def _user_error(err: Exception):
@@ -455,66 +372,70 @@ def _unexpected_error(err: Exception, what: str):
     return gr.Error(f"{what} failed: {type(err).__name__}: {err}", print_exception=False)
 
 
-USER_ERRORS = (ValueError, FileNotFoundError)
+def _text_value(opt: Option, value):
+    if isinstance(value, tuple):
+        return "/".join(map(str, value))
+    return value
 
 
-def _option_control(f: OptionField, shown: dict[str, Any]):
-    """The control of one option: visible with the sampler's default when ``shown`` has it."""
+def _option_control(opt: Option, shown: dict[str, Any]):
+    """The control of one declared option: visible with the sampler's default when ``shown`` has it."""
     import gradio as gr
 
-    value = shown.get(f.name, f.default)
-    common = dict(label=f.label, info=f.info or None, visible=f.name in shown)
-    if f.kind == "bool":
+    value = shown.get(opt.name, opt.default)
+    common = dict(label=opt.name, info=opt.help, visible=opt.name in shown, elem_id=f"opt-{opt.name}")
+    if opt.kind == "bool" and not opt.optional:
         return gr.Checkbox(value=bool(value), **common)
-    if f.kind == "choice":
-        return gr.Dropdown(choices=option_choices(f.name), value=value, allow_custom_value=True, **common)
-    precision = 0 if f.kind == "int" else None
-    if f.minimum is not None and f.maximum is not None:
-        return gr.Slider(f.minimum, f.maximum, value=value, step=f.step, precision=precision, **common)
-    return gr.Number(value=value, precision=precision, **common)
+    if opt.choices:
+        return gr.Dropdown(choices=list(opt.choices), value=value, allow_custom_value=True, **common)  # checked by the option
+    if opt.kind in ("int", "float"):  # ranges are checked by the option itself, with its message
+        return gr.Number(value=value, precision=0 if opt.kind == "int" else None, **common)
+    return gr.Textbox(value="" if value is None else str(_text_value(opt, value)),
+                      placeholder="none" if opt.optional else "", **common)
 
 
-def rule_defaults(rule: str) -> dict[str, Any]:
-    return _init_defaults(acceptance_rules.get_rule(rule))
-
-
-def other_options_hint(defaults: dict[str, Any]) -> str:
-    """The options without a control, as ``key=default`` pairs (the "more options" placeholder)."""
-    simple = (int, float, str, bool)  # a None default (a model, say) cannot be typed in
-    pairs = [f"{k}={v}" for k, v in defaults.items() if k not in FIELD_NAMES and isinstance(v, simple)]
-    return ", ".join(pairs) if pairs else "key=value, key=value"
-
-
-def option_updates(sampler: str, acceptance: str | None = None) -> list:
-    """Show the controls this sampler (with rule ``acceptance``) takes and hide the others; the last update
-    lists its other options in the "more options" box. A new sampler resets every control to its default;
-    a new rule resets only the rule's own options."""
+def option_updates(sampler: str, acceptance: str | None = None, keep_values: bool = False,
+                   pipe: Pipeline | None = None) -> list:
+    """Show the controls ``sampler`` (with rule ``acceptance``) takes, with their defaults, and hide the others."""
     import gradio as gr
 
-    defaults = sampler_defaults(sampler, acceptance)
-    reset = rule_defaults(acceptance) if acceptance else defaults
+    defaults = sampler_defaults(sampler, acceptance, pipe)
     updates = []
-    for f in OPTION_FIELDS:
-        if f.name not in defaults:
+    for name in OPTION_NAMES:
+        if name not in defaults:
             updates.append(gr.update(visible=False))
-        elif acceptance is None or (f.name in reset and f.name != "acceptance"):
-            updates.append(gr.update(visible=True, value=defaults[f.name]))
-        else:
+        elif keep_values and name in ("acceptance",):
             updates.append(gr.update(visible=True))
-    return updates + [gr.update(placeholder=other_options_hint(defaults))]
+        else:
+            value = defaults[name]
+            updates.append(gr.update(visible=True, value=_text_value(CATALOGUE[name], value) if value is not None
+                                     else (None if CATALOGUE[name].kind in ("int", "float") else "")))
+    return updates
+
+
+def _control_value(name: str, value):
+    """A control's value as the sampler option (Textboxes hold text; empty means "not given"; number boxes
+    may hand an integer over as 8.0)."""
+    kind = CATALOGUE[name].kind if name in CATALOGUE else None
+    if isinstance(value, str) and kind != "str":
+        return value.strip() or None
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str] = (), device: str = "cpu",
               concurrency: int = 1, max_queue: int = 16):
     """The Gradio Blocks app. ``pipelines``: ready pipelines by name (listed first); ``models``: more
-    names or folders to list; the zoo's models are always listed."""
+    names or folders to list; the zoo's pipelines are always listed."""
     import gradio as gr
 
     store = ModelStore(pipelines, models, device)
     first = store.default_name()
     first_pipe = _try_load(store, first)
     defaults = model_defaults(first_pipe) if first_pipe else SamplingConfig().with_defaults(SamplingConfig())
-    samplers = available_samplers()
+    samplers = list(first_pipe.applicable_samplers()) if first_pipe else available_samplers()
+    first_sampler = _fast_default(first_pipe) if first_pipe else "sjd"
 
     def on_model(model):
         try:
@@ -525,37 +446,53 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
             raise _unexpected_error(err, f"loading {model}") from None
         d = model_defaults(pipe)
         choices = class_choices(pipe)
-        return (gr.update(choices=choices, value=choices[0][1] if choices else None), d.cfg_scale, d.temperature,
-                d.top_k, d.top_p, describe(pipe))
+        sampler = _fast_default(pipe)
+        fields = pipe.family.config_fields
+        config_updates = [gr.update(value=getattr(d, n), visible=n in fields) for n in CONFIG_CONTROLS]
+        return [gr.update(choices=choices, value=choices[0][1] if choices else None),
+                gr.update(choices=list(pipe.applicable_samplers()), value=sampler), *config_updates,
+                describe(pipe), *option_updates(sampler, pipe=pipe)]
 
-    def on_options(sampler, rule=None):
+    def _pipe_or_none(model):
         try:
-            return option_updates(sampler, rule)
-        except USER_ERRORS as err:
-            raise _user_error(err) from None
+            return store.get(model)
+        except Exception:  # noqa: BLE001 - only the defaults shown depend on it; generate reports the error
+            return None
 
-    # the API's parameter names are these names: one per control, in the order of ``inputs`` below
-    def generate(model, class_label, sampler, window, init, coupled, acceptance, sample_top, k, delta,
-                 draft_steps, more_options="", seed=0, cfg_scale=None, temperature=None, top_k=None, top_p=None,
-                 batch_size=1, progress=gr.Progress()):
-        values = dict(window=window, init=init, coupled=coupled, acceptance=acceptance, sample_top=sample_top,
-                      k=k, delta=delta, draft_steps=draft_steps)
-        config = dict(cfg_scale=cfg_scale, temperature=temperature, top_k=_as_int(top_k), top_p=top_p)
+    def on_sampler(model, sampler):
+        return option_updates(sampler, pipe=_pipe_or_none(model))
+
+    def on_rule(model, sampler, rule):
+        return option_updates(sampler, rule or None, keep_values=True, pipe=_pipe_or_none(model))
+
+    def generate(model, class_label, sampler, *values, progress=gr.Progress()):
+        n = len(OPTION_NAMES)
+        option_values = dict(zip(OPTION_NAMES, values[:n]))
+        more_options, seed, cfg_scale, temperature, top_k, top_p, batch_size = values[n:]
+        yield None, None, None, "", {}  # clear the previous result first: an error never sits next to old stats
         try:
             progress(0.0, desc=f"loading {model}")
             pipe = store.get(model)
+            fields = pipe.family.config_fields
+            config = {k: v for k, v in dict(cfg_scale=cfg_scale, temperature=temperature,
+                                             top_k=None if top_k is None else _int(top_k, "top_k"),
+                                             top_p=top_p).items() if v is not None and k in fields}
             class_id = resolve_class(pipe, class_label)
-            batch, seed, _ = check_request(pipe, config, batch_size, seed)
-            options = collect_options(sampler, values, more_options)
-            fast_sampler = build_sampler(sampler, options)  # bad options fail here, before any work
+            batch, seed = check_request(pipe, config, batch_size, seed)
+            if sampler not in pipe.applicable_samplers():
+                raise ValueError(f"sampler {sampler!r} does not apply to this {pipe.kind} model; choose one of "
+                                 f"{', '.join(pipe.applicable_samplers())}")
+            options = collect_options(sampler, option_values, more_options)
+            pipe.check_sampler(sampler, **options)  # bad options and sizes past the model fail here, before any work
             name = str(model).strip()
-            progress(0.05, desc=f"{BASELINE} baseline")
-            base = run_sampler(pipe, BASELINE, get_sampler(BASELINE), class_id, batch, seed, config, {})
+            baseline = pipe.baseline_sampler
+            progress(0.05, desc=f"{baseline} baseline")
+            base = run_sampler(pipe, baseline, class_id, batch, seed, config, {})
             yield gallery(base), None, None, stats_table(base, None), stats_json(name, class_id, seed, base, None)
             progress(0.5, desc=sampler)
-            fast = run_sampler(pipe, sampler, fast_sampler, class_id, batch, seed, config, options)
+            fast = run_sampler(pipe, sampler, class_id, batch, seed, config, options)
             progress(0.95, desc="acceptance map")
-            yield (gallery(base), gallery(fast), acceptance_maps(fast, pipe.model.grid), stats_table(base, fast),
+            yield (gallery(base), gallery(fast), acceptance_maps(fast, pipe), stats_table(base, fast),
                    stats_json(name, class_id, seed, base, fast))
         except gr.Error:
             raise
@@ -564,61 +501,86 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
         except Exception as err:
             raise _unexpected_error(err, f"{sampler} on {model}") from None
 
+    # the API's parameter names: one per control, in the order of ``inputs`` below
+    params = ["model", "class_label", "sampler", *OPTION_NAMES, "more_options", "seed", "cfg_scale", "temperature",
+              "top_k", "top_p", "batch_size"]
+    api_defaults = {"more_options": "", "seed": 0, "cfg_scale": None, "temperature": None, "top_k": None,
+                    "top_p": None, "batch_size": 1, **{k: None for k in OPTION_NAMES}}
+    generate.__signature__ = inspect.Signature(
+        [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                           **({"default": api_defaults[p]} if p in api_defaults else {})) for p in params]
+        + [inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=gr.Progress())])
+
     with gr.Blocks(title="vargen: fast visual AR sampling") as demo:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 model = gr.Dropdown(store.names(), value=first, label="model", allow_custom_value=True,
                                     info="a zoo model, or the path of a local folder with pipeline.json")
-                model_info = gr.Markdown(describe(first_pipe) if first_pipe else "", label="model info")
+                model_info = gr.Markdown(describe(first_pipe) if first_pipe else "")
                 classes = class_choices(first_pipe) if first_pipe else []
                 class_label = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="class",
                                           allow_custom_value=True, info="a class id or name")
-                sampler = gr.Dropdown(samplers, value=DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else samplers[0],
-                                      label="sampler", info=f"compared with the {BASELINE} baseline")
+                sampler = gr.Dropdown(samplers, value=first_sampler, label="sampler", allow_custom_value=True,
+                                      info="compared with the model's baseline")  # checked against the model
                 with gr.Group():
-                    shown = sampler_defaults(sampler.value)
-                    controls = [_option_control(f, shown) for f in OPTION_FIELDS]
-                extra = gr.Textbox("", label="more options", placeholder=other_options_hint(shown),
-                                   info="any other sampler option, passed through as is")
+                    shown = sampler_defaults(first_sampler, pipe=first_pipe) if first_sampler in available_samplers() else {}
+                    controls = [_option_control(CATALOGUE[n], shown) for n in OPTION_NAMES]
+                extra = gr.Textbox("", label="more options", placeholder="key=value, key=value", elem_id="more-options",
+                                   info="any sampler option in the spec grammar, e.g. window=8,coupled=true")
                 with gr.Row():
-                    seed = gr.Number(0, precision=0, label="seed", minimum=0)
-                    batch_size = gr.Slider(1, MAX_BATCH, value=1, step=1, precision=0, label="batch size")
-                cfg_scale = gr.Slider(0.0, 10.0, value=defaults.cfg_scale, step=0.1, label="CFG scale",
-                                      info="1 disables guidance")
-                temperature = gr.Slider(0.0, 2.0, value=defaults.temperature, step=0.05, label="temperature",
-                                        info="0 is greedy")
+                    seed = gr.Number(0, precision=0, label="seed")
+                    batch_size = gr.Number(1, precision=0, label="batch size", info=f"1 to {MAX_BATCH}")
+                fields = first_pipe.family.config_fields if first_pipe else CONFIG_CONTROLS
+                cfg_scale = gr.Number(defaults.cfg_scale, label="CFG scale", info="1 disables guidance",
+                                      visible="cfg_scale" in fields)
+                temperature = gr.Number(defaults.temperature, label="temperature", info="0 is greedy",
+                                        visible="temperature" in fields)
                 with gr.Row():
-                    top_k = gr.Number(defaults.top_k, precision=0, minimum=0, label="top-k", info="0 disables")
-                    top_p = gr.Slider(0.01, 1.0, value=defaults.top_p, step=0.01, label="top-p",
-                                      info="1 disables")
+                    top_k = gr.Number(defaults.top_k, precision=0, label="top-k", info="0 disables",
+                                      visible="top_k" in fields)
+                    top_p = gr.Number(defaults.top_p, label="top-p", info="1 disables", visible="top_p" in fields)
                 run = gr.Button("Generate", variant="primary")
             with gr.Column(scale=2):
                 with gr.Row():
-                    base_images = gr.Gallery(label=f"baseline: {BASELINE}", columns=2, height=320,
-                                             object_fit="contain", elem_id="baseline")
+                    base_images = gr.Gallery(label="baseline", columns=2, height=320, object_fit="contain",
+                                             elem_id="baseline")
                     fast_images = gr.Gallery(label="accelerated sampler", columns=2, height=320,
                                              object_fit="contain", elem_id="accelerated")
-                    amap = gr.Image(label="acceptance map", type="pil",
-                                    height=320, format="png", elem_id="acceptance-map")
-                table = gr.Markdown(label="speed-up")
+                    with gr.Column():
+                        gr.Markdown("**acceptance map** (forward pass of each token)")
+                        amap = gr.Image(show_label=False, type="pil", height=300, format="png",
+                                        elem_id="acceptance-map")
+                table = gr.Markdown(elem_id="stats-table")
                 with gr.Accordion("statistics (JSON)", open=False):
                     raw = gr.JSON(label="statistics")
 
-        config_outputs = [class_label, cfg_scale, temperature, top_k, top_p, model_info]
-        model.change(on_model, [model], config_outputs, api_name="model_info", concurrency_id="model")
-        sampler.input(on_options, [sampler], [*controls, extra], api_name="sampler_options", queue=False,
+        rule = controls[OPTION_NAMES.index("acceptance")] if "acceptance" in OPTION_NAMES else None
+        model.change(on_model, [model], [class_label, sampler, cfg_scale, temperature, top_k, top_p, model_info,
+                                         *controls], api_name="model_info", concurrency_id="model")
+        sampler.input(on_sampler, [model, sampler], controls, api_name="sampler_options", queue=False,
                       api_visibility="undocumented")
-        acceptance = controls[FIELD_NAMES.index("acceptance")]
-        acceptance.input(on_options, [sampler, acceptance], [*controls, extra], api_name="rule_options",
-                         queue=False, api_visibility="undocumented")
-        inputs = [model, class_label, sampler, *controls, extra, seed, cfg_scale, temperature, top_k, top_p,
-                  batch_size]
-        assert list(inspect.signature(generate).parameters)[3: 3 + len(controls)] == list(FIELD_NAMES)
+        if rule is not None:
+            rule.input(on_rule, [model, sampler, rule], controls, api_name="rule_options", queue=False,
+                       api_visibility="undocumented")
+        inputs = [model, class_label, sampler, *controls, extra, seed, cfg_scale, temperature, top_k, top_p, batch_size]
         run.click(generate, inputs, [base_images, fast_images, amap, table, raw], api_name="generate",
                   concurrency_id="model")
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     return demo
+
+
+def _int(value, name: str) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{name} must be an integer, got {value}")
+    return int(value)
+
+
+def _fast_default(pipe: Pipeline) -> str:
+    """The sampler preselected for a model: its default one (without options), unless that is the baseline."""
+    default = pipe.default_sampler.split(":")[0]
+    others = [s for s in pipe.applicable_samplers() if s != pipe.baseline_sampler]
+    return default if default != pipe.baseline_sampler else (others[0] if others else default)
 
 
 def _try_load(store: ModelStore, name: str | None) -> Pipeline | None:
@@ -646,7 +608,7 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=[], metavar="NAME_OR_FOLDER",
                    help="a model to list first (zoo name or folder with pipeline.json); repeatable")
     p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: automatic from the free cores)")
     p.add_argument("--concurrency", type=int, default=1, help="generations run at the same time (default 1)")
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting in the queue (default 16)")
     return p
@@ -654,29 +616,39 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
     """Register ``vargen app`` on the ``vargen`` command's subparsers."""
-    p = subparsers.add_parser("app", help="start the Gradio demo (AR vs an accelerated sampler, acceptance map)",
+    p = subparsers.add_parser("app", help="start the Gradio demo (baseline vs an accelerated sampler, acceptance map)",
                               description=__doc__.split("\n\n")[0])
     return configure_parser(p)
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from vargen.runtime import check_device, configure_threads
+
     try:
         import gradio  # noqa: F401
     except ImportError:
         print("error: the app needs gradio: pip install 'vargen[app]'", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    for name in ("port", "concurrency", "max_queue"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    configure_threads(args.threads)
+    check_device(args.device)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    demo = build_app(models=args.model, device=args.device, concurrency=args.concurrency,
-                     max_queue=args.max_queue)
+    demo = build_app(models=args.model, device=args.device, concurrency=args.concurrency, max_queue=args.max_queue)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = configure_parser(argparse.ArgumentParser(prog="python app/app.py", description=__doc__.split("\n\n")[0]))
-    return run_cli(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run_cli(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -50,6 +50,43 @@ def screenshot(url: str, out: str | Path, executable: str | None = None, timeout
     return out
 
 
+def _choose(page, label: str, value: str, timeout_ms: float) -> None:
+    """Pick ``value`` in the dropdown labelled ``label`` (typing it and pressing Enter, as a user would)."""
+    box = page.get_by_label(label, exact=True)
+    box.click(timeout=timeout_ms)
+    box.fill(value)
+    box.press("Enter")
+
+
+def run_in_browser(url: str, model: str, sampler: str, more_options: str = "", executable: str | None = None,
+                   timeout_s: float = 120.0) -> int:
+    """Choose a model and a sampler in the page, click Generate and wait for the accelerated sampler's
+    images; returns how many appeared."""
+    from playwright.sync_api import expect, sync_playwright
+
+    executable = executable or find_browser()
+    if executable is None:
+        raise FileNotFoundError("no Chromium found; run .ci/install-browser (apt-get install chromium)")
+    ms = timeout_s * 1000
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, timeout=ms)
+            _choose(page, "model", model, ms)
+            page.wait_for_timeout(1500)  # the model loads; the sampler list follows it
+            _choose(page, "sampler", sampler, ms)
+            page.wait_for_timeout(500)
+            if more_options:
+                page.locator("#more-options textarea").fill(more_options, timeout=ms)
+            page.get_by_role("button", name="Generate").click(timeout=ms)
+            images = page.locator("#accelerated img")
+            expect(images.first).to_be_visible(timeout=ms)
+            return images.count()
+        finally:
+            browser.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python app/screenshot.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="zoo name or folder with pipeline.json")

@@ -50,7 +50,7 @@ def tiny_pipeline() -> Pipeline:
     torch.manual_seed(0)
     vq = VQModel(VQConfig(codebook_size=VOCAB, codebook_embed_dim=4, encoder_ch_mult=[1, 1],
                           decoder_ch_mult=[1, 1], z_channels=32, ch=32, num_res_blocks=1)).eval()
-    return Pipeline(gpt, vq, SamplingConfig(cfg_scale=2.0, top_k=0), CLASSES, "tiny")
+    return Pipeline("llamagen", gpt, vq, SamplingConfig(cfg_scale=2.0, top_k=0), CLASSES, "tiny")
 
 
 def free_port() -> int:
@@ -101,41 +101,31 @@ def test_acceptance_map_colours_passes_and_marks_relaxed():
     assert centre(1, 0) == app.colour(2 / 4)
 
 
-def test_options_follow_the_sampler_and_its_rule(monkeypatch):
+def test_options_are_the_declared_options_of_the_sampler_and_its_rule():
     sjd = app.sampler_defaults("sjd")
-    assert {"window", "init", "coupled", "acceptance"} <= set(sjd) and sjd["acceptance"] == "exact"
+    assert {"window", "init", "coupled", "acceptance", "sample_top"} == set(sjd) and sjd["acceptance"] == "exact"
     assert app.sampler_defaults("ar") == {}
+    assert {"gamma", "k", "delta", "lam", "variant"} <= set(app.sampler_defaults("lantern"))  # nothing hidden
+    assert {"group_size", "prob_gap"} <= set(app.sampler_defaults("sjd", "gsd"))
     assert app.collect_options("ar", {"window": 8, "init": "vertical"}) == {}
-    opts = app.collect_options("sjd", {"window": 8.0, "k": 3, "init": "vertical"}, "sample_top=4")
-    assert opts["window"] == 8 and isinstance(opts["window"], int) and opts["init"] == "vertical"
-    assert opts["sample_top"] == 4 and "k" not in opts  # the exact rule takes no k
-
-    class SlackRule(acceptance_rules.ExactAcceptance):
-        name = "slack"
-
-        def __init__(self, k: int = 5):
-            self.k = k
-
-    monkeypatch.setitem(acceptance_rules._RULES, "slack", SlackRule)
-    assert app.sampler_defaults("sjd", "slack")["k"] == 5
-    assert app.collect_options("sjd", {"acceptance": "slack", "k": 2})["k"] == 2
-    shown = [getattr(u, "get", dict(u).get)("visible") for u in app.option_updates("sjd", "slack")]
-    assert shown[app.FIELD_NAMES.index("k")] and not shown[app.FIELD_NAMES.index("draft_steps")]
-    assert "num_iter=64" in app.other_options_hint(app.sampler_defaults("cspd"))  # no control: listed as text
-
-
-def test_more_options_parse_and_reject_garbage():
-    assert app.parse_extra("a=1, b=0.5\nc=true, d=vertical") == {"a": 1, "b": 0.5, "c": True, "d": "vertical"}
-    assert app.parse_extra("  ") == {}
-    with pytest.raises(ValueError, match="key=value"):
-        app.parse_extra("window")
+    opts = app.collect_options("sjd", {"window": 8.0, "k": 3, "init": "vertical"}, "sample_top=4, coupled=yes")
+    assert opts == {"window": 8, "init": "vertical", "sample_top": 4, "coupled": True}  # the exact rule takes no k
+    assert isinstance(opts["window"], int)
+    with pytest.raises(ValueError, match="takes no option 'gamma'"):
+        app.collect_options("sjd", {}, "gamma=4")
+    with pytest.raises(ValueError, match="window must be an integer"):
+        app.collect_options("sjd", {"window": 2.5})
+    with pytest.raises(ValueError, match="per-request limit"):
+        app.collect_options("mar", {}, "num_iter=1000")
+    shown = [dict(u).get("visible") for u in app.option_updates("sjd", "lantern")]
+    assert shown[app.OPTION_NAMES.index("k")] and not shown[app.OPTION_NAMES.index("draft_steps")]
 
 
 def test_class_labels_ids_and_names():
     pipe = tiny_pipeline()
     assert app.resolve_class(pipe, "2: bird") == 2 and app.resolve_class(pipe, "car") == 1
     assert app.resolve_class(pipe, 0) == 0
-    for bad in ("3", "-1", "dog", ""):
+    for bad in ("3", "-1", "dog", "", "1.5"):
         with pytest.raises(ValueError):
             app.resolve_class(pipe, bad)
 
@@ -176,27 +166,37 @@ def test_baseline_is_streamed_before_the_sampler(client):
     job = client.submit(model="tiny", class_label="0", sampler="sjd", batch_size=1, api_name="/generate")
     job.result()
     outputs = job.outputs()
-    assert len(outputs) == 2
-    assert outputs[0][0] and not outputs[0][1] and "sampler" not in outputs[0][4]
-    assert outputs[1][1] and "sampler" in outputs[1][4]
+    assert len(outputs) == 3  # cleared, baseline, both
+    assert not outputs[0][0] and not outputs[0][4]
+    assert outputs[1][0] and not outputs[1][1] and "sampler" not in outputs[1][4]
+    assert outputs[2][1] and "sampler" in outputs[2][4]
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(window=0), "minimum value 1"),
-    (dict(class_label="7"), "class 7 is out of range: this model has 3 classes"),
+    (dict(window=0), "sjd: window must be >= 1, got 0"),
+    (dict(window=100000), "window=100000 exceeds the model's num_tokens (64)"),
+    (dict(more_options="window=100000"), "window=100000 exceeds the model's num_tokens (64)"),
+    (dict(class_label="7"), "class id 7 out of range: this model has 3 classes"),
     (dict(class_label="dog"), "unknown class 'dog'"),
     (dict(top_k=1000), "larger than the vocabulary"),
     (dict(more_options="window"), "expected key=value"),
-    (dict(init="diagonal"), "unknown init 'diagonal'"),
-    (dict(sampler="nope"), "nope is not in the list of choices"),
+    (dict(more_options="coupled=maybe"), "expected true/false"),
+    (dict(init="diagonal"), "sjd: init must be one of random"),
+    (dict(sampler="var"), "sampler 'var' does not apply to this llamagen model"),
     (dict(model="/no/such/folder"), "unknown model '/no/such/folder'"),
-    (dict(sampler="var"), "sampler 'var' does not work with this model (GPT)"),
+    (dict(batch_size=9), "batch size must be an integer from 1 to 8"),
 ])
-def test_bad_input_gives_a_readable_error(client, kw, message):
+def test_bad_input_gives_a_readable_error_and_clears_the_last_result(client, kw, message):
+    generate(client, sampler="sjd", window=4, batch_size=1)  # a good result first
+    job = client.submit(**{**dict(model="tiny", class_label="1", sampler="sjd", seed=3, batch_size=2), **kw},
+                        api_name="/generate")
     with pytest.raises(gradio_client.exceptions.AppError) as err:
-        generate(client, **kw)
+        job.result()
     text = str(err.value)
     assert message in text and "Traceback" not in text
+    outputs = job.outputs()
+    assert outputs and outputs[-1][3] == "" and not outputs[-1][4]  # the stats of the earlier run are gone
+    assert generate(client, sampler="ar", batch_size=1)[4]["baseline"]["forward_passes"] == GRID * GRID  # still alive
 
 
 def write_pipeline_folder(root: Path) -> Path:
@@ -217,17 +217,77 @@ def write_pipeline_folder(root: Path) -> Path:
 
 def test_a_local_model_folder_loads_by_path(client, tmp_path):
     folder = str(write_pipeline_folder(tmp_path))
-    classes, cfg, *_ = client.predict(folder, api_name="/model_info")
-    assert [c[0] for c in classes["choices"]] == ["0: cat", "1: dog", "2: frog"] and cfg == 1.5
+    classes, _, cfg, *_ = client.predict(folder, api_name="/model_info")
+    assert [c[0] for c in classes["choices"]] == ["0: cat", "1: dog", "2: frog"] and cfg["value"] == 1.5
     base, fast, amap, _, stats = generate(client, model=folder, class_label="frog", batch_size=1)
     assert stats["model"] == folder and stats["class_id"] == 2 and len(base) == len(fast) == 1 and amap
 
 
-def test_model_info_endpoint(client):
-    classes, cfg, temperature, top_k, top_p, info = client.predict("tiny", api_name="/model_info")
+def test_model_info_endpoint_offers_only_the_applicable_samplers(client):
+    classes, samplers, cfg, temperature, top_k, top_p, info, *options = client.predict("tiny", api_name="/model_info")
     assert classes["value"] == "0" and [c[1] for c in classes["choices"]] == ["0", "1", "2"]
-    assert cfg == 2.0 and temperature == 1.0 and top_k == 0 and top_p == 1.0
+    assert [c[0] for c in samplers["choices"]] == ["ar", "sjd", "gsd", "sd", "lantern"]
+    assert [u["value"] for u in (cfg, temperature, top_k, top_p)] == [2.0, 1.0, 0, 1.0]
     assert f"{GRID} x {GRID} tokens" in info and "3 classes" in info
+    var = client.predict("cifar10-var", api_name="/model_info")
+    assert [c[0] for c in var[1]["choices"]] == ["var", "code"] and var[1]["value"] == "code"
+    mar = client.predict("cifar10-mar", api_name="/model_info")
+    assert [u["visible"] for u in mar[2:6]] == [True, True, False, False]  # no top-k / top-p for continuous tokens
+
+
+def test_every_family_and_the_draft_samplers_run_through_the_app(client):
+    for kw in (dict(model="cifar10-llamagen", sampler="sd", class_label="cat"),
+               dict(model="cifar10-llamagen", sampler="lantern", class_label="cat", more_options="gamma=2,k=8"),
+               dict(model="cifar10-var", sampler="code", class_label="ship", more_options="draft_steps=3"),
+               dict(model="cifar10-mar", sampler="cspd", class_label="automobile",
+                    more_options="num_iter=4,num_draft=2")):
+        base, fast, amap, table, stats = generate(client, **{"batch_size": 1, "seed": 0, **kw})
+        assert len(_images(base)) == len(_images(fast)) == 1, kw
+        assert stats["sampler"]["sampler"] == kw["sampler"] and "speed-up" in table
+        assert (amap is None) == (kw["model"] == "cifar10-var")  # VAR's tokens are a pyramid, not one grid
+
+
+def test_acceptance_map_has_no_label_over_it(server):
+    import gradio
+
+    blocks = app.build_app({"tiny": tiny_pipeline()})
+    image = next(c for c in blocks.blocks.values() if getattr(c, "elem_id", None) == "acceptance-map")
+    assert isinstance(image, gradio.Image) and image.show_label is False
+
+
+def test_concurrent_requests_complete_or_are_told_the_queue_is_full(tmp_path):
+    import resource
+    import threading
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+        demo = app.build_app({"tiny": tiny_pipeline()}, max_queue=4)
+        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+        c = gradio_client.Client(url, verbose=False)
+        try:
+            generate(c, sampler="sjd", window=4, batch_size=1)  # warm up before measuring memory
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            results, errors = [], []
+
+            def one(i):
+                try:
+                    results.append(generate(c, sampler="sjd", window=4, batch_size=1, seed=i))
+                except Exception as err:  # noqa: BLE001 - the client's error for a full queue
+                    errors.append(str(err))
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=600)
+            assert len(results) + len(errors) == 20
+            assert results and all("queue" in e.lower() and "full" in e.lower() for e in errors), errors[:3]
+            grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+            assert grown_mb < 300, grown_mb
+            assert generate(c, sampler="ar", batch_size=1)[4]["baseline"]["forward_passes"] == GRID * GRID
+        finally:
+            c.close()
+            demo.close()
 
 
 # -- command line ------------------------------------------------------------------------------------
@@ -253,13 +313,24 @@ def test_script_help_documents_host_port_share():
 # -- the browser ---------------------------------------------------------------------------------------
 
 
-def test_browser_click_generate_and_screenshot(server, tmp_path):
+def _browser():
     pytest.importorskip("playwright", reason="browser test needs playwright (pip install playwright)")
     if shots.find_browser() is None:
         pytest.skip("browser test needs Chromium: run .ci/install-browser (apt-get install chromium)")
+
+
+def test_browser_click_generate_and_screenshot(server, tmp_path):
+    _browser()
     out = shots.screenshot(server, tmp_path / "app.png")
     img = Image.open(out)
     assert img.width >= 1000 and img.height >= 600
     assert len(img.convert("RGB").resize((64, 64)).getcolors(64 * 64) or []) > 20  # rendered content, not a blank page
     if os.environ.get("VARGEN_APP_SCREENSHOT"):
         shutil.copy(out, os.environ["VARGEN_APP_SCREENSHOT"])
+
+
+@pytest.mark.parametrize("model,sampler,more", [("cifar10-llamagen", "sd", ""), ("cifar10-llamagen", "lantern", "gamma=2"),
+                                                ("cifar10-var", "code", ""), ("cifar10-mar", "cspd", "num_iter=4")])
+def test_browser_drives_every_family_and_the_draft_samplers(server, model, sampler, more):
+    _browser()
+    assert shots.run_in_browser(server, model=model, sampler=sampler, more_options=more) >= 1

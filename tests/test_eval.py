@@ -184,8 +184,9 @@ def test_missing_inception_weights_give_one_clear_message(folders, tmp_path, mon
 
 
 def test_feature_net_trains_resumes_and_exports(tmp_path, monkeypatch):
-    from vargen.train.features import CifarFeatureNet, FeatureNetConfig, FeatureTrainArgs, add_cli, augment, \
-        load_feature_net, run_cli, train_features
+    from vargen.train import cli as train_cli
+    from vargen.train.features import CifarFeatureNet, FeatureNetConfig, FeatureTrainArgs, augment, \
+        load_feature_net, train_features
 
     net = CifarFeatureNet(FeatureNetConfig(widths=(8, 8, 16, 16)))
     x = torch.rand(4, 3, 32, 32) * 255
@@ -202,11 +203,12 @@ def test_feature_net_trains_resumes_and_exports(tmp_path, monkeypatch):
                             batch_size=16, save_every=2, threads=1, config={"widths": [8, 8, 16, 16]})
     monkeypatch.setenv("VARGEN_CACHE", str(tmp_path / "cache"))
     parser = argparse.ArgumentParser(prog="vargen")  # wired as in vargen/cli.py: `vargen train features ...`
-    add_cli(parser.add_subparsers(dest="what"))
-    cli_args = parser.parse_args(["features", "--data", str(data), "--out", str(tmp_path / "run"), "--export",
+    train_cli.add_cli(parser.add_subparsers(dest="command"))
+    cli_args = parser.parse_args(["train", "features", "--data", str(data), "--out", str(tmp_path / "run"), "--export",
                                   str(tmp_path / "zoo"), "--epochs", "3", "--batch-size", "16", "--save-every", "2",
                                   "--threads", "1", "--config", '{"widths": [8, 8, 16, 16]}'])
-    assert run_cli(cli_args, command="vargen train features --test") == 0
+    monkeypatch.setattr(sys, "argv", ["vargen", "train", "features", "--test"])
+    assert train_cli.run_cli(cli_args) == 0
     log = (tmp_path / "run" / "train.log").read_text()
     assert "step 15/15" in log and "test accuracy" in log
     exported = load_feature_net(tmp_path / "zoo")
@@ -287,7 +289,9 @@ def test_two_processes_write_the_same_files_as_one(tmp_path):
     (tmp_path / "two" / "000004.png").unlink()
     run_sample(common + ["--out", str(tmp_path / "two")], 1)
     again = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert again["images_generated"] == 1 and again["images_skipped_existing"] == 10
+    last = again["runs"][-1]
+    assert sum(p["assigned"] - p["skipped"] for p in last) == 1 and sum(p["skipped"] for p in last) == 10
+    assert again["images_in_folder"] == 11 and len(again["runs"]) == 2
     assert (tmp_path / "two" / "000004.png").read_bytes() == (tmp_path / "one" / "000004.png").read_bytes()
     # another seed gives other images
     run_sample(["--model", str(model), "--sampler", "sjd:window=4", "--num-samples", "2", "--seed", "6", "--out",
@@ -300,16 +304,9 @@ def test_two_processes_write_the_same_files_as_one(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"vargen_eval_{name}", REPO / "eval" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_report_on_a_tiny_pipeline(tmp_path, folders):
-    report = load_script("report")
+    from vargen.eval import report
+
     model = write_tiny_pipeline(tmp_path)
     out = tmp_path / "docs" / "benchmarks.md"
     result = report.run_report([str(model)], ["ar", "sjd:window=4", "var"], num_samples=6,

@@ -150,14 +150,9 @@ def test_tokenizer_psnr_improves_with_training(family):
 
 
 def test_report_covers_the_var_and_mar_pipelines_with_their_baselines(family, tmp_path):
-    import importlib.util
-    import sys
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("vargen_eval_report_family", Path(__file__).parents[1] / "eval" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = report
-    spec.loader.exec_module(report)
+    from vargen.eval import report
 
     def features(x):  # channel means and stds: a tiny fixed feature map, no downloads
         x = x.float()
@@ -179,18 +174,12 @@ def test_report_covers_the_var_and_mar_pipelines_with_their_baselines(family, tm
     assert "baseline `var`" in text and "baseline `mar`" in text
 
 
-def test_sample_script_accepts_pipeline_members_and_rejects_unknown_ones(family, tmp_path):
-    import importlib.util
-    import sys
-    from pathlib import Path
+def test_sample_script_accepts_pipeline_members_and_rejects_unknown_ones(family, tmp_path, capsys):
+    from vargen.eval import sample
 
-    spec = importlib.util.spec_from_file_location("vargen_eval_sample_family", Path(__file__).parents[1] / "eval" / "sample.py")
-    sample = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = sample
-    spec.loader.exec_module(sample)
     common = ["--model", str(family / "var"), "--num-samples", "3", "--batch-size", "2"]
     assert sample.main(common + ["--sampler", "var:model=refiner", "--out", str(tmp_path / "r")]) == 0
     assert len(list((tmp_path / "r").glob("*.png"))) == 3
-    with pytest.raises(ValueError, match="model='draft'"):
-        sample.main(common + ["--sampler", "var:model=draft", "--out", str(tmp_path / "d")])
+    assert sample.main(common + ["--sampler", "var:model=draft", "--out", str(tmp_path / "d")]) == 2
+    assert "model='draft'" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()  # refused before any work

@@ -1,6 +1,5 @@
 """Draft-model and draft-head speculative decoding: lossless by enumeration (with a power check),
 greedy equals AR, per-row batching, pass counting, one host sync per step, and draft-head training."""
-import argparse
 import json
 
 import pytest
@@ -11,7 +10,8 @@ from vargen import SamplingConfig, get_sampler
 from vargen.models.draft_head import DraftHead, DraftHeadConfig
 from vargen.samplers.acceptance import ExactAcceptance
 from vargen.samplers.proposers.draft import SpeculativeSampler
-from vargen.train.draft_head import accumulate_gradients, add_cli, run_cli
+from vargen.cli import main as vargen_main
+from vargen.train.draft_head import accumulate_gradients
 
 CASES = {
     "plain": SamplingConfig(temperature=1.0),
@@ -138,12 +138,9 @@ def test_gradient_accumulation_really_accumulates():
 def test_train_draft_head_cli_writes_a_head_that_drafts_better(tmp_path):
     target = tiny_gpt(vocab=16, grid=4, seed=3, sharpness=6.0)
     save_gpt_folder(target, tmp_path / "gpt")
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="what"))
-    args = parser.parse_args(["draft-head", "--model", str(tmp_path / "gpt"), "--out", str(tmp_path / "head"),
-                              "--samples", "128", "--steps", "80", "--batch-size", "16", "--grad-accum", "1",
-                              "--lr", "3e-3", "--threads", "1"])
-    assert run_cli(args) == 0
+    assert vargen_main(["train", "draft-head", "--model", str(tmp_path / "gpt"), "--out", str(tmp_path / "head"),
+                        "--samples", "128", "--steps", "80", "--batch-size", "16", "--grad-accum", "1",
+                        "--lr", "3e-3", "--threads", "1"]) == 0
     meta = json.loads((tmp_path / "head" / "config.json").read_text())
     assert meta["type"] == "llamagen_draft_head" and meta["feature_noise"] == 0.27
     from safetensors.torch import load_file

@@ -1,4 +1,8 @@
-"""``vargen generate | bench | train ...`` command line."""
+"""vargen: fast sampling for visual autoregressive image generators -- generate, benchmark, measure, FID, app, train.
+
+Samplers are written in one grammar everywhere: NAME:key=value,key=value ("vargen samplers" lists every sampler
+and its options). Errors in what you typed are one "error:" line and exit status 2, never a traceback.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,227 +10,173 @@ import json
 import sys
 from pathlib import Path
 
+EPILOG = """examples:
+  vargen generate --sampler sjd:window=16,coupled=true --class-id cat ship --out out
+  vargen generate --model cifar10-var --sampler code:draft_steps=4 --out out-var
+  vargen bench --model cifar10-llamagen --batch 1 --sampler ar sjd:window=16 sjd:window=16,coupled=true
+  vargen samplers sjd
+"""
 
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train tokenizers, AR models and draft heads (the demo zoo)")
-    tsub = p.add_subparsers(dest="what", required=True)
-
-    vq = tsub.add_parser("vq", help="LlamaGen VQ tokenizer")
-    vq.add_argument("--data", required=True, help=".tar.gz with split/class/*.jpg, or a folder of class/*.jpg")
-    vq.add_argument("--out", required=True)
-    vq.add_argument("--steps", type=int, default=4000)
-    vq.add_argument("--batch-size", type=int, default=64)
-    vq.add_argument("--lr", type=float, default=2e-4)
-    vq.add_argument("--warmup", type=int, default=200)
-    vq.add_argument("--ema", type=float, default=0.0)
-    vq.add_argument("--seed", type=int, default=0)
-    vq.add_argument("--image-size", type=int, default=32)
-    vq.add_argument("--save-every", type=int, default=500)
-    vq.add_argument("--stop-at", type=int, help="end this run after this step (resumable; schedule unchanged)")
-    vq.add_argument("--threads", type=int, default=0)
-    vq.add_argument("--config", default="{}", help="VQConfig fields as JSON")
-
-    gpt = tsub.add_parser("gpt", help="class-conditional LlamaGen GPT over a trained VQ tokenizer's tokens")
-    gpt.add_argument("--data", required=True)
-    gpt.add_argument("--vq", required=True, help="folder with the tokenizer's model.safetensors + config.json")
-    gpt.add_argument("--out", required=True)
-    gpt.add_argument("--steps", type=int, default=5000)
-    gpt.add_argument("--batch-size", type=int, default=64)
-    gpt.add_argument("--lr", type=float, default=1e-3)
-    gpt.add_argument("--weight-decay", type=float, default=0.05)
-    gpt.add_argument("--warmup", type=int, default=200)
-    gpt.add_argument("--ema", type=float, default=0.0)
-    gpt.add_argument("--seed", type=int, default=0)
-    gpt.add_argument("--save-every", type=int, default=500)
-    gpt.add_argument("--stop-at", type=int, help="end this run after this step (resumable; schedule unchanged)")
-    gpt.add_argument("--image-size", type=int, default=32)
-    gpt.add_argument("--threads", type=int, default=0)
-    gpt.add_argument("--config", default="{}", help="GPTConfig fields as JSON (or a preset name under 'preset')")
-
-    from .train.draft_head import add_cli as add_draft_head_cli
-
-    add_draft_head_cli(tsub)
-
-    from .train.features import add_cli as add_features_cli
-
-    add_features_cli(tsub)
-
-    from .train.var import add_cli as add_var_cli
-
-    add_var_cli(tsub)
-
-    from .train.mar import add_cli as add_mar_cli
-
-    add_mar_cli(tsub)
+CONFIG_FLAGS = (  # SamplingConfig fields as flags: (flag, type, help)
+    ("--temperature", float, "softmax temperature; 0 is greedy (default: the model's)"),
+    ("--top-k", int, "keep the k most likely tokens; 0 disables (token and VAR models)"),
+    ("--top-p", float, "nucleus sampling mass in (0, 1]; 1 disables (token and VAR models)"),
+    ("--cfg-scale", float, "classifier-free guidance scale; 1 disables (default: the model's)"),
+    ("--cfg-interval", int, "LlamaGen: guide output tokens 0..interval+1 only; -1 always (token models)"),
+)
 
 
-def _run_train(args) -> int:
-    if args.what == "features":
-        from .train.features import run_cli as run_features
-
-        return run_features(args)
-    if args.what in ("var-vqvae", "var", "code-refiner"):
-        from .train.var import run_cli as run_var
-
-        return run_var(args)
-    if args.what in ("kl-vae", "mar"):
-        from .train.mar import run_cli as run_mar
-
-        return run_mar(args)
-    if args.what == "draft-head":
-        from .train.draft_head import run_cli
-
-        return run_cli(args)
-    if args.what == "vq":
-        from .train.vq import VQTrainArgs, train_vq
-
-        kw = {k: v for k, v in vars(args).items() if k not in ("command", "what")}
-        kw["config"] = json.loads(args.config)
-        path = train_vq(VQTrainArgs(**kw))
-    else:
-        from .train.gpt import GPTTrainArgs, train_gpt
-
-        kw = {k: v for k, v in vars(args).items() if k not in ("command", "what")}
-        kw["config"] = json.loads(args.config)
-        path = train_gpt(GPTTrainArgs(**kw))
-    print(f"wrote {path}")
-    return 0
-
-
-def parse_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
-def _sampler_options(args) -> dict:
-    opts = {}
-    for name in ("window", "init", "acceptance"):
-        if getattr(args, name, None) is not None:
-            opts[name] = getattr(args, name)
-    if getattr(args, "coupled", False):
-        opts["coupled"] = True
-    for item in getattr(args, "opt", None) or []:
-        if "=" not in item:
-            raise SystemExit(f"--opt expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        opts[k.replace("-", "_")] = parse_value(v)
-    return opts
+def _add_config_flags(p) -> None:
+    for flag, typ, help_text in CONFIG_FLAGS:
+        p.add_argument(flag, type=typ, help=help_text)
 
 
 def _config_options(args) -> dict:
-    return {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "cfg_scale", "cfg_interval")
-            if getattr(args, k, None) is not None}
+    names = [f[0][2:].replace("-", "_") for f in CONFIG_FLAGS]
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
-def _add_sampling_args(p) -> None:
-    p.add_argument("--sampler", help="ar | sjd | sd | lantern | gsd (LlamaGen), var | code (VAR), mar | cspd (MAR); "
-                                     "default: the model's (sjd, var, mar)")
-    p.add_argument("--window", type=int, help="SJD window W (tokens per forward)")
-    p.add_argument("--init", help="SJD draft init: random | horizontal | vertical | horizontal_sample | vertical_sample")
-    p.add_argument("--coupled", action="store_true", help="MC-SJD coupled drafts")
-    p.add_argument("--acceptance", help="acceptance rule (exact, ...)")
-    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="any other sampler option")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--cfg-scale", type=float)
-    p.add_argument("--cfg-interval", type=int)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+def _add_runtime_flags(p) -> None:
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads; 0 picks them from the free cores (VARGEN_THREADS also sets it)")
+
+
+def _setup(args) -> None:
+    from .runtime import check_device, configure_threads
+
+    configure_threads(args.threads)
+    check_device(args.device)
+
+
+def _add_model_flags(p, default_model: str = "cifar10-llamagen") -> None:
+    p.add_argument("--model", default=default_model,
+                   help=f"a shipped demo (cifar10-llamagen, cifar10-var, cifar10-mar), an official name "
+                        f"(llamagen-c2i-B-256, ...), or a folder with pipeline.json (default {default_model})")
+    p.add_argument("--checkpoint", help="local official GPT checkpoint (offline use of official names)")
+    p.add_argument("--tokenizer-checkpoint", help="local official VQ checkpoint (offline use of official names)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full unpickling of the checkpoint files (they can run code: only for files you trust)")
+
+
+def _load(args):
+    from .pipeline import load
+
+    return load(args.model, device=args.device, checkpoint=args.checkpoint,
+                tokenizer_checkpoint=args.tokenizer_checkpoint, trusted=args.trust_checkpoint)
+
+
+# ----------------------------------------------------------------------------------------------
+# vargen generate
+# ----------------------------------------------------------------------------------------------
 
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="generate images and print sampling statistics")
-    p.add_argument("--model", default="cifar10-llamagen", help="demo zoo name, official name, or folder")
-    p.add_argument("--checkpoint", help="local official GPT checkpoint (offline use of official names)")
-    p.add_argument("--tokenizer-checkpoint", help="local official VQ checkpoint")
-    p.add_argument("--class-id", nargs="+", default=None,
-                   help="class ids or names (default: every class once)")
-    p.add_argument("--per-class", type=int, default=1, help="images per class id")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="out", help="folder for the PNGs")
-    _add_sampling_args(p)
+    p = sub.add_parser("generate", help="generate images and print sampling statistics",
+                       description="Generate images (one PNG each, plus grid.png) and print the sampling statistics. "
+                                   "Image i of the call uses the generator seeded with --seed + i, so an image does not "
+                                   "depend on the batch it ran in.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_flags(p)
+    p.add_argument("--sampler", help="sampler spec NAME:key=value,... (default: the model's; coupled SJD for LlamaGen, "
+                                     "var, mar); `vargen samplers` lists them")
+    p.add_argument("--class-id", nargs="+", default=None, help="class ids or names (default: every class once)")
+    p.add_argument("--per-class", type=int, default=1, help="images per class id (default 1)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per sampling call; more run in chunks (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of image 0 (image i uses seed + i; default 0)")
+    p.add_argument("--out", default="out", help="folder for the PNGs (default out)")
+    _add_config_flags(p)
+    _add_runtime_flags(p)
+
+
+def _prepare_out(path: str) -> Path:
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {folder}: cannot create it ({err.strerror})") from None
+    return folder
 
 
 def _run_generate(args) -> int:
     import time
 
-    import torch
+    from .pipeline import image_grid
 
-    from .pipeline import image_grid, load
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _setup(args)
+    for name in ("per_class", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     t0 = time.perf_counter()
-    pipe = load(args.model, device=args.device, checkpoint=args.checkpoint,
-                tokenizer_checkpoint=args.tokenizer_checkpoint)
-    if args.class_id is None:
-        ids = list(range(pipe.num_classes))
-    else:
-        ids = [pipe.class_id(c) for c in args.class_id]
+    folder = _prepare_out(args.out)
+    pipe = _load(args)
+    ids = list(range(pipe.num_classes)) if args.class_id is None else [pipe.class_id(c) for c in args.class_id]
     ids = [i for i in ids for _ in range(args.per_class)]
-    out = pipe.generate(ids, sampler=args.sampler, seed=args.seed, **_config_options(args), **_sampler_options(args))
-    folder = Path(args.out)
-    folder.mkdir(parents=True, exist_ok=True)
+    options = _config_options(args)
+    sampler = args.sampler or pipe.default_sampler
+    pipe.check_seed(args.seed)
+    outputs = []
+    for start in range(0, len(ids), args.batch_size):  # chunks bounded in memory; per-row seeds keep images equal
+        outputs.append(pipe.generate(ids[start : start + args.batch_size], sampler=sampler, seed=args.seed + start,
+                                     per_row_seeds=True, **options))
+    images = [im for o in outputs for im in o.images]
     names = pipe.class_names
-    for i, (cid, img) in enumerate(zip(ids, out.images)):
-        label = names[cid] if names else str(cid)
-        img.save(folder / f"{i:04d}_{label}.png")
+    for i, (cid, img) in enumerate(zip(ids, images)):
+        img.save(folder / f"{i:04d}_{names[cid] if names else cid}.png")
     cols = args.per_class if args.per_class > 1 else min(10, len(ids))  # one row per class
-    image_grid(out.images, cols).save(folder / "grid.png")
-    summary = {"model": args.model, "sampler": args.sampler or pipe.default_sampler, "images": len(ids), **out.stats.summary(),
+    image_grid(images, cols).save(folder / "grid.png")
+    from .pipeline import _rows_stats
+
+    stats = _rows_stats([o.stats for o in outputs]) if len(outputs) > 1 else outputs[0].stats
+    summary = {"model": args.model, "sampler": sampler, "images": len(ids), **stats.summary(),
                "total_seconds_with_loading": round(time.perf_counter() - t0, 3)}
     print(json.dumps(summary, indent=2))
     print(f"wrote {len(ids)} images and grid.png to {folder}")
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# vargen bench
+# ----------------------------------------------------------------------------------------------
+
+
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="AR vs accelerated samplers: passes, tokens per forward, wall time, speed-up")
+    p = sub.add_parser("bench", help="samplers against their family's baseline: passes, tokens per forward, speed-up",
+                       description="Time samplers on one model, interleaved, after a warm-up each; speed-ups are "
+                                   "against the family's baseline (ar, var, mar) of the same batch size.")
     p.add_argument("--model", default="cifar10-llamagen",
-                   help="demo zoo name or folder, or 'random-gpt-b' (GPT-B shape, random weights)")
-    p.add_argument("--sampler", nargs="+", default=["ar", "sjd:window=16"],
-                   help="specs like ar sjd:window=16,init=vertical,coupled=true (the first 'ar' is the baseline)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1])
-    p.add_argument("--repeats", type=int, default=1, help="timed runs (seeds) per entry; times are summed")
+                   help="a pipeline (demo name or folder), or random-gpt-b / random-gpt-l / random-gpt-xl "
+                        "(official shapes with random weights)")
+    p.add_argument("--sampler", nargs="+", help="sampler specs NAME:key=value,... (default: the baseline and the "
+                                                "model's default sampler)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs (seeds) per entry; times are summed (default 1)")
     p.add_argument("--quality", action="store_true",
-                   help="add the mean NLL of the samples under the model (bits/token), a quality proxy")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-tokens", type=int, default=256, help="grid size for random-gpt-b")
+                   help="add the mean NLL of the samples under the model (bits/token), a quality proxy (token models)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first run (default 0)")
+    p.add_argument("--num-tokens", type=int, default=256, help="grid size for the random-gpt-* shapes (default 256)")
     p.add_argument("--out", help="also write the markdown table to this file")
-    for name, typ in (("--temperature", float), ("--top-k", int), ("--top-p", float), ("--cfg-scale", float)):
-        p.add_argument(name, type=typ)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
+    _add_config_flags(p)
+    _add_runtime_flags(p)
 
 
 def _run_bench(args) -> int:
-    import torch
+    from .eval.bench import RANDOM_SHAPES, format_table, machine_line, random_pipeline, run_bench
+    from .pipeline import load
 
-    from .bench import format_table, machine_line, random_gpt_b, run_bench
-    from .samplers.base import SamplingConfig
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    overrides = _config_options(args)
-    if args.model == "random-gpt-b":
-        model = random_gpt_b(args.num_tokens, device=args.device)
-        config = SamplingConfig(**{"cfg_scale": 4.0, "top_k": 2000, **overrides})
-        make_sampler = None
+    _setup(args)
+    if args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give a file name for the table")
+    if args.model in RANDOM_SHAPES:
+        pipe = random_pipeline(args.model, args.num_tokens, device=args.device)
     else:
-        from .pipeline import load
-
         pipe = load(args.model, device=args.device)
-        model = pipe.model
-        config, _ = pipe.split_options(overrides)
-        make_sampler = pipe.make_sampler
-    print(f"model {args.model}; {machine_line()}; config {config}")
-    rows = run_bench(model, args.sampler, args.batch, config, seed=args.seed, repeats=args.repeats,
-                     quality=args.quality, make_sampler=make_sampler)
+    specs = args.sampler or list(dict.fromkeys([pipe.baseline_sampler, pipe.default_sampler]))
+    print(f"model {args.model}; {machine_line()}")
+    rows = run_bench(pipe, specs, args.batch, _config_options(args), seed=args.seed, repeats=args.repeats,
+                     quality=args.quality)
     table = format_table(rows)
     print(table)
     if args.out:
@@ -235,21 +185,51 @@ def _run_bench(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# vargen samplers
+# ----------------------------------------------------------------------------------------------
+
+
+def _add_samplers(sub) -> None:
+    p = sub.add_parser("samplers", help="list the samplers and their options",
+                       description="Every registered sampler, or one with its options (type, range, default, help).")
+    p.add_argument("name", nargs="?", help="a sampler to describe")
+    p.add_argument("--acceptance", help="with NAME: also list this acceptance rule's options")
+
+
+def _run_samplers(args) -> int:
+    from .samplers import available_samplers, sampler_options
+
+    names = [args.name] if args.name else available_samplers()
+    for name in names:
+        options = sampler_options(name, args.acceptance)
+        print(f"{name}:" + ("" if options else " (no options)"))
+        for opt in options.values():
+            print(f"  {opt.describe()}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# vargen measure
+# ----------------------------------------------------------------------------------------------
+
+
 def _add_measure(sub) -> None:
-    p = sub.add_parser("measure", help="quality checks of the demo models on a dataset split")
+    p = sub.add_parser("measure", help="quality checks of the demo models on a dataset split",
+                       description="Tokenizer reconstruction PSNR and codebook use, or a GPT's held-out bits per token.")
     msub = p.add_subparsers(dest="what", required=True)
     ps = msub.add_parser("psnr", help="tokenizer reconstruction PSNR (dB) and codebook usage")
     ps.add_argument("--tokenizer", default="cifar10-vq",
                     help="zoo name or folder with model.safetensors + config.json (LlamaGen VQ, VAR VQVAE or KL VAE)")
     nl = msub.add_parser("nll", help="held-out bits per token of a GPT vs a unigram baseline")
-    nl.add_argument("--model", default="cifar10-llamagen")
+    nl.add_argument("--model", default="cifar10-llamagen", help="a LlamaGen pipeline (default cifar10-llamagen)")
     nl.add_argument("--unigram-every", type=int, default=5,
                     help="fit the unigram baseline on every N-th training image (default 5: 10,000 images)")
     for q in (ps, nl):
         q.add_argument("--data", required=True, help=".tar.gz with split/class/*.jpg, or a folder")
-        q.add_argument("--split", default="test")
+        q.add_argument("--split", default="test", help="dataset split (default test)")
         q.add_argument("--limit", type=int, help="only the first N images")
-        q.add_argument("--threads", type=int, default=0)
+        q.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: automatic)")
 
 
 def _zoo_or_folder(name: str) -> Path:
@@ -264,8 +244,11 @@ def _zoo_or_folder(name: str) -> Path:
 def _run_measure(args) -> int:
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from .runtime import configure_threads
+
+    configure_threads(args.threads)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.what == "psnr":
         from .train.vq import evaluate_psnr, load_tokenizer_folder
 
@@ -275,11 +258,13 @@ def _run_measure(args) -> int:
         from .pipeline import load
         from .train.gpt import nll_bits_per_token, tokenize_split, unigram_bits_per_token
 
+        if args.unigram_every < 1:
+            raise ValueError(f"--unigram-every must be >= 1, got {args.unigram_every}")
         pipe = load(args.model)
-        test_tokens, test_labels = tokenize_split(pipe.tokenizer, args.data, args.split, flips=False)
+        if pipe.kind != "llamagen":
+            raise ValueError(f"measure nll needs a LlamaGen pipeline; {args.model} is {pipe.kind}")
+        test_tokens, test_labels = tokenize_split(pipe.tokenizer, args.data, args.split, flips=False, limit=args.limit)
         train_tokens, _ = tokenize_split(pipe.tokenizer, args.data, "train", flips=False, every=args.unigram_every)
-        if args.limit:
-            test_tokens, test_labels = test_tokens[: args.limit], test_labels[: args.limit]
         result = {
             "model_bits_per_token": nll_bits_per_token(pipe.model, test_tokens, test_labels),
             "unigram_bits_per_token": unigram_bits_per_token(train_tokens, test_tokens, pipe.model.vocab_size),
@@ -290,6 +275,10 @@ def _run_measure(args) -> int:
     print(json.dumps({"split": args.split, **result}, indent=2))
     return 0
 
+
+# ----------------------------------------------------------------------------------------------
+# vargen app (the app lives in the repository checkout, not in the wheel)
+# ----------------------------------------------------------------------------------------------
 
 _APP_ERROR = ("`vargen app` runs app/app.py from the repository checkout, and this vargen was installed without "
               "it: git clone the repository and run `pip install -e '.[app]'` there")
@@ -311,7 +300,12 @@ def _load_app():
 
 
 def _add_app(sub) -> None:
-    module = _load_app()
+    try:
+        module = _load_app()
+    except Exception as err:  # a broken checkout must not take the other commands down
+        module = None
+        print(f"warning: app/app.py could not be loaded ({type(err).__name__}: {err}); `vargen app` is unavailable",
+              file=sys.stderr)
     if module is not None:
         module.add_cli(sub)
     else:
@@ -321,43 +315,65 @@ def _add_app(sub) -> None:
 def _run_app(args) -> int:
     module = _load_app()
     if module is None:
-        print(f"error: {_APP_ERROR}", file=sys.stderr)
-        return 2
+        raise ValueError(_APP_ERROR)
     return module.run_cli(args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vargen", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_generate(sub)
-    _add_bench(sub)
-    _add_train(sub)
-    _add_measure(sub)
+# ----------------------------------------------------------------------------------------------
+# vargen train
+# ----------------------------------------------------------------------------------------------
+
+
+def _add_train(sub) -> None:
+    from .train.cli import add_cli
+
+    add_cli(sub)
+
+
+def _run_train(args) -> int:
+    from .train.cli import run_cli
+
+    return run_cli(args)
+
+
+COMMANDS = {"generate": (_add_generate, _run_generate), "bench": (_add_bench, _run_bench),
+            "samplers": (_add_samplers, _run_samplers), "measure": (_add_measure, _run_measure),
+            "train": (_add_train, _run_train), "app": (_add_app, _run_app)}
+
+
+def build_parser() -> argparse.ArgumentParser:
     from .eval.cli import add_cli as add_fid_cli
 
+    parser = argparse.ArgumentParser(prog="vargen", description=__doc__.strip(), epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands (vargen COMMAND --help for each)")
+    for name in ("generate", "bench", "samplers", "measure"):
+        COMMANDS[name][0](sub)
     add_fid_cli(sub)
-    _add_app(sub)
-    args = parser.parse_args(argv)
+    for name in ("app", "train"):
+        COMMANDS[name][0](sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "generate":
-            return _run_generate(args)
-        if args.command == "bench":
-            return _run_bench(args)
-        if args.command == "measure":
-            return _run_measure(args)
-    except (ValueError, FileNotFoundError) as err:
+        if args.command == "fid":
+            from .eval.cli import run_cli as run_fid
+
+            return run_fid(args)
+        return COMMANDS[args.command][1](args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.command == "train":
-        return _run_train(args)
-    if args.command == "app":
-        return _run_app(args)
-    if args.command == "fid":
-        from .eval.cli import run_cli as run_fid
-
-        return run_fid(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    except ImportError as err:
+        print(f"error: {err} (install the extra it belongs to, e.g. pip install -e '.[app]' or '.[eval]')",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ class FamilySpec:
     kind: str
     build: Callable
     decode_row: Callable
-    default_sampler: str
+    default_sampler: str  # a sampler spec: the best lossless sampler of the family on its demo
     baseline: str
     samplers: tuple[str, ...]
     config_fields: tuple[str, ...]
@@ -125,7 +125,7 @@ def _decode_mar(pipe, tokens, latents):
 
 FAMILIES: dict[str, FamilySpec] = {
     "llamagen": FamilySpec(
-        "llamagen", _build_llamagen, _decode_llamagen, default_sampler="sjd", baseline="ar",
+        "llamagen", _build_llamagen, _decode_llamagen, default_sampler="sjd:window=16,coupled=true", baseline="ar",
         samplers=("ar", "sjd", "gsd", "sd", "lantern"),
         config_fields=("temperature", "top_k", "top_p", "cfg_scale", "cfg_interval"),
         companions={"sd": ("draft", "draft"), "lantern": ("draft", "draft")}, codebook_rules=True),
@@ -304,6 +304,15 @@ class Pipeline:
         if self.family.codebook_rules and rule is not None and getattr(rule, "codebook", False) is None:
             rule.codebook = self.tokenizer.codebook  # neighbourhoods in the quantiser's geometry
         self._samplers[key] = sampler
+        return sampler
+
+    def check_sampler(self, name: str, model: str | None = None, **options):
+        """The sampler ``name`` with ``options`` for member ``model``, checked against that model (sizes within
+        the model's, companions that match): every error a request can raise, before any work."""
+        sampler = self.make_sampler(name, **options)
+        target = self.member(model)
+        if hasattr(sampler, "check"):
+            sampler.check(target)
         return sampler
 
     def conditions(self, cond) -> torch.Tensor:

@@ -49,8 +49,11 @@ def dataset_spec(source: str) -> tuple[Path, str] | None:
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
+    """Images under ``folder`` (recursive, sorted); ``*.tmp.*`` files (a save that was interrupted before
+    its rename) are not samples and are left out."""
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXT and p.is_file())
+    files = sorted(p for p in folder.rglob("*")
+                   if p.suffix.lower() in IMAGE_EXT and p.is_file() and ".tmp." not in p.name)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXT)}) found under {folder}")
     return files
@@ -82,8 +85,29 @@ def center_crop_resize(img: Image.Image, size: int) -> np.ndarray:
 
 
 def load_file(path: Path, size: int | None) -> np.ndarray:
-    img = Image.open(path).convert("RGB")
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or not an image: name the file
+        raise ValueError(f"{path}: not a readable image ({type(err).__name__}: {err}); delete or regenerate it") from None
     return np.asarray(img) if size is None or img.size == (size, size) else center_crop_resize(img, size)
+
+
+def folder_image_size(files: list[Path]) -> tuple[int, int]:
+    """The one (width, height) of every image in ``files`` (read from the headers), or a ``ValueError``
+    naming two files of different sizes: a folder scores only if all its images have one size."""
+    sizes: dict[tuple[int, int], Path] = {}
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                sizes.setdefault(im.size, f)
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ValueError(f"{f}: not a readable image ({type(err).__name__}: {err}); delete or regenerate it") from None
+        if len(sizes) > 1:
+            (s1, f1), (s2, f2) = list(sizes.items())[:2]
+            raise ValueError(f"images of different sizes in one folder: {f1} is {s1[0]}x{s1[1]}, {f2} is "
+                             f"{s2[0]}x{s2[1]}; pass size=N (--image-size N) to centre-crop and resize them")
+    return next(iter(sizes))
 
 
 def iter_images(source, batch_size: int = 100, size: int | None = None) -> Iterator[np.ndarray]:
@@ -113,13 +137,10 @@ def iter_images(source, batch_size: int = 100, size: int | None = None) -> Itera
         raise FileNotFoundError(f"image source not found: {source} (a folder, an .npz, 'cifar10-train', "
                                 f"'cifar10-test' or 'archive@split')")
     files = image_files(path)
+    if size is None:
+        folder_image_size(files)  # the whole folder, before any features are computed
     for i in range(0, len(files), batch_size):
-        batch = [load_file(f, size) for f in files[i:i + batch_size]]
-        shapes = {b.shape for b in batch}
-        if len(shapes) > 1:
-            raise ValueError(f"images under {path} have different sizes ({', '.join(map(str, sorted(shapes)[:3]))}); "
-                             f"pass size=N (--image-size N) to centre-crop and resize them")
-        yield np.stack(batch)
+        yield np.stack([load_file(f, size) for f in files[i:i + batch_size]])
 
 
 def fingerprint(source) -> str:

@@ -331,6 +331,11 @@ class GPT(nn.Module):
         return True
 
     @property
+    def num_classes(self) -> int:
+        """Class ids ``0 .. num_classes-1`` (c2i); 0 for a text-conditional model."""
+        return self.config.num_classes if self.config.model_type == "c2i" else 0
+
+    @property
     def hidden_size(self) -> int:
         return self.config.dim
 

@@ -43,7 +43,7 @@ def sampler_class(name: str):
 
 def sampler_options(name: str, acceptance=None) -> dict[str, Option]:
     """The options ``name`` takes, by name: its own, and -- for token samplers -- ``acceptance`` and the
-    options of that rule (``acceptance`` given, or the sampler's preset rule, or ``exact``)."""
+    options of that rule (``acceptance`` given, or ``exact``; ``lantern`` and ``gsd`` fix their rule)."""
     from .acceptance import available_rules, rule_class
     from .spec import options_of
 
@@ -51,10 +51,11 @@ def sampler_options(name: str, acceptance=None) -> dict[str, Option]:
     preset = _REGISTRY[name][1]
     out = dict(options_of(cls.OPTIONS, name)) if getattr(cls, "OPTIONS", None) else {}
     if getattr(cls, "TAKES_RULE", False):
-        rule = acceptance if acceptance is not None else preset.get("acceptance", "exact")
-        out["acceptance"] = Option("acceptance", "str", preset.get("acceptance", "exact"),
-                                   "the acceptance rule: exact is lossless; the others relax it",
-                                   choices=tuple(available_rules()), owner=name)
+        # a preset rule (lantern, gsd) is part of the sampler's name, not an option of it
+        rule = preset.get("acceptance") or (acceptance if acceptance is not None else "exact")
+        if "acceptance" not in preset:
+            out["acceptance"] = Option("acceptance", "str", "exact", "the acceptance rule: exact is lossless; the "
+                                       "others relax it", choices=tuple(available_rules()), owner=name)
         if isinstance(rule, str):
             rule_cls = rule_class(rule)
             if rule_cls.OPTIONS:

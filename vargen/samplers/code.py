@@ -81,6 +81,9 @@ class CoDeSampler:
 
     # -- validation ------------------------------------------------------------------------------------
 
+    def check(self, model) -> None:
+        self._check_pair(model, self.refiner)
+
     def _check_pair(self, drafter, refiner):
         if refiner is None:
             raise ValueError("CoDe needs a refiner model: CoDeSampler(refiner=small_var, draft_steps=N)")

@@ -198,6 +198,11 @@ class CSpDSampler:
         self.test, self.inner_temperature, self.phi_sign, self.max_tries = test, inner_temperature, phi_sign, max_tries
 
     # -- checks -----------------------------------------------------------------------------------
+    def check(self, model) -> None:
+        if self.num_iter > model.seq_len:
+            raise ValueError(f"cspd: num_iter={self.num_iter} exceeds the model's seq_len ({model.seq_len})")
+        self._check_pair(self.draft, model)
+
     def _check_pair(self, draft, target) -> None:
         if draft is None:
             raise ValueError("CSpDSampler needs a draft model: get_sampler('cspd', draft=<MAR>)")

@@ -162,6 +162,11 @@ class TokenSampler:
         self.proposer = proposer if proposer is not None else NoProposer()
         self.rule = get_rule(acceptance, **rule_options)
 
+    def check(self, model) -> None:
+        """``ValueError`` if this sampler cannot run on ``model`` (sizes past the model's, a mismatched drafter),
+        before any work."""
+        self.proposer.check(model)
+
     @torch.no_grad()
     def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:
         config = resolve_config(model, config)

@@ -23,7 +23,7 @@ import torch
 
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer
 from .diffusion_head import denoise
-from .spec import checked, option
+from .spec import check_bounds, checked, option
 
 MAR_CONFIG_FIELDS = ("temperature", "cfg_scale", "cfg_schedule")
 
@@ -126,6 +126,9 @@ class MARSampler:
     def __init__(self, num_iter: int = 64, clip_x0: float | None = None):
         self.options = checked(MAROptions(num_iter, clip_x0), "mar")
         self.num_iter, self.clip_x0 = num_iter, self.options.clip_x0
+
+    def check(self, model) -> None:
+        check_bounds(self.options, "mar", model)
 
     @torch.no_grad()
     def sample(self, model, cond, config: SamplingConfig | None = None, generator: torch.Generator | None = None,

@@ -162,33 +162,3 @@ def train_draft_head(args: DraftHeadTrainArgs) -> Path:
         head, target=str(args.model), steps=args.steps, feature_noise=args.feature_noise, ce_weight=args.ce_weight,
         data=args.tokens or f"{args.samples} self-samples"))
     return out / "model.safetensors"
-
-
-# -- CLI: ``vargen train draft-head`` (wired by vargen/cli.py) ------------------------------------
-
-
-def add_cli(subparsers) -> None:
-    """Add the ``draft-head`` parser to ``vargen train``'s subparsers."""
-    p = subparsers.add_parser("draft-head", help="EAGLE-style draft head for speculative decoding (LANTERN)")
-    p.add_argument("--model", required=True, help="pipeline name (e.g. cifar10-llamagen) or folder")
-    p.add_argument("--out", required=True, help="output folder: model.safetensors (fp16) + config.json")
-    p.add_argument("--tokens", help=".pt with tokens [N, L] and labels [N] (default: self-distillation)")
-    p.add_argument("--samples", type=int, default=2048, help="self-distillation sequences")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--feature-noise", type=float, default=0.27, help="uniform noise width on input features")
-    p.add_argument("--ce-weight", type=float, default=0.1)
-    p.add_argument("--cfg-dropout", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
-
-
-def run_cli(args) -> int:
-    keys = ("model", "out", "tokens", "samples", "steps", "batch_size", "grad_accum", "lr", "feature_noise",
-            "ce_weight", "cfg_dropout", "seed", "device", "threads")
-    path = train_draft_head(DraftHeadTrainArgs(**{k: getattr(args, k) for k in keys}))
-    print(f"wrote {path}")
-    return 0

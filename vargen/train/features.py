@@ -308,44 +308,11 @@ Command:
 # ----------------------------------------------------------------------------------------------
 
 
-def add_cli(train_subparsers) -> None:
-    p = train_subparsers.add_parser("features", help="small CIFAR-10 feature network for FID/KID/PR/IS")
-    p.add_argument("--data", required=True, help=".tar.gz with split/class/*.jpg, or a folder with train/ and test/")
-    p.add_argument("--out", required=True, help="run folder: last.pt (resumable), train.log, the export")
-    p.add_argument("--export", help="also write the export here (e.g. vargen/zoo/cifar10-features)")
-    p.add_argument("--epochs", type=float, default=10.0)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.2)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=200)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--limit", type=int, default=0, help="first N training images only (smoke tests)")
-    p.add_argument("--test-limit", type=int, default=0)
-    p.add_argument("--config", default="{}", help='FeatureNetConfig fields as JSON, e.g. {"widths": [24, 48, 96, 192]}')
-
-
-def run_cli(args, command: str | None = None) -> int:
-    """Train from parsed ``vargen train features`` arguments; ``command`` goes into TRAINING.md."""
-    kw = {f: getattr(args, f) for f in FeatureTrainArgs.__dataclass_fields__ if hasattr(args, f)}
-    kw["config"] = json.loads(args.config)
-    if command is None and sys.argv[1:3] == ["train", "features"]:
-        command = "vargen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    path = train_features(FeatureTrainArgs(**kw), command)
-    print(f"wrote {path}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vargen.train.features --data ... --out ...`` (the same options as the CLI)."""
-    import argparse
+    """``python -m vargen.train.features --data ... --out ...`` (the options of ``vargen train features``)."""
+    from ..cli import main as vargen_main
 
-    argv = list(argv if argv is not None else sys.argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m vargen.train.features")
-    add_cli(parser.add_subparsers(dest="what", required=True))
-    args = parser.parse_args(["features", *argv])
-    return run_cli(args, "vargen train features " + " ".join(shlex.quote(a) for a in argv))
+    return vargen_main(["train", "features", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

@@ -190,23 +190,4 @@ def run_mar_training(args: MARRunArgs) -> Path:
     return out / "model.safetensors"
 
 
-def add_cli(tsub) -> None:
-    from .var import _common_args
-
-    p = tsub.add_parser("kl-vae", help="MAR's KL VAE (L1 + KL; no LPIPS/GAN offline)")
-    _common_args(p, 2000, 3e-4, 32)
-    p.add_argument("--kl-weight", type=float, default=1e-6)
-    p = tsub.add_parser("mar", help="class-conditional MAR over a trained KL VAE's latents")
-    _common_args(p, 2000, 8e-4, 64)
-    p.add_argument("--vae", required=True, help="folder with the KL VAE's model.safetensors + config.json")
-    p.add_argument("--ema", type=float, default=0.999)
-
-
-def run_cli(args) -> int:
-    kw = {k: v for k, v in vars(args).items() if k not in ("command", "what")}
-    kw["config"] = json.loads(args.config)
-    print(f"wrote {run_mar_training(MARRunArgs(kind=args.what, **kw))}")
-    return 0
-
-
 __all__ = ["MARRunArgs", "run_mar_training", "make_optimizer", "EMA", "mar_train_step", "vae_loss", "vae_train_step", "latent_scale", "LATENT_SCALE"]

@@ -1,0 +1,171 @@
+"""Speed benchmarks through the pipeline: every sampler against its family's baseline, as ratios in one run.
+
+    vargen bench --model cifar10-llamagen --batch 1 16 --sampler ar sjd:window=16 sjd:window=16,coupled=true
+    vargen bench --model cifar10-var --sampler var code:draft_steps=4
+
+Runs are interleaved (repeat 1 of every sampler, then repeat 2, ...) after one warm-up each, so a drift in
+machine load touches every row alike; the speed-up column is measured against the family's baseline row
+(``ar``, ``var``, ``mar``) of the same batch size. The benchmark report (:mod:`vargen.eval.report`) times its
+samplers with :func:`time_sampler` too.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..samplers.spec import SamplerSpec
+
+__all__ = ["BenchRow", "run_bench", "time_sampler", "format_table", "machine_line", "random_pipeline", "RANDOM_SHAPES"]
+
+
+@dataclass
+class BenchRow:
+    label: str
+    batch: int
+    forward_passes: float
+    tokens_per_forward: float
+    mean_accepted: float
+    seconds_per_image: float
+    sample_nll: float = float("nan")
+    tv_bound: float = float("nan")  # per image: the sum over decided slots (a bound on the image TV)
+    tv_per_slot: float = float("nan")
+    speedup: float = float("nan")
+    baseline: str = ""
+
+
+RANDOM_SHAPES = {"random-gpt-b": "GPT-B", "random-gpt-l": "GPT-L", "random-gpt-xl": "GPT-XL"}
+
+
+def random_pipeline(name: str, num_tokens: int = 256, vocab: int = 16384, device="cpu", dtype=torch.float32):
+    """A LlamaGen-family pipeline around an official shape with random weights (the output head random too,
+    not zero), no tokenizer: the cost of a forward pass, not image quality. ``name``: ``random-gpt-b`` etc."""
+    from ..models.llamagen import GPT, gpt_config
+    from ..pipeline import Pipeline
+    from ..samplers.base import SamplingConfig
+
+    if name not in RANDOM_SHAPES:
+        raise ValueError(f"unknown random shape {name!r}; choose from {', '.join(RANDOM_SHAPES)}")
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or math.isqrt(num_tokens) ** 2 != num_tokens:
+        raise ValueError(f"--num-tokens must be a square number of tokens (a raster grid), got {num_tokens}")
+    torch.manual_seed(0)
+    model = GPT(gpt_config(RANDOM_SHAPES[name], vocab_size=vocab, block_size=num_tokens, num_classes=1000))
+    torch.nn.init.normal_(model.output.weight, std=model.config.initializer_range)
+    model = model.to(device=device, dtype=dtype).eval()
+    return Pipeline("llamagen", model, None, SamplingConfig(cfg_scale=4.0, top_k=2000), name=name)
+
+
+@torch.no_grad()
+def sample_nll_bits(model, cond: torch.Tensor, tokens: torch.Tensor) -> float:
+    """Mean bits per token of ``tokens`` under the model's own conditional distribution (no CFG,
+    temperature 1): a cheap quality proxy -- a lossless sampler matches AR's value up to noise, a
+    relaxed rule that accepts unlikely tokens raises it."""
+    import torch.nn.functional as F
+
+    logits = model.logits(cond, tokens)
+    return float(F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())) / math.log(2)
+
+
+def _run(pipe, spec: SamplerSpec, labels: list[int], seed: int, overrides: dict):
+    options = dict(spec.options, **({"model": spec.member} if spec.member else {}))
+    return pipe.generate(labels, sampler=spec.name, seed=seed, per_row_seeds=pipe.row_independent_seeds,
+                         decode=False, **overrides, **options)
+
+
+def time_sampler(pipe, spec: str, batch: int, seed: int = 0, overrides: dict | None = None, repeats: int = 2) -> float:
+    """Best-of-``repeats`` sampling seconds per image for one class-balanced batch (decode excluded), after a
+    warm-up run."""
+    s = SamplerSpec.parse(spec)
+    labels = [i % pipe.num_classes for i in range(batch)]
+    _run(pipe, s, labels[:1], seed, overrides or {})
+    return min(_run(pipe, s, labels, seed + 1 + r, overrides or {}).stats.seconds for r in range(repeats)) / batch
+
+
+def run_bench(pipe, specs: list[str], batches: list[int], overrides: dict | None = None, seed: int = 0,
+              repeats: int = 1, quality: bool = False, progress=print) -> list[BenchRow]:
+    """Every spec at every batch size through ``pipe.generate`` (any family); ``repeats`` seeds each, the
+    runs of all specs interleaved, times summed. Speed-ups are against the family's baseline spec (``ar``,
+    ``var``, ``mar`` without options) of the same batch size, when it is among the specs."""
+    overrides = overrides or {}
+    parsed = [SamplerSpec.parse(s) for s in specs]
+    for p in parsed:  # every spec is checked against the pipeline before any timing
+        pipe.make_sampler(p.name, **p.options)
+        pipe.member(p.member)
+    for b in batches:
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 4096:
+            raise ValueError(f"batch sizes must be integers in 1..4096, got {b!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    if quality and not hasattr(pipe.model, "logits"):
+        raise ValueError(f"--quality needs a token model with teacher forcing; {pipe.kind} has none")
+    n_cls = max(1, pipe.num_classes)
+    rows: list[BenchRow] = []
+    for batch in batches:
+        labels = [i % n_cls for i in range(batch)]
+        for p in parsed:
+            _run(pipe, p, labels[:1], seed, overrides)  # warm-up
+        runs = {str(p): [] for p in parsed}
+        for r in range(repeats):
+            for p in parsed:
+                out = _run(pipe, p, labels, seed + r, overrides)
+                nll = sample_nll_bits(pipe.model, pipe.conditions(labels), out.tokens) if quality else float("nan")
+                runs[str(p)].append((out.stats, nll))
+        base_time = None
+        for p in parsed:
+            stats = runs[str(p)]
+            mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+            relaxed = [s for s, _ in stats if s.tv_bound is not None]
+            row = BenchRow(str(p), batch,
+                           forward_passes=mean([s.forward_passes for s, _ in stats]),
+                           tokens_per_forward=mean([s.tokens_per_forward for s, _ in stats]),
+                           mean_accepted=mean([s.mean_accepted for s, _ in stats]),
+                           seconds_per_image=sum(s.seconds for s, _ in stats) / (batch * repeats),
+                           sample_nll=mean([n for _, n in stats]),
+                           tv_bound=mean([s.mean_tv_bound for s in relaxed]) if relaxed else float("nan"),
+                           tv_per_slot=mean([s.extra["tv_per_decided_slot"] for s in relaxed]) if relaxed else float("nan"),
+                           baseline=pipe.baseline_sampler)
+            if p.name == pipe.baseline_sampler and not p.options and not p.member and base_time is None:
+                base_time = row.seconds_per_image
+            rows.append(row)
+            progress(f"  {p} batch {batch}: {row.forward_passes:.0f} passes, {row.seconds_per_image:.4f} s/image")
+        for row in rows[-len(parsed):]:
+            row.speedup = base_time / row.seconds_per_image if base_time and row.seconds_per_image > 0 else float("nan")
+    return rows
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    quality = any(r.sample_nll == r.sample_nll for r in rows)  # any non-NaN
+    relaxed = any(r.tv_bound == r.tv_bound for r in rows)
+    timed = any(r.speedup == r.speedup for r in rows)
+    base = rows[0].baseline if rows else "baseline"
+    cols = ["sampler", "batch", "forward passes", "tokens / forward", "mean accepted / step", "s / image"]
+    cols += [f"speed-up vs {base}"] if timed else []
+    cols += ["sample NLL (bits/token)"] if quality else []
+    cols += ["TV / decided slot", "TV bound / image"] if relaxed else []
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [f"`{r.label}`", str(r.batch), f"{r.forward_passes:.1f}", f"{r.tokens_per_forward:.2f}",
+                 f"{r.mean_accepted:.2f}", f"{r.seconds_per_image:.4f}"]
+        cells += [f"{r.speedup:.2f}x" if r.speedup == r.speedup else "-"] if timed else []
+        cells += [f"{r.sample_nll:.3f}"] if quality else []
+        if relaxed:
+            cells += [f"{r.tv_per_slot:.4f}", f"{r.tv_bound:.2f}"] if r.tv_bound == r.tv_bound else ["-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not timed and rows:
+        lines.append(f"\n(no speed-up column: the baseline `{base}` was not among the samplers)")
+    return "\n".join(lines)
+
+
+def machine_line() -> str:
+    from importlib import metadata
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    try:
+        version = metadata.version("vargen")
+    except metadata.PackageNotFoundError:
+        version = "?"
+    return (f"{dev}, {torch.get_num_threads()} torch threads, vargen {version}, torch {torch.__version__}, "
+            f"python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
