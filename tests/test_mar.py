@@ -387,13 +387,15 @@ def perturbed(model: MAR, std: float = 0.05, seed: int = 0) -> MAR:
 
 
 def test_mar_training_reduces_loss_on_fixed_batch():
-    from vargen.train.mar import make_optimizer, mar_train_step
+    from vargen.train.common import run_steps
+    from vargen.train.mar import make_optimizer
 
     torch.manual_seed(0)
     model = MAR(tiny_config(label_drop_prob=0.0))
     latents, labels = torch.randn(4, 4, 2, 2), torch.tensor([0, 1, 2, 3])
-    opt, sched = make_optimizer(model, lr=3e-3, total_steps=30)
-    losses = [mar_train_step(model, opt, latents, labels, torch.Generator().manual_seed(7), sched) for _ in range(30)]
+    step = lambda s: (model(latents, labels, generator=torch.Generator().manual_seed(7)), 4, {})  # noqa: E731
+    _, losses = run_steps(None, model, make_optimizer(model, lr=3e-3), torch.Generator(), step, steps=30, lr=3e-3,
+                          grad_clip=3.0, final_ratio=0.0, progress=False)
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.7 * losses[0], losses
 
@@ -417,13 +419,15 @@ def test_mask_ratio_is_truncated_normal():
 
 
 def test_vae_training_reduces_loss():
-    from vargen.train.mar import make_optimizer, vae_train_step
+    from vargen.train.common import run_steps
+    from vargen.train.mar import make_optimizer, vae_loss
 
     torch.manual_seed(0)
     vae = KLVAE(embed_dim=4, ch_mult=(1, 2), ch=32, num_res_blocks=1, resolution=8)
     images = torch.rand(2, 3, 8, 8) * 2 - 1
-    opt, _ = make_optimizer(vae, lr=2e-3, weight_decay=0.0)
-    losses = [vae_train_step(vae, opt, images, generator=torch.Generator().manual_seed(1)) for _ in range(15)]
+    step = lambda s: (vae_loss(vae, images, generator=torch.Generator().manual_seed(1))[0], 2, {})  # noqa: E731
+    _, losses = run_steps(None, vae, make_optimizer(vae, lr=2e-3, weight_decay=0.0), torch.Generator(), step, steps=15,
+                          lr=2e-3, grad_clip=1.0, final_ratio=1.0, progress=False)
     assert losses[-1] < 0.8 * losses[0], losses
 
 

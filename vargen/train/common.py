@@ -1,4 +1,5 @@
-"""Pieces every training loop shares: schedule, EMA, resumable checkpoints, progress line."""
+"""What every trainer shares: the learning-rate schedule, weight-decay groups, EMA, resumable checkpoints,
+the progress line, and the one optimisation loop :func:`run_steps` every ``vargen train`` run goes through."""
 from __future__ import annotations
 
 import copy
@@ -13,12 +14,26 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 
-def cosine_lr(step: int, total: int, base: float, warmup: int = 0, final_ratio: float = 0.1) -> float:
-    """Linear warm-up, then cosine decay to ``final_ratio * base``."""
+def lr_at(step: int, total: int, base: float, warmup: int = 0, final_ratio: float = 0.1, decay: str = "cosine") -> float:
+    """The one schedule: linear warm-up over ``warmup`` steps, then ``decay`` ("cosine" or "linear") from
+    ``base`` to ``final_ratio * base`` at step ``total`` (the one-cycle of the feature net is
+    ``final_ratio=0``; EAGLE's linear decay is ``decay="linear", final_ratio=0``)."""
     if step < warmup:
         return base * (step + 1) / warmup
     t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    shape = 0.5 * (1 + math.cos(math.pi * t)) if decay == "cosine" else 1.0 - t
+    return base * (final_ratio + (1 - final_ratio) * shape)
+
+
+def param_groups(model: nn.Module, weight_decay: float, flat=lambda name, p: p.ndim < 2) -> list[dict]:
+    """AdamW groups: weight decay on weight matrices, none on the parameters ``flat(name, p)`` names
+    (by default 1-D ones: biases and norm gains; trainers add embeddings and tokens)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if flat(name, p) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 class EMA:
@@ -43,7 +58,8 @@ def save_checkpoint(path: Path, **state: Any) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    """A run's own checkpoint (tensors, numbers and state dicts only: read weights-only)."""
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
 
 def resume(path: Path, model: nn.Module, opt, gen: torch.Generator, ema: "EMA | None" = None) -> int:
@@ -95,37 +111,52 @@ def export_fp16(model: nn.Module, path: Path, drop: tuple[str, ...] = ()) -> Non
     save_file(state, str(path))
 
 
-def run_steps(out: Path, model: nn.Module, opt, gen: torch.Generator, step_fn, *, steps: int, lr: float,
+def run_steps(out: Path | None, model: nn.Module, opt, gen: torch.Generator, step_fn, *, steps: int, lr: float,
               warmup: int = 0, stop_at: int | None = None, save_every: int = 500, grad_clip: float = 1.0,
-              ema: "EMA | None" = None, unit: str = "img", final_ratio: float = 0.1) -> bool:
-    """The shared optimisation loop: resume from ``out/last.pt``, then per step set the cosine lr, call
-    ``step_fn(step) -> (loss, items, metrics)``, clip, step, update the EMA, checkpoint every
-    ``save_every`` steps. Returns True once all ``steps`` are done (False when ``stop_at`` ended it early)."""
-    step = resume(out / "last.pt", model, opt, gen, ema)
-    bar = Progress(steps, step, unit)
+              clip: str = "norm", ema: "EMA | None" = None, unit: str = "img", final_ratio: float = 0.1,
+              decay: str = "cosine", on_save=None, progress: bool = True) -> tuple[bool, list[float]]:
+    """The one optimisation loop. Resume from ``out/last.pt`` (``out=None``: an in-memory run), then per step set
+    the learning rate (:func:`lr_at`), call ``step_fn(step) -> (loss, items, metrics)`` -- ``loss=None`` when
+    ``step_fn`` already back-propagated (gradient accumulation) -- clip the gradients (``clip``: "norm" or
+    "value"), step, update the EMA, and checkpoint every ``save_every`` steps (then ``on_save(step, loss)``).
+    Returns (all ``steps`` done, this run's losses); ``stop_at`` ends a run early, schedule unchanged."""
+    step = resume(out / "last.pt", model, opt, gen, ema) if out is not None else 0
+    bar = Progress(steps, step, unit) if progress else None
     model.train()
     end = min(steps, stop_at or steps)
+    losses: list[float] = []
     while step < end:
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, steps, lr, warmup, final_ratio)
-        loss, items, metrics = step_fn(step)
+            g["lr"] = lr_at(step, steps, lr, warmup, final_ratio, decay)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, items, metrics = step_fn(step)
+        if loss is not None:
+            loss.backward()
+            metrics = {"loss": float(loss.detach()), **metrics}
         if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            params = [p for p in model.parameters() if p.grad is not None]
+            if clip == "value":
+                torch.nn.utils.clip_grad_value_(params, grad_clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         if ema is not None:
             ema.update(model)
         step += 1
-        bar.update(items, loss=loss.item(), **metrics)
-        if step % save_every == 0 or step == end:
+        losses.append(metrics.get("loss", float("nan")))
+        if bar is not None:
+            bar.update(items, **metrics)
+        if out is not None and (step % save_every == 0 or step == end):
             save_run(out / "last.pt", step, model, opt, gen, ema)
-    bar.close()
+            if on_save is not None:
+                on_save(step, losses[-1])
+    if bar is not None:
+        bar.close()
     model.eval()
     if step < steps:
         print(f"stopped at step {step} of {steps}; run again to resume")
-        return False
-    return True
+        return False, losses
+    return True, losses
 
 
 def write_config(out: Path, kind: str, config: dict, **extra: Any) -> None:

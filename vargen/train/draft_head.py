@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.draft_head import DraftHead, DraftHeadConfig, head_config_json
-from .common import Progress, export_fp16
+from .common import export_fp16, run_steps
 
 
 @dataclass
@@ -117,15 +117,12 @@ def accumulate_gradients(head: DraftHead, model, micro_batches, noise: float, ce
     return parts
 
 
-def linear_lr(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * max(0.0, (total - step) / max(1, total - warmup))
-
-
 def train_draft_head(args: DraftHeadTrainArgs) -> Path:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    """EAGLE's recipe: AdamW, linear warm-up over ``warmup_frac`` of the run then linear decay to zero,
+    gradient value clipping; resumable from ``out/last.pt``."""
+    from ..runtime import configure_threads
+
+    configure_threads(args.threads)
     if args.grad_accum < 1:
         raise ValueError(f"grad_accum must be >= 1, got {args.grad_accum}")
     out = Path(args.out)
@@ -140,23 +137,21 @@ def train_draft_head(args: DraftHeadTrainArgs) -> Path:
     if tokens.shape[1] != model.num_tokens:
         raise ValueError(f"token sequences have length {tokens.shape[1]}, the model generates {model.num_tokens}")
     torch.manual_seed(args.seed)
-    head = DraftHead(DraftHeadConfig.from_target(model.config)).to(args.device).train()
+    head = DraftHead(DraftHeadConfig.from_target(model.config)).to(args.device)
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    warmup = max(1, int(args.warmup_frac * args.steps))
-    bar = Progress(args.steps, 0, "tok")
-    for step in range(args.steps):
-        for g in opt.param_groups:
-            g["lr"] = linear_lr(step, args.steps, args.lr, warmup)
+
+    def step_fn(step):
         micro = []
         for _ in range(args.grad_accum):
             idx = torch.randint(0, tokens.shape[0], (args.batch_size,), generator=gen)
             drop = torch.rand(args.batch_size, generator=gen) < args.cfg_dropout
             micro.append((labels[idx].to(args.device), tokens[idx].to(args.device), drop.to(args.device)))
         parts = accumulate_gradients(head, model, micro, args.feature_noise, args.ce_weight, gen)
-        torch.nn.utils.clip_grad_value_(head.parameters(), args.clip_value)
-        opt.step()
-        bar.update(args.batch_size * args.grad_accum * tokens.shape[1], **parts)
-    bar.close()
+        return None, args.batch_size * args.grad_accum * tokens.shape[1], parts  # back-propagated per micro-batch
+
+    run_steps(out, head, opt, gen, step_fn, steps=args.steps, lr=args.lr, warmup=max(1, int(args.warmup_frac * args.steps)),
+              save_every=max(1, args.steps // 4), grad_clip=args.clip_value, clip="value", unit="tok", final_ratio=0.0,
+              decay="linear")
     export_fp16(head, out / "model.safetensors")
     (out / "config.json").write_text(head_config_json(
         head, target=str(args.model), steps=args.steps, feature_noise=args.feature_noise, ce_weight=args.ce_weight,

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import export_fp16, load_checkpoint, save_checkpoint
+from .common import export_fp16, param_groups, run_steps
 
 CIFAR_MEAN = (125.3, 123.0, 113.9)  # per-channel, on the 0..255 scale
 CIFAR_STD = (63.0, 62.1, 66.7)
@@ -138,15 +138,6 @@ class FeatureTrainArgs:
     config: dict = field(default_factory=dict)
 
 
-def one_cycle(step: int, total: int, peak: float, warmup_frac: float) -> float:
-    """Linear warm-up to ``peak`` over ``warmup_frac`` of the run, then cosine to zero."""
-    warm = max(1, int(total * warmup_frac))
-    if step < warm:
-        return peak * (step + 1) / warm
-    t = (step - warm) / max(1, total - warm)
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop after reflect padding, and a random horizontal flip, per image (float input)."""
     b, _, h, w = x.shape
@@ -194,10 +185,12 @@ def _log(out: Path, text: str) -> None:
 
 
 def train_features(args: FeatureTrainArgs, command: str | None = None) -> Path:
+    """SGD with Nesterov momentum, one-cycle schedule (warm-up then cosine to 0), label smoothing; the batches
+    of a step depend only on (seed, step), so a resumed run sees exactly the data of a straight one."""
+    from ..runtime import configure_threads
     from .data import load_images
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images, labels, classes = load_images(args.data, "train", 32)
@@ -207,44 +200,31 @@ def train_features(args: FeatureTrainArgs, command: str | None = None) -> Path:
     cfg = FeatureNetConfig.from_dict({**args.config, "num_classes": len(classes)})
     torch.manual_seed(args.seed)
     net = CifarFeatureNet(cfg)
-    decay = [p for p in net.parameters() if p.dim() > 1]
-    no_decay = [p for p in net.parameters() if p.dim() <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=args.lr, momentum=args.momentum, nesterov=True)
-    step, times = 0, {"wall": 0.0, "cpu": 0.0}  # seconds of training: wall clock, and CPU time of all threads
-    ckpt = load_checkpoint(out / "last.pt")
-    if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        step, times = ckpt["step"], ckpt.get("times", {"wall": ckpt.get("seconds", 0.0), "cpu": 0.0})
-        _log(out, f"resumed at step {step}/{total}")
-    else:
+    opt = torch.optim.SGD(param_groups(net, args.weight_decay), lr=args.lr, momentum=args.momentum, nesterov=True)
+    times_path = out / "times.json"  # seconds of training: wall clock, and CPU time of all threads
+    times = json.loads(times_path.read_text()) if times_path.is_file() and (out / "last.pt").is_file() else {"wall": 0.0, "cpu": 0.0}
+    if not (out / "last.pt").is_file():
         _log(out, f"start: {total} steps ({args.epochs} epochs of {per_epoch}), config {cfg.to_dict()}, "
                   f"{sum(p.numel() for p in net.parameters())} parameters")
-    net.train()
-    t0, c0, loss_avg = time.perf_counter(), time.process_time(), None
-    while step < total:
-        for g in opt.param_groups:
-            g["lr"] = one_cycle(step, total, args.lr, args.warmup_frac)
+    clock = {"wall": time.perf_counter(), "cpu": time.process_time(), "avg": None}
+
+    def step_fn(step):
         idx = batch_indices(step, images.shape[0], args.batch_size, args.seed)
-        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        x = augment(images[idx].float(), gen)
-        loss = F.cross_entropy(net(x), labels[idx], label_smoothing=args.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
-        if step % args.save_every == 0 or step == total:
-            times["wall"] += time.perf_counter() - t0
-            times["cpu"] += time.process_time() - c0
-            t0, c0 = time.perf_counter(), time.process_time()
-            save_checkpoint(out / "last.pt", model=net.state_dict(), opt=opt.state_dict(), step=step,
-                            times=times, config=cfg.to_dict())
-            _log(out, f"step {step}/{total} loss {loss_avg:.4f} lr {opt.param_groups[0]['lr']:.4f} "
-                      f"{times['cpu'] / 60:.1f} min CPU, {times['wall'] / 60:.1f} min wall")
-            net.train()
+        x = augment(images[idx].float(), torch.Generator().manual_seed(args.seed * 1_000_003 + step))
+        return F.cross_entropy(net(x), labels[idx], label_smoothing=args.label_smoothing), args.batch_size, {}
+
+    def on_save(step, loss):
+        now, cpu = time.perf_counter(), time.process_time()
+        times["wall"] += now - clock["wall"]
+        times["cpu"] += cpu - clock["cpu"]
+        clock.update(wall=now, cpu=cpu)
+        times_path.write_text(json.dumps(times))
+        _log(out, f"step {step}/{total} loss {loss:.4f} lr {opt.param_groups[0]['lr']:.4f} "
+                  f"{times['cpu'] / 60:.1f} min CPU, {times['wall'] / 60:.1f} min wall")
+
+    gen = torch.Generator().manual_seed(args.seed)  # unused by the batches (seeded per step), kept for resume
+    run_steps(out, net, opt, gen, step_fn, steps=total, lr=args.lr, warmup=max(1, int(total * args.warmup_frac)),
+              save_every=args.save_every, grad_clip=0.0, unit="img", final_ratio=0.0, on_save=on_save, progress=False)
     return finish(args, net, classes, times, command)
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..models.llamagen import GPT, GPTConfig, gpt_config
 from ..tokenizers.llamagen_vq import VQConfig, VQModel
-from .common import EMA, Progress, cosine_lr, export_fp16, resume, save_run
+from .common import EMA, export_fp16, param_groups, run_steps
 from .data import load_images, to_model_range
 
 
@@ -94,8 +94,9 @@ def unigram_bits_per_token(train_tokens: torch.Tensor, test_tokens: torch.Tensor
 
 
 def train_gpt(args: GPTTrainArgs) -> Path:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from ..runtime import configure_threads
+
+    configure_threads(args.threads)
     out = Path(args.out)
     vq_meta = json.loads((Path(args.vq) / "config.json").read_text())
     vq_cfg = VQConfig.from_dict(vq_meta["config"])
@@ -105,39 +106,22 @@ def train_gpt(args: GPTTrainArgs) -> Path:
     cfg = build_config(args.config, vq_cfg, num_classes, grid)
     torch.manual_seed(args.seed)
     model = GPT(cfg)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
     ema = EMA(model, args.ema) if args.ema > 0 else None
     gen = torch.Generator().manual_seed(args.seed)
-    step = resume(out / "last.pt", model, opt, gen, ema)
     print(f"GPT: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"{tokens.shape[0]} sequences of {tokens.shape[1]} tokens")
-    bar = Progress(args.steps, step, "tok")
-    model.train()
-    end = min(args.steps, args.stop_at or args.steps)
-    while step < end:
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, args.steps, args.lr, args.warmup)
+
+    def step_fn(step):
         idx = torch.randint(0, tokens.shape[0], (args.batch_size,), generator=gen)
         t, y = tokens[idx], labels[idx]
         drop = torch.rand(args.batch_size, generator=gen) < cfg.class_dropout_prob
         logits = model.logits(y, t, drop=drop)
-        loss = F.cross_entropy(logits.flatten(0, 1), t.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if ema is not None:
-            ema.update(model)
-        step += 1
-        bar.update(t.numel(), loss=loss.item())
-        if step % args.save_every == 0 or step == end:
-            save_run(out / "last.pt", step, model, opt, gen, ema)
-    bar.close()
-    if step < args.steps:
-        print(f"stopped at step {step} of {args.steps}; run again to resume")
+        return F.cross_entropy(logits.flatten(0, 1), t.flatten()), t.numel(), {}
+
+    done, _ = run_steps(out, model, opt, gen, step_fn, steps=args.steps, lr=args.lr, warmup=args.warmup,
+                        stop_at=args.stop_at, save_every=args.save_every, grad_clip=1.0, ema=ema, unit="tok")
+    if not done:
         return out / "last.pt"
     final = ema.model if ema is not None else model
     export_fp16(final, out / "model.safetensors")

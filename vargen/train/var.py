@@ -23,9 +23,11 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
+from .common import param_groups, run_steps
+
 __all__ = [
     "vqvae_loss", "var_inputs", "var_loss", "code_drafter_loss", "distillation_kl", "code_refiner_loss",
-    "make_optimizer", "warmup_cosine", "train_vqvae", "train_var", "train_code_refiner",
+    "make_optimizer", "train_vqvae", "train_var", "train_code_refiner",
 ]
 
 
@@ -127,52 +129,20 @@ def code_refiner_loss(refiner, teacher, labels, x_BLCv, draft_steps: int, T: flo
 
 def make_optimizer(model, lr: float = 1e-4, weight_decay: float = 0.05, betas=(0.9, 0.95)) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only (not on biases, gains, embeddings of positions)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "pos_" in name or "scale_mul" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
-
-
-def warmup_cosine(optimizer, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0):
-    """Linear warm-up to the base lr, then cosine decay to ``min_ratio`` of it."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    flat = lambda name, p: p.ndim < 2 or "pos_" in name or "scale_mul" in name  # noqa: E731
+    return torch.optim.AdamW(param_groups(model, weight_decay, flat), lr=lr, betas=betas)
 
 
 def _loop(model, batches: Iterable, steps: int, lr: float, warmup: int, grad_clip: float, loss_fn) -> list[float]:
-    opt = make_optimizer(model, lr)
-    sched = warmup_cosine(opt, steps, warmup)
-    losses = []
-    it = iter(batches)
-    for _ in range(steps):
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(batches)
-            batch = next(it)
-        loss = loss_fn(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+    """An in-memory run of :func:`vargen.train.common.run_steps` over ``batches`` (cycled); the losses."""
+    batches = list(batches)
+
+    def step_fn(step):
+        return loss_fn(batches[step % len(batches)]), 1, {}
+
+    _, losses = run_steps(None, model, make_optimizer(model, lr), torch.Generator(), step_fn, steps=steps, lr=lr,
+                          warmup=warmup, grad_clip=grad_clip, final_ratio=0.0, progress=False)
     return losses
-
-
-# ------------------------------------------------------------------------------------------------
-# Loops (batches: an iterable of (images in [-1, 1], labels); re-iterated when exhausted)
-# ------------------------------------------------------------------------------------------------
 
 
 def train_vqvae(vae, batches: Iterable, steps: int, lr: float = 2e-4, warmup: int = 0, grad_clip: float = 2.0) -> list[float]:
@@ -264,7 +234,7 @@ def run_var_training(args: VARRunArgs) -> Path:
     """Train one member of the VAR demo family; returns the exported ``model.safetensors`` (or ``last.pt``)."""
     from ..models.var import VAR, VARConfig
     from ..tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
-    from .common import export_fp16, run_steps, write_config
+    from .common import export_fp16, write_config
     from .data import load_images, random_flip, to_model_range
 
     if args.kind not in ("vqvae", "var", "code-refiner"):
@@ -294,7 +264,7 @@ def run_var_training(args: VARRunArgs) -> Path:
             return loss, args.batch_size, {**parts, "restarted": float(parts_restart)}
 
         opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-        if not run_steps(out, vae, opt, gen, step_fn, grad_clip=2.0, **common):
+        if not run_steps(out, vae, opt, gen, step_fn, grad_clip=2.0, **common)[0]:
             return out / "last.pt"
         export_fp16(vae, out / "model.safetensors")
         write_config(out, "var_vqvae", {**asdict(cfg), "test_mode": True})
@@ -331,7 +301,7 @@ def run_var_training(args: VARRunArgs) -> Path:
         return loss, t.numel(), {}
 
     opt = make_optimizer(model, args.lr)
-    if not run_steps(out, model, opt, gen, step_fn, grad_clip=2.0, unit="tok", **common):
+    if not run_steps(out, model, opt, gen, step_fn, grad_clip=2.0, unit="tok", **common)[0]:
         return out / "last.pt"
     export_fp16(model, out / "model.safetensors")
     extra = {"distilled_from": args.teacher, "draft_steps": args.draft_steps} if teacher is not None else {}

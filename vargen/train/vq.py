@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..tokenizers.llamagen_vq import VQConfig, VQModel
-from .common import EMA, Progress, cosine_lr, export_fp16, resume, save_run
+from .common import EMA, export_fp16, run_steps
 from .data import load_images, random_flip, to_model_range
 
 
@@ -45,8 +45,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def train_vq(args: VQTrainArgs) -> Path:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from ..runtime import configure_threads
+
+    configure_threads(args.threads)
     out = Path(args.out)
     cfg = VQConfig.from_dict(args.config)
     torch.manual_seed(args.seed)
@@ -54,32 +55,18 @@ def train_vq(args: VQTrainArgs) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     ema = EMA(model, args.ema) if args.ema > 0 else None
     gen = torch.Generator().manual_seed(args.seed)
-    step = resume(out / "last.pt", model, opt, gen, ema)
     images, _, _ = load_images(args.data, "train", args.image_size)
-    bar = Progress(args.steps, step, "img")
-    model.train()
-    end = min(args.steps, args.stop_at or args.steps)
-    while step < end:
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, args.steps, args.lr, args.warmup)
+
+    def step_fn(step):
         idx = torch.randint(0, images.shape[0], (args.batch_size,), generator=gen)
         x = random_flip(to_model_range(images[idx]), gen)
         recon, q = model(x)
         rec = F.mse_loss(recon, x)
-        loss = rec + q["codebook"] + q["commit"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if ema is not None:
-            ema.update(model)
-        step += 1
-        bar.update(args.batch_size, loss=loss.item(), rec=rec.item())
-        if step % args.save_every == 0 or step == end:
-            save_run(out / "last.pt", step, model, opt, gen, ema)
-    bar.close()
-    if step < args.steps:
-        print(f"stopped at step {step} of {args.steps}; run again to resume")
+        return rec + q["codebook"] + q["commit"], args.batch_size, {"rec": rec.item()}
+
+    done, _ = run_steps(out, model, opt, gen, step_fn, steps=args.steps, lr=args.lr, warmup=args.warmup,
+                        stop_at=args.stop_at, save_every=args.save_every, grad_clip=1.0, ema=ema, unit="img")
+    if not done:
         return out / "last.pt"
     final = ema.model if ema is not None else model
     export_fp16(final, out / "model.safetensors")
