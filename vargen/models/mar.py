@@ -245,6 +245,12 @@ class DiffLoss(nn.Module):
         tensor [R/2, 1]."""
         t = self.scheduler.timestep_map.to(x.device)[index]
         guided = (cfg != 1.0) if guided is None else guided
+        w = self.net.input_proj.weight.dtype  # reduced-precision weights: the chain itself stays in float32
+        if w != x.dtype:
+            x, c = x.to(w), c.to(w)
+            cfg = cfg.to(w) if torch.is_tensor(cfg) else cfg
+            out = self.net.forward_with_cfg(x, t, c, cfg) if guided else self.net(x, t, c)
+            return out.float()
         return self.net.forward_with_cfg(x, t, c, cfg) if guided else self.net(x, t, c)
 
 
@@ -417,7 +423,7 @@ class MAR(nn.Module):
         return class_ids(labels, self.num_classes, self.device)
 
     def forward_mae_encoder(self, x: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
-        x = self.z_proj(x)
+        x = self.z_proj(x.to(self.z_proj.weight.dtype))
         B, L, D = x.shape
         x = torch.cat([class_embedding[:, None].expand(B, self.buffer_size, D).to(x.dtype), x], dim=1)
         x = self.z_proj_ln(x + self.encoder_pos_embed_learned)

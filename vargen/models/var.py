@@ -79,8 +79,12 @@ class VARConfig:
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, torch.Tensor], **overrides) -> "VARConfig":
-        """Read the architecture off an official state dict (depth, width, heads, classes, scales)."""
-        depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+        """Read the architecture off an official state dict (depth, width, heads, classes, scales);
+        ``KeyError`` naming a missing key when it is not a VAR state dict."""
+        blocks = [int(k.split(".")[1]) for k in sd if k.startswith("blocks.")]
+        if not blocks:
+            raise KeyError("blocks.0.*")
+        depth = 1 + max(blocks)
         C = sd["pos_start"].shape[-1]
         l2 = "blocks.0.attn.scale_mul_1H11" in sd
         heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1] if l2 else depth  # builder: heads = depth

@@ -300,7 +300,7 @@ class CSpDSampler:
                 tr = self._denoise(draft, z_rows, bank_xT[to_pred], bank_eps[to_pred], tau, scale, guided,
                                    keep_inputs=self.test == "exact")
                 if drafts is None:
-                    drafts = self._new_drafts(B, L, C, S, z.shape[-1], guided, device)
+                    drafts = self._new_drafts(B, L, C, S, z.shape[-1], guided, device, z.dtype)
                 token = tr.sample
                 if self.test == "final_step":  # draw the last kernel for real, with the shared ε_0
                     token = tr.sample + torch.exp(0.5 * tr.final_log_variance) * bank_eps[to_pred][:, -1] * tau
@@ -356,10 +356,10 @@ class CSpDSampler:
         stats.accepted.append(where.sum(-1))
         stats.forward_passes += 1
 
-    def _new_drafts(self, B, L, C, S, D, guided, device) -> _Drafts:
+    def _new_drafts(self, B, L, C, S, D, guided, device, z_dtype=torch.float32) -> _Drafts:
         zeros = lambda *s: torch.zeros(*s, device=device)  # noqa: E731
         return _Drafts(zeros(B, L, C), zeros(B, L, C), zeros(B, L, C), zeros(B, L, C), zeros(B, L, C),
-                       zeros(B, L, 2 if guided else 1, D), zeros(B, L),
+                       zeros(B, L, 2 if guided else 1, D).to(z_dtype), zeros(B, L),
                        zeros(B, L, S, C) if self.test == "exact" else None)
 
     # -- the tests ----------------------------------------------------------------------------------

@@ -79,12 +79,13 @@ def denoise(head, z: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0, n
     S = sched.num_timesteps
     if step_noise is not None and tuple(step_noise.shape) != (S, rows, C):
         raise ValueError(f"step_noise must be [{S}, {rows}, {C}], got {tuple(step_noise.shape)}")
-    kw = dict(device=z.device, dtype=z.dtype, generator=generator)
+    dtype = torch.float32 if z.dtype in (torch.bfloat16, torch.float16) else z.dtype  # the chain in full precision
+    kw = dict(device=z.device, dtype=dtype, generator=generator)
     if noise is None:
         noise = torch.randn(rows // 2 if guided else rows, C, **kw)
     x = torch.cat([noise, noise]) if guided and noise.shape[0] * 2 == rows else noise
-    log_std_sum = torch.zeros(rows, C, device=z.device, dtype=z.dtype)
-    log_prob = torch.zeros(rows, device=z.device, dtype=z.dtype)
+    log_std_sum = torch.zeros(rows, C, device=z.device, dtype=dtype)
+    log_prob = torch.zeros(rows, device=z.device, dtype=dtype)
     inputs = [] if keep_inputs else None
     final_log_var = x1 = None
     log_tau = math.log(temperature) if temperature > 0 else float("-inf")
