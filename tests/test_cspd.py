@@ -62,7 +62,7 @@ def test_draft_equal_to_target_accepts_every_token(pair, test, cfg):
     out = sampler.sample(target, LABELS, SamplingConfig(temperature=0.9, cfg_scale=cfg), torch.Generator().manual_seed(0))
     e = out.stats.extra
     assert e["drafted"] > 0
-    assert e["accepted_drafts"] == e["drafted"] and e["acceptance_rate"] == 1.0
+    assert e["accepted_drafts"] == e["drafted"] and e["draft_acceptance_rate"] == 1.0
     assert e["residual_proposals"] == 0 and e["residual_fallbacks"] == 0
     if test == "official":
         assert e["log_phi_abs_max"] == 0.0

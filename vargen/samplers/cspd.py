@@ -342,7 +342,7 @@ class CSpDSampler:
             test=self.test, num_iter=K, ratio=self.ratio, num_draft=self.num_draft,
             target_passes=stats.forward_passes, draft_passes=stats.draft_forward_passes,
             prefill_passes=min(milestone + 1, K), **counts,
-            acceptance_rate=counts["accepted_drafts"] / drafted,
+            draft_acceptance_rate=counts["accepted_drafts"] / drafted,
             acceptance_rate_per_row=(accepted_per_row.float() / drafted_per_row.clamp(min=1).float()).tolist(),
         )
         if log_phis:
