@@ -331,3 +331,22 @@ def test_generate_runs_large_requests_in_chunks(tmp_path, monkeypatch):
                  "--out", str(tmp_path / "one"), "--threads", "1"]) == 0
     for i in range(5):
         assert (tmp_path / "chunks" / f"{i:04d}_cat.png").read_bytes() == (tmp_path / "one" / f"{i:04d}_cat.png").read_bytes()
+
+
+def test_every_command_option_has_help_text():
+    import argparse
+
+    from vargen.cli import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not (action.help or "").strip():
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "vargen")
+    assert not missing, missing

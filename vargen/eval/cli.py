@@ -24,15 +24,15 @@ def add_arguments(p) -> None:
                    help="clean-fid resize mode, required for scores and statistics (numbers of different modes "
                         "are not comparable)")
     p.add_argument("--inception-weights", help="path of inception-2015-12-05.pt (or the cifar10-features folder)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--device", default="cpu", help="torch device of the feature network (default cpu)")
+    p.add_argument("--batch-size", type=int, default=100, help="images per feature batch (default 100)")
     p.add_argument("--image-size", type=int, help="centre-crop + resize folder images to this side (ADM preprocessing)")
     p.add_argument("--cache-dir", help="statistics cache (default ~/.cache/vargen/fid-stats)")
     p.add_argument("--make-stats", action="store_true", help="write the statistics of one source to --out")
     p.add_argument("--export-npz", action="store_true", help="pack one folder of samples into --out (arr_0)")
     p.add_argument("--out", help="output file for --make-stats / --export-npz")
     p.add_argument("--json", help="also write the result as JSON")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: automatic from the free cores)")
 
 
 def add_cli(subparsers) -> None:
@@ -50,8 +50,11 @@ def _run(args) -> int:
     from . import compute_fid, export_npz, get_extractor
     from .stats import compute_stats
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from ..runtime import configure_threads
+
+    configure_threads(args.threads)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.export_npz:
         out = export_npz(args.sources[0], args.out)
         print(f"wrote {out}")

@@ -42,11 +42,11 @@ class GPTTrainArgs:
 
 @torch.no_grad()
 def tokenize_split(vq: VQModel, data: str, split: str, flips: bool, batch_size: int = 500, image_size: int = 32,
-                   every: int = 1):
-    """(tokens [N, h*w], labels [N]) for a split (every ``every``-th image); with ``flips`` the mirrored
-    images are appended."""
+                   every: int = 1, limit: int | None = None):
+    """(tokens [N, h*w], labels [N]) for a split (every ``every``-th image, the first ``limit`` of those); with
+    ``flips`` the mirrored images are appended. Only the images kept are encoded."""
     images, labels, _ = load_images(data, split, image_size)
-    images, labels = images[::every], labels[::every]
+    images, labels = images[::every][:limit], labels[::every][:limit]
     out = []
     for flip in ((False, True) if flips else (False,)):
         for i in range(0, images.shape[0], batch_size):
