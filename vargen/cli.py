@@ -85,6 +85,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per sampling call; more run in chunks (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of image 0 (image i uses seed + i; default 0)")
     p.add_argument("--out", default="out", help="folder for the PNGs (default out)")
+    p.add_argument("--compile", action="store_true",
+                   help="token samplers: run the decode step as one torch.compile graph (same images; the first "
+                        "call compiles, a few seconds to a minute)")
     _add_config_flags(p)
     _add_runtime_flags(p)
 
@@ -120,7 +123,7 @@ def _run_generate(args) -> int:
     outputs = []
     for start in range(0, len(ids), args.batch_size):  # chunks bounded in memory; per-row seeds keep images equal
         outputs.append(pipe.generate(ids[start : start + args.batch_size], sampler=sampler, seed=args.seed + start,
-                                     per_row_seeds=True, **options))
+                                     per_row_seeds=True, compile=args.compile, **options))
     images = [im for o in outputs for im in o.images]
     names = pipe.class_names
     for i, (cid, img) in enumerate(zip(ids, images)):

@@ -336,11 +336,14 @@ class Pipeline:
 
     @torch.no_grad()
     def generate(self, cond, sampler: str | Any | None = None, seed: int | None = 0, decode: bool = True,
-                 per_row_seeds: bool = False, **options) -> GenerationOutput:
-        """``sampler``: a name (default: the family's, e.g. ``sjd`` for LlamaGen), a ``"name:key=value"``
-        spec, or a sampler instance. ``per_row_seeds``: row ``i`` uses seed ``seed + i``, so a row's tokens do
-        not depend on the batch it runs in."""
+                 per_row_seeds: bool = False, compile: bool = False, **options) -> GenerationOutput:
+        """``sampler``: a name (default: the family's, e.g. coupled ``sjd`` for LlamaGen), a
+        ``"name:key=value"`` spec, or a sampler instance. ``per_row_seeds``: row ``i`` uses seed ``seed + i``,
+        so a row's tokens do not depend on the batch it runs in. ``compile``: token samplers run their target
+        step as one compiled graph (same tokens; see :meth:`vargen.samplers.loop.TokenSampler.sample`)."""
         self.check_seed(seed)
+        if compile not in (True, False):
+            raise ValueError(f"compile must be true or false, got {compile!r}")
         if per_row_seeds and seed is not None and seed + 1000 > MAX_SEED:
             raise ValueError(f"seed {seed} leaves no room for per-row seeds (at most {MAX_SEED - 1000})")
         sampler = sampler or self.default_sampler
@@ -354,13 +357,21 @@ class Pipeline:
         elif sampler_options:
             raise ValueError(f"options {sorted(sampler_options)} given with a sampler instance")
         cond = self.conditions(cond)
+        kw = {}
+        if compile:
+            from .samplers.loop import TokenSampler
+
+            if not isinstance(sampler, TokenSampler):
+                raise ValueError(f"compile=True applies to the token samplers (LlamaGen-style models); "
+                                 f"{type(sampler).__name__} has no compiled path")
+            kw["compile"] = True
         if per_row_seeds and not self.row_independent_seeds:
             return self._generate_row_by_row(cond, sampler, model, config, seed or 0, decode)
         if per_row_seeds:
             generator = [torch.Generator(self.device).manual_seed((seed or 0) + i) for i in range(cond.shape[0])]
         else:
             generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
-        out = sampler.sample(model, cond, config, generator)
+        out = sampler.sample(model, cond, config, generator, **kw)
         if decode and self.tokenizer is not None:
             out.images = self.decode(out)
         return out

@@ -147,11 +147,14 @@ class FeedForward(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of ``x [B, S, H, hd]`` by ``rope [B or 1, S, hd/2, 2]`` (cos, sin),
-    in float32: the pair (a, b) is the complex number a + ib, multiplied by cos + i sin."""
-    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    rc = torch.view_as_complex(rope.float().contiguous()).unsqueeze(2)  # broadcast over heads
-    return torch.view_as_real(xc * rc).flatten(3).type_as(x)
+    """Rotate interleaved pairs of ``x [B, S, H, hd]`` by ``rope [B or 1, S, hd/2, 2]`` (cos, sin), in float32:
+    the pair (a, b) is the complex number a + ib, multiplied by cos + i sin -- written in real arithmetic
+    (``(a cos - b sin, a sin + b cos)``, what the complex product computes) so that ``torch.compile`` can
+    generate code for it."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    a, b = pairs[..., 0], pairs[..., 1]
+    cos, sin = rope[..., 0].float().unsqueeze(2), rope[..., 1].float().unsqueeze(2)  # broadcast over heads
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(3).type_as(x)
 
 
 def build_rope_2d(grid: int, head_dim: int, cls_token_num: int, base: float = 10000) -> torch.Tensor:
@@ -187,10 +190,16 @@ class Attention(nn.Module):
         v = v.view(B, S, self.n_head, self.head_dim).transpose(1, 2)
         if kv is not None:
             k_cache, v_cache = kv
-            rows, pos = write  # [B, S] each: scatter this call's keys to per-row positions
-            k_cache[rows, :, pos] = k.transpose(1, 2).to(k_cache.dtype)
-            v_cache[rows, :, pos] = v.transpose(1, 2).to(v_cache.dtype)
-            k, v = k_cache[:, :, : mask.shape[-1]], v_cache[:, :, : mask.shape[-1]]
+            rows, pos = write  # [B, S]: this call's keys go to per-row positions, in place, shapes fixed
+            if torch.compiler.is_compiling():  # index_put is re-inplaced by inductor (scatter_ is copied: measured)
+                k_cache[rows, :, pos] = k.transpose(1, 2).to(k_cache.dtype)
+                v_cache[rows, :, pos] = v.transpose(1, 2).to(v_cache.dtype)
+            else:  # eagerly scatter_ is the cheaper kernel
+                index = pos[:, None, :, None].expand(B, self.n_head, S, self.head_dim)
+                k_cache.scatter_(2, index, k.to(k_cache.dtype))
+                v_cache.scatter_(2, index, v.to(v_cache.dtype))
+            L = mask.shape[-1]
+            k, v = (k_cache, v_cache) if L == k_cache.shape[2] else (k_cache[:, :, :L], v_cache[:, :, :L])
         dropout = self.attn_dropout_p if self.training else 0.0
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
@@ -267,24 +276,29 @@ def attention_mask(positions: torch.Tensor, key_valid: torch.Tensor, L: int) -> 
 
 @dataclass
 class KVCache:
-    """Static per-layer K/V buffers ``[n_layer, B, H, L, hd]`` allocated once.
+    """Static K/V buffers, one ``[B, H, L, hd]`` tensor per layer, allocated once (separate tensors, so a
+    compiled step writes each in place).
 
     Rows keep no pointer here: the caller's per-row ``start`` is the position (stale entries beyond it
     are masked by causality and overwritten later). ``key_valid [B, L]``: False for padded condition
     positions (t2i).
     """
 
-    k: torch.Tensor
-    v: torch.Tensor
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
     key_valid: torch.Tensor
 
     @property
     def batch(self) -> int:
-        return self.k.shape[1]
+        return self.k[0].shape[0]
 
     @property
     def max_positions(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -462,12 +476,12 @@ class GPT(nn.Module):
         max_len = cfg.block_size if max_len is None else max_len
         L = cfg.cls_token_num + max_len
         L = (L + 7) // 8 * 8  # round up as upstream
-        shape = (cfg.n_layer, batch, cfg.n_head, L, cfg.head_dim)
+        shape = (batch, cfg.n_head, L, cfg.head_dim)
         dtype = dtype or self.dtype
         dev = self.device
         return KVCache(
-            k=torch.zeros(shape, dtype=dtype, device=dev),
-            v=torch.zeros(shape, dtype=dtype, device=dev),
+            k=[torch.zeros(shape, dtype=dtype, device=dev) for _ in range(cfg.n_layer)],
+            v=[torch.zeros(shape, dtype=dtype, device=dev) for _ in range(cfg.n_layer)],
             key_valid=torch.ones(batch, L, dtype=torch.bool, device=dev),
         )
 

@@ -168,17 +168,23 @@ class TokenSampler:
         self.proposer.check(model)
 
     @torch.no_grad()
-    def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:
+    def sample(self, model, cond, config: SamplingConfig | None = None, generator=None,
+               compile: bool = False) -> GenerationOutput:
+        """``compile=True``: the target step (forward, logits chain, verification and commit) runs as one
+        ``torch.compile(fullgraph=True)`` graph per (batch, window) shape, reused across calls, over a static
+        cache (and under CUDA graphs on a GPU); the tokens are those of the eager path."""
         config = resolve_config(model, config)
         proposer = copy.copy(self.proposer)
         proposer.check(model)
         self.rule.prepare(model)
         J = proposer.lookahead
-        session = TokenSession(model, cond, config, extra_positions=J + 1, hidden=proposer.wants_hidden)
+        session = TokenSession(model, cond, config, extra_positions=J + 1, hidden=proposer.wants_hidden,
+                               static=compile)
         B, N, V, dev = session.batch, session.num_tokens, model.vocab_size, session.device
         rng = RowRandom(generator, B, dev)
         committer = Committer(self.rule, B, N, N + 2 * J + 4, dev)
         ctx = DecodeContext(model, cond, session, config, rng, committer.seq, B, N, V, tuple(model.grid), dev)
+        step_fn = compiled_target_step(dev, session, committer) if compile else target_step
         stats = Stats()
         with StepTimer(dev) as timer:
             logits, hidden = session.prefill()
@@ -195,10 +201,10 @@ class TokenSampler:
                 proposal = proposer.propose(ctx, n)
                 j = proposal.length
                 u_acc, u_res = rng.rand(j + 1).split([j, 1], dim=1)
-                inputs = torch.cat([committer.seq.gather(1, (n - 1)[:, None]), proposal.tokens], dim=1)
-                logits, hidden = session.forward(inputs, n - 1, kv_len=hi + j)
-                p = session.probs(logits, n)  # [B, j+1, V] for tokens n .. n+j
-                k, a = committer.commit(p, proposal, u_acc, u_res[:, 0], n, ctx.step)
+                session.forward_passes += 1
+                p, hidden, k, a = step_fn(session, committer, proposal.tokens, proposal.q, proposal.valid, u_acc,
+                                          u_res[:, 0], n, torch.tensor(ctx.step, device=dev),
+                                          None if compile else hi + j)
                 proposer.observe(ctx, Feedback(p, hidden, n, k, a, proposal))
                 stats.accepted.append(k)
                 n = n + k
@@ -209,6 +215,51 @@ class TokenSampler:
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
         stats.extra.update(proposer=proposer.name, acceptance=self.rule.name, **proposer.extra_stats())
         return GenerationOutput(tokens=committer.tokens(), stats=stats)
+
+
+def target_step(session, committer, tokens, q, valid, u_acc, u_res, n, step, kv_len=None):
+    """One target forward over ``[x_{n-1}, drafts]`` and the verification of the drafts: ``(p [B, j+1, V],
+    hidden, k, a)``. The committer's buffers and the cache are written in place."""
+    inputs = torch.cat([committer.seq.gather(1, (n - 1)[:, None]), tokens], dim=1)
+    logits, hidden = session.run(inputs, n - 1, kv_len)
+    p = session.probs(logits, n)  # [B, j+1, V] for tokens n .. n+j
+    k, a = committer.commit(p, Proposal(tokens, q, valid), u_acc, u_res, n, step)
+    return p, hidden, k, a
+
+
+_COMPILED: dict = {}  # (id(model), device) -> compiled target_step
+
+
+def compiled_target_step(device, session, committer):
+    """:func:`target_step` under ``torch.compile(fullgraph=True)`` (no graph breaks), one graph per shape, cached
+    per model across calls; on CUDA with CUDA graphs (``mode="reduce-overhead"``, the buffers at static
+    addresses). The model's parameters are not guarded (per-call guard cost on a small model was most of a
+    step), so the compiled step is keyed on the model object: a compiled step never serves another model."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    cuda = torch.device(device).type == "cuda"
+    if cuda:  # CUDA graphs need the buffers written in place at fixed addresses
+        cache = session.cache
+        for t in [*getattr(cache, "k", []), *getattr(cache, "v", []), getattr(cache, "key_valid", None),
+                  committer.seq, committer.token_step, committer.relaxed, committer.tv, committer.decided,
+                  committer.proposed, committer.accepted]:
+            if torch.is_tensor(t):
+                torch._dynamo.mark_static_address(t)
+    key = (id(session.model), str(device))
+    entry = _COMPILED.get(key)
+    if entry is None or entry[0]() is not session.model:
+        import types
+        import weakref
+
+        # dynamo keeps compiled graphs per code object: a copy of target_step's code per model keeps one model's
+        # graphs (whose parameters are not guarded) from ever serving another
+        code = target_step.__code__.replace(co_name=f"target_step_{len(_COMPILED)}")
+        own = types.FunctionType(code, target_step.__globals__, code.co_name, target_step.__defaults__)
+        fn = torch.compile(own, fullgraph=True, dynamic=False, mode="reduce-overhead" if cuda else None,
+                           options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
+        entry = _COMPILED[key] = (weakref.ref(session.model), fn)
+    return entry[1]
 
 
 class ARSampler(TokenSampler):

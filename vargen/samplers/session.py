@@ -29,7 +29,11 @@ def resolve_config(model, config: SamplingConfig | None) -> SamplingConfig:
 
 
 class TokenSession:
-    def __init__(self, model, cond, config: SamplingConfig, extra_positions: int = 0, hidden: bool = False):
+    """``static=True`` (compiled decoding): every forward reads the whole fixed-length cache (masked), never a
+    slice bounded by the host-side ``kv_len``, so shapes do not change from step to step."""
+
+    def __init__(self, model, cond, config: SamplingConfig, extra_positions: int = 0, hidden: bool = False,
+                 static: bool = False):
         self.model = model
         self.config = config
         self.num_tokens = model.num_tokens
@@ -39,6 +43,7 @@ class TokenSession:
         self.rows = 2 * self.batch if self.use_cfg else self.batch
         self.hidden = hidden  # also return the target's hidden states (draft heads)
         self.cache = model.new_cache(self.rows, self.num_tokens + extra_positions)
+        self.static = static
         self.forward_passes = 0
 
     @property
@@ -56,6 +61,10 @@ class TokenSession:
         """Feed ``tokens [B, n]`` at per-row token positions ``start [B]`` (both CFG halves):
         ``(logits [rows, n, V], hidden [rows, n, h] or None)``."""
         self.forward_passes += 1
+        return self.run(tokens, start, None if self.static else kv_len)
+
+    def run(self, tokens: torch.Tensor, start: torch.Tensor, kv_len: int | None = None):
+        """:meth:`forward` without the pass counter (what a compiled step calls)."""
         if self.use_cfg:
             tokens, start = torch.cat([tokens, tokens]), torch.cat([start, start])
         if self.hidden:
