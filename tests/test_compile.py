@@ -47,3 +47,25 @@ def test_compiled_step_is_one_graph_reused_without_recompiling(model):
     out = sampler.sample(model, labels, SamplingConfig(), torch.Generator().manual_seed(1), compile=True)
     assert out.stats.forward_passes > 2
     assert counters["stats"].get("unique_graphs", 0) == before.get("unique_graphs", 0)
+
+
+def test_compiled_step_follows_changed_weights():
+    """The weights are frozen into the compiled graph (inductor ``freezing``; whether a stale graph would show
+    depends on how the GEMMs were packed), so writing them in place (load_state_dict) must compile a fresh
+    graph, whose tokens are the new weights' tokens."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_gpt(vocab=16, grid=4, seed=5, n_layer=1, dim=32)
+    other = tiny_gpt(vocab=16, grid=4, seed=6, n_layer=1, dim=32)
+    model.requires_grad_(False)  # as loaded by vargen.load
+    labels, sampler = torch.tensor([2]), get_sampler("ar")
+    sampler.sample(model, labels, SamplingConfig(), torch.Generator().manual_seed(0), compile=True)
+    graphs = counters["stats"].get("unique_graphs", 0)
+    sampler.sample(model, labels, SamplingConfig(), torch.Generator().manual_seed(0), compile=True)
+    assert counters["stats"].get("unique_graphs", 0) == graphs  # same weights: the graph is reused
+    model.load_state_dict(other.state_dict())
+    for seed in range(3):
+        want = sampler.sample(other, labels, SamplingConfig(), torch.Generator().manual_seed(seed))
+        got = sampler.sample(model, labels, SamplingConfig(), torch.Generator().manual_seed(seed), compile=True)
+        assert torch.equal(want.tokens, got.tokens)
+    assert counters["stats"].get("unique_graphs", 0) > graphs  # new weights: a new graph

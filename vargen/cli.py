@@ -154,7 +154,18 @@ def _add_bench(sub) -> None:
                         "(official shapes with random weights)")
     p.add_argument("--sampler", nargs="+", help="sampler specs NAME:key=value,... (default: the baseline and the "
                                                 "model's default sampler)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
+    p.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 1; --suite gpu: 1 16)")
+    p.add_argument("--compile", choices=("off", "on", "both"),
+                   help="token samplers: time the eager path (off), the compiled decode step (on), or both, each row "
+                        "against eager ar (default off; --suite gpu: on)")
+    p.add_argument("--forward", action="store_true",
+                   help="also time one cached decode forward of 1 and 16 tokens per row, eager and (with --compile "
+                        "on/both) compiled")
+    p.add_argument("--suite", choices=("gpu",),
+                   help="gpu: the decode step of GPT-B/L/XL shapes with random weights against the bandwidth floor, "
+                        "and sjd/sd speed-ups (use with --device; --model is ignored)")
+    p.add_argument("--shapes", nargs="+", default=["random-gpt-b", "random-gpt-l", "random-gpt-xl"],
+                   help="--suite gpu: the shapes (default random-gpt-b random-gpt-l random-gpt-xl)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs (seeds) per entry; times are summed (default 1)")
     p.add_argument("--quality", action="store_true",
                    help="add the mean NLL of the samples under the model (bits/token), a quality proxy (token models)")
@@ -172,19 +183,47 @@ def _run_bench(args) -> int:
     _setup(args)
     if args.out and Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a folder; give a file name for the table")
+    if args.suite == "gpu":
+        return _run_gpu_suite(args)
+    args.batch, args.compile = args.batch or [1], args.compile or "off"
     if args.model in RANDOM_SHAPES:
         pipe = random_pipeline(args.model, args.num_tokens, device=args.device)
     else:
         pipe = load(args.model, device=args.device)
     specs = args.sampler or list(dict.fromkeys([pipe.baseline_sampler, pipe.default_sampler]))
     print(f"model {args.model}; {machine_line()}")
+    modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
     rows = run_bench(pipe, specs, args.batch, _config_options(args), seed=args.seed, repeats=args.repeats,
-                     quality=args.quality)
+                     quality=args.quality, compile_modes=modes)
     table = format_table(rows)
+    if args.forward:
+        from .eval.bench import format_forward_table, forward_table
+
+        table += "\n\n" + format_forward_table(forward_table(pipe, args.batch, modes, _config_options(args)))
     print(table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(f"model `{args.model}`, {machine_line()}\n\n{table}\n")
+    return 0
+
+
+def _run_gpu_suite(args) -> int:
+    from .eval.bench import RANDOM_SHAPES, machine_line
+    from .eval.gpu_suite import format_suite, run_gpu_suite
+
+    unknown = [s for s in args.shapes if s not in RANDOM_SHAPES]
+    if unknown:
+        raise ValueError(f"--shapes: unknown {', '.join(unknown)}; choose from {', '.join(RANDOM_SHAPES)}")
+    if args.compile == "both":
+        raise ValueError("--suite gpu times eager and compiled itself: --compile on (default) or off")
+    print(f"suite gpu; {machine_line()}")
+    rows, line = run_gpu_suite(args.shapes, args.batch or [1, 16], args.device, args.num_tokens,
+                               compile=args.compile != "off")
+    table = f"{line}\n\n{format_suite(rows)}"
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(f"{machine_line()}\n\n{table}\n")
     return 0
 
 

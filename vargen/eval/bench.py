@@ -69,8 +69,10 @@ def sample_nll_bits(model, cond: torch.Tensor, tokens: torch.Tensor) -> float:
     return float(F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())) / math.log(2)
 
 
-def _run(pipe, spec: SamplerSpec, labels: list[int], seed: int, overrides: dict):
+def _run(pipe, spec: SamplerSpec, labels: list[int], seed: int, overrides: dict, compile: bool = False):
     options = dict(spec.options, **({"model": spec.member} if spec.member else {}))
+    if compile:
+        options["compile"] = True
     return pipe.generate(labels, sampler=spec.name, seed=seed, per_row_seeds=pipe.row_independent_seeds,
                          decode=False, **overrides, **options)
 
@@ -85,15 +87,21 @@ def time_sampler(pipe, spec: str, batch: int, seed: int = 0, overrides: dict | N
 
 
 def run_bench(pipe, specs: list[str], batches: list[int], overrides: dict | None = None, seed: int = 0,
-              repeats: int = 1, quality: bool = False, progress=print) -> list[BenchRow]:
+              repeats: int = 1, quality: bool = False, progress=print,
+              compile_modes: tuple = (False,)) -> list[BenchRow]:
     """Every spec at every batch size through ``pipe.generate`` (any family); ``repeats`` seeds each, the
     runs of all specs interleaved, times summed. Speed-ups are against the family's baseline spec (``ar``,
-    ``var``, ``mar`` without options) of the same batch size, when it is among the specs."""
+    ``var``, ``mar`` without options, eager) of the same batch size, when it is among the specs.
+    ``compile_modes``: each spec eager (False) and/or compiled (True, rows labelled ``+compile``)."""
     overrides = overrides or {}
-    parsed = [SamplerSpec.parse(s) for s in specs]
-    for p in parsed:  # every spec is checked against the pipeline before any timing
+    specs_parsed = [SamplerSpec.parse(s) for s in specs]
+    for p in specs_parsed:  # every spec is checked against the pipeline before any timing
         pipe.make_sampler(p.name, **p.options)
         pipe.member(p.member)
+    if True in compile_modes and pipe.kind != "llamagen":
+        raise ValueError(f"--compile applies to token models; {pipe.kind} has no compiled path")
+    parsed = [(p, c) for c in compile_modes for p in specs_parsed]
+    label = lambda p, c: f"{p} +compile" if c else str(p)  # noqa: E731
     for b in batches:
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 4096:
             raise ValueError(f"batch sizes must be integers in 1..4096, got {b!r}")
@@ -105,20 +113,20 @@ def run_bench(pipe, specs: list[str], batches: list[int], overrides: dict | None
     rows: list[BenchRow] = []
     for batch in batches:
         labels = [i % n_cls for i in range(batch)]
-        for p in parsed:
-            _run(pipe, p, labels[:1], seed, overrides)  # warm-up
-        runs = {str(p): [] for p in parsed}
+        for p, c in parsed:
+            _run(pipe, p, labels, seed, overrides, c)  # warm-up at this batch (and the compiled shapes)
+        runs = {label(p, c): [] for p, c in parsed}
         for r in range(repeats):
-            for p in parsed:
-                out = _run(pipe, p, labels, seed + r, overrides)
+            for p, c in parsed:
+                out = _run(pipe, p, labels, seed + r, overrides, c)
                 nll = sample_nll_bits(pipe.model, pipe.conditions(labels), out.tokens) if quality else float("nan")
-                runs[str(p)].append((out.stats, nll))
+                runs[label(p, c)].append((out.stats, nll))
         base_time = None
-        for p in parsed:
-            stats = runs[str(p)]
+        for p, c in parsed:
+            stats = runs[label(p, c)]
             mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
             relaxed = [s for s, _ in stats if s.tv_bound is not None]
-            row = BenchRow(str(p), batch,
+            row = BenchRow(label(p, c), batch,
                            forward_passes=mean([s.forward_passes for s, _ in stats]),
                            tokens_per_forward=mean([s.tokens_per_forward for s, _ in stats]),
                            mean_accepted=mean([s.mean_accepted for s, _ in stats]),
@@ -127,13 +135,42 @@ def run_bench(pipe, specs: list[str], batches: list[int], overrides: dict | None
                            tv_bound=mean([s.mean_tv_bound for s in relaxed]) if relaxed else float("nan"),
                            tv_per_slot=mean([s.extra["tv_per_decided_slot"] for s in relaxed]) if relaxed else float("nan"),
                            baseline=pipe.baseline_sampler)
-            if p.name == pipe.baseline_sampler and not p.options and not p.member and base_time is None:
+            if p.name == pipe.baseline_sampler and not p.options and not p.member and not c and base_time is None:
                 base_time = row.seconds_per_image
             rows.append(row)
-            progress(f"  {p} batch {batch}: {row.forward_passes:.0f} passes, {row.seconds_per_image:.4f} s/image")
+            progress(f"  {label(p, c)} batch {batch}: {row.forward_passes:.0f} passes, {row.seconds_per_image:.4f} s/image")
         for row in rows[-len(parsed):]:
             row.speedup = base_time / row.seconds_per_image if base_time and row.seconds_per_image > 0 else float("nan")
     return rows
+
+
+def forward_table(pipe, batches: list[int], compile_modes=(False,), overrides: dict | None = None,
+                  widths=(1, 16)) -> list[tuple]:
+    """``(batch, tokens, eager ms, compiled ms or None)`` of one cached decode forward (CFG rows included), with
+    the cost model of ``window="auto"`` (:func:`vargen.samplers.autotune.forward_costs`)."""
+    from ..samplers.autotune import forward_costs
+    from ..samplers.session import resolve_config
+
+    if pipe.kind != "llamagen":
+        raise ValueError(f"--forward times token models; {pipe.kind} has none")
+    config = resolve_config(pipe.model, pipe.split_options(dict(overrides or {}))[0])
+    out = []
+    for batch in batches:
+        cond = pipe.conditions([i % max(1, pipe.num_classes) for i in range(batch)])
+        eager = forward_costs(pipe.model, cond, config, list(widths), compiled=False, repeats=21)
+        compiled = forward_costs(pipe.model, cond, config, list(widths), True, 21) if True in compile_modes else {}
+        out += [(batch, w, 1e3 * eager[w], 1e3 * compiled[w] if compiled else None) for w in widths]
+    return out
+
+
+def format_forward_table(rows: list[tuple]) -> str:
+    lines = ["| batch | tokens per row | eager ms / forward | compiled ms / forward | compiled speed-up |",
+             "|---|---|---|---|---|"]
+    for batch, w, eager, compiled in rows:
+        c = f"{compiled:.3f}" if compiled is not None else "-"
+        ratio = f"{eager / compiled:.2f}x" if compiled else "-"
+        lines.append(f"| {batch} | {w} | {eager:.3f} | {c} | {ratio} |")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[BenchRow]) -> str:

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..kernels import lantern_set_masses
 from .spec import checked, option
 
 
@@ -263,24 +264,7 @@ class LanternAcceptance(_RelaxedRule):
     def _set_masses(self, p, q, tokens, ctx):
         if self.table is None:
             raise RuntimeError("LanternAcceptance.prepare(model) must run before verify")
-        lead = tokens.shape
-        nbr = self.table[tokens].long().flatten(-2)  # [..., M*k]
-        pn = p.gather(-1, nbr).view(*lead, -1).double()
-        pd = p.gather(-1, tokens).double()
-        qd = q.gather(-1, tokens).double()
-        bound = torch.full_like(pd, float("inf"))
-        if self.delta is not None:
-            bound = bound.clamp(max=self.delta)
-        if self.lam is not None:
-            bound = torch.minimum(bound, (self.lam - 1) * pd)
-        # S_j is non-decreasing, so "S_j <= bound" selects a prefix of the proximity list
-        take = (pn.cumsum(-1) <= bound[..., None]) & (pn > 0)
-        P = pd + (pn * take).sum(-1)
-        Q = qd
-        if self.aggregate_q:
-            qn = q.gather(-1, nbr).view(*lead, -1).double()
-            Q = qd + (qn * take).sum(-1)
-        return P, Q, pd, qd
+        return lantern_set_masses(p, q, tokens, self.table, self.delta, self.lam, self.aggregate_q)
 
 
 _TABLES: dict = {}  # (codebook hash, device, k, normalize) -> table; a few entries at most

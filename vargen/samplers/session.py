@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels import chain_probs
 from .base import SamplingConfig, cfg_mix, logits_to_probs
 
 
@@ -75,6 +76,8 @@ class TokenSession:
         """Final probabilities ``[B, n, V]`` for logits ``[rows, n, V]`` predicting tokens
         ``first_token .. first_token+n-1`` (``first_token`` per row ``[B]`` or an int)."""
         c = self.config
+        if c.cfg_interval is None or c.cfg_interval < 0 or not self.use_cfg:  # one fused chain (Triton on CUDA)
+            return chain_probs(logits, c.cfg_scale if self.use_cfg else None, c.temperature, c.top_k, c.top_p)
         if self.use_cfg:
             cond, _ = logits.chunk(2, dim=0)
             mixed = cfg_mix(logits, c.cfg_scale)

@@ -27,11 +27,13 @@ __all__ = ["option", "checked", "Option", "options_of", "SamplerSpec", "parse_te
 
 
 def option(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
-           choices: tuple | None = None, bound: str | None = None, text: bool = True):
+           choices: tuple | None = None, bound: str | None = None, text: bool = True, literals: tuple = ()):
     """A declared option: a dataclass field with ``help``, a range, allowed ``choices``, and ``bound``,
     the name of a model attribute the value may not exceed (``"num_tokens"``: a window cannot be longer
-    than the image). ``text=False``: an object (a model, a codebook) that cannot be written in a spec."""
-    meta = dict(help=help, minimum=minimum, maximum=maximum, choices=choices, bound=bound, text=text)
+    than the image). ``text=False``: an object (a model, a codebook) that cannot be written in a spec.
+    ``literals``: words accepted besides values of the declared type (``("auto",)`` for a window)."""
+    meta = dict(help=help, minimum=minimum, maximum=maximum, choices=choices, bound=bound, text=text,
+                literals=literals)
     return field(default=default, metadata=meta)
 
 
@@ -48,6 +50,7 @@ class Option:
     bound: str | None = None
     owner: str = ""
     text: bool = True  # can be written in a spec (objects: only as a path, e.g. a draft-head folder)
+    literals: tuple = ()  # words accepted besides the declared type ("auto")
 
     def describe(self) -> str:
         rng = []
@@ -59,13 +62,17 @@ class Option:
             rng.append(f"<= {self.maximum:g}")
         if self.bound:
             rng.append(f"<= the model's {self.bound}")
+        if self.literals:
+            rng.append("or " + "/".join(self.literals))
         extra = f" ({', '.join(rng)})" if rng else ""
         return f"{self.name}: {self.kind}{extra}, default {self.default!r}. {self.help}"
 
     def convert(self, value: Any, where: str) -> Any:
         """Check (and, from text, parse) ``value``; ``ValueError`` naming ``where`` and this option."""
+        if isinstance(value, str) and value.strip().lower() in self.literals:
+            return value.strip().lower()
         if isinstance(value, str) and self.kind != "str":
-            value = parse_text_value(value, self.kind, f"{where}: {self.name}")
+            value = parse_text_value(value, self.kind, f"{where}: {self.name}", self.literals)
         if value is None:
             if self.optional or self.kind == "object":
                 return None
@@ -105,7 +112,7 @@ class Option:
     def _kind_words(self) -> str:
         words = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
                  "ints": "integers (a/b/c)", "floats": "numbers (a/b/c)"}.get(self.kind, "an object")
-        return words + (" or none" if self.optional else "")
+        return words + "".join(f" or {w}" for w in self.literals) + (" or none" if self.optional else "")
 
 
 def _kind(annotation) -> tuple[str, bool]:
@@ -129,7 +136,7 @@ def options_of(cls, owner: str = "") -> dict[str, Option]:
         kind, optional = _kind(hints[f.name])
         m = f.metadata
         out[f.name] = Option(f.name, kind, f.default, m.get("help", ""), optional, m.get("minimum"), m.get("maximum"),
-                             m.get("choices"), m.get("bound"), owner, m.get("text", True))
+                             m.get("choices"), m.get("bound"), owner, m.get("text", True), m.get("literals", ()))
     return out
 
 
@@ -145,15 +152,16 @@ def check_bounds(options, owner: str, model) -> None:
     """The model-dependent ranges (``bound=``): e.g. a window no longer than the model's image."""
     for name, opt in options_of(type(options), owner).items():
         value = getattr(options, name)
-        if opt.bound and value is not None and hasattr(model, opt.bound) and value > getattr(model, opt.bound):
+        if opt.bound and isinstance(value, (int, float)) and hasattr(model, opt.bound) and value > getattr(model, opt.bound):
             raise ValueError(f"{owner}: {name}={value} exceeds the model's {opt.bound} ({getattr(model, opt.bound)})")
 
 
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
 
-def parse_text_value(text: str, kind: str, where: str) -> Any:
-    """A spec's text for an option of ``kind``; ``ValueError`` naming ``where`` for anything else."""
+def parse_text_value(text: str, kind: str, where: str, literals: tuple = ()) -> Any:
+    """A spec's text for an option of ``kind`` (or one of ``literals``); ``ValueError`` naming ``where`` for
+    anything else."""
     t = text.strip()
     if t.lower() in ("none", "null"):
         return None
@@ -173,6 +181,7 @@ def parse_text_value(text: str, kind: str, where: str) -> Any:
     except ValueError:
         words = {"bool": "true/false/yes/no/1/0", "int": "an integer", "float": "a number",
                  "ints": "integers a/b/c", "floats": "numbers a/b/c"}[kind]
+        words += "".join(f" or {w}" for w in literals)
         raise ValueError(f"{where}: expected {words}, got {text!r}") from None
     return t
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .acceptance import Verdict
+from ..kernels import verify_exact
+from .acceptance import ExactAcceptance, Verdict
 from .base import Stats, sample_from_probs
 
 
@@ -39,24 +40,28 @@ class Committer:
         J = drafts.shape[1]
         slots = torch.arange(J + 1, device=p.device)
         live = (n[:, None] + slots[:J]) < self.N
-        if proposal.valid is not None:
-            live = live & proposal.valid
-            q = q * proposal.valid[..., None]  # an invalid slot resamples from residual(p, 0) = p
+        valid = proposal.valid
+        if valid is not None:
+            live = live & valid
         if J == 0:  # nothing proposed (plain AR step): the token is drawn from p
+            verdict, a = Verdict(accept=live), torch.zeros_like(n)
+            extra = sample_from_probs(p[:, 0], u_res)
+        elif type(self.rule) is ExactAcceptance:  # one fused pass (a Triton kernel on CUDA)
             verdict = Verdict(accept=live)
+            q_valid = torch.ones_like(live) if valid is None else valid
+            a, extra = verify_exact(p, q, drafts, live, q_valid, u_acc, u_res)
         else:
+            if valid is not None:
+                q = q * valid[..., None]  # an invalid slot resamples from residual(p, 0) = p
             verdict = self.rule.verify(p[:, :J], q, drafts, u_acc)
-        ok = verdict.accept & live
-        a = ok.long().cumprod(dim=1).sum(dim=1)
-        if J == 0:
-            extra_p = p[:, 0]
-        elif verdict.residual is not None:  # the rule computed every slot's residual (lossy rules)
-            res = torch.where(live[..., None], verdict.residual, p[:, :J])
-            extra_p = torch.cat([res, p[:, J:]], dim=1)[self.rows, a]
-        else:
-            q_pad = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)  # after a full window: residual(p, 0) = p
-            extra_p = self.rule.residual(p[self.rows, a], q_pad[self.rows, a])
-        extra = sample_from_probs(extra_p, u_res)
+            a = (verdict.accept & live).long().cumprod(dim=1).sum(dim=1)
+            if verdict.residual is not None:  # the rule computed every slot's residual (lossy rules)
+                res = torch.where(live[..., None], verdict.residual, p[:, :J])
+                extra_p = torch.cat([res, p[:, J:]], dim=1)[self.rows, a]
+            else:
+                q_pad = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)  # after a full window: residual(p, 0) = p
+                extra_p = self.rule.residual(p[self.rows, a], q_pad[self.rows, a])
+            extra = sample_from_probs(extra_p, u_res)
         k = a + ((n + a) < self.N).long()
         self.proposed += live.sum(1)
         self.accepted += a

@@ -20,6 +20,7 @@ target step: the head needs the target's feature of token 0), so drafting starts
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from ..base import sample_from_probs
-from ..loop import Proposal, TokenSampler
+from ..loop import NoProposer, Proposal, TokenSampler
 from ..session import TokenSession
 from ..spec import check_bounds, checked, option
 
@@ -38,7 +39,8 @@ __all__ = ["DraftModelProposer", "DraftHeadProposer", "SpeculativeSampler", "Dra
 class DraftOptions:
     draft: Any = option(None, "the drafter: a draft TokenModel, a DraftHead, or a draft-head folder "
                         "(a pipeline fills in its own)")
-    gamma: int = option(4, "drafts per step (the chain length)", minimum=1, bound="num_tokens")
+    gamma: int = option(4, "drafts per step (the chain length; auto: chosen by a measured cost model, falling back "
+                        "to AR)", minimum=1, bound="num_tokens", literals=("auto",))
 
 
 def _check_gamma(gamma) -> int:
@@ -50,17 +52,37 @@ class _ChainProposer:
 
     wants_hidden = False
 
+    AUTO_GAMMAS = (0, 1, 2, 3, 4, 6, 8)
+
     def __init__(self, gamma: int):
         self.gamma = _check_gamma(gamma)
-        self.lookahead = gamma
+        self.auto = self.gamma == "auto"
+        self.lookahead = 0 if self.auto else self.gamma
         self.draft_passes = 0
         self.ready = False
+
+    def auto_candidates(self, model) -> list[int]:
+        """Chain lengths ``"auto"`` chooses from."""
+        return [g for g in self.AUTO_GAMMAS if g < model.num_tokens]
+
+    def resized(self, drafts: int):
+        """This proposer with chains of ``drafts``; 0 is plain AR."""
+        if drafts == 0:
+            return NoProposer()
+        other = copy.copy(self)
+        other.gamma = other.lookahead = drafts
+        other.auto = False
+        return other
 
     def _check_bounds(self, model) -> None:
         check_bounds(DraftOptions(None, self.gamma), "sd", model)
 
     def extra_stats(self) -> dict:
         return {"gamma": self.gamma, "drafter": self.name}
+
+    @property
+    def options(self):
+        return DraftOptions(None, self.gamma)
 
     def propose(self, ctx, n) -> Proposal:
         if not self.ready:  # first step: a plain target step
@@ -186,7 +208,7 @@ class SpeculativeSampler(TokenSampler):
     """Draft-model / draft-head speculative decoding times any acceptance rule.
 
     draft: a TokenModel (draft model), a ``DraftHead``, or a head folder.
-    gamma: chain length (drafts per step, >= 1).
+    gamma: chain length (drafts per step, >= 1), or "auto" (:mod:`vargen.samplers.autotune`).
     acceptance: "exact" (lossless), "lantern", "gsd" or a rule instance, with the rule's options
         (``delta=``, ``lam=``, ``k=``, ``group_size=``, ``codebook=``, ...).
     """

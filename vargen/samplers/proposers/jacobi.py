@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..acceptance import residual
 from ..base import sample_from_probs
-from ..loop import Proposal, TokenSampler
+from ..loop import NoProposer, Proposal, TokenSampler
 from ..spec import check_bounds, checked, option
 
 __all__ = ["JacobiProposer", "JacobiSampler", "JacobiOptions", "INITS"]
@@ -34,8 +34,9 @@ INITS = ("random", "horizontal", "vertical", "horizontal_sample", "vertical_samp
 
 @dataclass
 class JacobiOptions:
-    window: int = option(16, "tokens fed per forward: the last committed token and window-1 drafts (1 is plain AR)",
-                         minimum=1, bound="num_tokens")
+    window: int = option(16, "tokens fed per forward: the last committed token and window-1 drafts (1 is plain AR; "
+                         "auto: chosen by a measured cost model, falling back to AR)", minimum=1, bound="num_tokens",
+                         literals=("auto",))
     init: str = option("random", "how fresh tail drafts are made: uniform (random), a copy of the left/upper "
                        "neighbour, or a draw from its predicted distribution (*_sample)", choices=INITS)
     coupled: bool = option(False, "MC-SJD: keep a re-drafted token with the maximal-coupling probability")
@@ -45,7 +46,8 @@ class JacobiOptions:
 class JacobiProposer:
     """Previous-iteration drafts with a fresh-draft init.
 
-    window: W, tokens fed per forward (the last committed token + W-1 drafts); 1 is plain AR.
+    window: W, tokens fed per forward (the last committed token + W-1 drafts); 1 is plain AR; "auto": the
+        sampler picks W per call from measured costs (:mod:`vargen.samplers.autotune`).
     init: how fresh tail drafts are made -- "random" (uniform, q uniform), "horizontal"/"vertical"
         (repeat the left / upper neighbour, q one-hot), "horizontal_sample"/"vertical_sample" (draw
         from the neighbour's predicted distribution truncated to its ``sample_top`` most likely tokens).
@@ -58,11 +60,23 @@ class JacobiProposer:
 
     def __init__(self, window: int = 16, init: str = "random", coupled: bool = False, sample_top: int = 32):
         self.options = checked(JacobiOptions(window, init, coupled, sample_top), "sjd")
+        window = self.options.window
         self.window, self.init, self.coupled, self.sample_top = window, init, coupled, sample_top
-        self.lookahead = window - 1
+        self.auto = window == "auto"
+        self.lookahead = 0 if self.auto else window - 1
 
     def check(self, model) -> None:
         check_bounds(self.options, "sjd", model)
+
+    AUTO_WINDOWS = (1, 2, 4, 8, 16)
+
+    def auto_candidates(self, model) -> list[int]:
+        """Draft counts ``"auto"`` chooses from (windows of 1..16 tokens)."""
+        return [w - 1 for w in self.AUTO_WINDOWS if w <= model.num_tokens]
+
+    def resized(self, drafts: int):
+        """This proposer with ``drafts`` drafts per step (a window of ``drafts + 1``); 0 is plain AR."""
+        return NoProposer() if drafts == 0 else JacobiProposer(drafts + 1, self.init, self.coupled, self.sample_top)
 
     def extra_stats(self) -> dict:
         return {"window": self.window, "init": self.init, "coupled": self.coupled}
