@@ -65,6 +65,7 @@ def _cached(table, key, model, make):
     return entry[1]
 
 
+@torch.no_grad()
 def forward_costs(model, cond, config, widths, compiled: bool = False, repeats: int = 7) -> dict[int, float]:
     """Median seconds of one cached ``w``-token forward for each ``w`` in ``widths`` at ``cond``'s batch."""
     from .loop import compile_options
