@@ -10,6 +10,8 @@ The kernel walks each token's table row in chunks with a running prefix sum, in 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = ["lantern_set_masses", "lantern_set_masses_reference"]
@@ -62,17 +64,8 @@ def lantern_set_masses_triton(p, q, tokens, table, delta, lam, aggregate_q: bool
     return tuple(t.view(lead) for t in out)
 
 
-_KERNEL = None
-
-
-def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _build()
-    return _KERNEL
-
-
-def _build():
+@functools.cache
+def _kernel():  # built on first use (and so under TRITON_INTERPRET when the tests set it)
     import triton
     import triton.language as tl
 

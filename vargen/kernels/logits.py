@@ -8,6 +8,8 @@ kept together, where a sort-based top-p may split them.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..samplers.base import cfg_mix, logits_to_probs
@@ -47,17 +49,8 @@ def chain_probs_triton(logits, cfg_scale, temperature, top_k, top_p):
     return out
 
 
-_KERNEL = None
-
-
-def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _build()
-    return _KERNEL
-
-
-def _build():
+@functools.cache
+def _kernel():  # built on first use (and so under TRITON_INTERPRET when the tests set it)
     import triton
     import triton.language as tl
 

@@ -8,6 +8,8 @@ once per row for the slot it needs.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..samplers.base import sample_from_probs
@@ -53,17 +55,8 @@ def verify_exact_triton(p, q, drafts, live, q_valid, u_acc, u_res):
     return a, token
 
 
-_KERNEL = None
-
-
-def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _build()
-    return _KERNEL
-
-
-def _build():
+@functools.cache
+def _kernel():  # built on first use (and so under TRITON_INTERPRET when the tests set it)
     import triton
     import triton.language as tl
 
