@@ -76,7 +76,7 @@ def _time(fn, device, repeats: int = 20) -> float:
 
 
 def _step_ms(pipe, batch: int, mode: str) -> float:
-    from ..samplers.loop import compile_options
+    from ..samplers.loop import compile_step
     from ..samplers.session import TokenSession, resolve_config
 
     model, dev = pipe.model, torch.device(pipe.model.device)
@@ -88,10 +88,7 @@ def _step_ms(pipe, batch: int, mode: str) -> float:
     start = torch.full((batch,), model.num_tokens // 2, dtype=torch.long, device=dev)
     run = session.run
     if mode != "eager":
-        options = compile_options(dev)
-        if mode == "compiled":
-            options.pop("triton.cudagraphs", None)
-        run = torch.compile(session.run, fullgraph=True, dynamic=False, options=options)
+        run = compile_step(session.run, dev, cudagraphs=mode == "cuda graphs")
     kv_len = None if mode != "eager" else model.num_tokens // 2 + 1
     return 1e3 * _time(lambda: run(tokens, start, kv_len), dev, repeats=20 if dev.type == "cuda" else 7)
 

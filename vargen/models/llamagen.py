@@ -203,6 +203,11 @@ class Attention(nn.Module):
         dropout = self.attn_dropout_p if self.training else 0.0
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        elif S <= 2 and q.device.type == "cpu" and torch.compiler.is_compiling():
+            # a decode step on the CPU: written out, inductor fuses it into one loop nest, ~4x cheaper than the
+            # flash kernel's call for one query against the whole static cache (measured on the demo model)
+            scores = (q @ k.to(q.dtype).transpose(-1, -2)) * self.head_dim ** -0.5
+            y = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v.to(q.dtype)
         else:
             y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=dropout)
         return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(B, S, -1)))

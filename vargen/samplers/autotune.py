@@ -67,8 +67,9 @@ def _cached(table, key, model, make):
 
 @torch.no_grad()
 def forward_costs(model, cond, config, widths, compiled: bool = False, repeats: int = 7) -> dict[int, float]:
-    """Median seconds of one cached ``w``-token forward for each ``w`` in ``widths`` at ``cond``'s batch."""
-    from .loop import compile_options
+    """Median seconds of one cached ``w``-token forward (at the middle of the image) for each ``w`` in ``widths``
+    at ``cond``'s batch; measured once per (model, device, rows, compiled) in a process."""
+    from .loop import compile_step
     from .session import TokenSession
 
     dev = torch.device(model.device)
@@ -81,11 +82,12 @@ def forward_costs(model, cond, config, widths, compiled: bool = False, repeats: 
     probe.prefill()
     run = probe.run
     if compiled:
-        run = torch.compile(probe.run, fullgraph=True, dynamic=False, options=compile_options(dev))
-    start = torch.zeros(probe.batch, dtype=torch.long, device=dev)
+        run = compile_step(probe.run, dev)
+    middle = model.num_tokens // 2  # a mid-image step: eager attention reads half the cache
+    start = torch.full((probe.batch,), middle, dtype=torch.long, device=dev)
     for w in todo:
         tokens = torch.zeros(probe.batch, w, dtype=torch.long, device=dev)
-        kv_len = None if compiled else w
+        kv_len = None if compiled else middle + w
         for _ in range(2):  # warm-up (and, compiled, the compilation)
             run(tokens, start, kv_len)
         times = []
