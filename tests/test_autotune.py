@@ -50,7 +50,7 @@ def test_expensive_wide_forwards_fall_back_to_ar_with_ar_tokens(model, monkeypat
 def test_free_wide_forwards_and_a_perfect_drafter_pick_the_longest_chain(model, monkeypatch):
     # the drafter is the target itself (every draft accepted) and wide forwards cost what a 1-token one does
     monkeypatch.setattr(autotune, "forward_costs", _fake_costs(0.0))
-    monkeypatch.setattr(autotune, "_pilot", lambda *a, **k: (1.0, 0.0))
+    monkeypatch.setattr(autotune, "_pilot", lambda *a, **k: (1.0, 2e-3, 0.0))
     out = get_sampler("sd", draft=model, gamma="auto").sample(model, torch.tensor([1]), SamplingConfig(),
                                                                 torch.Generator().manual_seed(0))
     assert out.stats.extra["auto_drafts"] == 8 and out.stats.extra["gamma"] == 8
@@ -58,9 +58,9 @@ def test_free_wide_forwards_and_a_perfect_drafter_pick_the_longest_chain(model, 
 
 def test_pilot_measures_the_acceptance_of_a_perfect_drafter(model):
     sampler = get_sampler("sd", draft=model, gamma=3)
-    a, per_draft = autotune._pilot(sampler, sampler.proposer, model, torch.tensor([0, 1]),
-                                   SamplingConfig(cfg_scale=1.0), steps=3)
-    assert a == 1.0 and per_draft > 0
+    a, per_step, per_draft = autotune._pilot(sampler, sampler.proposer, model, torch.tensor([0, 1]),
+                                             SamplingConfig(cfg_scale=1.0), steps=2)
+    assert a == 1.0 and per_step > 0 and per_draft >= 0
 
 
 def test_measured_auto_run_reports_its_evidence(model):

@@ -5,17 +5,18 @@ A step with ``J`` drafts costs one target forward of ``J + 1`` tokens plus the p
 the ones before it (Leviathan et al. 2023, "Fast Inference from Transformers via Speculative Decoding", eq. 1).
 So the sampler runs with the ``J`` that maximises
 
-    E(J) / (T_target(J + 1) + J * t_draft)
+    E(J) / step_seconds(J)
 
 where, measured once per (model, device, rows, compiled) and kept for the process:
 
 * ``T_target(w)``: the median time of a ``w``-token cached forward at the call's batch (CFG rows included),
   in the mode the call runs in (eager, or the compiled forward);
-* ``a`` and ``t_draft``: from a short pilot of the sampler itself at the largest candidate (eager, its own
-  generator, the call's batch and config): ``a`` solves ``E(J_max) = tokens per forward``, ``t_draft`` is the
-  proposer's time per draft.
+* ``a`` and the step's other costs: from short pilots of the sampler itself (eager, its own generator, the
+  call's batch and config) as AR and at the smallest and largest candidate: ``a`` solves
+  ``E(J_max) = tokens per step`` (see :func:`choose_lookahead` for the step model).
 
-``J = 0`` is plain AR: a speculative sampler with ``"auto"`` is never planned to be slower than AR. The choice
+``J = 0`` is plain AR, chosen unless some ``J`` is predicted at least ``MARGIN`` times faster: a speculative
+sampler with ``"auto"`` is not planned to be slower than AR. The choice
 depends on timings, so two processes may choose differently; pass an integer for reproducible tokens.
 """
 from __future__ import annotations
@@ -29,6 +30,9 @@ import torch
 __all__ = ["choose_lookahead", "forward_costs", "expected_tokens", "acceptance_from_rate", "AUTO"]
 
 AUTO = "auto"
+# a draft length is chosen over AR only if the model predicts it at least this much faster: on the demo model at
+# batch 16 on the CPU the predicted step times were off by up to ~15%, enough to pick a window that ran at 0.73x AR
+MARGIN = 1.15
 _FORWARD_COSTS: dict = {}  # (id(model), device, rows, compiled) -> (model ref, {tokens: seconds})
 _PILOTS: dict = {}  # (id(model), sampler key, rows) -> (model ref, (a, seconds per draft))
 
@@ -66,7 +70,7 @@ def _cached(table, key, model, make):
 
 
 @torch.no_grad()
-def forward_costs(model, cond, config, widths, compiled: bool = False, repeats: int = 7) -> dict[int, float]:
+def forward_costs(model, cond, config, widths, compiled: bool = False, repeats: int = 11) -> dict[int, float]:
     """Median seconds of one cached ``w``-token forward (at the middle of the image) for each ``w`` in ``widths``
     at ``cond``'s batch; measured once per (model, device, rows, compiled) in a process."""
     from .loop import compile_step
@@ -85,19 +89,21 @@ def forward_costs(model, cond, config, widths, compiled: bool = False, repeats: 
         run = compile_step(probe.run, dev)
     middle = model.num_tokens // 2  # a mid-image step: eager attention reads half the cache
     start = torch.full((probe.batch,), middle, dtype=torch.long, device=dev)
+    inputs = {w: torch.zeros(probe.batch, w, dtype=torch.long, device=dev) for w in todo}
+    kv_len = {w: None if compiled else middle + w for w in todo}
     for w in todo:
-        tokens = torch.zeros(probe.batch, w, dtype=torch.long, device=dev)
-        kv_len = None if compiled else middle + w
         for _ in range(2):  # warm-up (and, compiled, the compilation)
-            run(tokens, start, kv_len)
-        times = []
-        for _ in range(repeats):
+            run(inputs[w], start, kv_len[w])
+    times = {w: [] for w in todo}
+    for _ in range(repeats):  # round-robin over the widths: a drift in machine load touches them alike
+        for w in todo:
             _sync(dev)
             t0 = time.perf_counter()
-            run(tokens, start, kv_len)
+            run(inputs[w], start, kv_len[w])
             _sync(dev)
-            times.append(time.perf_counter() - t0)
-        table[w] = statistics.median(times)
+            times[w].append(time.perf_counter() - t0)
+    for w in todo:
+        table[w] = statistics.median(times[w])
     return {w: table[w] for w in widths}
 
 
@@ -132,33 +138,63 @@ class _TimedProposer:
         return self._timed(self.inner.observe, *args)
 
 
-def _pilot(sampler, proposer, model, cond, config, steps: int) -> tuple[float, float]:
-    """``(a, seconds per draft)`` from ``steps`` eager steps of ``sampler`` with ``proposer``."""
-    timed = _TimedProposer(proposer, torch.device(model.device))
-    out = sampler.with_proposer(timed).sample(model, cond, config, torch.Generator(model.device).manual_seed(0), max_steps=steps)
-    # skip the prefill (token 0) and the first step (a chain proposer has nothing to propose yet)
-    steps_seen = out.stats.accepted[2:]
-    committed = sum(float(k.float().mean()) for k in steps_seen)
-    passes = len(steps_seen)
-    rate = committed / max(1, passes)
-    drafts = proposer.lookahead
-    return acceptance_from_rate(rate, drafts), timed.clock[0] / max(1, passes * drafts)
+def _pilot(sampler, proposer, model, cond, config, steps: int) -> tuple[float, float, float]:
+    """``(a, seconds per step, proposer seconds per step)`` from eager runs of ``sampler`` with ``proposer``: the
+    step time is the difference between a run of ``steps // 2`` and one of ``3 * steps // 2`` steps (prefill and
+    start cancel), ``a`` comes from the longer run's steps after the first (a chain proposer has nothing to
+    propose in its first step)."""
+    runs = []
+    for n in (steps // 2, 3 * steps // 2):
+        timed = _TimedProposer(proposer, torch.device(model.device))
+        out = sampler.with_proposer(timed).sample(model, cond, config, torch.Generator(model.device).manual_seed(0),
+                                                  max_steps=n)
+        runs.append((out.stats, timed.clock[0]))
+    (short, short_clock), (long, long_clock) = runs
+    passes = max(1, long.forward_passes - short.forward_passes)
+    per_step = max(0.0, (long.seconds - short.seconds) / passes)
+    steps_seen = long.accepted[2:]
+    rate = sum(float(k.float().mean()) for k in steps_seen) / max(1, len(steps_seen))
+    return acceptance_from_rate(rate, proposer.lookahead), per_step, max(0.0, long_clock - short_clock) / passes
+
+
+def _line(x0, y0, x1, y1):
+    """``(fixed, per unit)`` of the line through two points, both clamped to >= 0."""
+    slope = max(0.0, (y1 - y0) / (x1 - x0)) if x1 != x0 else 0.0
+    return max(0.0, y0 - slope * x0), slope
 
 
 def choose_lookahead(sampler, model, cond, config, candidates, compiled: bool = False,
                      pilot_steps: int = 16) -> tuple[int, dict]:
-    """The number of drafts per step that maximises expected tokens per second, and the evidence."""
+    """The number of drafts per step that maximises expected tokens per second, and the evidence.
+
+    A step with ``c >= 1`` drafts is modelled as ``T(c + 1) + o + f + c * g``: ``T`` the measured forward, ``o``
+    what an AR step costs beyond its forward (logits chain, sampling, commit), and ``f + c * g`` what drafting
+    adds (the proposer, the rule's verification), fitted through pilots at the smallest and largest candidate;
+    an AR step costs ``T(1) + o``. Compiled, the chain and the verification run inside the compiled step, so
+    ``o = 0`` and ``f + c * g`` is the proposer's own time (it runs eagerly)."""
+    from .loop import NoProposer
+
     candidates = sorted({c for c in candidates if 0 <= c < model.num_tokens} | {0})
-    largest = candidates[-1]
+    lo, hi = (candidates[1], candidates[-1]) if len(candidates) > 1 else (0, 0)
     costs = forward_costs(model, cond, config, [c + 1 for c in candidates], compiled)
-    a, per_draft = 0.0, 0.0
-    if largest > 0:
+    a, overhead, fixed, per_draft = 0.0, 0.0, 0.0, 0.0
+    if hi > 0:
         key = (id(model), sampler.auto_key(), model.check_cond(cond), repr(config))
-        a, per_draft = _cached(_PILOTS, key, model, lambda: _pilot(
-            sampler, sampler.proposer.resized(largest), model, cond, config, pilot_steps))
-    speed = {c: expected_tokens(a, c) / (costs[c + 1] + c * per_draft) for c in candidates}
+        pilots = lambda: [_pilot(sampler, p, model, cond, config, pilot_steps)  # noqa: E731
+                          for p in (NoProposer(), sampler.proposer.resized(lo), sampler.proposer.resized(hi))]
+        (_, ar_step, _), (_, lo_step, lo_prop), (a, hi_step, hi_prop) = _cached(_PILOTS, key, model, pilots)
+        if compiled:
+            fixed, per_draft = _line(lo, lo_prop, hi, hi_prop)
+        else:
+            eager = forward_costs(model, cond, config, [1, lo + 1, hi + 1], False)
+            overhead = max(0.0, ar_step - eager[1])
+            fixed, per_draft = _line(lo, lo_step - eager[lo + 1] - overhead, hi, hi_step - eager[hi + 1] - overhead)
+    step = {c: costs[c + 1] + overhead + (fixed + c * per_draft if c else 0.0) for c in candidates}
+    speed = {c: expected_tokens(a, c) / step[c] for c in candidates}
     best = max(candidates, key=lambda c: (speed[c], -c))
-    evidence = {"auto_acceptance": round(a, 4), "auto_seconds_per_draft": per_draft,
+    if speed[best] < MARGIN * speed[0]:  # within the model's error of AR: AR, which cannot be slower than itself
+        best = 0
+    evidence = {"auto_acceptance": round(a, 4), "auto_step_seconds": step,
                 "auto_forward_seconds": {c + 1: costs[c + 1] for c in candidates},
                 "auto_speedup_vs_ar": {c: speed[c] / speed[0] for c in candidates}}
     return best, evidence
