@@ -68,5 +68,14 @@ def test_measured_auto_run_reports_its_evidence(model):
                                                    torch.Generator().manual_seed(0))
     extra = out.stats.extra
     assert set(extra["auto_forward_seconds"]) == {1, 2, 4, 8, 16}
-    assert extra["auto_drafts"] in (0, 1, 3, 7, 15) and 0.0 <= extra["auto_acceptance"] <= 1.0
+    assert extra["auto_drafts"] in (0, 1, 3, 7, 15) and all(0.0 <= a <= 1.0 for a in extra["auto_acceptance"].values())
     assert out.tokens.shape == (1, 16)
+
+
+def test_batch_throughput_is_the_row_mean_at_batch_one_and_less_for_a_batch():
+    from vargen.samplers.autotune import batch_tokens_per_step
+
+    assert batch_tokens_per_step(0.6, 3, 1, 256) == pytest.approx(expected_tokens(0.6, 3))
+    assert batch_tokens_per_step(0.6, 3, 16, 256) < expected_tokens(0.6, 3)
+    assert batch_tokens_per_step(1.0, 3, 16, 256) == pytest.approx(4.0)  # no variance: no straggler
+    assert batch_tokens_per_step(0.3, 0, 16, 256) == 1.0

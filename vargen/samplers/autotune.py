@@ -3,7 +3,8 @@
 A step with ``J`` drafts costs one target forward of ``J + 1`` tokens plus the proposer's work, and commits
 ``E(J) = (1 - a^(J+1)) / (1 - a)`` tokens on average when each draft is accepted with probability ``a`` given
 the ones before it (Leviathan et al. 2023, "Fast Inference from Transformers via Speculative Decoding", eq. 1).
-So the sampler runs with the ``J`` that maximises
+So the sampler runs with the ``J`` that maximises (at batch ``B``, where a step lasts until the slowest row is
+done, ``E(J)`` becomes the batch's tokens per step, :func:`batch_tokens_per_step`)
 
     E(J) / step_seconds(J)
 
@@ -21,6 +22,7 @@ depends on timings, so two processes may choose differently; pass an integer for
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import weakref
@@ -42,6 +44,22 @@ def expected_tokens(a: float, drafts: int) -> float:
     if a >= 1.0:
         return drafts + 1.0
     return (1.0 - a ** (drafts + 1)) / (1.0 - a)
+
+
+def batch_tokens_per_step(a: float, drafts: int, batch: int, num_tokens: int) -> float:
+    """Tokens per step of a batch that runs until its slowest row is done: per row a step commits ``k`` tokens,
+    ``P(k = i) = a^(i-1) (1 - a)`` for ``i <= drafts`` and ``a^drafts`` for ``drafts + 1``; a row needs about
+    ``N / mu`` steps with standard deviation ``sqrt(N var / mu^3)`` (renewal theory), and the slowest of ``B``
+    rows about ``sqrt(2 ln B)`` deviations more."""
+    if drafts == 0:
+        return 1.0
+    ks = torch.arange(1, drafts + 2, dtype=torch.float64)
+    probs = torch.tensor([a ** (i - 1) * (1 - a) for i in range(1, drafts + 1)] + [a ** drafts], dtype=torch.float64)
+    mu = float((ks * probs).sum())
+    var = float(((ks - mu) ** 2 * probs).sum())
+    z = math.sqrt(2 * math.log(batch)) if batch > 1 else 0.0
+    steps = num_tokens / mu + z * math.sqrt(num_tokens * var / mu ** 3)
+    return num_tokens / min(float(num_tokens), steps)
 
 
 def acceptance_from_rate(tokens_per_step: float, drafts: int) -> float:
@@ -77,12 +95,12 @@ def forward_costs(model, cond, config, widths, compiled: bool = False, repeats: 
     from .session import TokenSession
 
     dev = torch.device(model.device)
-    probe = TokenSession(model, cond, config, extra_positions=max(widths) + 1, static=compiled)
-    key = (id(model), str(dev), probe.rows, compiled)
-    table = _cached(_FORWARD_COSTS, key, model, dict)
+    rows = model.check_cond(cond) * (2 if config.uses_cfg else 1)
+    table = _cached(_FORWARD_COSTS, (id(model), str(dev), rows, compiled), model, dict)
     todo = sorted(set(widths) - set(table))
     if not todo:
         return {w: table[w] for w in widths}
+    probe = TokenSession(model, cond, config, extra_positions=max(widths) + 1, static=compiled)
     probe.prefill()
     run = probe.run
     if compiled:
@@ -177,12 +195,12 @@ def choose_lookahead(sampler, model, cond, config, candidates, compiled: bool = 
     candidates = sorted({c for c in candidates if 0 <= c < model.num_tokens} | {0})
     lo, hi = (candidates[1], candidates[-1]) if len(candidates) > 1 else (0, 0)
     costs = forward_costs(model, cond, config, [c + 1 for c in candidates], compiled)
-    a, overhead, fixed, per_draft = 0.0, 0.0, 0.0, 0.0
+    a, a_lo, overhead, fixed, per_draft = 0.0, 0.0, 0.0, 0.0, 0.0
     if hi > 0:
         key = (id(model), sampler.auto_key(), model.check_cond(cond), repr(config))
         pilots = lambda: [_pilot(sampler, p, model, cond, config, pilot_steps)  # noqa: E731
                           for p in (NoProposer(), sampler.proposer.resized(lo), sampler.proposer.resized(hi))]
-        (_, ar_step, _), (_, lo_step, lo_prop), (a, hi_step, hi_prop) = _cached(_PILOTS, key, model, pilots)
+        (_, ar_step, _), (a_lo, lo_step, lo_prop), (a, hi_step, hi_prop) = _cached(_PILOTS, key, model, pilots)
         if compiled:
             fixed, per_draft = _line(lo, lo_prop, hi, hi_prop)
         else:
@@ -190,11 +208,15 @@ def choose_lookahead(sampler, model, cond, config, candidates, compiled: bool = 
             overhead = max(0.0, ar_step - eager[1])
             fixed, per_draft = _line(lo, lo_step - eager[lo + 1] - overhead, hi, hi_step - eager[hi + 1] - overhead)
     step = {c: costs[c + 1] + overhead + (fixed + c * per_draft if c else 0.0) for c in candidates}
-    speed = {c: expected_tokens(a, c) / step[c] for c in candidates}
+    batch = model.check_cond(cond)
+    # a Jacobi draft's acceptance depends on the window (a wider window refines a draft more often before it is
+    # verified), so ``a`` is interpolated between the two pilots
+    accept = {c: min(1.0, max(0.0, a_lo + (a - a_lo) * (c - lo) / max(1, hi - lo))) if c else 0.0 for c in candidates}
+    speed = {c: batch_tokens_per_step(accept[c], c, batch, model.num_tokens) / step[c] for c in candidates}
     best = max(candidates, key=lambda c: (speed[c], -c))
     if speed[best] < MARGIN * speed[0]:  # within the model's error of AR: AR, which cannot be slower than itself
         best = 0
-    evidence = {"auto_acceptance": round(a, 4), "auto_step_seconds": step,
+    evidence = {"auto_acceptance": {c: round(accept[c], 4) for c in candidates}, "auto_step_seconds": step,
                 "auto_forward_seconds": {c + 1: costs[c + 1] for c in candidates},
                 "auto_speedup_vs_ar": {c: speed[c] / speed[0] for c in candidates}}
     return best, evidence
