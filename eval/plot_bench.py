@@ -27,8 +27,9 @@ def main() -> int:
     rows = read_table(args.table)
     batches = sorted({r["batch"] for r in rows}, key=int)
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) / len(batches) + 2.5))
+    speed = next(k for k in rows[0] if k.lower().startswith("speed-up vs"))  # "speed-up vs ar" (or older "AR")
     for ax, key, title in ((axes[0], "tokens / forward", "step compression (tokens per target forward)"),
-                           (axes[1], "speed-up vs AR", "wall-clock speed-up vs AR (same run)")):
+                           (axes[1], speed, "wall-clock speed-up vs AR (same run)")):
         labels = [r["sampler"] for r in rows if r["batch"] == batches[0]]
         height = 0.8 / len(batches)
         for j, b in enumerate(batches):
