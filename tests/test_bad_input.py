@@ -350,3 +350,35 @@ def test_every_command_option_has_help_text():
 
     walk(build_parser(), "vargen")
     assert not missing, missing
+
+
+def test_only_a_real_true_unlocks_full_unpickling(tmp_path):
+    from vargen.models.checkpoint import read_state_dict
+
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    for value in ("yes", "no", 1, str(path)):
+        with pytest.raises(ValueError, match="trusted must be True or False"):
+            read_state_dict(path, trusted=value)
+    assert torch.equal(read_state_dict(path)["w"], torch.zeros(2))
+
+
+def test_the_refusal_names_a_working_conversion_through_the_trust_gate(tmp_path):
+    """The command the error suggests converts a trusted training pickle into model.safetensors."""
+    import datetime
+    import shlex
+
+    from safetensors.torch import load_file
+
+    from vargen.models.checkpoint import read_state_dict
+
+    path = tmp_path / "train.pt"
+    torch.save({"model": {"module.w": torch.ones(3)}, "when": datetime.date(2024, 1, 1)}, path)
+    with pytest.raises(ValueError, match="refused to unpickle") as err:
+        read_state_dict(path)
+    assert "\x1b" not in str(err.value)
+    command = str(err.value)[str(err.value).index("python -c"):]
+    argv = shlex.split(command)
+    out = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert torch.equal(load_file(str(tmp_path / "model.safetensors"))["w"], torch.ones(3))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -24,13 +25,17 @@ __all__ = ["read_state_dict", "load_strict", "load_zoo_folder", "read_folder_con
 
 
 def _convert_hint(path: Path) -> str:
-    return ("if you trust this file, pass trusted=True (--trust-checkpoint); or convert it once on a machine you "
-            "trust: python -c \"import torch, safetensors.torch as st; sd = torch.load('" + str(path) + "', "
-            "weights_only=False); st.save_file({k: v.contiguous() for k, v in sd.items()}, 'model.safetensors')\" "
-            "(unwrap sd['model'] first if the file holds a training state)")
+    return ("if you trust this file, pass trusted=True (--trust-checkpoint); or convert it once, on a machine you "
+            "trust, through the same gate: python -c \"import safetensors.torch as st; "
+            "from vargen.models.checkpoint import read_state_dict; "
+            "sd = read_state_dict('" + str(path) + "', trusted=True); "
+            "st.save_file({k: v.contiguous() for k, v in sd.items()}, 'model.safetensors')\"")
 
 
 def _load_pickle(path: Path, trusted: bool):
+    """The project's only full unpickling, reached only with an explicit ``trusted=True``."""
+    if not isinstance(trusted, bool):  # a truthy non-bool ("no", a path) must not unlock it
+        raise ValueError(f"trusted must be True or False, got {trusted!r}")
     if trusted:
         warnings.warn(f"unpickling {path} with weights_only=False: it can run arbitrary code; only do this for files "
                       f"you trust", stacklevel=3)
@@ -39,7 +44,8 @@ def _load_pickle(path: Path, trusted: bool):
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a class outside the allow-list: refused, never executed
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # torch's message carries terminal colours
+        first = text.splitlines()[0][:200] if text else type(err).__name__
         raise ValueError(f"{path}: refused to unpickle: it holds more than tensors ({first}); "
                          f"{_convert_hint(path)}") from None
 

@@ -44,7 +44,7 @@ def load_images(source: str | os.PathLike, split: str = "train", size: int | Non
         raise FileNotFoundError(f"training data not found: {source}")
     cache = _cache_path(source, split, size, Path(cache_dir) if cache_dir else None)
     if cache.exists():
-        blob = torch.load(cache)
+        blob = torch.load(cache, weights_only=True)
         return blob["images"], blob["labels"], blob["classes"]
     items: list[tuple[str, str, bytes]] = []  # (class, name, bytes)
     if source.is_file():
@@ -90,7 +90,7 @@ def cached_encoding(cache: Path, encode, data: str, split: str = "train", flips:
     """
     cache = Path(cache)
     if cache.exists():
-        blob = torch.load(cache)
+        blob = torch.load(cache, weights_only=True)
         return blob["codes"], blob["labels"]
     images, labels, _ = load_images(data, split, image_size)
     out = []

@@ -130,7 +130,7 @@ def train_draft_head(args: DraftHeadTrainArgs) -> Path:
     model.requires_grad_(False)
     gen = torch.Generator().manual_seed(args.seed)
     if args.tokens:
-        blob = torch.load(args.tokens)
+        blob = torch.load(args.tokens, weights_only=True)
         tokens, labels = blob["tokens"].long(), blob["labels"].long()
     else:
         tokens, labels = self_samples(model, defaults, args.samples, gen)

@@ -58,7 +58,7 @@ def tokenize_split(vq: VQModel, data: str, split: str, flips: bool, batch_size: 
 def cached_tokens(vq_folder: str, data: str, split: str, flips: bool, image_size: int = 32):
     cache = Path(vq_folder) / f"tokens-{split}{'-flip' if flips else ''}-{image_size}px.pt"
     if cache.exists():
-        blob = torch.load(cache)
+        blob = torch.load(cache, weights_only=True)
         return blob["tokens"], blob["labels"]
     tokens, labels = tokenize_split(VQModel.from_folder(vq_folder), data, split, flips, image_size=image_size)
     torch.save({"tokens": tokens, "labels": labels}, cache)
