@@ -15,10 +15,11 @@ For GPT-B / GPT-L / GPT-XL with random weights at each batch size it measures
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 
 import torch
+
+from ..samplers.base import synced_clock
 
 __all__ = ["SuiteRow", "run_gpu_suite", "format_suite", "peak_bandwidth"]
 
@@ -37,11 +38,6 @@ class SuiteRow:
     speedups: dict  # sampler -> (wall-clock speed-up, step compression)
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def peak_bandwidth(device) -> tuple[float, str]:
     """(bytes/s, where the number comes from)."""
     device = torch.device(device)
@@ -50,16 +46,9 @@ def peak_bandwidth(device) -> tuple[float, str]:
         for key, value in _PEAK.items():
             if key in name:
                 return value, f"{name} vendor peak"
-    x = torch.empty(64 << 20, dtype=torch.float32, device=device)  # 256 MiB
+    x = torch.empty(64 << 20, dtype=torch.float32, device=device)  # 256 MiB, read and written once per copy
     y = torch.empty_like(x)
-    times = []
-    for _ in range(5):
-        _sync(device)
-        t0 = time.perf_counter()
-        y.copy_(x)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * x.numel() * x.element_size() / min(times), "measured copy"
+    return 2 * x.numel() * x.element_size() / _time(lambda: y.copy_(x), device, repeats=5), "measured copy"
 
 
 def _time(fn, device, repeats: int = 20) -> float:
@@ -67,11 +56,9 @@ def _time(fn, device, repeats: int = 20) -> float:
         fn()
     times = []
     for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
+        t0 = synced_clock(device)
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append(synced_clock(device) - t0)
     return statistics.median(times)
 
 

@@ -12,25 +12,21 @@ import functools
 
 import torch
 
-from ..samplers.base import sample_from_probs
 
 __all__ = ["verify_exact", "verify_exact_reference"]
 
 
 def verify_exact_reference(p, q, drafts, live, q_valid, u_acc, u_res):
-    """``(a [B], token [B])``. p ``[B, J+1, V]``; q ``[B, J, V]``; drafts, live (slot may be accepted), q_valid
-    (q counts; an invalid slot resamples from p) ``[B, J]``; u_acc ``[B, J]``; u_res ``[B]``."""
-    from ..samplers.acceptance import residual
+    """``(a [B], token [B])``. p ``[B, J+1, V]``; q ``[B, J, V]``; drafts, live (slot may be accepted) ``[B, J]``;
+    q_valid ``[B, J]`` or None (where False, q does not count: the slot resamples from p); u_acc ``[B, J]``;
+    u_res ``[B]``. The exact rule and the committer's own prefix-and-draw."""
+    from ..samplers.acceptance import ExactAcceptance
+    from ..samplers.verify import accept_prefix_and_draw
 
-    B, J = drafts.shape
-    rows = torch.arange(B, device=p.device)
-    q = q * q_valid[..., None]
-    pd = p[:, :J].gather(-1, drafts[..., None]).squeeze(-1).double()
-    qd = q.gather(-1, drafts[..., None]).squeeze(-1).double()
-    ok = (u_acc * qd < pd) & live
-    a = ok.long().cumprod(dim=1).sum(dim=1)
-    q_pad = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)
-    return a, sample_from_probs(residual(p[rows, a], q_pad[rows, a]), u_res)
+    if q_valid is not None:
+        q = q * q_valid[..., None]
+    accept = ExactAcceptance().verify(p[:, : drafts.shape[1]], q, drafts, u_acc).accept & live
+    return accept_prefix_and_draw(p, q, accept, u_res)
 
 
 def verify_exact(p, q, drafts, live, q_valid, u_acc, u_res):
@@ -47,6 +43,7 @@ def verify_exact_triton(p, q, drafts, live, q_valid, u_acc, u_res):
 
     B, J1, V = p.shape
     p, q = p.float().contiguous(), q.float().contiguous()
+    q_valid = torch.ones_like(live) if q_valid is None else q_valid
     a = torch.empty(B, dtype=torch.int64, device=p.device)
     token = torch.empty(B, dtype=torch.int64, device=p.device)
     _kernel()[(B,)](p, q, drafts.contiguous(), live.to(torch.int8).contiguous(), q_valid.to(torch.int8).contiguous(),

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 import weakref
 
 import torch
+
+from .base import synced_clock
 
 __all__ = ["choose_lookahead", "forward_costs", "expected_tokens", "acceptance_from_rate", "AUTO"]
 
@@ -36,7 +37,6 @@ AUTO = "auto"
 # batch 16 on the CPU the predicted step times were off by up to ~15%, enough to pick a window that ran at 0.73x AR
 MARGIN = 1.15
 _FORWARD_COSTS: dict = {}  # (id(model), device, rows, compiled) -> (model ref, {tokens: seconds})
-_PILOTS: dict = {}  # (id(model), sampler key, rows) -> (model ref, (a, seconds per draft))
 
 
 def expected_tokens(a: float, drafts: int) -> float:
@@ -75,11 +75,6 @@ def acceptance_from_rate(tokens_per_step: float, drafts: int) -> float:
     return (lo + hi) / 2
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _cached(table, key, model, make):
     entry = table.get(key)
     if entry is None or entry[0]() is not model:
@@ -115,11 +110,9 @@ def forward_costs(model, cond, config, widths, compiled: bool = False, repeats: 
     times = {w: [] for w in todo}
     for _ in range(repeats):  # round-robin over the widths: a drift in machine load touches them alike
         for w in todo:
-            _sync(dev)
-            t0 = time.perf_counter()
+            t0 = synced_clock(dev)
             run(inputs[w], start, kv_len[w])
-            _sync(dev)
-            times[w].append(time.perf_counter() - t0)
+            times[w].append(synced_clock(dev) - t0)
     for w in todo:
         table[w] = statistics.median(times[w])
     return {w: table[w] for w in widths}
@@ -139,11 +132,9 @@ class _TimedProposer:
         return self.inner.draft_passes
 
     def _timed(self, fn, *args):
-        _sync(self.device)
-        t0 = time.perf_counter()
+        t0 = synced_clock(self.device)
         out = fn(*args)
-        _sync(self.device)
-        self.clock[0] += time.perf_counter() - t0
+        self.clock[0] += synced_clock(self.device) - t0
         return out
 
     def start(self, *args):
@@ -197,10 +188,13 @@ def choose_lookahead(sampler, model, cond, config, candidates, compiled: bool = 
     costs = forward_costs(model, cond, config, [c + 1 for c in candidates], compiled)
     a, a_lo, overhead, fixed, per_draft = 0.0, 0.0, 0.0, 0.0, 0.0
     if hi > 0:
-        key = (id(model), sampler.auto_key(), model.check_cond(cond), repr(config))
+        # the pilots depend on the sampler (proposer and rule): kept on the sampler instance, which a pipeline
+        # reuses across calls, per (model, batch, config)
+        key = (id(model), model.check_cond(cond), repr(config))
         pilots = lambda: [_pilot(sampler, p, model, cond, config, pilot_steps)  # noqa: E731
                           for p in (NoProposer(), sampler.proposer.resized(lo), sampler.proposer.resized(hi))]
-        (_, ar_step, _), (a_lo, lo_step, lo_prop), (a, hi_step, hi_prop) = _cached(_PILOTS, key, model, pilots)
+        ar, low, high = _cached(sampler.auto_pilots, key, model, pilots)
+        (_, ar_step, _), (a_lo, lo_step, lo_prop), (a, hi_step, hi_prop) = ar, low, high
         if compiled:
             fixed, per_draft = _line(lo, lo_prop, hi, hi_prop)
         else:

@@ -293,6 +293,13 @@ class GenerationOutput:
     latents: torch.Tensor | None = None
 
 
+def synced_clock(device) -> float:
+    """``time.perf_counter()`` after the device has finished its queued work (CUDA is asynchronous)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 class StepTimer:
     """Measures wall time and peak memory of a sampling call (synchronising the device at the ends)."""
 

@@ -22,13 +22,12 @@ one), with per-model seconds and per-image time and memory next to them.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .base import GenerationOutput, SamplingConfig, Stats, StepTimer
+from .base import GenerationOutput, SamplingConfig, Stats, StepTimer, synced_clock
 from .spec import checked, option
 from .next_scale import NextScaleState, ScaleSettings, _gens, cfg_labels, commit_scale, fill_stats, guide, run_scale, var_filter, draw_tokens
 
@@ -42,12 +41,6 @@ def _generators_to_rewind(generator, device):
         return [generator]
     dev = torch.device(device)
     return [torch.cuda.default_generators[dev.index or 0] if dev.type == "cuda" else torch.default_generator]
-
-
-def _sync_time(device) -> float:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 @dataclass
@@ -128,7 +121,7 @@ class CoDeSampler:
             rewind = [(g, g.get_state()) for g in gens]
 
         with StepTimer(device) as timer:
-            t0 = _sync_time(device)
+            t0 = synced_clock(device)
             state = NextScaleState.start(quantizer, B, device)
             # the drafter only ever holds its N scales: a cache of that length, not all L positions
             cond_d, cache_d = drafter.condition(labels), drafter.new_cache(labels.shape[0], length=drafter.begin_ends[N - 1][1])
@@ -137,7 +130,7 @@ class CoDeSampler:
                 stats.forward_passes += 1
             drafter_kv = 2 * cache_d.k.numel() * cache_d.k.element_size()
             del cache_d  # the refiner cannot use the drafter's K/V (different width); free it first
-            t1 = _sync_time(device)
+            t1 = synced_clock(device)
 
             cond_r, cache_r = refiner.condition(labels), refiner.new_cache(labels.shape[0])
             refiner_passes = 1
@@ -162,7 +155,7 @@ class CoDeSampler:
                 run_scale(refiner, quantizer, cond_r, cache_r, state, si, settings, generator)
                 refiner_passes += 1
             tokens = torch.cat(state.tokens, dim=1)
-            t2 = _sync_time(device)
+            t2 = synced_clock(device)
 
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
         fill_stats(stats, drafter.patch_nums, B, device)

@@ -161,6 +161,7 @@ class TokenSampler:
     def __init__(self, proposer: Proposer | None = None, acceptance="exact", **rule_options):
         self.proposer = proposer if proposer is not None else NoProposer()
         self.rule = get_rule(acceptance, **rule_options)
+        self.auto_pilots: dict = {}  # window="auto": pilot measurements per (model, batch, config), see autotune
 
     def check(self, model) -> None:
         """``ValueError`` if this sampler cannot run on ``model`` (sizes past the model's, a mismatched drafter),
@@ -172,12 +173,6 @@ class TokenSampler:
         other = copy.copy(self)
         other.proposer = proposer
         return other
-
-    def auto_key(self) -> tuple:
-        """What the acceptance measured by ``"auto"``'s pilot depends on besides the model and config."""
-        rule_options = getattr(self.rule, "options", None)
-        return (self.name, type(self.proposer).__name__, repr(getattr(self.proposer, "options", None)),
-                self.rule.name, repr(rule_options))
 
     @torch.no_grad()
     def sample(self, model, cond, config: SamplingConfig | None = None, generator=None,
@@ -264,10 +259,10 @@ def inductor_settings(device, cudagraphs: bool = True) -> dict:
       the template is several times faster than MKL's packed path;
     * CUDA: CUDA graphs (what ``mode="reduce-overhead"`` sets), one per (batch, window) shape.
 
-    They are applied with ``torch._inductor.config.patch`` around the compiled calls (:func:`compile_step`):
-    given as ``torch.compile(options=...)`` they did not reach the compilation (torch 2.14: no autotuning, no
-    freezing, the step as slow as with the defaults; measured on the demo model, 1-token forward eager / compiled
-    2.0x through ``options``, 3.7x patched).
+    :func:`compile_step` sets them in the inductor config while dynamo compiles: given as
+    ``torch.compile(options=...)`` they did not reach the compilation (torch 2.14: no autotuning, no freezing, the
+    step as slow as with the defaults; demo model, 1-token forward, eager / compiled 2.0x through ``options``,
+    3.7x set in the config).
     """
     settings = {"freezing": True}
     if torch.device(device).type == "cpu":
@@ -278,8 +273,8 @@ def inductor_settings(device, cudagraphs: bool = True) -> dict:
 
 
 def compile_step(fn, device, cudagraphs: bool = True):
-    """``torch.compile(fn, fullgraph=True, dynamic=False)`` with :func:`inductor_settings` in force whenever it
-    runs (and so whenever it compiles). The parameters are not guarded: per-call guard checks on a small model
+    """``torch.compile(fn, fullgraph=True, dynamic=False)`` with :func:`inductor_settings` in force on every call
+    that may compile (the first with new shapes or new objects). The parameters are not guarded: per-call guard checks on a small model
     cost a fifth of a compiled step (~0.3 ms of 1.6 ms on the demo model); callers key the compiled function on
     the model and its weights' version instead."""
     import torch._dynamo

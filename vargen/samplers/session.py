@@ -76,17 +76,11 @@ class TokenSession:
         """Final probabilities ``[B, n, V]`` for logits ``[rows, n, V]`` predicting tokens
         ``first_token .. first_token+n-1`` (``first_token`` per row ``[B]`` or an int)."""
         c = self.config
-        if c.cfg_interval is None or c.cfg_interval < 0 or not self.use_cfg:  # one fused chain (Triton on CUDA)
+        if not self.use_cfg or c.cfg_interval is None or c.cfg_interval < 0:  # one fused chain (Triton on CUDA)
             return chain_probs(logits, c.cfg_scale if self.use_cfg else None, c.temperature, c.top_k, c.top_p)
-        if self.use_cfg:
-            cond, _ = logits.chunk(2, dim=0)
-            mixed = cfg_mix(logits, c.cfg_scale)
-            if c.cfg_interval is not None and c.cfg_interval >= 0:
-                n = logits.shape[1]
-                tok = torch.as_tensor(first_token, device=logits.device).reshape(-1, 1) + torch.arange(
-                    n, device=logits.device
-                )
-                guided = (tok <= c.cfg_interval + 1)[..., None]  # LlamaGen: step i > interval -> cond only
-                mixed = torch.where(guided, mixed, cond)
-            logits = mixed
+        # LlamaGen's cfg_interval: token i > interval is sampled from the conditional logits alone
+        cond, _ = logits.chunk(2, dim=0)
+        tok = torch.as_tensor(first_token, device=logits.device).reshape(-1, 1) + torch.arange(
+            logits.shape[1], device=logits.device)
+        logits = torch.where((tok <= c.cfg_interval + 1)[..., None], cfg_mix(logits, c.cfg_scale), cond)
         return logits_to_probs(logits, c.temperature, c.top_k, c.top_p)

@@ -12,8 +12,17 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import verify_exact
-from .acceptance import ExactAcceptance, Verdict
+from .acceptance import ExactAcceptance, Verdict, residual
 from .base import Stats, sample_from_probs
+
+
+def accept_prefix_and_draw(p, q, accept, u_res, residual_fn=residual):
+    """``(a, token)`` per row: ``a`` the accepted prefix of ``accept [B, J]``, ``token`` drawn with ``u_res`` from
+    ``residual_fn(p_a, q_a)`` (``q_J = 0``: after a fully accepted window, the bonus token from ``p_J``)."""
+    rows = torch.arange(p.shape[0], device=p.device)
+    a = accept.long().cumprod(dim=1).sum(dim=1)
+    q_pad = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)
+    return a, sample_from_probs(residual_fn(p[rows, a], q_pad[rows, a]), u_res)
 
 
 class Committer:
@@ -48,20 +57,17 @@ class Committer:
             extra = sample_from_probs(p[:, 0], u_res)
         elif type(self.rule) is ExactAcceptance:  # one fused pass (a Triton kernel on CUDA)
             verdict = Verdict(accept=live)
-            q_valid = torch.ones_like(live) if valid is None else valid
-            a, extra = verify_exact(p, q, drafts, live, q_valid, u_acc, u_res)
+            a, extra = verify_exact(p, q, drafts, live, valid, u_acc, u_res)
         else:
             if valid is not None:
                 q = q * valid[..., None]  # an invalid slot resamples from residual(p, 0) = p
             verdict = self.rule.verify(p[:, :J], q, drafts, u_acc)
-            a = (verdict.accept & live).long().cumprod(dim=1).sum(dim=1)
             if verdict.residual is not None:  # the rule computed every slot's residual (lossy rules)
+                a = (verdict.accept & live).long().cumprod(dim=1).sum(dim=1)
                 res = torch.where(live[..., None], verdict.residual, p[:, :J])
-                extra_p = torch.cat([res, p[:, J:]], dim=1)[self.rows, a]
+                extra = sample_from_probs(torch.cat([res, p[:, J:]], dim=1)[self.rows, a], u_res)
             else:
-                q_pad = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)  # after a full window: residual(p, 0) = p
-                extra_p = self.rule.residual(p[self.rows, a], q_pad[self.rows, a])
-            extra = sample_from_probs(extra_p, u_res)
+                a, extra = accept_prefix_and_draw(p, q, verdict.accept & live, u_res, self.rule.residual)
         k = a + ((n + a) < self.N).long()
         self.proposed += live.sum(1)
         self.accepted += a

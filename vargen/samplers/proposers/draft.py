@@ -80,10 +80,6 @@ class _ChainProposer:
     def extra_stats(self) -> dict:
         return {"gamma": self.gamma, "drafter": self.name}
 
-    @property
-    def options(self):
-        return DraftOptions(None, self.gamma)
-
     def propose(self, ctx, n) -> Proposal:
         if not self.ready:  # first step: a plain target step
             return Proposal.empty(ctx.batch, ctx.vocab_size, ctx.device)
