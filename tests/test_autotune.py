@@ -79,3 +79,15 @@ def test_batch_throughput_is_the_row_mean_at_batch_one_and_less_for_a_batch():
     assert batch_tokens_per_step(0.6, 3, 16, 256) < expected_tokens(0.6, 3)
     assert batch_tokens_per_step(1.0, 3, 16, 256) == pytest.approx(4.0)  # no variance: no straggler
     assert batch_tokens_per_step(0.3, 0, 16, 256) == 1.0
+
+
+def test_compiled_pilots_time_the_proposer_as_a_compiled_call_runs_it(model):
+    """Under ``compile=True`` the Jacobi update is a compiled graph too; the pilots (eager target steps) must time
+    that update, not the eager one, or ``"auto"`` overprices every window of a compiled call."""
+    from vargen.samplers.proposers.jacobi import jacobi_update
+
+    sampler = get_sampler("sjd", window=3)
+    for compiled in (True, False):
+        autotune._pilot(sampler, sampler.proposer, model, torch.tensor([0]), SamplingConfig(), steps=2,
+                        compiled=compiled)
+        assert (sampler.proposer.update is not jacobi_update) == compiled

@@ -20,6 +20,7 @@ def _samplers(model):
     torch.manual_seed(0)
     head = DraftHead(DraftHeadConfig.from_target(model.config))
     return [("ar", {}), ("sjd", dict(window=4)), ("sjd", dict(window=4, coupled=True, init="vertical")),
+            ("sjd", dict(window=4, coupled=True, init="horizontal_sample", sample_top=3)),
             ("gsd", dict(window=4, group_size=3)), ("sd", dict(draft=draft, gamma=2)), ("sd", dict(draft=head, gamma=2)),
             ("lantern", dict(draft=head, gamma=2, k=3))]
 

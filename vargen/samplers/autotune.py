@@ -12,8 +12,8 @@ where, measured once per (model, device, rows, compiled) and kept for the proces
 
 * ``T_target(w)``: the median time of a ``w``-token cached forward at the call's batch (CFG rows included),
   in the mode the call runs in (eager, or the compiled forward);
-* ``a`` and the step's other costs: from short pilots of the sampler itself (eager, its own generator, the
-  call's batch and config) as AR and at the smallest and largest candidate: ``a`` solves
+* ``a`` and the step's other costs: from short pilots of the sampler itself (eager target steps, the proposer
+  as the call runs it, its own generator, the call's batch and config) as AR and at the smallest and largest candidate: ``a`` solves
   ``E(J_max) = tokens per step`` (see :func:`choose_lookahead` for the step model).
 
 ``J = 0`` is plain AR, chosen unless some ``J`` is predicted at least ``MARGIN`` times faster: a speculative
@@ -22,6 +22,7 @@ depends on timings, so two processes may choose differently; pass an integer for
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import weakref
@@ -119,10 +120,11 @@ def forward_costs(model, cond, config, widths, compiled: bool = False, repeats: 
 
 
 class _TimedProposer:
-    """Delegates to a proposer and adds up the seconds it spends (the pilot's ``t_draft``)."""
+    """Delegates to a proposer and adds up the seconds it spends (the pilot's ``t_draft``). ``compiled``: the
+    proposer runs as in a compiled call (its own compiled work), while the pilot's target steps stay eager."""
 
-    def __init__(self, inner, device):
-        self.inner, self.device = inner, device
+    def __init__(self, inner, device, compiled: bool = False):
+        self.inner, self.device, self.compiled = inner, device, compiled
         self.clock = [0.0]  # shared with the copy the loop makes
         for name in ("name", "lookahead", "wants_hidden", "check", "extra_stats"):
             setattr(self, name, getattr(inner, name))
@@ -131,9 +133,10 @@ class _TimedProposer:
     def draft_passes(self):
         return self.inner.draft_passes
 
-    def _timed(self, fn, *args):
+    def _timed(self, fn, ctx, *args):
+        ctx = dataclasses.replace(ctx, compiled=self.compiled) if ctx.compiled != self.compiled else ctx
         t0 = synced_clock(self.device)
-        out = fn(*args)
+        out = fn(ctx, *args)
         self.clock[0] += synced_clock(self.device) - t0
         return out
 
@@ -147,14 +150,14 @@ class _TimedProposer:
         return self._timed(self.inner.observe, *args)
 
 
-def _pilot(sampler, proposer, model, cond, config, steps: int) -> tuple[float, float, float]:
-    """``(a, seconds per step, proposer seconds per step)`` from eager runs of ``sampler`` with ``proposer``: the
-    step time is the difference between a run of ``steps // 2`` and one of ``3 * steps // 2`` steps (prefill and
-    start cancel), ``a`` comes from the longer run's steps after the first (a chain proposer has nothing to
-    propose in its first step)."""
+def _pilot(sampler, proposer, model, cond, config, steps: int, compiled: bool = False) -> tuple[float, float, float]:
+    """``(a, seconds per step, proposer seconds per step)`` from eager runs of ``sampler`` with ``proposer``
+    (``compiled``: the proposer's own work as in a compiled call): the step time is the difference between a run of
+    ``steps // 2`` and one of ``3 * steps // 2`` steps (prefill and start cancel), ``a`` comes from the longer run's
+    steps after the first (a chain proposer has nothing to propose in its first step)."""
     runs = []
     for n in (steps // 2, 3 * steps // 2):
-        timed = _TimedProposer(proposer, torch.device(model.device))
+        timed = _TimedProposer(proposer, torch.device(model.device), compiled)
         out = sampler.with_proposer(timed).sample(model, cond, config, torch.Generator(model.device).manual_seed(0),
                                                   max_steps=n)
         runs.append((out.stats, timed.clock[0]))
@@ -180,7 +183,7 @@ def choose_lookahead(sampler, model, cond, config, candidates, compiled: bool = 
     what an AR step costs beyond its forward (logits chain, sampling, commit), and ``f + c * g`` what drafting
     adds (the proposer, the rule's verification), fitted through pilots at the smallest and largest candidate;
     an AR step costs ``T(1) + o``. Compiled, the chain and the verification run inside the compiled step, so
-    ``o = 0`` and ``f + c * g`` is the proposer's own time (it runs eagerly)."""
+    ``o = 0`` and ``f + c * g`` is the proposer's own time (timed as it runs in a compiled call)."""
     from .loop import NoProposer
 
     candidates = sorted({c for c in candidates if 0 <= c < model.num_tokens} | {0})
@@ -190,8 +193,8 @@ def choose_lookahead(sampler, model, cond, config, candidates, compiled: bool = 
     if hi > 0:
         # the pilots depend on the sampler (proposer and rule): kept on the sampler instance, which a pipeline
         # reuses across calls, per (model, batch, config)
-        key = (id(model), model.check_cond(cond), repr(config))
-        pilots = lambda: [_pilot(sampler, p, model, cond, config, pilot_steps)  # noqa: E731
+        key = (id(model), model.check_cond(cond), repr(config), compiled)
+        pilots = lambda: [_pilot(sampler, p, model, cond, config, pilot_steps, compiled)  # noqa: E731
                           for p in (NoProposer(), sampler.proposer.resized(lo), sampler.proposer.resized(hi))]
         ar, low, high = _cached(sampler.auto_pilots, key, model, pilots)
         (_, ar_step, _), (a_lo, lo_step, lo_prop), (a, hi_step, hi_prop) = ar, low, high

@@ -84,7 +84,8 @@ class DecodeContext:
     seq: ``[B, L]`` committed tokens (positions ``< n`` of each row; beyond that, scratch space a proposer
     may write drafts into). rng: every random number comes from here (per-row streams when the caller
     passes one generator per row). session: the target (``session.probs`` is the logits chain, so a
-    drafter's q is guided and warped exactly like the target's p).
+    drafter's q is guided and warped exactly like the target's p). compiled: the call runs its target step
+    compiled; a proposer may then run its own tensor work through :func:`compile_step` too (same numbers).
     """
 
     model: Any
@@ -99,6 +100,7 @@ class DecodeContext:
     grid: tuple[int, int, int]
     device: torch.device
     step: int = 0
+    compiled: bool = False
 
 
 @runtime_checkable
@@ -199,7 +201,8 @@ class TokenSampler:
         B, N, V, dev = session.batch, session.num_tokens, model.vocab_size, session.device
         rng = RowRandom(generator, B, dev)
         committer = Committer(self.rule, B, N, N + 2 * J + 4, dev)
-        ctx = DecodeContext(model, cond, session, config, rng, committer.seq, B, N, V, tuple(model.grid), dev)
+        ctx = DecodeContext(model, cond, session, config, rng, committer.seq, B, N, V, tuple(model.grid), dev,
+                            compiled=compile)
         step_fn = compiled_target_step(dev, session, committer) if compile else target_step
         stats = Stats()
         with StepTimer(dev) as timer:

@@ -81,47 +81,6 @@ class JacobiProposer:
     def extra_stats(self) -> dict:
         return {"window": self.window, "init": self.init, "coupled": self.coupled}
 
-    # -- fresh drafts ---------------------------------------------------------------------------------
-    def _fresh(self, ctx, first_fresh, positions, u):
-        """Tokens and truthful q for fresh drafts at ``positions [B, J]``; ``ctx.seq`` holds committed
-        tokens and carried drafts at every position < ``first_fresh``."""
-        seq, V = ctx.seq, ctx.vocab_size
-        B, J = positions.shape
-        _, gh, gw = ctx.grid
-        rand_tok = (u * V).long().clamp_(max=V - 1)
-        uniform = torch.full((B, J, V), 1.0 / V, device=seq.device)
-        if self.init == "random" or J == 0:
-            return rand_tok, uniform
-        if self.init.startswith("horizontal"):
-            src = torch.minimum(positions - 1, first_fresh[:, None] - 1)
-            ok = (src >= 0) & (src // gw == positions // gw)
-        else:  # vertical: the cell above, in the same frame
-            src = positions - gw
-            ok = (positions % (gh * gw) >= gw) & (src < first_fresh[:, None])
-        src = src.clamp(min=0)
-        if not self.init.endswith("_sample"):
-            tok = torch.where(ok, seq.gather(1, src), rand_tok)
-            q = torch.where(ok[..., None], F.one_hot(tok, V).to(uniform.dtype), uniform)
-            return tok, q
-        nb_idx, nb_p = self.nb
-        idx = nb_idx.gather(1, src[..., None].expand(-1, -1, nb_idx.shape[-1]))
-        pk = nb_p.gather(1, src[..., None].expand(-1, -1, nb_p.shape[-1]))
-        pk = pk / pk.sum(-1, keepdim=True)
-        pick = idx.gather(-1, sample_from_probs(pk, u)[..., None]).squeeze(-1)
-        tok = torch.where(ok, pick, rand_tok)
-        q_nb = torch.zeros(B, J, V, device=seq.device).scatter_(-1, idx, pk)
-        return tok, torch.where(ok[..., None], q_nb, uniform)
-
-    def _remember(self, p, first):
-        """Neighbour distributions for the ``*_sample`` inits: the top ``sample_top`` of each position's p."""
-        if self.nb is None:
-            return
-        K = self.nb[0].shape[-1]
-        top = p.topk(K, dim=-1)
-        pos = (first[:, None] + torch.arange(p.shape[1], device=p.device))[..., None].expand(-1, -1, K)
-        self.nb[0].scatter_(1, pos, top.indices)
-        self.nb[1].scatter_(1, pos, top.values)
-
     # -- the proposer protocol --------------------------------------------------------------------------
     def start(self, ctx, p0, hidden0) -> None:
         B, L, dev = ctx.batch, ctx.seq.shape[1], ctx.device
@@ -129,38 +88,102 @@ class JacobiProposer:
         self.nb = None
         if self.init.endswith("_sample"):
             self.nb = (torch.zeros(B, L, K, dtype=torch.long, device=dev), torch.zeros(B, L, K, device=dev))
-        self._remember(p0, torch.zeros(B, dtype=torch.long, device=dev))
+        remember(self.nb, p0, torch.zeros(B, dtype=torch.long, device=dev))
         self.slots = torch.arange(self.window, device=dev)
         n = torch.ones(B, dtype=torch.long, device=dev)
-        self.drafts, self.q = self._fresh(ctx, n, n[:, None] + self.slots[: self.lookahead], ctx.rng.rand(self.lookahead))
+        self.drafts, self.q = fresh_drafts(self.init, ctx.grid, ctx.vocab_size, ctx.seq, self.nb, n,
+                                           n[:, None] + self.slots[: self.lookahead], ctx.rng.rand(self.lookahead))
+        # compiled calls run the update as one compiled graph too (it is ~1 ms of eager kernels per step)
+        self.update = _compiled_update(ctx.device) if ctx.compiled else jacobi_update
 
     def propose(self, ctx, n) -> Proposal:
         return Proposal(self.drafts, self.q)
 
     def observe(self, ctx, fb) -> None:
-        W, slots, p, n, k = self.window, self.slots, fb.p, fb.start, fb.committed
-        u_y, u_keep, u_init = ctx.rng.rand(3 * W - 1).split([W, W, W - 1], dim=1)
-        self._remember(p, n)
-        # Jacobi update: this pass's predictions for tokens n..n+W-1 become candidate drafts
-        y = sample_from_probs(p, u_y)
-        if self.coupled:  # MC-SJD: keep the previous draft when the maximal coupling allows it
-            q_pad = torch.cat([self.q, torch.zeros_like(p[:, :1])], dim=1)  # token n+W-1 had no draft
-            old = F.pad(self.drafts, (0, 1))
-            p_old = p.gather(-1, old[..., None]).squeeze(-1).double()
-            q_old = q_pad.gather(-1, old[..., None]).squeeze(-1).double()
-            keep = (u_keep * q_old < p_old) & (slots[None] < W - 1)
-            moved = sample_from_probs(residual(p, q_pad), u_y)
-            y = torch.where(keep, old, moved)
-        # carried drafts sit at positions n+k..n+W-1; write them so fresh inits can see them
-        seq = ctx.seq
-        pos = n[:, None] + slots
-        seq.scatter_(1, pos, torch.where(slots[None] >= k[:, None], y, seq.gather(1, pos)))
-        first_fresh = n + W
-        f_tok, f_q = self._fresh(ctx, first_fresh, first_fresh[:, None] + slots[: W - 1], u_init)
-        # next window: drafts for tokens n+k .. n+k+W-2 out of [carried (W) ; fresh (W-1)]
-        pick = k[:, None] + slots[: W - 1]
-        self.drafts = torch.cat([y, f_tok], dim=1).gather(1, pick)
-        self.q = torch.cat([p, f_q], dim=1).gather(1, pick[..., None].expand(-1, -1, p.shape[-1]))
+        W = self.window
+        u = ctx.rng.rand(3 * W - 1)
+        self.drafts, self.q = self.update(self.init, self.coupled, ctx.grid, ctx.seq, self.nb, self.slots, self.drafts,
+                                          self.q, fb.p, fb.start, fb.committed, u)
+
+
+def fresh_drafts(init, grid, vocab, seq, nb, first_fresh, positions, u):
+    """Tokens and truthful q for fresh drafts at ``positions [B, J]``; ``seq`` holds committed tokens and carried
+    drafts at every position < ``first_fresh``; ``nb``: the neighbour distributions of the ``*_sample`` inits."""
+    B, J = positions.shape
+    _, gh, gw = grid
+    rand_tok = (u * vocab).long().clamp_(max=vocab - 1)
+    uniform = torch.full((B, J, vocab), 1.0 / vocab, device=seq.device)
+    if init == "random" or J == 0:
+        return rand_tok, uniform
+    if init.startswith("horizontal"):
+        src = torch.minimum(positions - 1, first_fresh[:, None] - 1)
+        ok = (src >= 0) & (src // gw == positions // gw)
+    else:  # vertical: the cell above, in the same frame
+        src = positions - gw
+        ok = (positions % (gh * gw) >= gw) & (src < first_fresh[:, None])
+    src = src.clamp(min=0)
+    if not init.endswith("_sample"):
+        tok = torch.where(ok, seq.gather(1, src), rand_tok)
+        q = torch.where(ok[..., None], F.one_hot(tok, vocab).to(uniform.dtype), uniform)
+        return tok, q
+    nb_idx, nb_p = nb
+    idx = nb_idx.gather(1, src[..., None].expand(-1, -1, nb_idx.shape[-1]))
+    pk = nb_p.gather(1, src[..., None].expand(-1, -1, nb_p.shape[-1]))
+    pk = pk / pk.sum(-1, keepdim=True)
+    pick = idx.gather(-1, sample_from_probs(pk, u)[..., None]).squeeze(-1)
+    tok = torch.where(ok, pick, rand_tok)
+    q_nb = torch.zeros(B, J, vocab, device=seq.device).scatter_(-1, idx, pk)
+    return tok, torch.where(ok[..., None], q_nb, uniform)
+
+
+def remember(nb, p, first):
+    """Neighbour distributions for the ``*_sample`` inits: the top ``sample_top`` of each position's p."""
+    if nb is None:
+        return
+    K = nb[0].shape[-1]
+    top = p.topk(K, dim=-1)
+    pos = (first[:, None] + torch.arange(p.shape[1], device=p.device))[..., None].expand(-1, -1, K)
+    nb[0].scatter_(1, pos, top.indices)
+    nb[1].scatter_(1, pos, top.values)
+
+
+def jacobi_update(init, coupled, grid, seq, nb, slots, drafts, q, p, n, k, u):
+    """One Jacobi update after a step that committed ``k`` of the window at ``n``: ``(drafts, q)`` of the next
+    window. ``u [B, 3W-1]``: the step's uniforms. Writes the carried drafts into ``seq`` (and ``nb``) in place."""
+    W = slots.shape[0]
+    u_y, u_keep, u_init = u.split([W, W, W - 1], dim=1)
+    remember(nb, p, n)
+    # Jacobi update: this pass's predictions for tokens n..n+W-1 become candidate drafts
+    y = sample_from_probs(p, u_y)
+    if coupled:  # MC-SJD: keep the previous draft when the maximal coupling allows it
+        q_pad = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)  # token n+W-1 had no draft
+        old = F.pad(drafts, (0, 1))
+        p_old = p.gather(-1, old[..., None]).squeeze(-1).double()
+        q_old = q_pad.gather(-1, old[..., None]).squeeze(-1).double()
+        keep = (u_keep * q_old < p_old) & (slots[None] < W - 1)
+        moved = sample_from_probs(residual(p, q_pad), u_y)
+        y = torch.where(keep, old, moved)
+    # carried drafts sit at positions n+k..n+W-1; write them so fresh inits can see them
+    pos = n[:, None] + slots
+    seq.scatter_(1, pos, torch.where(slots[None] >= k[:, None], y, seq.gather(1, pos)))
+    first_fresh = n + W
+    f_tok, f_q = fresh_drafts(init, grid, p.shape[-1], seq, nb, first_fresh, first_fresh[:, None] + slots[: W - 1], u_init)
+    # next window: drafts for tokens n+k .. n+k+W-2 out of [carried (W) ; fresh (W-1)]
+    pick = k[:, None] + slots[: W - 1]
+    return (torch.cat([y, f_tok], dim=1).gather(1, pick),
+            torch.cat([p, f_q], dim=1).gather(1, pick[..., None].expand(-1, -1, p.shape[-1])))
+
+
+_COMPILED: dict = {}  # device -> jacobi_update under torch.compile
+
+
+def _compiled_update(device):
+    key = str(device)
+    if key not in _COMPILED:
+        from ..loop import compile_step
+
+        _COMPILED[key] = compile_step(jacobi_update, device, cudagraphs=False)
+    return _COMPILED[key]
 
 
 class JacobiSampler(TokenSampler):
