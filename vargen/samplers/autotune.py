@@ -12,9 +12,10 @@ where, measured once per (model, device, rows, compiled) and kept for the proces
 
 * ``T_target(w)``: the median time of a ``w``-token cached forward at the call's batch (CFG rows included),
   in the mode the call runs in (eager, or the compiled forward);
-* ``a`` and the step's other costs: from short pilots of the sampler itself (eager target steps, the proposer
-  as the call runs it, its own generator, the call's batch and config) as AR and at the smallest and largest candidate: ``a`` solves
-  ``E(J_max) = tokens per step`` (see :func:`choose_lookahead` for the step model).
+* ``a`` and the step's other costs: from pilots of the sampler itself (eager target steps, the proposer as the
+  call runs it, its own generator, the call's batch and config; one image each, kept per sampler instance) as AR
+  and at the smallest and largest candidate: ``a`` solves ``E(J) = tokens per step`` (see :func:`choose_lookahead`
+  for the step model).
 
 ``J = 0`` is plain AR, chosen unless some ``J`` is predicted at least ``MARGIN`` times faster: a speculative
 sampler with ``"auto"`` is not planned to be slower than AR. The choice
@@ -152,11 +153,13 @@ class _TimedProposer:
 
 def _pilot(sampler, proposer, model, cond, config, steps: int, compiled: bool = False) -> tuple[float, float, float]:
     """``(a, seconds per step, proposer seconds per step)`` from eager runs of ``sampler`` with ``proposer``
-    (``compiled``: the proposer's own work as in a compiled call): the step time is the difference between a run of
-    ``steps // 2`` and one of ``3 * steps // 2`` steps (prefill and start cancel), ``a`` comes from the longer run's
-    steps after the first (a chain proposer has nothing to propose in its first step)."""
+    (``compiled``: the proposer's own work as in a compiled call): one run of ``steps`` steps and one of the whole
+    image. The step time is their difference per forward (prefill and start cancel) -- an average over the image, as
+    attention and acceptance both change as it fills in (a pilot of the first steps alone saw too little of either);
+    ``a`` comes from the whole image's steps after the first (a chain proposer has nothing to propose in its first
+    step), counting each row while a whole window still fits in its image."""
     runs = []
-    for n in (steps // 2, 3 * steps // 2):
+    for n in (steps, None):
         timed = _TimedProposer(proposer, torch.device(model.device), compiled)
         out = sampler.with_proposer(timed).sample(model, cond, config, torch.Generator(model.device).manual_seed(0),
                                                   max_steps=n)
@@ -164,8 +167,11 @@ def _pilot(sampler, proposer, model, cond, config, steps: int, compiled: bool = 
     (short, short_clock), (long, long_clock) = runs
     passes = max(1, long.forward_passes - short.forward_passes)
     per_step = max(0.0, (long.seconds - short.seconds) / passes)
-    steps_seen = long.accepted[2:]
-    rate = sum(float(k.float().mean()) for k in steps_seen) / max(1, len(steps_seen))
+    committed = torch.stack(long.accepted).cumsum(0)  # [steps, B]: tokens of each row after each step
+    # rows before steps 2.. with room for a whole window (a step at the image's end is cut short, not rejected)
+    active = committed[1:-1] + proposer.lookahead + 1 <= model.num_tokens
+    k = torch.stack(long.accepted[2:])
+    rate = float(k[active].float().sum() / active.sum().clamp(min=1))
     return acceptance_from_rate(rate, proposer.lookahead), per_step, max(0.0, long_clock - short_clock) / passes
 
 
@@ -176,7 +182,7 @@ def _line(x0, y0, x1, y1):
 
 
 def choose_lookahead(sampler, model, cond, config, candidates, compiled: bool = False,
-                     pilot_steps: int = 16) -> tuple[int, dict]:
+                     pilot_steps: int = 8) -> tuple[int, dict]:
     """The number of drafts per step that maximises expected tokens per second, and the evidence.
 
     A step with ``c >= 1`` drafts is modelled as ``T(c + 1) + o + f + c * g``: ``T`` the measured forward, ``o``
