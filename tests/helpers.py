@@ -45,6 +45,24 @@ def exact_distribution(model: GPT, label: int, config: SamplingConfig) -> dict[t
     return {tuple(s.tolist()): float(pj) for s, pj in zip(seqs, joint)}
 
 
+@torch.no_grad()
+def exact_prompt_law(lm, cond, config: SamplingConfig) -> dict[tuple, float]:
+    """``exact_distribution`` for a transformers image LM (``vargen.models.hf``) and one prompt (PromptTokens)."""
+    from vargen.models.hf import PromptTokens
+
+    N, V = lm.num_tokens, lm.vocab_size
+    seqs = torch.tensor(list(itertools.product(range(V), repeat=N)))
+    rows = PromptTokens(cond.ids.expand(len(seqs), -1), cond.mask.expand(len(seqs), -1))
+    if config.cfg_scale not in (None, 1.0):  # [cond; uncond] rows as the model pads them for guidance
+        both = lm.guidance_cond(rows)
+        logits = cfg_mix(lm.logits(both, torch.cat([seqs, seqs])), config.cfg_scale)
+    else:
+        logits = lm.logits(rows, seqs)
+    probs = logits_to_probs(logits, config.temperature, config.top_k or 0, config.top_p or 1.0).double()
+    joint = probs.gather(-1, seqs[..., None]).squeeze(-1).prod(-1)
+    return {tuple(s.tolist()): float(p) for s, p in zip(seqs, joint)}
+
+
 def chi_square_pvalue(samples: torch.Tensor, exact: dict[tuple, float], min_expected: float = 5.0) -> float:
     """Pearson chi-square of sampled sequences against the exact law (rare cells pooled)."""
     from scipy.stats import chisquare

@@ -52,7 +52,8 @@ def _setup(args) -> None:
 def _add_model_flags(p, default_model: str = "cifar10-llamagen") -> None:
     p.add_argument("--model", default=default_model,
                    help=f"a shipped demo (cifar10-llamagen, cifar10-var, cifar10-mar), an official name "
-                        f"(llamagen-c2i-B-256, ...), or a folder with pipeline.json (default {default_model})")
+                        f"(llamagen-c2i-B-256, ...), a folder with pipeline.json, or a transformers Janus / Janus-Pro / "
+                        f"Emu3 folder or hub id (deepseek-ai/Janus-Pro-1B) (default {default_model})")
     p.add_argument("--checkpoint", help="local official GPT checkpoint (offline use of official names)")
     p.add_argument("--tokenizer-checkpoint", help="local official VQ checkpoint (offline use of official names)")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -81,7 +82,13 @@ def _add_generate(sub) -> None:
     p.add_argument("--sampler", help="sampler spec NAME:key=value,... (default: the model's; coupled SJD for LlamaGen, "
                                      "var, mar); `vargen samplers` lists them")
     p.add_argument("--class-id", nargs="+", default=None, help="class ids or names (default: every class once)")
-    p.add_argument("--per-class", type=int, default=1, help="images per class id (default 1)")
+    p.add_argument("--prompt", nargs="+", default=None,
+                   help="text prompts, for text-to-image models (Janus, Emu3)")
+    p.add_argument("--prompt-ids", nargs="+", default=None, metavar="IDS",
+                   help="prompts as comma-separated token ids (e.g. 0,17,42,98), each ending where the image "
+                        "starts; for checkpoints without tokenizer files")
+    p.add_argument("--per-class", "--per-prompt", dest="per_class", type=int, default=1,
+                   help="images per class id or prompt (default 1)")
     p.add_argument("--batch-size", type=int, default=32, help="images per sampling call; more run in chunks (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of image 0 (image i uses seed + i; default 0)")
     p.add_argument("--out", default="out", help="folder for the PNGs (default out)")
@@ -103,6 +110,32 @@ def _prepare_out(path: str) -> Path:
     return folder
 
 
+def _cli_prompts(args) -> list | None:
+    """--prompt strings or --prompt-ids lists (None: neither given)."""
+    if args.prompt is not None and args.prompt_ids is not None:
+        raise ValueError("give --prompt or --prompt-ids, not both")
+    if args.prompt is not None:
+        if any(not p.strip() for p in args.prompt):
+            raise ValueError("--prompt: an empty prompt")
+        return list(args.prompt)
+    if args.prompt_ids is None:
+        return None
+    rows = []
+    for text in args.prompt_ids:
+        try:
+            rows.append([int(t) for t in text.split(",")])
+        except ValueError:
+            raise ValueError(f"--prompt-ids {text!r}: expected comma-separated integers such as 0,17,42") from None
+    return rows
+
+
+def _slug(prompt, length: int = 40) -> str:
+    """A file-name piece for a prompt (text or token ids)."""
+    text = prompt if isinstance(prompt, str) else "ids-" + "-".join(map(str, prompt[-4:]))
+    slug = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+    return "-".join(filter(None, slug.split("-")))[:length] or "prompt"
+
+
 def _run_generate(args) -> int:
     import time
 
@@ -112,31 +145,42 @@ def _run_generate(args) -> int:
     for name in ("per_class", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    prompts = _cli_prompts(args)
     t0 = time.perf_counter()
     folder = _prepare_out(args.out)
     pipe = _load(args)
-    ids = list(range(pipe.num_classes)) if args.class_id is None else [pipe.class_id(c) for c in args.class_id]
-    ids = [i for i in ids for _ in range(args.per_class)]
+    if pipe.takes_prompts:
+        if args.class_id is not None:
+            raise ValueError(f"--class-id: {args.model} is a text-to-image model; give --prompt or --prompt-ids")
+        if prompts is None:
+            raise ValueError(f"{args.model} is a text-to-image model: give --prompt (or --prompt-ids)")
+        conds = [p for p in prompts for _ in range(args.per_class)]
+        labels = [_slug(p) for p in conds]
+    else:
+        if prompts is not None:
+            raise ValueError(f"--prompt / --prompt-ids: {args.model} is class-conditional; give --class-id")
+        conds = list(range(pipe.num_classes)) if args.class_id is None else [pipe.class_id(c) for c in args.class_id]
+        conds = [i for i in conds for _ in range(args.per_class)]
+        labels = [pipe.class_names[c] if pipe.class_names else str(c) for c in conds]
     options = _config_options(args)
     sampler = args.sampler or pipe.default_sampler
     pipe.check_seed(args.seed)
     outputs = []
-    for start in range(0, len(ids), args.batch_size):  # chunks bounded in memory; per-row seeds keep images equal
-        outputs.append(pipe.generate(ids[start : start + args.batch_size], sampler=sampler, seed=args.seed + start,
+    for start in range(0, len(conds), args.batch_size):  # chunks bounded in memory; per-row seeds keep images equal
+        outputs.append(pipe.generate(conds[start : start + args.batch_size], sampler=sampler, seed=args.seed + start,
                                      per_row_seeds=True, compile=args.compile, **options))
     images = [im for o in outputs for im in o.images]
-    names = pipe.class_names
-    for i, (cid, img) in enumerate(zip(ids, images)):
-        img.save(folder / f"{i:04d}_{names[cid] if names else cid}.png")
-    cols = args.per_class if args.per_class > 1 else min(10, len(ids))  # one row per class
+    for i, (label, img) in enumerate(zip(labels, images)):
+        img.save(folder / f"{i:04d}_{label}.png")
+    cols = args.per_class if args.per_class > 1 else min(10, len(conds))  # one row per class
     image_grid(images, cols).save(folder / "grid.png")
     from .pipeline import _rows_stats
 
     stats = _rows_stats([o.stats for o in outputs]) if len(outputs) > 1 else outputs[0].stats
-    summary = {"model": args.model, "sampler": sampler, "images": len(ids), **stats.summary(),
+    summary = {"model": args.model, "sampler": sampler, "images": len(conds), **stats.summary(),
                "total_seconds_with_loading": round(time.perf_counter() - t0, 3)}
     print(json.dumps(summary, indent=2))
-    print(f"wrote {len(ids)} images and grid.png to {folder}")
+    print(f"wrote {len(conds)} images and grid.png to {folder}")
     return 0
 
 

@@ -10,7 +10,7 @@ LANTERN's neighbour table -- are built once per (sampler, options) and reused ac
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -68,6 +68,8 @@ class FamilySpec:
     members: dict = field(default_factory=dict)
     row_independent_seeds: bool = True  # False: samplers draw from one generator; per-row seeds run row by row
     codebook_rules: bool = False  # fill LANTERN / GSD's codebook from the tokenizer
+    conditions: Callable | None = None  # (pipeline, cond) -> the model's condition; None: class ids / names
+    own_tokenizer: bool = False  # the model checkpoint holds its image tokenizer (pipeline.json names no tokenizer)
 
 
 def _build_llamagen(spec, resolve, dtype):
@@ -139,6 +141,28 @@ FAMILIES: dict[str, FamilySpec] = {
         companions={"cspd": ("draft", "draft")}, members={"target": "main", "draft": "draft"},
         row_independent_seeds=False),
 }
+
+
+def _hf_family(name: str) -> Callable:
+    """A function of :mod:`vargen.models.hf.family`, imported on first use (transformers is an optional extra)."""
+    def call(*args):
+        try:
+            from .models.hf import family
+        except ImportError as err:
+            raise ImportError(f"transformers image LMs need the [hf] extra (pip install 'vargen[hf]'): {err}") from None
+        return getattr(family, name)(*args)
+
+    return call
+
+
+# transformers image LMs (vargen.models.hf): every token sampler; sd / lantern take a smaller checkpoint of the family
+for _kind in ("janus", "emu3"):
+    FAMILIES[_kind] = FamilySpec(
+        _kind, _hf_family("build"), _hf_family("decode_row"), default_sampler="sjd:window=16,coupled=true",
+        baseline="ar", samplers=("ar", "sjd", "gsd", "sd", "lantern"),
+        config_fields=("temperature", "top_k", "top_p", "cfg_scale"),
+        companions={"sd": ("draft", "draft"), "lantern": ("draft", "draft")},
+        codebook_rules=True, conditions=_hf_family("prompt_conditions"), own_tokenizer=True)
 
 
 def register_family(spec: FamilySpec) -> None:
@@ -315,8 +339,16 @@ class Pipeline:
             sampler.check(target)
         return sampler
 
-    def conditions(self, cond) -> torch.Tensor:
-        """Class names / ids (a list, or one) -> a LongTensor of checked ids on the model's device."""
+    @property
+    def takes_prompts(self) -> bool:
+        """Conditions are prompts (text or prompt token ids), not class ids."""
+        return self.family.conditions is not None
+
+    def conditions(self, cond):
+        """Class names / ids (a list, or one) -> a LongTensor of checked ids on the model's device; for prompt
+        families the family's conversion (strings, token-id lists)."""
+        if self.family.conditions is not None:
+            return self.family.conditions(self, cond)
         if isinstance(cond, (int, str)):
             cond = [cond]
         if isinstance(cond, (list, tuple)):
@@ -368,7 +400,7 @@ class Pipeline:
         if per_row_seeds and not self.row_independent_seeds:
             return self._generate_row_by_row(cond, sampler, model, config, seed or 0, decode)
         if per_row_seeds:
-            generator = [torch.Generator(self.device).manual_seed((seed or 0) + i) for i in range(cond.shape[0])]
+            generator = [torch.Generator(self.device).manual_seed((seed or 0) + i) for i in range(_batch(cond))]
         else:
             generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         out = sampler.sample(model, cond, config, generator, **kw)
@@ -399,6 +431,11 @@ class Pipeline:
             tok = out.tokens[i : i + 1].to(self.tokenizer_device)
             images.append(self.family.decode_row(self, tok, lat).float())
         return to_pil(torch.cat(images))
+
+
+def _batch(cond) -> int:
+    """Rows of a condition: class ids (a tensor) or a batched condition object (``PromptTokens``, ...)."""
+    return cond.shape[0] if torch.is_tensor(cond) else cond.batch
 
 
 def _rows_stats(parts: list[Stats]) -> Stats:
@@ -434,19 +471,21 @@ def load_pipeline_folder(folder: Path, dtype: torch.dtype = torch.float32, devic
     kind = spec.get("kind")
     if kind not in FAMILIES:
         raise ValueError(f"{path}: kind {kind!r} is not a known family ({', '.join(FAMILIES)})")
-    for key in ("model", "tokenizer"):
+    family = FAMILIES[kind]
+    for key in ("model",) if family.own_tokenizer else ("model", "tokenizer"):
         if not spec.get(key):
             raise ValueError(f"{path}: {key!r} is missing")
+    if family.own_tokenizer and spec.get("tokenizer"):
+        raise ValueError(f"{path}: a {kind} model decodes with its own VQ; drop 'tokenizer'")
     root = Path(folder).parent
 
     def resolve(name):
         p = Path(name)
         return p if p.is_absolute() else root / name
 
-    family = FAMILIES[kind]
     model, tokenizer, companions = family.build(spec, resolve, dtype)
-    try:
-        defaults = SamplingConfig(**spec.get("defaults", {}))
+    try:  # over the model's own (a transformers image LM's official) defaults
+        defaults = replace(getattr(model, "default_sampling", None) or SamplingConfig(), **spec.get("defaults", {}))
     except TypeError as err:
         raise ValueError(f"{path}: bad defaults: {err}") from None
     pipe = Pipeline(family, model, tokenizer, defaults, spec.get("class_names"), Path(folder).name, companions,
@@ -469,9 +508,17 @@ def _load_official(name: str, dtype, device, checkpoint=None, tokenizer_checkpoi
     return pipe.to(device)
 
 
+def _load_hf(folder: Path, dtype, device) -> Pipeline:
+    """A transformers image LM folder (``save_pretrained`` layout) as a pipeline with its official defaults."""
+    model, decoder, companions = _hf_family("build")({"model": str(folder)}, Path, dtype)
+    pipe = Pipeline(model.family, model, decoder, model.default_sampling, None, Path(folder).name, companions)
+    return pipe.to(device)
+
+
 def load(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
          checkpoint: str | None = None, tokenizer_checkpoint: str | None = None, trusted: bool = False) -> Pipeline:
-    """A pipeline from a shipped demo name, an official name, or a local folder with ``pipeline.json``.
+    """A pipeline from a shipped demo name, an official name, a local folder with ``pipeline.json``, or a
+    transformers image LM (a ``save_pretrained`` folder, or a hub id such as ``deepseek-ai/Janus-Pro-1B``).
 
     ``trusted=True`` allows official ``.pt`` files that are more than tensors to be unpickled fully (they
     can run code; see :mod:`vargen.models.checkpoint`). The first call also picks torch's CPU threads for
@@ -489,7 +536,17 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: to
     path = Path(name)
     if path.is_dir() and (path / "pipeline.json").is_file():
         return load_pipeline_folder(path, dtype, device)
+    from .models.hf.folders import hub_folder, is_hf_folder, is_hub_id  # no transformers import until needed
+
+    if is_hf_folder(path) or (not path.exists() and is_hub_id(name)):
+        given = [k for k, v in (("checkpoint", checkpoint), ("tokenizer_checkpoint", tokenizer_checkpoint),
+                                ("trusted", trusted)) if v]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to official names; a transformers folder loads its own "
+                             "safetensors weights")
+        return _load_hf(path if path.is_dir() else hub_folder(name), dtype, device)
     raise ValueError(
         f"unknown model {name!r}: not a shipped demo ({', '.join(n for n in zoo.shipped_names() if zoo.pipeline_kind(n)) or 'none'}), "
-        f"not an official name ({', '.join(sorted(zoo.OFFICIAL))}) and not a folder with pipeline.json"
+        f"not an official name ({', '.join(sorted(zoo.OFFICIAL))}), not a folder with pipeline.json and not a "
+        f"transformers folder or hub id of an adapted image LM (Janus, Emu3)"
     )

@@ -1,0 +1,265 @@
+"""Janus / Janus-Pro through transformers (vargen.models.hf) on tiny random configs built here: the adapter
+against transformers' own image generation, the protocol checks, losslessness by enumeration with a power check,
+every token sampler at batch > 1, and a ``save_pretrained`` folder through ``vargen.load`` and the CLI, offline."""
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="the [hf] extra (transformers) is not installed")
+from transformers import GenerationConfig, JanusConfig, JanusForConditionalGeneration  # noqa: E402
+
+from helpers import chi_square_pvalue, exact_prompt_law as exact_law  # noqa: E402
+from vargen import SamplingConfig, get_sampler, load  # noqa: E402
+from vargen.cli import main as vargen_main  # noqa: E402
+from vargen.models.base import HiddenStateModel  # noqa: E402
+from vargen.models.hf import PromptTokens, image_lm  # noqa: E402
+from vargen.samplers.acceptance import ExactAcceptance  # noqa: E402
+from vargen.samplers.proposers.jacobi import INITS  # noqa: E402
+from vargen.testing import check_token_model  # noqa: E402
+
+BOS, PAD, BOI, IMAGE = 0, 1, 98, 99  # text ids of the tiny configs (text vocabulary 100)
+
+
+def tiny_janus(side=4, codes=16, layers=2, seed=0, sharpness=3.0) -> JanusForConditionalGeneration:
+    """A random Janus with a ``side x side`` image grid of ``codes`` VQ entries and peaked (trained-like) image
+    distributions (transformers' 0.02-std init makes every image distribution nearly uniform)."""
+    torch.manual_seed(seed)
+    config = JanusConfig(
+        text_config=dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=100, pad_token_id=PAD,
+                         bos_token_id=BOS, max_position_embeddings=128),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=16 * side, patch_size=16, num_image_tokens=side * side, projection_dim=32,
+                           depth=1),
+        vq_config=dict(embed_dim=8, num_embeddings=codes, latent_channels=32, base_channels=32,
+                       channel_multiplier=[1, 1], num_res_blocks=1, projection_dim=32, image_token_embed_dim=32,
+                       num_patches=side),
+        image_token_id=IMAGE)
+    model = JanusForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(pad_token_id=PAD, bos_token_id=BOS,
+                                               generation_kwargs={"boi_token_id": BOI})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in (model.model.language_model, model.model.generation_embeddings, model.model.generation_aligner,
+                       model.model.generation_head, model.model.get_input_embeddings()):
+            for name, p in sorted(module.named_parameters()):
+                if p.dim() == 1:
+                    p.copy_((1 if "norm" in name else 0) + 0.1 * torch.randn(p.shape, generator=g))
+                elif isinstance(module, torch.nn.Embedding) or "embed" in name:
+                    p.copy_(torch.randn(p.shape, generator=g))
+                else:
+                    p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
+        model.model.generation_head.vision_head.weight.mul_(sharpness)
+    return model.eval()
+
+
+PROMPTS = [[BOS, 5, 17, 42, 7, BOI], [BOS, 9, 3, BOI], [BOS, 60, 61, 62, 63, 64, 65, BOI]]
+
+
+def prompts(rows=PROMPTS) -> PromptTokens:
+    return PromptTokens.from_lists(rows, PAD)
+
+
+@pytest.fixture(scope="module")
+def janus():
+    return image_lm(tiny_janus())
+
+
+# -- the adapter against transformers --------------------------------------------------------------------------------
+@pytest.mark.parametrize("cfg_scale", [2.0, 5.0])
+def test_greedy_ar_equals_transformers_image_generation(janus, cfg_scale):
+    """transformers' ``generate(generation_mode="image")`` runs Janus's own loop (CFG rows, its cache); vargen's
+    greedy AR and greedy SJD give the same tokens for the same (left-padded) prompt ids."""
+    cond = prompts(PROMPTS[:2])
+    ref = janus.hf.generate(cond.ids, attention_mask=cond.mask.long(), generation_mode="image", do_sample=False,
+                            guidance_scale=cfg_scale)
+    config = SamplingConfig(temperature=0.0, cfg_scale=cfg_scale)
+    for sampler in (get_sampler("ar"), get_sampler("sjd", window=5, coupled=True)):
+        out = sampler.sample(janus, cond, config, torch.Generator().manual_seed(0))
+        assert torch.equal(out.tokens, ref.to(out.tokens)), type(sampler).__name__
+
+
+def test_greedy_without_guidance_equals_a_loop_over_the_transformers_model(janus):
+    """No CFG (transformers' image ``generate`` needs a guidance scale > 1): greedy AR equals argmax decoding with
+    the full transformers forward recomputed from scratch for every token (no cache, transformers' own masks)."""
+    cond = prompts(PROMPTS[:2])
+    out = get_sampler("ar").sample(janus, cond, SamplingConfig(temperature=0.0, cfg_scale=1.0))
+    lm, embeds = janus.hf.model.language_model, janus.hf.get_input_embeddings()
+    tokens = torch.zeros(2, 0, dtype=torch.long)
+    for _ in range(janus.num_tokens):
+        h = torch.cat([embeds(cond.ids), janus.hf.prepare_embeddings_for_image_generation(tokens)], 1)
+        mask = torch.cat([cond.mask, torch.ones_like(tokens, dtype=torch.bool)], 1).long()
+        hidden = lm(inputs_embeds=h, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).last_hidden_state
+        tokens = torch.cat([tokens, janus.hf.model.generation_head(hidden[:, -1:]).argmax(-1)], 1)
+    assert torch.equal(out.tokens, tokens)
+
+
+def test_protocol_conformance(janus):
+    assert isinstance(janus, HiddenStateModel)
+    report = check_token_model(janus, prompts(), atol=1e-4)
+    assert set(report) >= {"teacher_forcing", "chunked", "per_row", "rollback", "reuse", "cfg_rows", "head"}
+
+
+def test_a_padded_row_equals_the_row_alone(janus):
+    """Left padding changes nothing: a short prompt batched with longer ones gets the tokens it gets alone."""
+    config = SamplingConfig(temperature=1.0, cfg_scale=3.0)
+    sampler = get_sampler("sjd", window=4, coupled=True)
+    batch = sampler.sample(janus, prompts(), config, [torch.Generator().manual_seed(s) for s in (5, 6, 7)])
+    for i, row in enumerate(PROMPTS):
+        alone = sampler.sample(janus, prompts([row]), config, [torch.Generator().manual_seed(5 + i)])
+        assert torch.equal(alone.tokens[0], batch.tokens[i]), i
+
+
+def test_unconditional_prompt_is_the_official_one(janus):
+    """Janus-Pro's CFG row: every prompt token but BOS and begin-of-image replaced by the pad token."""
+    uncond = janus.unconditional(prompts(PROMPTS[:1]))
+    assert uncond.ids[0].tolist() == [BOS, PAD, PAD, PAD, PAD, BOI]
+
+
+# -- losslessness by enumeration -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small():
+    """6 image tokens on a 2x2 grid: 1296 sequences to enumerate."""
+    return image_lm(tiny_janus(side=2, codes=6, seed=1))
+
+
+CONFIG = SamplingConfig(temperature=1.0, cfg_scale=2.0, top_k=4)
+ONE_PROMPT = [[BOS, 5, 17, BOI]]
+
+
+def _draw(sampler, lm, n=10000, seed=123):
+    cond = prompts(ONE_PROMPT * n)
+    return sampler.sample(lm, cond, CONFIG, torch.Generator().manual_seed(seed)).tokens
+
+
+@pytest.mark.parametrize("name,options", [
+    ("ar", {}),
+    ("sjd", dict(window=3, init="random")),
+    ("sjd", dict(window=4, init="horizontal_sample", coupled=True)),
+    ("sjd", dict(window=4, init="random", coupled=True)),
+])
+def test_lossless_against_enumerated_distribution(small, name, options):
+    exact = exact_law(small, prompts(ONE_PROMPT), CONFIG)
+    assert chi_square_pvalue(_draw(get_sampler(name, **options), small), exact) > 1e-3
+
+
+def test_sd_with_a_janus_draft_is_lossless(small):
+    draft = image_lm(tiny_janus(side=2, codes=6, layers=1, seed=4))
+    exact = exact_law(small, prompts(ONE_PROMPT), CONFIG)
+    assert chi_square_pvalue(_draw(get_sampler("sd", draft=draft, gamma=3), small), exact) > 1e-3
+
+
+class ResampleFromTarget(ExactAcceptance):
+    """Deliberately broken: on rejection draw from p instead of the residual."""
+
+    name = "broken"
+
+    def residual(self, p, q):
+        return p
+
+
+def test_chi_square_test_has_power(small):
+    exact = exact_law(small, prompts(ONE_PROMPT), CONFIG)
+    broken = get_sampler("sjd", window=4, init="horizontal", acceptance=ResampleFromTarget())
+    assert chi_square_pvalue(_draw(broken, small), exact) < 1e-6
+
+
+# -- every token sampler, batch > 1 ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("janus") / "tiny-janus"
+    tiny_janus().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipe(folder):
+    return load(folder)
+
+
+SAMPLERS = [("ar", {}), *[("sjd", dict(window=4, init=i)) for i in INITS],
+            ("sjd", dict(window=6, coupled=True)), ("gsd", dict(window=4, group_size=3)),
+            ("lantern", dict(gamma=3, k=4, delta=0.2)), ("sd", dict(gamma=3))]
+
+
+@pytest.mark.parametrize("name,options", SAMPLERS, ids=[f"{n}-{o.get('init', '')}" for n, o in SAMPLERS])
+def test_every_token_sampler_runs_rows_independently(pipe, name, options, tmp_path):
+    """Batch of 3 prompts of different lengths with per-row seeds: each row gets the tokens it gets alone."""
+    if name in ("sd", "lantern"):
+        options = dict(options, draft=image_lm(tiny_janus(layers=1, seed=4)))
+    kw = dict(sampler=name, seed=3, per_row_seeds=True, decode=False, temperature=1.0, cfg_scale=3.0, **options)
+    batch = pipe.generate(PROMPTS, **kw)
+    assert batch.tokens.shape == (3, pipe.model.num_tokens)
+    assert int(batch.tokens.min()) >= 0 and int(batch.tokens.max()) < pipe.model.vocab_size
+    for i, row in enumerate(PROMPTS):
+        alone = pipe.generate([row], **dict(kw, seed=3 + i))
+        assert torch.equal(alone.tokens[0], batch.tokens[i]), (name, i)
+
+
+def test_lantern_neighbourhoods_come_from_the_vq_codebook(pipe):
+    sampler = pipe.make_sampler("lantern", gamma=3, k=4, delta=0.2, draft=image_lm(tiny_janus(layers=1, seed=4)))
+    book = sampler.rule.codebook() if callable(sampler.rule.codebook) else sampler.rule.codebook
+    assert torch.allclose(book, pipe.model.codebook())
+
+
+# -- loading and the CLI, offline -------------------------------------------------------------------------------------
+def test_save_pretrained_folder_loads_and_generates_images(pipe):
+    assert pipe.takes_prompts and pipe.kind == "janus"
+    assert pipe.defaults.cfg_scale == 5.0 and pipe.defaults.temperature == 1.0  # the official defaults
+    out = pipe.generate(PROMPTS[:2], seed=0)
+    assert len(out.images) == 2 and out.images[0].size == (8, 8)  # 4x4 tokens, one 2x upsampling
+
+
+def test_cli_generates_from_the_folder_offline(folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    assert vargen_main(["generate", "--model", str(folder), "--prompt-ids", "0,5,17,42,7,98", "0,9,3,98",
+                        "--sampler", "sjd:window=4,coupled=true", "--out", str(out)]) == 0
+    stats = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    assert stats["images"] == 2 and stats["forward_passes"] >= 1
+    assert sorted(p.name for p in out.iterdir()) == ["0000_ids-17-42-7-98.png", "0001_ids-0-9-3-98.png", "grid.png"]
+
+
+def test_pipeline_json_names_a_draft_for_sd(folder, tmp_path):
+    draft = tmp_path / "draft"
+    tiny_janus(layers=1, seed=4).save_pretrained(draft)
+    spec = tmp_path / "janus-with-draft"
+    spec.mkdir()
+    (spec / "pipeline.json").write_text(json.dumps({"kind": "janus", "model": str(folder), "draft": str(draft),
+                                                    "defaults": {"cfg_scale": 3.0}}))
+    pipe = load(spec)
+    assert pipe.defaults.cfg_scale == 3.0 and pipe.defaults.temperature == 1.0
+    out = pipe.generate(PROMPTS[:2], sampler="sd:gamma=3", decode=False)
+    assert out.stats.draft_forward_passes > 0
+
+
+def test_bad_input_is_rejected_before_work(pipe, folder, tmp_path, monkeypatch, capsys):
+    with pytest.raises(ValueError, match="no tokenizer/processor"):
+        pipe.generate(["a cat"])
+    with pytest.raises(ValueError, match="out of range"):
+        pipe.generate([[0, 5, 100]])
+    with pytest.raises(ValueError, match="all strings or all non-empty lists"):
+        pipe.generate([[0, 5], "a cat"])
+    with pytest.raises(ValueError, match="does not apply to janus"):
+        pipe.generate(PROMPTS[:1], cfg_interval=3)
+    with pytest.raises(ValueError, match="apply to official names"):
+        load(folder, checkpoint="x.pt")
+    for args, message in [(["--model", str(folder), "--class-id", "3"], "is a text-to-image model"),
+                          (["--model", str(folder), "--prompt-ids", "0,x"], "comma-separated integers"),
+                          (["--prompt", "a cat"], "is class-conditional"),
+                          (["--prompt", "a cat", "--prompt-ids", "0,1"], "not both")]:
+        assert vargen_main(["generate", *args, "--out", str(tmp_path / "o")]) == 2
+        assert message in capsys.readouterr().err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="nobody-here/no-such-janus"):
+        load("nobody-here/no-such-janus")
+
+
+def test_compiled_step_gives_the_eager_tokens(janus):
+    """``compile=True`` compiles the step through transformers' decoder and the per-row cache (fullgraph)."""
+    config = SamplingConfig(temperature=1.0, cfg_scale=3.0)
+    sampler = get_sampler("sjd", window=4, coupled=True)
+    eager = sampler.sample(janus, prompts(PROMPTS[:2]), config, torch.Generator().manual_seed(0))
+    compiled = sampler.sample(janus, prompts(PROMPTS[:2]), config, torch.Generator().manual_seed(0), compile=True)
+    assert torch.equal(eager.tokens, compiled.tokens)

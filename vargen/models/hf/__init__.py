@@ -1,0 +1,42 @@
+"""transformers image LMs as TokenModels: Janus / Janus-Pro and Emu3 (needs the ``[hf]`` extra: transformers).
+
+``image_lm(hf_model)`` wraps a loaded transformers model by its ``config.model_type``;
+``family.load_model(folder)`` loads a ``save_pretrained`` folder; ``vargen.load(folder or hub id)`` builds the
+pipeline (prompts through the checkpoint's processor, images through the model's VQ). Importing this package does
+not import transformers; the adapters do.
+"""
+from __future__ import annotations
+
+__all__ = ["HFImageLM", "PromptTokens", "RowCache", "ADAPTERS", "image_lm"]
+
+
+def _janus():
+    from .janus import JanusImageLM
+
+    return JanusImageLM
+
+
+def _emu3():
+    from .emu3 import Emu3ImageLM
+
+    return Emu3ImageLM
+
+
+ADAPTERS = {"janus": _janus, "emu3": _emu3}  # config.model_type -> adapter class (imported on use)
+
+
+def image_lm(hf_model, **options):
+    """The vargen adapter (an :class:`HFImageLM`) of a loaded transformers image LM (``options`` go to the adapter,
+    e.g. Emu3's ``height`` / ``width``); ``ValueError`` for a model type vargen does not adapt."""
+    kind = getattr(hf_model.config, "model_type", None)
+    if kind not in ADAPTERS:
+        raise ValueError(f"transformers model type {kind!r} has no vargen adapter (adapted: {', '.join(ADAPTERS)})")
+    return ADAPTERS[kind]()(hf_model, **options).eval()
+
+
+def __getattr__(name):
+    if name in ("HFImageLM", "PromptTokens", "RowCache"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

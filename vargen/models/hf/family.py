@@ -1,0 +1,107 @@
+"""Pipelines for transformers image LMs: a ``save_pretrained`` folder or a hub id, text prompts through the
+checkpoint's own processor, images through the model's own VQ decoder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .base import HFImageLM, PromptTokens
+from .folders import MODEL_CLASSES, model_type
+
+__all__ = ["ImageDecoder", "load_model", "build", "decode_row", "prompt_conditions"]
+
+
+class ImageDecoder(nn.Module):
+    """The pipeline's tokenizer for a transformers image LM: its VQ model, decoding and codebook through the
+    adapter (the VQ is a submodule, so ``.to()`` moves it; the adapter is not)."""
+
+    def __init__(self, lm: HFImageLM, vq: nn.Module):
+        super().__init__()
+        self.vq = vq
+        self._lm = (lm,)  # a tuple: not registered as a submodule
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._lm[0].decode(tokens)
+
+    def codebook(self) -> torch.Tensor:
+        return self._lm[0].codebook()
+
+
+def load_model(folder, dtype: torch.dtype = torch.float32) -> HFImageLM:
+    """The adapter of a ``save_pretrained`` folder (Emu3: the grid of the processor's ``image_area`` at 1:1, else
+    the official 90 x 90)."""
+    import transformers
+
+    from . import image_lm
+
+    kind = model_type(folder)
+    if kind not in MODEL_CLASSES:
+        raise ValueError(f"{folder}: transformers model type {kind!r} has no vargen adapter "
+                         f"(adapted: {', '.join(MODEL_CLASSES)})")
+    hf = getattr(transformers, MODEL_CLASSES[kind]).from_pretrained(folder, dtype=dtype)
+    options = {}
+    if kind == "emu3":
+        processor = _processor(folder)
+        if processor is not None:
+            options["height"], options["width"] = processor.calculate_generate_size("1:1", processor.image_area, 8)
+    return image_lm(hf, **options)
+
+
+def _processor(folder):
+    """The checkpoint's processor, or None where the folder has no tokenizer files (a bare ``save_pretrained``)."""
+    import transformers
+
+    try:
+        return transformers.AutoProcessor.from_pretrained(folder)
+    except Exception:
+        return None
+
+
+def build(spec, resolve, dtype):
+    """``FamilySpec.build``: ``spec["model"]`` is the transformers folder; ``spec["draft"]`` an optional smaller
+    checkpoint of the same family (sharing the image tokenizer) for ``sd``."""
+    folder = resolve(spec["model"])
+    model = load_model(folder, dtype)
+    companions = {}
+    if spec.get("draft"):
+        path = resolve(spec["draft"])
+        companions["draft"] = lambda: load_model(path, dtype)
+    model.processor = _processor(folder)
+    if model.processor is not None and hasattr(model, "negative_ids"):  # Emu3: the official negative prompt
+        model.negative = model.negative_ids(model.processor)
+    return model, ImageDecoder(model, model.hf.model.vqmodel), companions
+
+
+def decode_row(pipe, tokens, latents):
+    return pipe.tokenizer.decode(tokens.to(pipe.device))
+
+
+def prompt_conditions(pipe, cond) -> PromptTokens:
+    """Prompts -> :class:`PromptTokens`: a string or a list of strings (through the checkpoint's processor and chat
+    template, as the official image-generation scripts build them), token-id lists, or PromptTokens."""
+    model = pipe.model
+    if isinstance(cond, PromptTokens):
+        return cond.to(pipe.device)
+    if isinstance(cond, str):
+        cond = [cond]
+    if not isinstance(cond, (list, tuple)) or not cond:
+        raise ValueError(f"a {model.family} pipeline takes prompts (strings), token-id lists or PromptTokens, got "
+                         f"{type(cond).__name__ if not isinstance(cond, (list, tuple)) else 'an empty list'}")
+    if all(isinstance(c, str) for c in cond):
+        processor = getattr(model, "processor", None)
+        if processor is None:
+            raise ValueError("this checkpoint folder has no tokenizer/processor files, so text prompts cannot be "
+                             "tokenized; pass prompt token ids (--prompt-ids on the CLI) or PromptTokens")
+        rows = [model.prompt_ids(processor, c) for c in cond]
+    elif all(isinstance(c, (list, tuple)) and c and all(isinstance(t, int) and not isinstance(t, bool) for t in c)
+             for c in cond):
+        rows = [list(c) for c in cond]
+    else:
+        raise ValueError("prompts must be all strings or all non-empty lists of token ids")
+    vocab = model.hf.get_input_embeddings().num_embeddings
+    bad = sorted({t for r in rows for t in r if not 0 <= t < vocab})
+    if bad:
+        raise ValueError(f"prompt token ids {bad[:8]} out of range: the text vocabulary has {vocab} tokens")
+    return PromptTokens.from_lists(rows, model.pad_id).to(pipe.device)
