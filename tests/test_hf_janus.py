@@ -263,3 +263,19 @@ def test_compiled_step_gives_the_eager_tokens(janus):
     eager = sampler.sample(janus, prompts(PROMPTS[:2]), config, torch.Generator().manual_seed(0))
     compiled = sampler.sample(janus, prompts(PROMPTS[:2]), config, torch.Generator().manual_seed(0), compile=True)
     assert torch.equal(eager.tokens, compiled.tokens)
+
+
+def test_bench_takes_prompt_models_and_the_random_janus_shape(folder, tmp_path, capsys):
+    """``vargen bench`` on a Janus folder with prompt ids, and on the random Janus-Pro-1B shape (1 layer, 2x2)."""
+    table = tmp_path / "table.md"
+    assert vargen_main(["bench", "--model", str(folder), "--prompt-ids", "0,5,17,98", "0,9,98", "--batch", "2",
+                        "--sampler", "ar", "sjd:window=4,coupled=true", "--forward", "--out", str(table)]) == 0
+    text = table.read_text()
+    assert "| `ar` | 2 | 16.0 |" in text and "| `sjd:coupled=true,window=4` | 2 |" in text and "| 2 | 16 |" in text
+    assert vargen_main(["bench", "--model", "random-janus-pro-1b", "--num-layers", "1", "--num-tokens", "4",
+                        "--sampler", "ar"]) == 0
+    assert "| `ar` | 1 | 4.0 |" in capsys.readouterr().out
+    assert vargen_main(["bench", "--model", str(folder), "--sampler", "ar"]) == 2
+    assert "give prompts" in capsys.readouterr().err
+    assert vargen_main(["bench", "--prompt-ids", "0,1", "--sampler", "ar"]) == 2
+    assert "prompts do not apply" in capsys.readouterr().err

@@ -194,8 +194,8 @@ def _add_bench(sub) -> None:
                        description="Time samplers on one model, interleaved, after a warm-up each; speed-ups are "
                                    "against the family's baseline (ar, var, mar) of the same batch size.")
     p.add_argument("--model", default="cifar10-llamagen",
-                   help="a pipeline (demo name or folder), or random-gpt-b / random-gpt-l / random-gpt-xl "
-                        "(official shapes with random weights)")
+                   help="a pipeline (demo name, folder or hub id), or random-gpt-b / random-gpt-l / random-gpt-xl / "
+                        "random-janus-pro-1b / random-janus-pro-7b (official shapes with random weights)")
     p.add_argument("--sampler", nargs="+", help="sampler specs NAME:key=value,... (default: the baseline and the "
                                                 "model's default sampler)")
     p.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 1; --suite gpu: 1 16)")
@@ -214,14 +214,20 @@ def _add_bench(sub) -> None:
     p.add_argument("--quality", action="store_true",
                    help="add the mean NLL of the samples under the model (bits/token), a quality proxy (token models)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first run (default 0)")
-    p.add_argument("--num-tokens", type=int, default=256, help="grid size for the random-gpt-* shapes (default 256)")
+    p.add_argument("--num-tokens", type=int, default=None,
+                   help="image tokens of the random-* shapes (default 256; Janus-Pro shapes 576)")
+    p.add_argument("--num-layers", type=int, default=None,
+                   help="decoder layers of a random transformers shape (default: all of the checkpoint's)")
+    p.add_argument("--prompt", nargs="+", default=None, help="text prompts (text-to-image models), round-robin")
+    p.add_argument("--prompt-ids", nargs="+", default=None, metavar="IDS",
+                   help="prompts as comma-separated token ids (default for random-janus-*: a synthetic one)")
     p.add_argument("--out", help="also write the markdown table to this file")
     _add_config_flags(p)
     _add_runtime_flags(p)
 
 
 def _run_bench(args) -> int:
-    from .eval.bench import RANDOM_SHAPES, format_table, machine_line, random_pipeline, run_bench
+    from .eval.bench import RANDOM_HF_SHAPES, RANDOM_SHAPES, format_table, machine_line, random_pipeline, run_bench
     from .pipeline import load
 
     _setup(args)
@@ -230,20 +236,25 @@ def _run_bench(args) -> int:
     if args.suite == "gpu":
         return _run_gpu_suite(args)
     args.batch, args.compile = args.batch or [1], args.compile or "off"
-    if args.model in RANDOM_SHAPES:
-        pipe = random_pipeline(args.model, args.num_tokens, device=args.device)
+    prompts = _cli_prompts(args)
+    if args.model in RANDOM_SHAPES or args.model in RANDOM_HF_SHAPES:
+        tokens = args.num_tokens or (576 if args.model in RANDOM_HF_SHAPES else 256)
+        pipe = random_pipeline(args.model, tokens, device=args.device, num_layers=args.num_layers)
     else:
+        if args.num_layers is not None:
+            raise ValueError("--num-layers applies to the random-* shapes")
         pipe = load(args.model, device=args.device)
     specs = args.sampler or list(dict.fromkeys([pipe.baseline_sampler, pipe.default_sampler]))
     print(f"model {args.model}; {machine_line()}")
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
     rows = run_bench(pipe, specs, args.batch, _config_options(args), seed=args.seed, repeats=args.repeats,
-                     quality=args.quality, compile_modes=modes)
+                     quality=args.quality, compile_modes=modes, prompts=prompts)
     table = format_table(rows)
     if args.forward:
         from .eval.bench import format_forward_table, forward_table
 
-        table += "\n\n" + format_forward_table(forward_table(pipe, args.batch, modes, _config_options(args)))
+        table += "\n\n" + format_forward_table(forward_table(pipe, args.batch, modes, _config_options(args),
+                                                             prompts=prompts))
     print(table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +272,7 @@ def _run_gpu_suite(args) -> int:
     if args.compile == "both":
         raise ValueError("--suite gpu times eager and compiled itself: --compile on (default) or off")
     print(f"suite gpu; {machine_line()}")
-    rows, line = run_gpu_suite(args.shapes, args.batch or [1, 16], args.device, args.num_tokens,
+    rows, line = run_gpu_suite(args.shapes, args.batch or [1, 16], args.device, args.num_tokens or 256,
                                compile=args.compile != "off")
     table = f"{line}\n\n{format_suite(rows)}"
     print(table)

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.hf.random import RANDOM_HF_SHAPES as _HF_SHAPES
 from ..samplers.spec import SamplerSpec
 
-__all__ = ["BenchRow", "run_bench", "time_sampler", "format_table", "machine_line", "random_pipeline", "RANDOM_SHAPES"]
+__all__ = ["BenchRow", "run_bench", "time_sampler", "format_table", "machine_line", "random_pipeline", "RANDOM_SHAPES",
+           "RANDOM_HF_SHAPES"]
 
 
 @dataclass
@@ -38,15 +40,28 @@ class BenchRow:
 
 
 RANDOM_SHAPES = {"random-gpt-b": "GPT-B", "random-gpt-l": "GPT-L", "random-gpt-xl": "GPT-XL"}
+RANDOM_HF_SHAPES = tuple(_HF_SHAPES)
 
 
-def random_pipeline(name: str, num_tokens: int = 256, vocab: int = 16384, device="cpu", dtype=torch.float32):
+def random_pipeline(name: str, num_tokens: int = 256, vocab: int = 16384, device="cpu", dtype=torch.float32,
+                    num_layers: int | None = None):
     """A LlamaGen-family pipeline around an official shape with random weights (the output head random too,
-    not zero), no tokenizer: the cost of a forward pass, not image quality. ``name``: ``random-gpt-b`` etc."""
+    not zero), no tokenizer: the cost of a forward pass, not image quality. ``name``: ``random-gpt-b`` etc., or a
+    transformers shape (``random-janus-pro-1b``: :mod:`vargen.models.hf.random`, ``num_layers`` of its decoder)."""
     from ..models.llamagen import GPT, gpt_config
     from ..pipeline import Pipeline
     from ..samplers.base import SamplingConfig
 
+    if name in RANDOM_HF_SHAPES:
+        from ..models.hf import image_lm
+        from ..models.hf.family import ImageDecoder
+        from ..models.hf.random import random_janus
+
+        model = image_lm(random_janus(name, num_layers, num_tokens)).to(device=device, dtype=dtype)
+        vq = ImageDecoder(model, model.hf.model.vqmodel)  # its codebook for GSD / LANTERN
+        return Pipeline("janus", model, vq, model.default_sampling, name=name)
+    if num_layers is not None:
+        raise ValueError("--num-layers applies to the transformers shapes (random-janus-pro-1b, ...)")
     if name not in RANDOM_SHAPES:
         raise ValueError(f"unknown random shape {name!r}; choose from {', '.join(RANDOM_SHAPES)}")
     if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or math.isqrt(num_tokens) ** 2 != num_tokens:
@@ -69,7 +84,24 @@ def sample_nll_bits(model, cond: torch.Tensor, tokens: torch.Tensor) -> float:
     return float(F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())) / math.log(2)
 
 
-def _run(pipe, spec: SamplerSpec, labels: list[int], seed: int, overrides: dict, compile: bool = False):
+def batch_conditions(pipe, batch: int, prompts: list | None = None) -> list:
+    """``batch`` conditions: class ids round-robin over the classes, or for prompt models ``prompts`` round-robin
+    (strings or token-id lists; a random transformers shape has a synthetic prompt)."""
+    if not pipe.takes_prompts:
+        if prompts:
+            raise ValueError(f"{pipe.name or pipe.kind} is class-conditional: prompts do not apply")
+        return [i % max(1, pipe.num_classes) for i in range(batch)]
+    if not prompts:
+        if pipe.name in RANDOM_HF_SHAPES:
+            from ..models.hf.random import SYNTHETIC_PROMPT
+
+            prompts = [SYNTHETIC_PROMPT]
+        else:
+            raise ValueError(f"{pipe.name or pipe.kind} is a text-to-image model: give prompts (--prompt or --prompt-ids)")
+    return [prompts[i % len(prompts)] for i in range(batch)]
+
+
+def _run(pipe, spec: SamplerSpec, labels: list, seed: int, overrides: dict, compile: bool = False):
     options = dict(spec.options, **({"model": spec.member} if spec.member else {}))
     if compile:
         options["compile"] = True
@@ -88,7 +120,7 @@ def time_sampler(pipe, spec: str, batch: int, seed: int = 0, overrides: dict | N
 
 def run_bench(pipe, specs: list[str], batches: list[int], overrides: dict | None = None, seed: int = 0,
               repeats: int = 1, quality: bool = False, progress=print,
-              compile_modes: tuple = (False,)) -> list[BenchRow]:
+              compile_modes: tuple = (False,), prompts: list | None = None) -> list[BenchRow]:
     """Every spec at every batch size through ``pipe.generate`` (any family); ``repeats`` seeds each, the
     runs of all specs interleaved, times summed. Speed-ups are against the family's baseline spec (``ar``,
     ``var``, ``mar`` without options, eager) of the same batch size, when it is among the specs.
@@ -98,7 +130,7 @@ def run_bench(pipe, specs: list[str], batches: list[int], overrides: dict | None
     for p in specs_parsed:  # every spec is checked against the pipeline before any timing
         pipe.make_sampler(p.name, **p.options)
         pipe.member(p.member)
-    if True in compile_modes and pipe.kind != "llamagen":
+    if True in compile_modes and pipe.baseline_sampler != "ar":
         raise ValueError(f"--compile applies to token models; {pipe.kind} has no compiled path")
     parsed = [(p, c) for c in compile_modes for p in specs_parsed]
     label = lambda p, c: f"{p} +compile" if c else str(p)  # noqa: E731
@@ -109,10 +141,10 @@ def run_bench(pipe, specs: list[str], batches: list[int], overrides: dict | None
         raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
     if quality and not hasattr(pipe.model, "logits"):
         raise ValueError(f"--quality needs a token model with teacher forcing; {pipe.kind} has none")
-    n_cls = max(1, pipe.num_classes)
+    batch_conditions(pipe, 1, prompts)  # prompts given to a class model, or missing for a prompt model: an error now
     rows: list[BenchRow] = []
     for batch in batches:
-        labels = [i % n_cls for i in range(batch)]
+        labels = batch_conditions(pipe, batch, prompts)
         for p, c in parsed:
             _run(pipe, p, labels, seed, overrides, c)  # warm-up at this batch (and the compiled shapes)
         runs = {label(p, c): [] for p, c in parsed}
@@ -145,18 +177,18 @@ def run_bench(pipe, specs: list[str], batches: list[int], overrides: dict | None
 
 
 def forward_table(pipe, batches: list[int], compile_modes=(False,), overrides: dict | None = None,
-                  widths=(1, 16)) -> list[tuple]:
+                  widths=(1, 16), prompts: list | None = None) -> list[tuple]:
     """``(batch, tokens, eager ms, compiled ms or None)`` of one cached decode forward (CFG rows included), with
     the cost model of ``window="auto"`` (:func:`vargen.samplers.autotune.forward_costs`)."""
     from ..samplers.autotune import forward_costs
     from ..samplers.session import resolve_config
 
-    if pipe.kind != "llamagen":
+    if pipe.baseline_sampler != "ar":
         raise ValueError(f"--forward times token models; {pipe.kind} has none")
     config = resolve_config(pipe.model, pipe.split_options(dict(overrides or {}))[0])
     out = []
     for batch in batches:
-        cond = pipe.conditions([i % max(1, pipe.num_classes) for i in range(batch)])
+        cond = pipe.conditions(batch_conditions(pipe, batch, prompts))
         eager = forward_costs(pipe.model, cond, config, list(widths), compiled=False, repeats=21)
         compiled = forward_costs(pipe.model, cond, config, list(widths), True, 21) if True in compile_modes else {}
         out += [(batch, w, 1e3 * eager[w], 1e3 * compiled[w] if compiled else None) for w in widths]
