@@ -67,6 +67,11 @@ def janus():
 
 
 # -- the adapter against transformers --------------------------------------------------------------------------------
+OLD_JANUS_GENERATE = tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 12)
+
+
+@pytest.mark.skipif(OLD_JANUS_GENERATE, reason="transformers < 5.12: its own Janus image generate gives other tokens "
+                    "than 5.12+ for the same weights (vargen's tokens are the same on 5.0, 5.12 and 5.24)")
 @pytest.mark.parametrize("cfg_scale", [2.0, 5.0])
 def test_greedy_ar_equals_transformers_image_generation(janus, cfg_scale):
     """transformers' ``generate(generation_mode="image")`` runs Janus's own loop (CFG rows, its cache); vargen's
@@ -279,3 +284,45 @@ def test_bench_takes_prompt_models_and_the_random_janus_shape(folder, tmp_path, 
     assert "give prompts" in capsys.readouterr().err
     assert vargen_main(["bench", "--prompt-ids", "0,1", "--sampler", "ar"]) == 2
     assert "prompts do not apply" in capsys.readouterr().err
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|User|>: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}\n\n"
+                 "{% endfor %}{% if add_generation_prompt %}<|Assistant|>:{% endif %}")
+
+
+def tiny_processor():
+    """A word-level tokenizer with Janus's special tokens (BOS 0, pad 1, begin-of-image 98) and a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import JanusImageProcessor, JanusProcessor, PreTrainedTokenizerFast
+
+    words = ["<bos>", "<pad>", "<unk>", "<|User|>:", "<|Assistant|>:", "a", "red", "cat", "blue", "dog", "in", "snow"]
+    vocab = {w: i for i, w in enumerate(words)}
+    vocab.update({"<end_of_image>": 97, "<begin_of_image>": BOI, "<image_placeholder>": IMAGE})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", BOS)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image_placeholder>", "boi_token": "<begin_of_image>",
+                              "eoi_token": "<end_of_image>"})
+    fast.add_special_tokens({"additional_special_tokens": ["<|User|>:", "<|Assistant|>:"]})
+    return JanusProcessor(image_processor=JanusImageProcessor(), tokenizer=fast, chat_template=CHAT_TEMPLATE,
+                          num_image_tokens=16)
+
+
+def test_text_prompts_go_through_the_checkpoints_processor(folder, tmp_path, capsys, monkeypatch):
+    """A folder with processor files takes text: the chat template's user turn and assistant prefix, then
+    begin-of-image, as the official script; the pipeline and the CLI give the tokens of those ids."""
+    with_text = tmp_path / "janus-with-processor"
+    tiny_janus().save_pretrained(with_text)
+    tiny_processor().save_pretrained(with_text)
+    pipe = load(with_text)
+    ids = pipe.model.prompt_ids(pipe.model.processor, "a red cat")
+    assert ids == [BOS, 3, 5, 6, 7, 4, BOI]
+    kw = dict(sampler="sjd:window=4,coupled=true", seed=1, per_row_seeds=True, decode=False)
+    assert torch.equal(pipe.generate(["a red cat"], **kw).tokens, pipe.generate([ids], **kw).tokens)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    assert vargen_main(["generate", "--model", str(with_text), "--prompt", "a red cat", "a blue dog in snow",
+                        "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0000_a-red-cat.png", "0001_a-blue-dog-in-snow.png", "grid.png"]

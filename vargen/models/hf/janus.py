@@ -45,11 +45,12 @@ class JanusImageLM(HFImageLM):
         self.bos_id, self.pad_id, self.boi_id = ids["bos_token_id"], ids["pad_token_id"], ids["boi_token_id"]
 
     def prompt_ids(self, processor, text: str) -> list[int]:
-        """One prompt as the official script builds it: the chat template's user turn and assistant prefix, then
-        the begin-of-image token (the processor's ``generation_mode="image"``)."""
+        """One prompt as the official ``generation_inference.py`` builds it: the chat template's user turn and
+        assistant prefix, then the begin-of-image token, tokenized (what the processor's ``generation_mode="image"``
+        does; its call's keyword handling changed across transformers 5.x, the tokenizer's did not)."""
         messages = [{"role": "user", "content": [{"type": "text", "text": text}]}]
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-        return processor(text=prompt, generation_mode="image", return_tensors="pt").input_ids[0].tolist()
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(processor.tokenizer(prompt + processor.image_start_token)["input_ids"])
 
     def embed_prompt(self, ids: torch.Tensor) -> torch.Tensor:
         return self.hf.get_input_embeddings()(ids)
