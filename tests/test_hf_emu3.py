@@ -170,3 +170,26 @@ def test_compiled_step_gives_the_eager_tokens(emu3):
     eager = sampler.sample(emu3, prompts(PROMPTS[:2]), config, torch.Generator().manual_seed(0))
     compiled = sampler.sample(emu3, prompts(PROMPTS[:2]), config, torch.Generator().manual_seed(0), compile=True)
     assert torch.equal(eager.tokens, compiled.tokens)
+
+
+def test_text_prompts_and_the_negative_prompt_through_the_processor():
+    """The official construction: BOS, prompt + positive suffix, ``<|image start|>H*W<|image token|>`` with the
+    adapter's grid; the negative prompt the same way."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import Emu3ImageProcessor, Emu3Processor, PreTrainedTokenizerFast
+
+    from vargen.models.hf.emu3 import NEGATIVE_PROMPT, POSITIVE_SUFFIX
+
+    vocab = {"<bos>": BOS, "<pad>": PAD, "<unk>": 2, "<|image start|>": 3, "<|image token|>": 4, "<|image end|>": 9,
+             "<|extra_201|>": 10, "<image>": 6, "a": 11, "cat": 12, "2*3": 13}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>", "boi_token": "<|image start|>", "eoi_token": "<|image end|>",
+                              "image_wrapper_token": "<|image token|>", "eof_token": "<|extra_201|>"})
+    processor = Emu3Processor(image_processor=Emu3ImageProcessor(), tokenizer=fast)
+    lm = image_lm(tiny_emu3(), height=2, width=3)
+    unk = lambda text: [2] * len(text.split())  # noqa: E731  (words outside the tiny vocabulary)
+    assert lm.prompt_ids(processor, "a cat") == [BOS, 11, 12, *unk(POSITIVE_SUFFIX), 3, 13, 4]
+    assert lm.negative_ids(processor) == [BOS, *unk(NEGATIVE_PROMPT), 3, 13, 4]
