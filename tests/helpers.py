@@ -6,6 +6,7 @@ import itertools
 import torch
 
 from vargen.models.llamagen import GPT, GPTConfig
+from vargen.samplers.acceptance import ExactAcceptance
 from vargen.samplers.base import SamplingConfig, cfg_mix, logits_to_probs
 
 
@@ -18,15 +19,43 @@ def tiny_gpt(vocab=6, grid=2, num_classes=3, dim=32, n_layer=2, n_head=2, seed=0
     model = GPT(cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            if p.dim() == 1:
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            elif "embed" in name:
-                p.copy_(torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
+        randomise_(model.named_parameters(), g)
         model.output.weight.mul_(sharpness)
     return model.to(dtype).eval()
+
+
+@torch.no_grad()
+def randomise_(named_parameters, generator: torch.Generator) -> None:
+    """Trained-like random weights in place (transformers' 0.02-std init makes every distribution nearly uniform):
+    norms near 1, other 1-D parameters near 0, embeddings N(0, 1), matrices N(0, 1 / fan_in)."""
+    for name, p in sorted(named_parameters):
+        if p.dim() == 1:
+            p.copy_((1 if "norm" in name else 0) + 0.1 * torch.randn(p.shape, generator=generator))
+        elif "embed" in name:
+            p.copy_(torch.randn(p.shape, generator=generator))
+        else:
+            p.copy_(torch.randn(p.shape, generator=generator) / p.shape[1] ** 0.5)
+
+
+class ResampleFromTarget(ExactAcceptance):
+    """Deliberately broken: on rejection draw from p instead of the residual (for power checks)."""
+
+    name = "broken"
+
+    def residual(self, p, q):
+        return p
+
+
+def assert_prompt_rows_match_alone(pipe, prompts: list, **kw) -> None:
+    """``pipe.generate(prompts, per_row_seeds=True, seed=s)``: row ``i`` gets the tokens it gets alone with seed
+    ``s + i``."""
+    seed = kw.pop("seed", 0)
+    batch = pipe.generate(prompts, seed=seed, per_row_seeds=True, decode=False, **kw)
+    assert batch.tokens.shape == (len(prompts), pipe.model.num_tokens)
+    assert int(batch.tokens.min()) >= 0 and int(batch.tokens.max()) < pipe.model.vocab_size
+    for i, row in enumerate(prompts):
+        alone = pipe.generate([row], seed=seed + i, per_row_seeds=True, decode=False, **kw)
+        assert torch.equal(alone.tokens[0], batch.tokens[i]), i
 
 
 @torch.no_grad()

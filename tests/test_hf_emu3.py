@@ -8,12 +8,11 @@ import torch
 transformers = pytest.importorskip("transformers", reason="the [hf] extra (transformers) is not installed")
 from transformers import Emu3Config, Emu3ForConditionalGeneration  # noqa: E402
 
-from helpers import chi_square_pvalue, exact_prompt_law  # noqa: E402
+from helpers import ResampleFromTarget, assert_prompt_rows_match_alone, chi_square_pvalue, exact_prompt_law, randomise_  # noqa: E402,E501
 from vargen import SamplingConfig, get_sampler  # noqa: E402
 from vargen.models.hf import PromptTokens, image_lm  # noqa: E402
 from vargen.models.hf.family import ImageDecoder  # noqa: E402
 from vargen.pipeline import Pipeline  # noqa: E402
-from vargen.samplers.acceptance import ExactAcceptance  # noqa: E402
 from vargen.samplers.proposers.jacobi import INITS  # noqa: E402
 from vargen.testing import check_token_model  # noqa: E402
 
@@ -35,14 +34,7 @@ def tiny_emu3(codes=16, layers=2, seed=0, sharpness=3.0) -> Emu3ForConditionalGe
     model = Emu3ForConditionalGeneration(config)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for module in (model.model.text_model, model.lm_head):
-            for name, p in sorted(module.named_parameters()):
-                if p.dim() == 1:
-                    p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-                elif "embed" in name:
-                    p.copy_(torch.randn(p.shape, generator=g))
-                else:
-                    p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
+        randomise_([*model.model.text_model.named_parameters(), *model.lm_head.named_parameters()], g)
         model.lm_head.weight.mul_(sharpness)
     return model.eval()
 
@@ -127,13 +119,6 @@ def test_lossless_against_enumerated_distribution(small, name, options):
     assert chi_square_pvalue(_draw(get_sampler(name, **options), small), exact) > 1e-3
 
 
-class ResampleFromTarget(ExactAcceptance):
-    name = "broken"
-
-    def residual(self, p, q):
-        return p
-
-
 def test_chi_square_test_has_power(small):
     exact = exact_prompt_law(small, prompts(ONE), CONFIG)
     broken = get_sampler("sjd", window=4, init="horizontal", acceptance=ResampleFromTarget())
@@ -150,12 +135,8 @@ def test_every_token_sampler_runs_rows_independently(emu3, name, options):
     pipe = Pipeline("emu3", emu3, ImageDecoder(emu3, emu3.hf.model.vqmodel), emu3.default_sampling)
     if name in ("sd", "lantern"):
         options = dict(options, draft=image_lm(tiny_emu3(layers=1, seed=4), height=3, width=4, negative=NEGATIVE))
-    kw = dict(sampler=name, seed=3, per_row_seeds=True, decode=False, temperature=1.0, top_k=0, cfg_scale=2.0, **options)
-    batch = pipe.generate(PROMPTS, **kw)
-    assert batch.tokens.shape == (3, 12)
-    for i, row in enumerate(PROMPTS):
-        alone = pipe.generate([row], **dict(kw, seed=3 + i))
-        assert torch.equal(alone.tokens[0], batch.tokens[i]), (name, i)
+    assert_prompt_rows_match_alone(pipe, PROMPTS, sampler=name, seed=3, temperature=1.0, top_k=0, cfg_scale=2.0,
+                                   **options)
 
 
 def test_decodes_to_images_through_the_emu3_vq(emu3):

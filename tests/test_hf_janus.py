@@ -9,12 +9,12 @@ import torch
 transformers = pytest.importorskip("transformers", reason="the [hf] extra (transformers) is not installed")
 from transformers import GenerationConfig, JanusConfig, JanusForConditionalGeneration  # noqa: E402
 
-from helpers import chi_square_pvalue, exact_prompt_law as exact_law  # noqa: E402
+from helpers import ResampleFromTarget, assert_prompt_rows_match_alone, chi_square_pvalue, randomise_  # noqa: E402
+from helpers import exact_prompt_law as exact_law  # noqa: E402
 from vargen import SamplingConfig, get_sampler, load  # noqa: E402
 from vargen.cli import main as vargen_main  # noqa: E402
 from vargen.models.base import HiddenStateModel  # noqa: E402
 from vargen.models.hf import PromptTokens, image_lm  # noqa: E402
-from vargen.samplers.acceptance import ExactAcceptance  # noqa: E402
 from vargen.samplers.proposers.jacobi import INITS  # noqa: E402
 from vargen.testing import check_token_model  # noqa: E402
 
@@ -41,16 +41,11 @@ def tiny_janus(side=4, codes=16, layers=2, seed=0, sharpness=3.0) -> JanusForCon
                                                generation_kwargs={"boi_token_id": BOI})
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for module in (model.model.language_model, model.model.generation_embeddings, model.model.generation_aligner,
-                       model.model.generation_head, model.model.get_input_embeddings()):
-            for name, p in sorted(module.named_parameters()):
-                if p.dim() == 1:
-                    p.copy_((1 if "norm" in name else 0) + 0.1 * torch.randn(p.shape, generator=g))
-                elif isinstance(module, torch.nn.Embedding) or "embed" in name:
-                    p.copy_(torch.randn(p.shape, generator=g))
-                else:
-                    p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
-        model.model.generation_head.vision_head.weight.mul_(sharpness)
+        gen = model.model
+        randomise_([(f"{n}.{k}", p) for n, m in [("lm", gen.language_model), ("gen_embed", gen.generation_embeddings),
+                                                  ("aligner", gen.generation_aligner), ("head", gen.generation_head)]
+                    for k, p in m.named_parameters()], g)
+        gen.generation_head.vision_head.weight.mul_(sharpness)
     return model.eval()
 
 
@@ -155,15 +150,6 @@ def test_sd_with_a_janus_draft_is_lossless(small):
     assert chi_square_pvalue(_draw(get_sampler("sd", draft=draft, gamma=3), small), exact) > 1e-3
 
 
-class ResampleFromTarget(ExactAcceptance):
-    """Deliberately broken: on rejection draw from p instead of the residual."""
-
-    name = "broken"
-
-    def residual(self, p, q):
-        return p
-
-
 def test_chi_square_test_has_power(small):
     exact = exact_law(small, prompts(ONE_PROMPT), CONFIG)
     broken = get_sampler("sjd", window=4, init="horizontal", acceptance=ResampleFromTarget())
@@ -193,13 +179,7 @@ def test_every_token_sampler_runs_rows_independently(pipe, name, options, tmp_pa
     """Batch of 3 prompts of different lengths with per-row seeds: each row gets the tokens it gets alone."""
     if name in ("sd", "lantern"):
         options = dict(options, draft=image_lm(tiny_janus(layers=1, seed=4)))
-    kw = dict(sampler=name, seed=3, per_row_seeds=True, decode=False, temperature=1.0, cfg_scale=3.0, **options)
-    batch = pipe.generate(PROMPTS, **kw)
-    assert batch.tokens.shape == (3, pipe.model.num_tokens)
-    assert int(batch.tokens.min()) >= 0 and int(batch.tokens.max()) < pipe.model.vocab_size
-    for i, row in enumerate(PROMPTS):
-        alone = pipe.generate([row], **dict(kw, seed=3 + i))
-        assert torch.equal(alone.tokens[0], batch.tokens[i]), (name, i)
+    assert_prompt_rows_match_alone(pipe, PROMPTS, sampler=name, seed=3, temperature=1.0, cfg_scale=3.0, **options)
 
 
 def test_lantern_neighbourhoods_come_from_the_vq_codebook(pipe):
