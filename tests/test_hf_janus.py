@@ -236,6 +236,11 @@ def test_bad_input_is_rejected_before_work(pipe, folder, tmp_path, monkeypatch, 
                           (["--prompt", "a cat", "--prompt-ids", "0,1"], "not both")]:
         assert vargen_main(["generate", *args, "--out", str(tmp_path / "o")]) == 2
         assert message in capsys.readouterr().err
+    original = tmp_path / "janus-original-format"
+    original.mkdir()
+    (original / "config.json").write_text(json.dumps({"model_type": "multi_modality"}))
+    with pytest.raises(ValueError, match="transformers conversion"):
+        load(original)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="nobody-here/no-such-janus"):
         load("nobody-here/no-such-janus")

@@ -53,7 +53,7 @@ def _add_model_flags(p, default_model: str = "cifar10-llamagen") -> None:
     p.add_argument("--model", default=default_model,
                    help=f"a shipped demo (cifar10-llamagen, cifar10-var, cifar10-mar), an official name "
                         f"(llamagen-c2i-B-256, ...), a folder with pipeline.json, or a transformers Janus / Janus-Pro / "
-                        f"Emu3 folder or hub id (deepseek-ai/Janus-Pro-1B) (default {default_model})")
+                        f"Emu3 folder or hub id (deepseek-community/Janus-Pro-1B) (default {default_model})")
     p.add_argument("--checkpoint", help="local official GPT checkpoint (offline use of official names)")
     p.add_argument("--tokenizer-checkpoint", help="local official VQ checkpoint (offline use of official names)")
     p.add_argument("--trust-checkpoint", action="store_true",

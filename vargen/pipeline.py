@@ -518,7 +518,7 @@ def _load_hf(folder: Path, dtype, device) -> Pipeline:
 def load(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
          checkpoint: str | None = None, tokenizer_checkpoint: str | None = None, trusted: bool = False) -> Pipeline:
     """A pipeline from a shipped demo name, an official name, a local folder with ``pipeline.json``, or a
-    transformers image LM (a ``save_pretrained`` folder, or a hub id such as ``deepseek-ai/Janus-Pro-1B``).
+    transformers image LM (a ``save_pretrained`` folder, or a hub id such as ``deepseek-community/Janus-Pro-1B``).
 
     ``trusted=True`` allows official ``.pt`` files that are more than tensors to be unpickled fully (they
     can run code; see :mod:`vargen.models.checkpoint`). The first call also picks torch's CPU threads for

@@ -37,6 +37,9 @@ def load_model(folder, dtype: torch.dtype = torch.float32) -> HFImageLM:
     from . import image_lm
 
     kind = model_type(folder)
+    if kind == "multi_modality":
+        raise ValueError(f"{folder}: DeepSeek's original Janus format (model_type multi_modality); vargen loads the "
+                         "transformers conversion (deepseek-community/Janus-Pro-1B, -7B)")
     if kind not in MODEL_CLASSES:
         raise ValueError(f"{folder}: transformers model type {kind!r} has no vargen adapter "
                          f"(adapted: {', '.join(MODEL_CLASSES)})")

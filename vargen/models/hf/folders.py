@@ -8,7 +8,8 @@ from pathlib import Path
 
 __all__ = ["MODEL_CLASSES", "model_type", "is_hf_folder", "is_hub_id", "hub_folder"]
 
-MODEL_CLASSES = {"janus": "JanusForConditionalGeneration", "emu3": "Emu3ForConditionalGeneration"}  # config.model_type -> transformers class
+# config.model_type -> transformers class
+MODEL_CLASSES = {"janus": "JanusForConditionalGeneration", "emu3": "Emu3ForConditionalGeneration"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -21,8 +22,8 @@ def model_type(folder) -> str | None:
 
 
 def is_hf_folder(folder) -> bool:
-    """A transformers folder of a model type vargen adapts."""
-    return Path(folder).is_dir() and model_type(folder) in MODEL_CLASSES
+    """A transformers model folder (config.json with a ``model_type``; loading names the adapted types)."""
+    return Path(folder).is_dir() and model_type(folder) is not None
 
 
 def is_hub_id(name: str) -> bool:
