@@ -224,6 +224,10 @@ def test_bad_input_is_rejected_before_work(pipe, folder, tmp_path, monkeypatch, 
         pipe.generate(["a cat"])
     with pytest.raises(ValueError, match="out of range"):
         pipe.generate([[0, 5, 100]])
+    with pytest.raises(ValueError, match="out of range"):  # straight to a sampler: the model checks them too
+        get_sampler("ar").sample(pipe.model, PromptTokens(torch.tensor([[0, 500, BOI]])), SamplingConfig())
+    with pytest.raises(ValueError, match="left-padded"):
+        PromptTokens(torch.tensor([[0, 5, PAD]]), torch.tensor([[True, True, False]]))
     with pytest.raises(ValueError, match="all strings or all non-empty lists"):
         pipe.generate([[0, 5], "a cat"])
     with pytest.raises(ValueError, match="does not apply to janus"):

@@ -197,6 +197,12 @@ class HFImageLM(nn.Module):
         if not isinstance(cond, PromptTokens):
             raise ValueError(f"a {type(self).__name__} takes PromptTokens (left-padded prompt ids), got "
                              f"{type(cond).__name__}")
+        vocab = self.hf.get_input_embeddings().num_embeddings
+        ids = cond.ids[cond.mask]
+        bad = ids[(ids < 0) | (ids >= vocab)]
+        if bad.numel():
+            raise ValueError(f"prompt token ids {sorted(set(bad.tolist()))[:8]} out of range: the text vocabulary "
+                             f"has {vocab} tokens")
         return cond.batch
 
     def guidance_cond(self, cond: PromptTokens) -> PromptTokens:

@@ -103,8 +103,6 @@ def prompt_conditions(pipe, cond) -> PromptTokens:
         rows = [list(c) for c in cond]
     else:
         raise ValueError("prompts must be all strings or all non-empty lists of token ids")
-    vocab = model.hf.get_input_embeddings().num_embeddings
-    bad = sorted({t for r in rows for t in r if not 0 <= t < vocab})
-    if bad:
-        raise ValueError(f"prompt token ids {bad[:8]} out of range: the text vocabulary has {vocab} tokens")
-    return PromptTokens.from_lists(rows, model.pad_id).to(pipe.device)
+    prompts = PromptTokens.from_lists(rows, model.pad_id).to(pipe.device)
+    model.check_cond(prompts)  # token ids within the text vocabulary
+    return prompts
