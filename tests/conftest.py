@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# Triton's standard-library functions take interpreter mode from TRITON_INTERPRET when Triton is first imported, and
+# importing transformers' model classes imports it (the hf tests are collected before test_kernels.py); without a
+# GPU the kernel tests run under the interpreter, so it is set here, before any test module imports Triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The tests run tiny models: one thread is faster than two and immune to CPU oversubscription.

@@ -1,10 +1,15 @@
 """Every Triton kernel against its pure-torch reference, run on the CPU by Triton's interpreter
 (``TRITON_INTERPRET=1``): the same tokens given the same uniforms, probabilities within 1e-6."""
 import os
+import sys
 
-os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are built (they are built on first use)
+import pytest
 
-import pytest  # noqa: E402
+if os.environ.get("TRITON_INTERPRET") != "1" and "triton" in sys.modules:
+    pytest.skip("Triton was imported before TRITON_INTERPRET=1 was set (conftest sets it without a GPU); run "
+                "TRITON_INTERPRET=1 pytest tests/test_kernels.py", allow_module_level=True)
+os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported and the kernels are built (on first use)
+
 import torch  # noqa: E402
 
 pytest.importorskip("triton")
