@@ -8,7 +8,8 @@ import torch
 transformers = pytest.importorskip("transformers", reason="the [hf] extra (transformers) is not installed")
 from transformers import Emu3Config, Emu3ForConditionalGeneration  # noqa: E402
 
-from helpers import ResampleFromTarget, assert_prompt_rows_match_alone, chi_square_pvalue, exact_prompt_law, randomise_  # noqa: E402,E501
+from helpers import (ResampleFromTarget, assert_prompt_rows_match_alone, chi_square_pvalue,  # noqa: E402
+                     exact_prompt_law, randomise_)
 from vargen import SamplingConfig, get_sampler  # noqa: E402
 from vargen.models.hf import PromptTokens, image_lm  # noqa: E402
 from vargen.models.hf.family import ImageDecoder  # noqa: E402

@@ -90,7 +90,8 @@ def test_greedy_without_guidance_equals_a_loop_over_the_transformers_model(janus
     for _ in range(janus.num_tokens):
         h = torch.cat([embeds(cond.ids), janus.hf.prepare_embeddings_for_image_generation(tokens)], 1)
         mask = torch.cat([cond.mask, torch.ones_like(tokens, dtype=torch.bool)], 1).long()
-        hidden = lm(inputs_embeds=h, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).last_hidden_state
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = lm(inputs_embeds=h, attention_mask=mask, position_ids=positions).last_hidden_state
         tokens = torch.cat([tokens, janus.hf.model.generation_head(hidden[:, -1:]).argmax(-1)], 1)
     assert torch.equal(out.tokens, tokens)
 

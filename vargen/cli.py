@@ -52,8 +52,8 @@ def _setup(args) -> None:
 def _add_model_flags(p, default_model: str = "cifar10-llamagen") -> None:
     p.add_argument("--model", default=default_model,
                    help=f"a shipped demo (cifar10-llamagen, cifar10-var, cifar10-mar), an official name "
-                        f"(llamagen-c2i-B-256, ...), a folder with pipeline.json, or a transformers Janus / Janus-Pro / "
-                        f"Emu3 folder or hub id (deepseek-community/Janus-Pro-1B) (default {default_model})")
+                        f"(llamagen-c2i-B-256, ...), a folder with pipeline.json, or a transformers Janus / "
+                        f"Janus-Pro / Emu3 folder or hub id (deepseek-community/Janus-Pro-1B) (default {default_model})")
     p.add_argument("--checkpoint", help="local official GPT checkpoint (offline use of official names)")
     p.add_argument("--tokenizer-checkpoint", help="local official VQ checkpoint (offline use of official names)")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -465,8 +465,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ImportError as err:
-        print(f"error: {err} (install the extra it belongs to, e.g. pip install -e '.[app]' or '.[eval]')",
-              file=sys.stderr)
+        hint = "" if "extra" in str(err) else \
+            " (install the extra it belongs to, e.g. pip install -e '.[app]' or '.[eval]')"
+        print(f"error: {err}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -149,7 +149,7 @@ def _hf_family(name: str) -> Callable:
         try:
             from .models.hf import family
         except ImportError as err:
-            raise ImportError(f"transformers image LMs need the [hf] extra (pip install 'vargen[hf]'): {err}") from None
+            raise ImportError(f"transformers image LMs need the [hf] extra (pip install -e '.[hf]'): {err}") from None
         return getattr(family, name)(*args)
 
     return call

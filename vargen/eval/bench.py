@@ -97,7 +97,8 @@ def batch_conditions(pipe, batch: int, prompts: list | None = None) -> list:
 
             prompts = [SYNTHETIC_PROMPT]
         else:
-            raise ValueError(f"{pipe.name or pipe.kind} is a text-to-image model: give prompts (--prompt or --prompt-ids)")
+            raise ValueError(f"{pipe.name or pipe.kind} is a text-to-image model: give prompts "
+                             "(--prompt or --prompt-ids)")
     return [prompts[i % len(prompts)] for i in range(batch)]
 
 

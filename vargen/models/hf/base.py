@@ -40,7 +40,8 @@ class PromptTokens:
 
     def __post_init__(self):
         if not torch.is_tensor(self.ids) or self.ids.dim() != 2 or self.ids.dtype not in (torch.int32, torch.int64):
-            got = f"{self.ids.dtype} tensor of shape {tuple(self.ids.shape)}" if torch.is_tensor(self.ids) else type(self.ids).__name__
+            got = (f"{self.ids.dtype} tensor of shape {tuple(self.ids.shape)}" if torch.is_tensor(self.ids)
+                   else type(self.ids).__name__)
             raise ValueError(f"prompt ids must be a [batch, length] integer tensor, got a {got}")
         if self.ids.numel() == 0:
             raise ValueError("the prompt batch is empty")
@@ -82,7 +83,8 @@ class PromptTokens:
         if extra == 0:
             return self
         ids = torch.full((self.batch, extra), pad_id, dtype=self.ids.dtype, device=self.ids.device)
-        return PromptTokens(torch.cat([ids, self.ids], 1), torch.cat([torch.zeros_like(ids, dtype=torch.bool), self.mask], 1))
+        pad = torch.zeros_like(ids, dtype=torch.bool)
+        return PromptTokens(torch.cat([ids, self.ids], 1), torch.cat([pad, self.mask], 1))
 
     def cat(self, other: "PromptTokens", pad_id: int | None = None) -> "PromptTokens":
         """Both batches in one, the shorter left-padded with ``pad_id`` (needed only when the lengths differ)."""

@@ -26,7 +26,8 @@ __all__ = ["Emu3ImageLM", "EMU3_DEFAULTS", "NEGATIVE_PROMPT", "POSITIVE_SUFFIX"]
 EMU3_DEFAULTS = SamplingConfig(temperature=1.0, top_k=2048, top_p=1.0, cfg_scale=3.0)
 POSITIVE_SUFFIX = " masterpiece, film grained, best quality."
 NEGATIVE_PROMPT = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
-                   "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry.")
+                   "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, "
+                   "blurry.")
 
 
 class Emu3ImageLM(HFImageLM):

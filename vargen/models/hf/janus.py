@@ -35,7 +35,8 @@ class JanusImageLM(HFImageLM):
             raise ValueError(f"Janus config: num_image_tokens={n} is not a square grid")
         gen = hf_model.generation_config
         extra = getattr(gen, "generation_kwargs", None) or {}
-        ids = {"bos_token_id": gen.bos_token_id, "pad_token_id": gen.pad_token_id, "boi_token_id": extra.get("boi_token_id")}
+        ids = {"bos_token_id": gen.bos_token_id, "pad_token_id": gen.pad_token_id,
+               "boi_token_id": extra.get("boi_token_id")}
         missing = [k for k, v in ids.items() if v is None]
         if missing:
             raise ValueError(f"Janus generation_config lacks {', '.join(missing)} (boi_token_id lives in "

@@ -44,7 +44,8 @@ def random_janus(name: str, num_layers: int | None = None, num_tokens: int = 576
                        num_patches=side),
         image_token_id=100581)
     model = JanusForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(pad_token_id=PAD, bos_token_id=BOS, generation_kwargs={"boi_token_id": BOI})
+    model.generation_config = GenerationConfig(pad_token_id=PAD, bos_token_id=BOS,
+                                               generation_kwargs={"boi_token_id": BOI})
     return model
 
 
