@@ -38,7 +38,8 @@ def randomise_(named_parameters, generator: torch.Generator) -> None:
 
 
 class ResampleFromTarget(ExactAcceptance):
-    """Deliberately broken: on rejection draw from p instead of the residual (for power checks)."""
+    """Deliberately broken: on rejection draw from p instead of the residual (for power checks; Lumina-mGPT 2.0's
+    P14)."""
 
     name = "broken"
 
@@ -68,10 +69,14 @@ def exact_distribution(model: GPT, label: int, config: SamplingConfig) -> dict[t
     if config.cfg_scale not in (None, 1.0):
         uncond = model.logits(torch.full_like(labels, model.config.num_classes), seqs)
         logits = cfg_mix(torch.cat([logits, uncond]), config.cfg_scale)
+    return _law(seqs, logits, config)
+
+
+def _law(seqs: torch.Tensor, logits: torch.Tensor, config: SamplingConfig) -> dict[tuple, float]:
+    """``{sequence: probability}`` of every enumerated sequence from its teacher-forcing logits (CFG mixed)."""
     probs = logits_to_probs(logits, config.temperature, config.top_k or 0, config.top_p or 1.0).double()
-    per_token = probs.gather(-1, seqs[..., None]).squeeze(-1)
-    joint = per_token.prod(-1)
-    return {tuple(s.tolist()): float(pj) for s, pj in zip(seqs, joint)}
+    joint = probs.gather(-1, seqs[..., None]).squeeze(-1).prod(-1)
+    return {tuple(s.tolist()): float(p) for s, p in zip(seqs, joint)}
 
 
 @torch.no_grad()
@@ -87,9 +92,7 @@ def exact_prompt_law(lm, cond, config: SamplingConfig) -> dict[tuple, float]:
         logits = cfg_mix(lm.logits(both, torch.cat([seqs, seqs])), config.cfg_scale)
     else:
         logits = lm.logits(rows, seqs)
-    probs = logits_to_probs(logits, config.temperature, config.top_k or 0, config.top_p or 1.0).double()
-    joint = probs.gather(-1, seqs[..., None]).squeeze(-1).prod(-1)
-    return {tuple(s.tolist()): float(p) for s, p in zip(seqs, joint)}
+    return _law(seqs, logits, config)
 
 
 def chi_square_pvalue(samples: torch.Tensor, exact: dict[tuple, float], min_expected: float = 5.0) -> float:

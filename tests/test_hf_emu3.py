@@ -133,7 +133,7 @@ SAMPLERS = [("ar", {}), *[("sjd", dict(window=5, init=i)) for i in INITS], ("sjd
 
 @pytest.mark.parametrize("name,options", SAMPLERS, ids=[f"{n}-{o.get('init', '')}" for n, o in SAMPLERS])
 def test_every_token_sampler_runs_rows_independently(emu3, name, options):
-    pipe = Pipeline("emu3", emu3, ImageDecoder(emu3, emu3.hf.model.vqmodel), emu3.default_sampling)
+    pipe = Pipeline("emu3", emu3, ImageDecoder(emu3), emu3.default_sampling)
     if name in ("sd", "lantern"):
         options = dict(options, draft=image_lm(tiny_emu3(layers=1, seed=4), height=3, width=4, negative=NEGATIVE))
     assert_prompt_rows_match_alone(pipe, PROMPTS, sampler=name, seed=3, temperature=1.0, top_k=0, cfg_scale=2.0,
@@ -141,7 +141,7 @@ def test_every_token_sampler_runs_rows_independently(emu3, name, options):
 
 
 def test_decodes_to_images_through_the_emu3_vq(emu3):
-    pipe = Pipeline("emu3", emu3, ImageDecoder(emu3, emu3.hf.model.vqmodel), emu3.default_sampling)
+    pipe = Pipeline("emu3", emu3, ImageDecoder(emu3), emu3.default_sampling)
     out = pipe.generate(PROMPTS[:2], sampler="ar", seed=0, top_k=0)  # the official 2048 exceeds 16 codes
     assert len(out.images) == 2 and out.images[0].size == (8, 6)  # 4x3 tokens, 2x upsampling
 

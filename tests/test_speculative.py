@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 
-from helpers import assert_rows_match_alone, SyncCounter, chi_square_pvalue, exact_distribution, save_gpt_folder, tiny_gpt
+from helpers import ResampleFromTarget, assert_rows_match_alone, SyncCounter, chi_square_pvalue, exact_distribution, save_gpt_folder, tiny_gpt
 from vargen import SamplingConfig, get_sampler
 from vargen.models.draft_head import DraftHead, DraftHeadConfig
-from vargen.samplers.acceptance import ExactAcceptance
 from vargen.samplers.proposers.draft import SpeculativeSampler
 from vargen.cli import main as vargen_main
 from vargen.train.draft_head import accumulate_gradients
@@ -38,15 +37,6 @@ def test_lossless_against_enumerated_distribution(kind, gamma, case):
     sampler = SpeculativeSampler(draft=_drafter(kind, model), gamma=gamma)
     samples = _draw(sampler, model, config, 10000, seed=123)
     assert chi_square_pvalue(samples, exact_distribution(model, 1, config)) > 1e-3
-
-
-class ResampleFromTarget(ExactAcceptance):
-    """Deliberately broken: on rejection draw from p instead of the residual."""
-
-    name = "broken"
-
-    def residual(self, p, q):
-        return p
 
 
 def test_chi_square_test_has_power():

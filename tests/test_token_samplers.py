@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import fixture_dir
-from helpers import assert_rows_match_alone, chi_square_pvalue, exact_distribution, tiny_gpt
+from helpers import ResampleFromTarget, assert_rows_match_alone, chi_square_pvalue, exact_distribution, tiny_gpt
 from vargen import SamplingConfig, get_sampler
 from vargen.models.base import TextCondition
 from vargen.models.llamagen import GPT, GPTConfig, load_gpt_weights
@@ -80,15 +80,6 @@ def test_lossless_against_enumerated_distribution(case, name, options):
     exact = exact_distribution(model, 1, config)
     samples = _draw(get_sampler(name, **options), model, config, 10000, seed=123)
     assert chi_square_pvalue(samples, exact) > 1e-3
-
-
-class ResampleFromTarget(ExactAcceptance):
-    """Deliberately broken: on rejection draw from p instead of the residual (Lumina-mGPT 2.0's P14)."""
-
-    name = "broken"
-
-    def residual(self, p, q):
-        return p
 
 
 class OneSidedRatio(ExactAcceptance):

@@ -37,11 +37,11 @@ def test_vq_and_gpt_training_reduce_the_loss_and_resume(image_folder, tmp_path, 
     vq_path = train_vq(VQTrainArgs(out=str(tmp_path / "vq"), **vq_args))
     assert vq_path.is_file() and json.loads((tmp_path / "vq" / "config.json").read_text())["config"]["ch"] == 32
 
-    vq_full = torch.load(tmp_path / "vq" / "last.pt", weights_only=False)["model"]
+    vq_full = torch.load(tmp_path / "vq" / "last.pt", weights_only=True)["model"]
     vq_half = VQTrainArgs(out=str(tmp_path / "vq2"), stop_at=15, **vq_args)
     train_vq(vq_half)  # stop half way, then resume to the end: same weights as the straight run
     train_vq(VQTrainArgs(out=str(tmp_path / "vq2"), **vq_args))
-    resumed = torch.load(tmp_path / "vq2" / "last.pt", weights_only=False)["model"]
+    resumed = torch.load(tmp_path / "vq2" / "last.pt", weights_only=True)["model"]
     for k in vq_full:
         torch.testing.assert_close(resumed[k], vq_full[k])
 

@@ -82,11 +82,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--sampler", help="sampler spec NAME:key=value,... (default: the model's; coupled SJD for LlamaGen, "
                                      "var, mar); `vargen samplers` lists them")
     p.add_argument("--class-id", nargs="+", default=None, help="class ids or names (default: every class once)")
-    p.add_argument("--prompt", nargs="+", default=None,
-                   help="text prompts, for text-to-image models (Janus, Emu3)")
-    p.add_argument("--prompt-ids", nargs="+", default=None, metavar="IDS",
-                   help="prompts as comma-separated token ids (e.g. 0,17,42,98), each ending where the image "
-                        "starts; for checkpoints without tokenizer files")
+    _add_prompt_flags(p, "for checkpoints without tokenizer files")
     p.add_argument("--per-class", "--per-prompt", dest="per_class", type=int, default=1,
                    help="images per class id or prompt (default 1)")
     p.add_argument("--batch-size", type=int, default=32, help="images per sampling call; more run in chunks (default 32)")
@@ -108,6 +104,13 @@ def _prepare_out(path: str) -> Path:
     except OSError as err:
         raise ValueError(f"--out {folder}: cannot create it ({err.strerror})") from None
     return folder
+
+
+def _add_prompt_flags(p, ids_note: str) -> None:
+    p.add_argument("--prompt", nargs="+", default=None, help="text prompts, for text-to-image models (Janus, Emu3)")
+    p.add_argument("--prompt-ids", nargs="+", default=None, metavar="IDS",
+                   help=f"prompts as comma-separated token ids (e.g. 0,17,42,98), each ending where the image "
+                        f"starts; {ids_note}")
 
 
 def _cli_prompts(args) -> list | None:
@@ -218,9 +221,7 @@ def _add_bench(sub) -> None:
                    help="image tokens of the random-* shapes (default 256; Janus-Pro shapes 576)")
     p.add_argument("--num-layers", type=int, default=None,
                    help="decoder layers of a random transformers shape (default: all of the checkpoint's)")
-    p.add_argument("--prompt", nargs="+", default=None, help="text prompts (text-to-image models), round-robin")
-    p.add_argument("--prompt-ids", nargs="+", default=None, metavar="IDS",
-                   help="prompts as comma-separated token ids (default for random-janus-*: a synthetic one)")
+    _add_prompt_flags(p, "round-robin over the batch; random-janus-* default to a synthetic one")
     p.add_argument("--out", help="also write the markdown table to this file")
     _add_config_flags(p)
     _add_runtime_flags(p)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.hf.random import RANDOM_HF_SHAPES as _HF_SHAPES
+from ..models.hf.random import RANDOM_HF_SHAPES
 from ..samplers.spec import SamplerSpec
 
 __all__ = ["BenchRow", "run_bench", "time_sampler", "format_table", "machine_line", "random_pipeline", "RANDOM_SHAPES",
@@ -40,7 +40,6 @@ class BenchRow:
 
 
 RANDOM_SHAPES = {"random-gpt-b": "GPT-B", "random-gpt-l": "GPT-L", "random-gpt-xl": "GPT-XL"}
-RANDOM_HF_SHAPES = tuple(_HF_SHAPES)
 
 
 def random_pipeline(name: str, num_tokens: int = 256, vocab: int = 16384, device="cpu", dtype=torch.float32,
@@ -58,8 +57,7 @@ def random_pipeline(name: str, num_tokens: int = 256, vocab: int = 16384, device
         from ..models.hf.random import random_janus
 
         model = image_lm(random_janus(name, num_layers, num_tokens)).to(device=device, dtype=dtype)
-        vq = ImageDecoder(model, model.hf.model.vqmodel)  # its codebook for GSD / LANTERN
-        return Pipeline("janus", model, vq, model.default_sampling, name=name)
+        return Pipeline("janus", model, ImageDecoder(model), model.default_sampling, name=name)  # VQ: GSD's codebook
     if num_layers is not None:
         raise ValueError("--num-layers applies to the transformers shapes (random-janus-pro-1b, ...)")
     if name not in RANDOM_SHAPES:

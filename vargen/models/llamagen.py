@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import TextCondition, class_ids
+from .kv import write_rows_
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "GPT_PRESETS", "gpt_config", "attention_mask", "TextCondition"]
 
@@ -191,13 +192,8 @@ class Attention(nn.Module):
         if kv is not None:
             k_cache, v_cache = kv
             rows, pos = write  # [B, S]: this call's keys go to per-row positions, in place, shapes fixed
-            if torch.compiler.is_compiling():  # index_put is re-inplaced by inductor (scatter_ is copied: measured)
-                k_cache[rows, :, pos] = k.transpose(1, 2).to(k_cache.dtype)
-                v_cache[rows, :, pos] = v.transpose(1, 2).to(v_cache.dtype)
-            else:  # eagerly scatter_ is the cheaper kernel
-                index = pos[:, None, :, None].expand(B, self.n_head, S, self.head_dim)
-                k_cache.scatter_(2, index, k.to(k_cache.dtype))
-                v_cache.scatter_(2, index, v.to(v_cache.dtype))
+            write_rows_(k_cache, rows, pos, k)
+            write_rows_(v_cache, rows, pos, v)
             L = mask.shape[-1]
             k, v = (k_cache, v_cache) if L == k_cache.shape[2] else (k_cache[:, :, :L], v_cache[:, :, :L])
         dropout = self.attn_dropout_p if self.training else 0.0

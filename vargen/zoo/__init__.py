@@ -60,19 +60,25 @@ def fetch(spec: dict, local: str | os.PathLike | None = None) -> Path:
     url = f"https://huggingface.co/{spec['repo']}/resolve/main/{spec['file']}"
     from huggingface_hub import hf_hub_download
 
-    try:  # the hub cache first: no network needed
-        return Path(hf_hub_download(spec["repo"], spec["file"], local_files_only=True))
-    except Exception:
+    return from_hub(lambda **kw: hf_hub_download(spec["repo"], spec["file"], **kw), spec["file"],
+                    f"Download it from {url} and pass its path (checkpoint=... / tokenizer_checkpoint=..., or "
+                    f"--checkpoint on the CLI).")
+
+
+def from_hub(download, what: str, how: str) -> Path:
+    """``download(local_files_only=...)`` (a huggingface_hub call): the hub cache first, no network needed, then
+    the hub where a network exists; offline or refused, ``FileNotFoundError`` naming ``what`` and ``how`` to get
+    it by hand."""
+    try:
+        return Path(download(local_files_only=True))
+    except Exception:  # not cached
         pass
     try:
         if not _hub_reachable():
             raise ConnectionError("no network")
-        return Path(hf_hub_download(spec["repo"], spec["file"]))
+        return Path(download(local_files_only=False))
     except Exception as err:  # offline, or the hub refused
-        raise FileNotFoundError(
-            f"could not get {spec['file']} ({type(err).__name__}). Download it from {url} "
-            f"and pass its path (checkpoint=... / tokenizer_checkpoint=..., or --checkpoint on the CLI)."
-        ) from None
+        raise FileNotFoundError(f"could not get {what} ({type(err).__name__}). {how}") from None
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -7,31 +7,22 @@ not import transformers; the adapters do.
 """
 from __future__ import annotations
 
-__all__ = ["HFImageLM", "PromptTokens", "RowCache", "ADAPTERS", "image_lm"]
+import importlib
 
+from .folders import MODEL_CLASSES
 
-def _janus():
-    from .janus import JanusImageLM
-
-    return JanusImageLM
-
-
-def _emu3():
-    from .emu3 import Emu3ImageLM
-
-    return Emu3ImageLM
-
-
-ADAPTERS = {"janus": _janus, "emu3": _emu3}  # config.model_type -> adapter class (imported on use)
+__all__ = ["HFImageLM", "PromptTokens", "RowCache", "image_lm"]
 
 
 def image_lm(hf_model, **options):
     """The vargen adapter (an :class:`HFImageLM`) of a loaded transformers image LM (``options`` go to the adapter,
     e.g. Emu3's ``height`` / ``width``); ``ValueError`` for a model type vargen does not adapt."""
     kind = getattr(hf_model.config, "model_type", None)
-    if kind not in ADAPTERS:
-        raise ValueError(f"transformers model type {kind!r} has no vargen adapter (adapted: {', '.join(ADAPTERS)})")
-    return ADAPTERS[kind]()(hf_model, **options).eval()
+    if kind not in MODEL_CLASSES:
+        raise ValueError(f"transformers model type {kind!r} has no vargen adapter "
+                         f"(adapted: {', '.join(MODEL_CLASSES)})")
+    module, cls = MODEL_CLASSES[kind][1].split(":")
+    return getattr(importlib.import_module(f".{module}", __name__), cls)(hf_model, **options).eval()
 
 
 def __getattr__(name):

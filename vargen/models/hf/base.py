@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..kv import write_rows_
+
 __all__ = ["PromptTokens", "RowCache", "HFImageLM"]
 
 
@@ -129,10 +131,6 @@ class RowCache(_cache_base()):
         self.pads = T - prompt_mask.sum(1)
         self.k, self.v = [], []
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
-
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         if layer_idx == len(self.k):  # the prefill's call allocates this layer's buffers
             B, H, _, D = key_states.shape
@@ -140,12 +138,8 @@ class RowCache(_cache_base()):
             self.v.append(value_states.new_zeros(B, H, self.positions, value_states.shape[-1]))
         k, v = self.k[layer_idx], self.v[layer_idx]
         rows, pos = self.write
-        if torch.compiler.is_compiling():  # index_put is re-inplaced by inductor
-            k[rows, :, pos] = key_states.transpose(1, 2).to(k.dtype)
-            v[rows, :, pos] = value_states.transpose(1, 2).to(v.dtype)
-        else:
-            k.scatter_(2, pos[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3]), key_states.to(k.dtype))
-            v.scatter_(2, pos[:, None, :, None].expand(-1, v.shape[1], -1, v.shape[3]), value_states.to(v.dtype))
+        write_rows_(k, rows, pos, key_states)
+        write_rows_(v, rows, pos, value_states)
         if self.read == self.positions:
             return k, v
         return k[:, :, : self.read], v[:, :, : self.read]
@@ -200,11 +194,10 @@ class HFImageLM(nn.Module):
             raise ValueError(f"a {type(self).__name__} takes PromptTokens (left-padded prompt ids), got "
                              f"{type(cond).__name__}")
         vocab = self.hf.get_input_embeddings().num_embeddings
-        ids = cond.ids[cond.mask]
-        bad = ids[(ids < 0) | (ids >= vocab)]
-        if bad.numel():
-            raise ValueError(f"prompt token ids {sorted(set(bad.tolist()))[:8]} out of range: the text vocabulary "
-                             f"has {vocab} tokens")
+        bad = cond.mask & ((cond.ids < 0) | (cond.ids >= vocab))
+        if bool(bad.any()):  # the one host sync of the check
+            raise ValueError(f"prompt token ids {sorted(set(cond.ids[bad].tolist()))[:8]} out of range: the text "
+                             f"vocabulary has {vocab} tokens")
         return cond.batch
 
     def guidance_cond(self, cond: PromptTokens) -> PromptTokens:
@@ -258,8 +251,9 @@ class HFImageLM(nn.Module):
         pos = torch.full((B, m + 1), cache.positions - 1, dtype=torch.long, device=t.device)  # unused: the scratch
         pos = pos.scatter(1, slot, seq).scatter(1, eol_slot, seq + 1)[:, :m]
         h_tok = self.embed(tokens)
-        eol = self.embed_prompt(torch.full((B, m + 1), self.row_end_id, dtype=torch.long, device=t.device))
-        h = eol.scatter(1, slot[..., None].expand(-1, -1, h_tok.shape[-1]), h_tok)[:, :m]
+        eol = self.embed_prompt(torch.full((1, 1), self.row_end_id, dtype=torch.long, device=t.device))  # [1, 1, D]
+        D = h_tok.shape[-1]
+        h = eol.expand(B, m + 1, D).scatter(1, slot[..., None].expand(-1, -1, D), h_tok)[:, :m]
         logits, hidden = self._run(h, pos, cache, read)
         out = torch.where(ends, slot + 1, slot)
         pick = lambda x: x.gather(1, out[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731

@@ -14,12 +14,12 @@ __all__ = ["ImageDecoder", "load_model", "build", "decode_row", "prompt_conditio
 
 
 class ImageDecoder(nn.Module):
-    """The pipeline's tokenizer for a transformers image LM: its VQ model, decoding and codebook through the
-    adapter (the VQ is a submodule, so ``.to()`` moves it; the adapter is not)."""
+    """The pipeline's tokenizer for a transformers image LM: its VQ model (``hf.model.vqmodel``), decoding and
+    codebook through the adapter (the VQ is a submodule, so ``.to()`` moves it; the adapter is not)."""
 
-    def __init__(self, lm: HFImageLM, vq: nn.Module):
+    def __init__(self, lm: HFImageLM):
         super().__init__()
-        self.vq = vq
+        self.vq = lm.hf.model.vqmodel
         self._lm = (lm,)  # a tuple: not registered as a submodule
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -29,9 +29,9 @@ class ImageDecoder(nn.Module):
         return self._lm[0].codebook()
 
 
-def load_model(folder, dtype: torch.dtype = torch.float32) -> HFImageLM:
-    """The adapter of a ``save_pretrained`` folder (Emu3: the grid of the processor's ``image_area`` at 1:1, else
-    the official 90 x 90)."""
+def load_model(folder, dtype: torch.dtype = torch.float32, processor=None) -> HFImageLM:
+    """The adapter of a ``save_pretrained`` folder (Emu3: the grid of ``processor``'s ``image_area`` at 1:1 -- the
+    folder's own processor when none is given --, else the official 90 x 90)."""
     import transformers
 
     from . import image_lm
@@ -43,10 +43,10 @@ def load_model(folder, dtype: torch.dtype = torch.float32) -> HFImageLM:
     if kind not in MODEL_CLASSES:
         raise ValueError(f"{folder}: transformers model type {kind!r} has no vargen adapter "
                          f"(adapted: {', '.join(MODEL_CLASSES)})")
-    hf = getattr(transformers, MODEL_CLASSES[kind]).from_pretrained(folder, dtype=dtype)
+    hf = getattr(transformers, MODEL_CLASSES[kind][0]).from_pretrained(folder, dtype=dtype)
     options = {}
     if kind == "emu3":
-        processor = _processor(folder)
+        processor = processor or _processor(folder)
         if processor is not None:
             options["height"], options["width"] = processor.calculate_generate_size("1:1", processor.image_area, 8)
     return image_lm(hf, **options)
@@ -66,15 +66,16 @@ def build(spec, resolve, dtype):
     """``FamilySpec.build``: ``spec["model"]`` is the transformers folder; ``spec["draft"]`` an optional smaller
     checkpoint of the same family (sharing the image tokenizer) for ``sd``."""
     folder = resolve(spec["model"])
-    model = load_model(folder, dtype)
+    processor = _processor(folder)
+    model = load_model(folder, dtype, processor)
+    model.processor = processor
     companions = {}
     if spec.get("draft"):
         path = resolve(spec["draft"])
-        companions["draft"] = lambda: load_model(path, dtype)
-    model.processor = _processor(folder)
-    if model.processor is not None and hasattr(model, "negative_ids"):  # Emu3: the official negative prompt
-        model.negative = model.negative_ids(model.processor)
-    return model, ImageDecoder(model, model.hf.model.vqmodel), companions
+        companions["draft"] = lambda: load_model(path, dtype, processor)  # sharing the tokenizer: the same grid
+    if processor is not None and hasattr(model, "negative_ids"):  # Emu3: the official negative prompt
+        model.negative = model.negative_ids(processor)
+    return model, ImageDecoder(model), companions
 
 
 def decode_row(pipe, tokens, latents):
@@ -103,6 +104,4 @@ def prompt_conditions(pipe, cond) -> PromptTokens:
         rows = [list(c) for c in cond]
     else:
         raise ValueError("prompts must be all strings or all non-empty lists of token ids")
-    prompts = PromptTokens.from_lists(rows, model.pad_id).to(pipe.device)
-    model.check_cond(prompts)  # token ids within the text vocabulary
-    return prompts
+    return PromptTokens.from_lists(rows, model.pad_id).to(pipe.device)  # ids checked by model.check_cond

@@ -8,8 +8,9 @@ from pathlib import Path
 
 __all__ = ["MODEL_CLASSES", "model_type", "is_hf_folder", "is_hub_id", "hub_folder"]
 
-# config.model_type -> transformers class
-MODEL_CLASSES = {"janus": "JanusForConditionalGeneration", "emu3": "Emu3ForConditionalGeneration"}
+# config.model_type -> (transformers class, vargen adapter "module:class" in this package)
+MODEL_CLASSES = {"janus": ("JanusForConditionalGeneration", "janus:JanusImageLM"),
+                 "emu3": ("Emu3ForConditionalGeneration", "emu3:Emu3ImageLM")}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -38,17 +39,8 @@ def hub_folder(name: str) -> Path:
         raise ValueError(f"{name!r} is not a hub repository id (owner/name)")
     from huggingface_hub import snapshot_download
 
-    from ... import zoo
+    from ...zoo import from_hub
 
-    try:
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception:  # not in the hub cache: download below
-        pass
-    try:
-        if not zoo._hub_reachable():
-            raise ConnectionError("no network")
-        return Path(snapshot_download(name))
-    except Exception as err:
-        raise FileNotFoundError(
-            f"could not get the hub repository {name} ({type(err).__name__}). Download it where a network exists "
-            f"(huggingface-cli download {name} --local-dir <folder>) and pass the folder") from None
+    return from_hub(lambda **kw: snapshot_download(name, **kw), f"the hub repository {name}",
+                    f"Download it where a network exists (huggingface-cli download {name} --local-dir <folder>) "
+                    "and pass the folder")
