@@ -99,7 +99,9 @@ class TokenModel(Protocol):
       (neighbourhood rules such as LANTERN).
 
     Optional: ``logits(cond, tokens [B, num_tokens]) -> [B, num_tokens, V]``, teacher forcing (entry ``i``
-    predicts token ``i``), used by the reference loop and the conformance checks.
+    predicts token ``i``), used by the reference loop and the conformance checks;
+    ``frame_before(cond) -> [B, H*W] | None``: the tokens of the frame just before token 0 when the condition
+    holds one (video continuation from context frames), for proposers that draft from the previous frame.
     """
 
     vocab_size: int

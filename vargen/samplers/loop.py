@@ -101,6 +101,7 @@ class DecodeContext:
     device: torch.device
     step: int = 0
     compiled: bool = False
+    frame_before: torch.Tensor | None = None
 
 
 @runtime_checkable
@@ -201,8 +202,9 @@ class TokenSampler:
         B, N, V, dev = session.batch, session.num_tokens, model.vocab_size, session.device
         rng = RowRandom(generator, B, dev)
         committer = Committer(self.rule, B, N, N + 2 * J + 4, dev)
+        before = model.frame_before(cond) if hasattr(model, "frame_before") else None
         ctx = DecodeContext(model, cond, session, config, rng, committer.seq, B, N, V, tuple(model.grid), dev,
-                            compiled=compile)
+                            compiled=compile, frame_before=None if before is None else before.to(dev).long())
         step_fn = compiled_target_step(dev, session, committer) if compile else target_step
         stats = Stats()
         with StepTimer(dev) as timer:

@@ -52,12 +52,15 @@ HELP = {
     "epochs": "passes over the training set",
     "momentum": "SGD Nesterov momentum",
     "label_smoothing": "cross-entropy label smoothing",
+    "tokenizer": "the DV tokenizer: a zoo name or a folder (model.safetensors + config.json)",
+    "clips": "procedural clips encoded once (cached in OUT/tokens.pt) as the training set",
     "limit": "use only the first N training images (0: all; smoke tests)",
     "test_limit": "evaluate on the first N test images (0: all)",
 }
 
 
 def _trainers():
+    from .cosmos import CosmosTrainArgs, DVTrainArgs, train_cosmos, train_dv
     from .draft_head import DraftHeadTrainArgs, train_draft_head
     from .features import FeatureTrainArgs, train_features
     from .gpt import GPTTrainArgs, train_gpt
@@ -86,6 +89,10 @@ def _trainers():
         "mar": (MARRunArgs, run_mar_training, "class-conditional MAR over a trained KL VAE's latents", {"kind": "mar"},
                 ("data", "out", "vae", "steps", "batch_size", "lr", "warmup", "ema", "seed", "image_size", "save_every",
                  "stop_at", "threads", "config"), dict(steps=2000, lr=8e-4, batch_size=64)),
+        "cosmos-dv": (DVTrainArgs, train_dv, "Cosmos discrete video tokenizer on procedural bouncing-shape clips", {},
+                      None, {}),
+        "cosmos": (CosmosTrainArgs, train_cosmos, "Cosmos-architecture video AR transformer over a DV tokenizer's tokens",
+                   {}, None, {}),
     }
 
 

@@ -115,6 +115,8 @@ FOLDER_TYPES = {
     "var": "vargen.models.var:VAR",
     "kl_vae": "vargen.tokenizers.kl:KLVAE",
     "mar": "vargen.models.mar:MAR",
+    "cosmos_dv": "vargen.tokenizers.cosmos_dv:DiscreteVideoTokenizer",
+    "cosmos_ar": "vargen.models.cosmos:CosmosTransformer",
 }
 TOKENIZER_TYPES = ("llamagen_vq", "var_vqvae", "kl_vae")
 

@@ -29,7 +29,7 @@ from ..spec import check_bounds, checked, option
 
 __all__ = ["JacobiProposer", "JacobiSampler", "JacobiOptions", "INITS"]
 
-INITS = ("random", "horizontal", "vertical", "horizontal_sample", "vertical_sample")
+INITS = ("random", "horizontal", "vertical", "temporal", "horizontal_sample", "vertical_sample", "temporal_sample")
 
 
 @dataclass
@@ -38,7 +38,8 @@ class JacobiOptions:
                          "auto: chosen by a measured cost model, falling back to AR)", minimum=1, bound="num_tokens",
                          literals=("auto",))
     init: str = option("random", "how fresh tail drafts are made: uniform (random), a copy of the left/upper "
-                       "neighbour, or a draw from its predicted distribution (*_sample)", choices=INITS)
+                       "neighbour or of the same cell one frame earlier (temporal, video), or a draw from its "
+                       "predicted distribution (*_sample)", choices=INITS)
     coupled: bool = option(False, "MC-SJD: keep a re-drafted token with the maximal-coupling probability")
     sample_top: int = option(32, "candidates per neighbour for the *_sample inits", minimum=1)
 
@@ -49,8 +50,10 @@ class JacobiProposer:
     window: W, tokens fed per forward (the last committed token + W-1 drafts); 1 is plain AR; "auto": the
         sampler picks W per call from measured costs (:mod:`vargen.samplers.autotune`).
     init: how fresh tail drafts are made -- "random" (uniform, q uniform), "horizontal"/"vertical"
-        (repeat the left / upper neighbour, q one-hot), "horizontal_sample"/"vertical_sample" (draw
-        from the neighbour's predicted distribution truncated to its ``sample_top`` most likely tokens).
+        (repeat the left / upper neighbour, q one-hot), "temporal" (repeat the token at the same (h, w) one
+        latent frame earlier -- for the first generated frame, the last context frame), and the ``*_sample``
+        variants (draw from that neighbour's predicted distribution truncated to its ``sample_top`` most likely
+        tokens; a context token has no predicted distribution and is copied, q one-hot).
     coupled: MC-SJD maximal coupling of re-drafted positions with their previous drafts.
     """
 
@@ -91,8 +94,10 @@ class JacobiProposer:
         remember(self.nb, p0, torch.zeros(B, dtype=torch.long, device=dev))
         self.slots = torch.arange(self.window, device=dev)
         n = torch.ones(B, dtype=torch.long, device=dev)
+        self.before = ctx.frame_before
         self.drafts, self.q = fresh_drafts(self.init, ctx.grid, ctx.vocab_size, ctx.seq, self.nb, n,
-                                           n[:, None] + self.slots[: self.lookahead], ctx.rng.rand(self.lookahead))
+                                           n[:, None] + self.slots[: self.lookahead], ctx.rng.rand(self.lookahead),
+                                           self.before)
         # compiled calls run the update as one compiled graph too (it is ~1 ms of eager kernels per step)
         self.update = _compiled_update(ctx.device) if ctx.compiled else jacobi_update
 
@@ -103,12 +108,13 @@ class JacobiProposer:
         W = self.window
         u = ctx.rng.rand(3 * W - 1)
         self.drafts, self.q = self.update(self.init, self.coupled, ctx.grid, ctx.seq, self.nb, self.slots, self.drafts,
-                                          self.q, fb.p, fb.start, fb.committed, u)
+                                          self.q, fb.p, fb.start, fb.committed, u, self.before)
 
 
-def fresh_drafts(init, grid, vocab, seq, nb, first_fresh, positions, u):
+def fresh_drafts(init, grid, vocab, seq, nb, first_fresh, positions, u, before=None):
     """Tokens and truthful q for fresh drafts at ``positions [B, J]``; ``seq`` holds committed tokens and carried
-    drafts at every position < ``first_fresh``; ``nb``: the neighbour distributions of the ``*_sample`` inits."""
+    drafts at every position < ``first_fresh``; ``nb``: the neighbour distributions of the ``*_sample`` inits;
+    ``before [B, H*W]``: the frame before token 0 (context), if any, for the temporal inits."""
     B, J = positions.shape
     _, gh, gw = grid
     rand_tok = (u * vocab).long().clamp_(max=vocab - 1)
@@ -118,22 +124,29 @@ def fresh_drafts(init, grid, vocab, seq, nb, first_fresh, positions, u):
     if init.startswith("horizontal"):
         src = torch.minimum(positions - 1, first_fresh[:, None] - 1)
         ok = (src >= 0) & (src // gw == positions // gw)
-    else:  # vertical: the cell above, in the same frame
+    elif init.startswith("vertical"):  # the cell above, in the same frame
         src = positions - gw
         ok = (positions % (gh * gw) >= gw) & (src < first_fresh[:, None])
+    else:  # temporal: the same cell one frame earlier
+        src = positions - gh * gw
+        ok = (src >= 0) & (src < first_fresh[:, None])
+    # a draft copied from the context frame (temporal inits, first generated frame): deterministic, q one-hot
+    ctx_ok = (src < 0) if before is not None and init.startswith("temporal") else torch.zeros_like(ok)
+    ctx_tok = before.gather(1, positions.clamp(0, gh * gw - 1)) if before is not None else rand_tok
     src = src.clamp(min=0)
     if not init.endswith("_sample"):
-        tok = torch.where(ok, seq.gather(1, src), rand_tok)
-        q = torch.where(ok[..., None], F.one_hot(tok, vocab).to(uniform.dtype), uniform)
+        tok = torch.where(ok, seq.gather(1, src), torch.where(ctx_ok, ctx_tok, rand_tok))
+        q = torch.where((ok | ctx_ok)[..., None], F.one_hot(tok, vocab).to(uniform.dtype), uniform)
         return tok, q
     nb_idx, nb_p = nb
     idx = nb_idx.gather(1, src[..., None].expand(-1, -1, nb_idx.shape[-1]))
     pk = nb_p.gather(1, src[..., None].expand(-1, -1, nb_p.shape[-1]))
     pk = pk / pk.sum(-1, keepdim=True)
     pick = idx.gather(-1, sample_from_probs(pk, u)[..., None]).squeeze(-1)
-    tok = torch.where(ok, pick, rand_tok)
+    tok = torch.where(ok, pick, torch.where(ctx_ok, ctx_tok, rand_tok))
     q_nb = torch.zeros(B, J, vocab, device=seq.device).scatter_(-1, idx, pk)
-    return tok, torch.where(ok[..., None], q_nb, uniform)
+    q_ctx = F.one_hot(ctx_tok, vocab).to(uniform.dtype)
+    return tok, torch.where(ok[..., None], q_nb, torch.where(ctx_ok[..., None], q_ctx, uniform))
 
 
 def remember(nb, p, first):
@@ -147,7 +160,7 @@ def remember(nb, p, first):
     nb[1].scatter_(1, pos, top.values)
 
 
-def jacobi_update(init, coupled, grid, seq, nb, slots, drafts, q, p, n, k, u):
+def jacobi_update(init, coupled, grid, seq, nb, slots, drafts, q, p, n, k, u, before=None):
     """One Jacobi update after a step that committed ``k`` of the window at ``n``: ``(drafts, q)`` of the next
     window. ``u [B, 3W-1]``: the step's uniforms. Writes the carried drafts into ``seq`` (and ``nb``) in place."""
     W = slots.shape[0]
@@ -167,7 +180,8 @@ def jacobi_update(init, coupled, grid, seq, nb, slots, drafts, q, p, n, k, u):
     pos = n[:, None] + slots
     seq.scatter_(1, pos, torch.where(slots[None] >= k[:, None], y, seq.gather(1, pos)))
     first_fresh = n + W
-    f_tok, f_q = fresh_drafts(init, grid, p.shape[-1], seq, nb, first_fresh, first_fresh[:, None] + slots[: W - 1], u_init)
+    f_tok, f_q = fresh_drafts(init, grid, p.shape[-1], seq, nb, first_fresh, first_fresh[:, None] + slots[: W - 1], u_init,
+                              before)
     # next window: drafts for tokens n+k .. n+k+W-2 out of [carried (W) ; fresh (W-1)]
     pick = k[:, None] + slots[: W - 1]
     return (torch.cat([y, f_tok], dim=1).gather(1, pick),
