@@ -105,7 +105,7 @@ def check_token_model(model, cond, atol: float = 1e-4, seed: int = 0) -> dict[st
     report["reuse"] = _close(torch.stack(again, 1), step[:, : len(again)], atol, "a cache reused across calls")
 
     # CFG rows: [cond; null] in one batch, the cond half unchanged
-    if model.conditional:
+    if getattr(model, "guidable", model.conditional):
         both = model.guidance_cond(cond)
         cache2 = model.new_cache(2 * B, N + 4)
         first2 = model.prefill(both, cache2)

@@ -76,7 +76,8 @@ class TokenModel(Protocol):
 
     Attributes: ``vocab_size``; ``grid = (T, H, W)`` of the token layout (T = 1 for images);
     ``num_tokens`` (= T*H*W, the tokens one sample has); ``conditional`` (False: ``cond`` is only a batch
-    size and CFG does not apply); ``device``.
+    size and CFG does not apply); ``device``; optional ``guidable`` (default ``conditional``): False for a
+    conditional model without an unconditional branch (Cosmos), which then takes no CFG.
 
     Conditions (opaque to samplers):
 

@@ -425,6 +425,7 @@ class CosmosTransformer(nn.Module):
         return self.config.vocab_size if self.config.bov else None
 
     conditional = True
+    guidable = False  # no unconditional branch was trained: cfg_scale must stay 1
 
     @property
     def hidden_size(self) -> int:

@@ -101,7 +101,8 @@ class SamplingConfig:
             if self.cfg_scale < 0:
                 raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
             if self.cfg_scale != 1.0 and not conditional:
-                raise ValueError("cfg_scale != 1 needs a conditional model, but this model has no condition")
+                raise ValueError("cfg_scale != 1 needs a model with an unconditional branch (classifier-free "
+                                 "guidance), and this model has none: use cfg_scale=1")
         if self.cfg_schedule is not None and self.cfg_schedule not in ("constant", "linear"):
             raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}")
 

@@ -25,7 +25,7 @@ def resolve_config(model, config: SamplingConfig | None) -> SamplingConfig:
     config = config or SamplingConfig()
     config.reject_unused(TOKEN_CONFIG_FIELDS, "token (next-token)")
     config = config.with_defaults(getattr(model, "default_sampling", SamplingConfig()))
-    config.validate(vocab_size=model.vocab_size, conditional=model.conditional)
+    config.validate(vocab_size=model.vocab_size, conditional=getattr(model, "guidable", model.conditional))
     return config
 
 
