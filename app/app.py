@@ -41,6 +41,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MODEL = "cifar10-llamagen"
 MAX_BATCH = 8
+VIDEO_KINDS = ("cosmos",)  # pipeline kinds shown in the video tab
 MIN_IMAGE_SIDE = 192  # small demo images are enlarged (nearest neighbour) to at least this size
 # per-request limits on top of the options' own ranges (one request must not hold the server for minutes)
 REQUEST_LIMITS = {"num_iter": 64, "max_tries": 200, "sample_top": 256, "k": 1024, "group_size": 256, "num_draft": 64}
@@ -94,6 +95,11 @@ def collect_options(sampler: str, values: dict[str, Any], extra: str | None = No
     if text:
         spec = SamplerSpec.parse(f"{sampler}:{text}")
         opts.update(spec.options)
+    return within_limits(opts)
+
+
+def within_limits(opts: dict[str, Any]) -> dict[str, Any]:
+    """``opts``, after checking the per-request limits of this demo."""
     for name, limit in REQUEST_LIMITS.items():
         if isinstance(opts.get(name), (int, float)) and opts[name] > limit:
             raise ValueError(f"{name}={opts[name]} is over this demo's per-request limit ({limit})")
@@ -117,14 +123,21 @@ class ModelStore:
         self.loaded: OrderedDict[str, Pipeline] = OrderedDict()
         self.lock = threading.Lock()
 
-    def names(self) -> list[str]:
+    def names(self, video: bool = False) -> list[str]:
+        """Pipelines of one tab: image models, or (``video``) video models."""
         shipped = [n for n in zoo.shipped_names() if zoo.pipeline_kind(n)]
-        return list(dict.fromkeys(list(self.fixed) + self.extra_names + shipped + sorted(zoo.OFFICIAL)))
+        injected = [n for n, p in self.fixed.items() if p.video == video]
+        if video:
+            return injected + [n for n in shipped if zoo.pipeline_kind(n) in VIDEO_KINDS]
+        shipped = [n for n in shipped if zoo.pipeline_kind(n) not in VIDEO_KINDS]
+        return list(dict.fromkeys(injected + self.extra_names + shipped + sorted(zoo.OFFICIAL)))
 
-    def default_name(self) -> str | None:
-        names = self.names()
+    def default_name(self, video: bool = False) -> str | None:
+        names = self.names(video)
+        if video:
+            return names[0] if names else None
         if self.fixed or self.extra_names:
-            return names[0]
+            return names[0] if names else None
         return DEFAULT_MODEL if DEFAULT_MODEL in names else (names[0] if names else None)
 
     def get(self, name: str | None) -> Pipeline:
@@ -345,6 +358,23 @@ def stats_json(pipe_name: str, class_id: int, seed: int, base: Run, fast: Run | 
     return out
 
 
+def run_video(pipe: Pipeline, name: str, scene: int, seed: int, config: dict[str, Any],
+              options: dict[str, Any]) -> Run:
+    out = pipe.generate([scene], sampler=name, seed=seed, per_row_seeds=True, **config, **options)
+    return Run(name, options, out)
+
+
+def video_file(run: Run, folder, label: str) -> str:
+    """The run's clip as an animated GIF (frames enlarged) in ``folder``; returns its path."""
+    from pathlib import Path
+
+    from vargen.video import save_gif
+
+    path = Path(folder) / f"{label}.gif"
+    save_gif([enlarge(f) for f in run.output.videos[0]], path)
+    return str(path)
+
+
 # ----------------------------------------------------------------------------------------------
 # The Gradio app
 # ----------------------------------------------------------------------------------------------
@@ -513,7 +543,7 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
 
     with gr.Blocks(title="vargen: fast visual AR sampling") as demo:
         gr.Markdown(INTRO)
-        with gr.Row():
+        with gr.Tab("images"), gr.Row():
             with gr.Column(scale=1, min_width=320):
                 model = gr.Dropdown(store.names(), value=first, label="model", allow_custom_value=True,
                                     info="a zoo model, or the path of a local folder with pipeline.json")
@@ -566,8 +596,90 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
         inputs = [model, class_label, sampler, *controls, extra, seed, cfg_scale, temperature, top_k, top_p, batch_size]
         run.click(generate, inputs, [base_images, fast_images, amap, table, raw], api_name="generate",
                   concurrency_id="model")
+        _video_tab(store)
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     return demo
+
+
+VIDEO_INTRO = """Video continuation: the model continues the first frame of a scene. The **baseline** decodes one
+token per forward; the **sampler** (by default coupled SJD whose fresh drafts copy the same cell one latent frame
+earlier) commits several. The acceptance map stacks the generated latent frames top to bottom."""
+
+
+def _video_tab(store: ModelStore) -> None:
+    """The video tab: a scene, a sampler spec, the baseline's and the sampler's clips, the acceptance map."""
+    import tempfile
+
+    import gradio as gr
+
+    names = store.names(video=True)
+    first = store.default_name(video=True)
+    first_pipe = _try_load(store, first)
+    folder = tempfile.mkdtemp(prefix="vargen-app-video-")
+
+    def generate_video(model, scene, sampler, seed=0, temperature=None, top_k=None, top_p=None,
+                       progress=gr.Progress()):
+        yield None, None, None, "", {}
+        try:
+            pipe = store.get(model)
+            if not pipe.video:
+                raise ValueError(f"{model} is not a video model")
+            spec = SamplerSpec.parse(str(sampler or pipe.default_sampler).strip())
+            if spec.name not in pipe.applicable_samplers():
+                raise ValueError(f"sampler {spec.name!r} does not apply to this {pipe.kind} model; choose one of "
+                                 f"{', '.join(pipe.applicable_samplers())}")
+            options = within_limits(dict(spec.options))
+            config = {k: v for k, v in dict(temperature=temperature, top_k=None if top_k is None else _int(top_k, "top_k"),
+                                             top_p=top_p).items() if v is not None}
+            _, seed = check_request(pipe, config, 1, seed)
+            scene = _int(scene, "scene")
+            pipe.check_seed(scene)
+            pipe.check_sampler(spec.name, **options)
+            progress(0.05, desc=f"{pipe.baseline_sampler} baseline")
+            base = run_video(pipe, pipe.baseline_sampler, scene, seed, config, {})
+            yield (video_file(base, folder, f"base-{scene}-{seed}"), None, None, stats_table(base, None),
+                   _scene_json(str(model), scene, seed, base, None))
+            progress(0.5, desc=spec.name)
+            fast = run_video(pipe, spec.name, scene, seed, config, options)
+            yield (video_file(base, folder, f"base-{scene}-{seed}"), video_file(fast, folder, f"fast-{scene}-{seed}"),
+                   acceptance_maps(fast, pipe), stats_table(base, fast), _scene_json(str(model), scene, seed, base, fast))
+        except gr.Error:
+            raise
+        except USER_ERRORS as err:
+            raise _user_error(err) from None
+        except Exception as err:
+            raise _unexpected_error(err, f"{sampler} on {model}") from None
+
+    with gr.Tab("video"):
+        gr.Markdown(VIDEO_INTRO)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                model = gr.Dropdown(names, value=first, label="video model", allow_custom_value=True)
+                scene = gr.Number(0, precision=0, label="scene", info="seed of the procedural scene to continue")
+                sampler = gr.Textbox(first_pipe.default_sampler if first_pipe else "sjd:init=temporal,coupled=true",
+                                     label="sampler", info="a sampler spec, e.g. sjd:window=16,init=temporal,coupled=true")
+                seed = gr.Number(0, precision=0, label="seed")
+                d = model_defaults(first_pipe) if first_pipe else SamplingConfig().with_defaults(SamplingConfig())
+                temperature = gr.Number(d.temperature, label="temperature", info="0 is greedy")
+                with gr.Row():
+                    top_k = gr.Number(d.top_k, precision=0, label="top-k", info="0 disables")
+                    top_p = gr.Number(d.top_p, label="top-p", info="1 disables")
+                run = gr.Button("Generate video", variant="primary")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    base_video = gr.Image(label="baseline", type="filepath", elem_id="video-baseline")
+                    fast_video = gr.Image(label="accelerated sampler", type="filepath", elem_id="video-accelerated")
+                    amap = gr.Image(label="acceptance map", type="pil", format="png", elem_id="video-acceptance-map")
+                table = gr.Markdown(elem_id="video-stats-table")
+                with gr.Accordion("statistics (JSON)", open=False):
+                    raw = gr.JSON(label="statistics")
+        run.click(generate_video, [model, scene, sampler, seed, temperature, top_k, top_p],
+                  [base_video, fast_video, amap, table, raw], api_name="generate_video", concurrency_id="model")
+
+
+def _scene_json(name: str, scene: int, seed: int, base: Run, fast: Run | None) -> dict[str, Any]:
+    out = stats_json(name, scene, seed, base, fast)
+    return {"model": out.pop("model"), "scene": out.pop("class_id"), **out}
 
 
 def _int(value, name: str) -> int:

@@ -157,3 +157,37 @@ def assert_rows_match_alone(sampler, model, labels, config, seeds) -> None:
     for b, s in enumerate(seeds):
         alone = sampler.sample(model, labels[b : b + 1], config, generator=[torch.Generator().manual_seed(s)])
         assert torch.equal(alone.tokens[0], batch.tokens[b])
+
+
+TINY_DV = dict(channels=8, channels_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], resolution=16, z_channels=4,
+               embedding_dim=2, levels=[4, 4], patch_size=4, spatial_compression=4, temporal_compression=4,
+               pixel_chunk_duration=9)
+TINY_COSMOS = dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=16, ffn_hidden_size=64, rope_theta=10000,
+                   video_latent_shape=[3, 4, 4], max_seq_len=48, pad_to_multiple_of=16, precision="float32")
+
+
+def tiny_video_folder(root):
+    """A zoo-style folder pair with a random DV tokenizer (9-frame 16x16 clips -> 3 x 4 x 4 tokens of 16 codes) and
+    a random Cosmos transformer, and ``root/tiny-cosmos/pipeline.json`` (procedural scenes); returns that folder."""
+    import json
+    from pathlib import Path
+
+    from vargen.models.cosmos import CosmosConfig, CosmosTransformer
+    from vargen.tokenizers.cosmos_dv import DiscreteVideoTokenizer, DVConfig
+    from vargen.train.common import export_fp16, write_config
+
+    root = Path(root)
+    torch.manual_seed(0)
+    dv = DiscreteVideoTokenizer(DVConfig(**TINY_DV))
+    export_fp16(dv, root / "tiny-dv" / "model.safetensors")
+    write_config(root / "tiny-dv", "cosmos_dv", dv.config.to_dict())
+    gpt = CosmosTransformer(CosmosConfig(**TINY_COSMOS))
+    with torch.no_grad():
+        randomise_(gpt.named_parameters(), torch.Generator().manual_seed(1))
+        gpt.output.weight.mul_(4.0)
+    export_fp16(gpt, root / "tiny-cosmos" / "model.safetensors")
+    write_config(root / "tiny-cosmos", "cosmos_ar", gpt.config.to_dict())
+    (root / "tiny-cosmos" / "pipeline.json").write_text(json.dumps(
+        {"kind": "cosmos", "model": "tiny-cosmos", "tokenizer": "tiny-dv", "scenes": "bouncing_shapes",
+         "defaults": {"temperature": 1.0, "top_p": 0.9}}))
+    return root / "tiny-cosmos"

@@ -19,8 +19,8 @@ from PIL import Image
 pytest.importorskip("gradio", reason="the app tests need gradio (pip install 'vargen[app]')")
 gradio_client = pytest.importorskip("gradio_client", reason="the app tests need gradio_client")
 
-from helpers import tiny_gpt  # noqa: E402
-from vargen.pipeline import Pipeline  # noqa: E402
+from helpers import tiny_gpt, tiny_video_folder  # noqa: E402
+from vargen.pipeline import Pipeline, load  # noqa: E402
 from vargen.samplers import acceptance as acceptance_rules  # noqa: E402
 from vargen.samplers.base import SamplingConfig  # noqa: E402
 from vargen.tokenizers.llamagen_vq import VQConfig, VQModel  # noqa: E402
@@ -64,7 +64,8 @@ def server(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
         env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        demo = app.build_app({"tiny": tiny_pipeline()})
+        video = load(tiny_video_folder(tmp_path_factory.mktemp("video")))
+        demo = app.build_app({"tiny": tiny_pipeline(), "tiny-video": video})
         _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
                                 quiet=True)
         yield url
@@ -153,6 +154,23 @@ def test_generate_ar_and_sjd_return_images_and_stats(client):
     base2, fast2, _, _, stats2 = generate(client, sampler="ar", batch_size=1)
     assert len(_images(base2)) == len(_images(fast2)) == 1
     assert stats2["sampler"]["forward_passes"] == GRID * GRID
+
+
+def test_video_tab_generates_clips_and_the_acceptance_map(client):
+    args = dict(model="tiny-video", scene=2, seed=1, temperature=1.0, top_k=0, top_p=0.9)
+    base, fast, amap, table, stats = client.predict(**args, sampler="sjd:window=6,init=temporal,coupled=true",
+                                                    api_name="/generate_video")
+    for path in (base, fast):
+        clip = Image.open(path)
+        assert clip.n_frames == 9 and min(clip.size) >= app.MIN_IMAGE_SIDE
+    assert stats["scene"] == 2 and stats["baseline"]["forward_passes"] == 32 and stats["sampler"]["sampler"] == "sjd"
+    assert stats["sampler"]["options"] == {"window": 6, "init": "temporal", "coupled": True}
+    assert Image.open(amap).height > Image.open(amap).width  # two latent frames of 4x4 tokens, stacked
+    assert "speed-up" in table
+    with pytest.raises(gradio_client.exceptions.AppError, match="does not apply"):
+        client.predict(**args, sampler="var", api_name="/generate_video")
+    with pytest.raises(gradio_client.exceptions.AppError, match="cfg_scale|window"):
+        client.predict(**args, sampler="sjd:window=0", api_name="/generate_video")
 
 
 def test_same_seed_gives_the_same_images(client):

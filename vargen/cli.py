@@ -83,6 +83,10 @@ def _add_generate(sub) -> None:
                                      "var, mar); `vargen samplers` lists them")
     p.add_argument("--class-id", nargs="+", default=None, help="class ids or names (default: every class once)")
     _add_prompt_flags(p, "for checkpoints without tokenizer files")
+    p.add_argument("--scene", nargs="+", type=int, default=None,
+                   help="video demos: seeds of procedural scenes whose first frame is the context (default 0..7)")
+    p.add_argument("--context", nargs="+", default=None, metavar="FILE",
+                   help="video models: context frames, one image or GIF per clip (resized and centre-cropped)")
     p.add_argument("--per-class", "--per-prompt", dest="per_class", type=int, default=1,
                    help="images per class id or prompt (default 1)")
     p.add_argument("--batch-size", type=int, default=32, help="images per sampling call; more run in chunks (default 32)")
@@ -152,6 +156,10 @@ def _run_generate(args) -> int:
     t0 = time.perf_counter()
     folder = _prepare_out(args.out)
     pipe = _load(args)
+    if pipe.video:
+        return _generate_video(args, pipe, prompts, folder, t0)
+    if args.scene is not None or args.context is not None:
+        raise ValueError(f"--scene / --context: {args.model} is not a video model")
     if pipe.takes_prompts:
         if args.class_id is not None:
             raise ValueError(f"--class-id: {args.model} is a text-to-image model; give --prompt or --prompt-ids")
@@ -184,6 +192,60 @@ def _run_generate(args) -> int:
                "total_seconds_with_loading": round(time.perf_counter() - t0, 3)}
     print(json.dumps(summary, indent=2))
     print(f"wrote {len(conds)} images and grid.png to {folder}")
+    return 0
+
+
+def _generate_video(args, pipe, prompts, folder, t0) -> int:
+    """``vargen generate`` on a video pipeline: one GIF (and mp4 where PyAV is installed) per clip, a film strip
+    per clip in grid.png, and the statistics."""
+    import time
+
+    import torch
+
+    from .pipeline import _rows_stats, image_grid
+    from .video import mp4_available, read_context, save_gif, save_mp4
+
+    if prompts is not None or args.class_id is not None:
+        raise ValueError(f"{args.model} is a video model: give --scene seeds or --context files")
+    if args.scene is not None and args.context is not None:
+        raise ValueError("give --scene or --context, not both")
+    if args.context is not None:
+        tc, (T, H, W) = pipe.tokenizer.config, pipe.model.config.video_latent_shape
+        size = (H * tc.spatial_compression, W * tc.spatial_compression)
+        clips = [read_context(f, tc.pixel_chunk_duration, size) for f in args.context]
+        if len({c.shape[1] for c in clips}) > 1:
+            raise ValueError("--context files give different frame counts; use files with the same number of frames")
+        conds = list(torch.stack(clips).repeat_interleave(args.per_class, 0))
+        labels = [Path(f).stem for f in args.context for _ in range(args.per_class)]
+    else:
+        if pipe.scenes is None:
+            raise ValueError(f"{args.model} has no procedural scenes: give --context files")
+        scenes = args.scene if args.scene is not None else list(range(8))
+        conds = [s for s in scenes for _ in range(args.per_class)]
+        labels = [f"scene-{s}" for s in conds]
+    options = _config_options(args)
+    sampler = args.sampler or pipe.default_sampler
+    pipe.check_seed(args.seed)
+    outputs = []
+    for start in range(0, len(conds), args.batch_size):
+        chunk = conds[start : start + args.batch_size]
+        chunk = torch.stack(chunk) if torch.is_tensor(chunk[0]) else chunk
+        outputs.append(pipe.generate(chunk, sampler=sampler, seed=args.seed + start, per_row_seeds=True,
+                                     compile=args.compile, **options))
+    videos = [v for o in outputs for v in o.videos]
+    strips = [im for o in outputs for im in o.images]
+    mp4 = mp4_available()
+    for i, (label, frames) in enumerate(zip(labels, videos)):
+        save_gif(frames, folder / f"{i:04d}_{label}.gif")
+        if mp4:
+            save_mp4(frames, folder / f"{i:04d}_{label}.mp4")
+    image_grid(strips, 1).save(folder / "grid.png")
+    stats = _rows_stats([o.stats for o in outputs]) if len(outputs) > 1 else outputs[0].stats
+    summary = {"model": args.model, "sampler": sampler, "videos": len(conds), "frames": len(videos[0]),
+               **stats.summary(), "total_seconds_with_loading": round(time.perf_counter() - t0, 3)}
+    print(json.dumps(summary, indent=2))
+    note = "" if mp4 else " (no mp4: PyAV is not installed)"
+    print(f"wrote {len(conds)} GIFs{' and mp4s' if mp4 else ''} and grid.png (one film strip per clip) to {folder}{note}")
     return 0
 
 

@@ -70,6 +70,7 @@ class FamilySpec:
     codebook_rules: bool = False  # fill LANTERN / GSD's codebook from the tokenizer
     conditions: Callable | None = None  # (pipeline, cond) -> the model's condition; None: class ids / names
     own_tokenizer: bool = False  # the model checkpoint holds its image tokenizer (pipeline.json names no tokenizer)
+    video: bool = False  # decode_row returns a clip [1, 3, F, H, W] of the context and the generated frames
 
 
 def _build_llamagen(spec, resolve, dtype):
@@ -125,6 +126,55 @@ def _decode_mar(pipe, tokens, latents):
     return pipe.tokenizer.tokens_to_images(latent.to(pipe.tokenizer_device, next(pipe.tokenizer.parameters()).dtype))
 
 
+def _build_cosmos(spec, resolve, dtype):
+    from .models.cosmos import CosmosTransformer
+    from .tokenizers.cosmos_dv import DiscreteVideoTokenizer
+
+    companions = {}
+    if spec.get("draft"):
+        path = resolve(spec["draft"])
+        companions["draft"] = lambda: CosmosTransformer.from_folder(path, dtype)
+    model = CosmosTransformer.from_folder(resolve(spec["model"]), dtype)
+    tokenizer = DiscreteVideoTokenizer.from_folder(resolve(spec["tokenizer"]))
+    T, H, W = model.config.video_latent_shape
+    tc = tokenizer.config
+    if tc.latent_frames(tc.pixel_chunk_duration) != T:
+        raise ValueError(f"the tokenizer's {tc.pixel_chunk_duration}-frame chunks give {tc.latent_frames(tc.pixel_chunk_duration)} "
+                         f"latent frames; the model's clip has {T}")
+    return model, tokenizer, companions
+
+
+def _decode_cosmos(pipe, tokens, latents):
+    T, H, W = pipe.model.config.video_latent_shape
+    return pipe.tokenizer.decode(tokens.view(tokens.shape[0], T, H, W))
+
+
+def _cosmos_conditions(pipe, cond):
+    """A :class:`~vargen.models.cosmos.VideoCondition`, context tokens ``[B, c*H*W]``, context video
+    ``[B, 3, f, H, W]`` in [-1, 1] (encoded as the official pipeline does: padded to a whole chunk by repeating
+    its last frame), or -- for a pipeline with a procedural ``scenes`` source -- scene seeds (ints)."""
+    from .models.cosmos import VideoCondition
+
+    model = pipe.model
+    if isinstance(cond, int) and not isinstance(cond, bool):
+        cond = [cond]
+    if isinstance(cond, (list, tuple)):
+        if not cond:
+            raise ValueError("no scenes given: the batch is empty")
+        if pipe.scenes is None:
+            raise ValueError(f"{pipe.name}: give context frames (a video tensor [B, 3, f, H, W] or a VideoCondition); "
+                             "scene seeds apply to the procedural demo pipelines")
+        cond = pipe.scene_clips(cond)
+    if torch.is_tensor(cond) and cond.is_floating_point():
+        cond = VideoCondition(pipe.encode_context(cond))
+    if torch.is_tensor(cond):
+        cond = VideoCondition(cond)
+    if not isinstance(cond, VideoCondition):
+        raise ValueError(f"a video pipeline takes scene seeds, context video or a VideoCondition, got {type(cond).__name__}")
+    model.check_cond(cond)
+    return cond.to(pipe.device)
+
+
 FAMILIES: dict[str, FamilySpec] = {
     "llamagen": FamilySpec(
         "llamagen", _build_llamagen, _decode_llamagen, default_sampler="sjd:window=16,coupled=true", baseline="ar",
@@ -140,6 +190,11 @@ FAMILIES: dict[str, FamilySpec] = {
         config_fields=("temperature", "cfg_scale", "cfg_schedule"),
         companions={"cspd": ("draft", "draft")}, members={"target": "main", "draft": "draft"},
         row_independent_seeds=False),
+    "cosmos": FamilySpec(
+        "cosmos", _build_cosmos, _decode_cosmos, default_sampler="sjd:window=16,init=temporal,coupled=true",
+        baseline="ar", samplers=("ar", "sjd", "gsd", "sd", "lantern"), config_fields=("temperature", "top_k", "top_p"),
+        companions={"sd": ("draft", "draft"), "lantern": ("draft", "draft")}, codebook_rules=True,
+        conditions=_cosmos_conditions, video=True),
 }
 
 
@@ -195,7 +250,7 @@ class Pipeline:
 
     def __init__(self, family: FamilySpec | str, model, tokenizer, defaults: SamplingConfig | None = None,
                  class_names=None, name: str | None = None, companions: dict | None = None,
-                 sampler_options: dict | None = None, benchmark: Sequence[str] = ()):
+                 sampler_options: dict | None = None, benchmark: Sequence[str] = (), scenes: str | None = None):
         self.family = FAMILIES[family] if isinstance(family, str) else family
         self.model = model
         self.tokenizer = tokenizer
@@ -204,6 +259,9 @@ class Pipeline:
         self.name = name
         self.sampler_options = dict(sampler_options or {})  # per-sampler defaults, e.g. {"code": {"draft_steps": 4}}
         self.benchmark = list(benchmark)  # the sampler specs the benchmark report measures on this model
+        if scenes not in (None, *SCENE_SOURCES):
+            raise ValueError(f"{name}: unknown scenes source {scenes!r} ({', '.join(SCENE_SOURCES)})")
+        self.scenes = scenes  # video demos: integer conditions are seeds of this procedural clip generator
         self._companions = dict(companions or {})
         self._samplers: dict = {}
         self._placement: tuple = (None, None)
@@ -342,7 +400,41 @@ class Pipeline:
     @property
     def takes_prompts(self) -> bool:
         """Conditions are prompts (text or prompt token ids), not class ids."""
-        return self.family.conditions is not None
+        return self.family.conditions is not None and not self.family.video
+
+    @property
+    def video(self) -> bool:
+        return self.family.video
+
+    def scene_clips(self, seeds) -> torch.Tensor:
+        """The procedural clips ``[B, 3, F, H, W]`` of scene seeds (one generator per seed), for video demos."""
+        from .train.video_data import bouncing_shapes
+
+        for s in seeds:
+            self.check_seed(s)
+        frames = self.tokenizer.config.pixel_chunk_duration
+        size = self.model.config.video_latent_shape[1] * self.tokenizer.config.spatial_compression
+        return torch.cat([bouncing_shapes(1, torch.Generator().manual_seed(int(s)), frames=frames, size=size)
+                          for s in seeds])
+
+    @torch.no_grad()
+    def encode_context(self, video: torch.Tensor) -> torch.Tensor:
+        """Context video ``[B, 3, f, H, W]`` in [-1, 1] (``f`` up to one tokenizer chunk) -> the tokens of the
+        model's ``context_frames`` latent frames ``[B, c*H*W]``; the clip is padded to a whole chunk by repeating
+        its last frame, as the official pipeline does."""
+        tc, model = self.tokenizer.config, self.model
+        T, H, W = model.config.video_latent_shape
+        want = (tc.pixel_chunk_duration, H * tc.spatial_compression, W * tc.spatial_compression)
+        if video.dim() != 5 or video.shape[1] != 3 or video.shape[3:] != want[1:] or not 1 <= video.shape[2] <= want[0]:
+            raise ValueError(f"context video must be [B, 3, f, {want[1]}, {want[2]}] with 1 <= f <= {want[0]}, "
+                             f"got {tuple(video.shape)}")
+        need = 1 + (model.context_frames - 1) * tc.temporal_compression
+        if video.shape[2] < need:
+            raise ValueError(f"{model.context_frames} context latent frame(s) need at least {need} video frames, "
+                             f"got {video.shape[2]}")
+        pad = video[:, :, -1:].expand(-1, -1, want[0] - video.shape[2], -1, -1)
+        clip = torch.cat([video, pad], 2).to(self.tokenizer_device)
+        return self.tokenizer.encode(clip)[:, : model.context_frames].flatten(1)
 
     def conditions(self, cond):
         """Class names / ids (a list, or one) -> a LongTensor of checked ids on the model's device; for prompt
@@ -404,6 +496,8 @@ class Pipeline:
         else:
             generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         out = sampler.sample(model, cond, config, generator, **kw)
+        if self.video:
+            out.context = cond.frames
         if decode and self.tokenizer is not None:
             out.images = self.decode(out)
         return out
@@ -425,12 +519,30 @@ class Pipeline:
         row at a time: an image is the same whatever batch it was generated and decoded in."""
         if torch.is_tensor(out):
             out = GenerationOutput(tokens=out, stats=Stats())
+        if self.video:
+            return self._decode_video(out)
         images = []
         for i in range(out.tokens.shape[0]):
             lat = out.latents[i : i + 1] if out.latents is not None else None
             tok = out.tokens[i : i + 1].to(self.tokenizer_device)
             images.append(self.family.decode_row(self, tok, lat).float())
         return to_pil(torch.cat(images))
+
+
+    def _decode_video(self, out: GenerationOutput) -> list[Image.Image]:
+        """Clips of an output (context frames + generated frames, one row at a time): sets ``out.videos`` (frames
+        per sample) and returns one film strip per sample."""
+        if out.context is None:
+            raise ValueError("a video output needs its context frames (GenerationOutput.context) to be decoded")
+        out.videos = []
+        for i in range(out.tokens.shape[0]):
+            clip = torch.cat([out.context[i : i + 1], out.tokens[i : i + 1]], 1).to(self.tokenizer_device)
+            video = self.family.decode_row(self, clip, None).float()  # [1, 3, F, H, W]
+            out.videos.append(to_pil(video[0].transpose(0, 1)))
+        return [image_grid(frames, len(frames)) for frames in out.videos]
+
+
+SCENE_SOURCES = ("bouncing_shapes",)
 
 
 def _batch(cond) -> int:
@@ -457,7 +569,7 @@ def _rows_stats(parts: list[Stats]) -> Stats:
 # ----------------------------------------------------------------------------------------------
 
 _SPEC_KEYS = {"kind", "model", "tokenizer", "draft", "refiner", "defaults", "class_names", "sampler_options",
-              "benchmark"}
+              "benchmark", "scenes"}
 
 
 def load_pipeline_folder(folder: Path, dtype: torch.dtype = torch.float32, device="cpu") -> Pipeline:
@@ -489,7 +601,7 @@ def load_pipeline_folder(folder: Path, dtype: torch.dtype = torch.float32, devic
     except TypeError as err:
         raise ValueError(f"{path}: bad defaults: {err}") from None
     pipe = Pipeline(family, model, tokenizer, defaults, spec.get("class_names"), Path(folder).name, companions,
-                    spec.get("sampler_options"), spec.get("benchmark", ()))
+                    spec.get("sampler_options"), spec.get("benchmark", ()), spec.get("scenes"))
     return pipe.to(device)
 
 

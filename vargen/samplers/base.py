@@ -286,12 +286,17 @@ class Stats:
 class GenerationOutput:
     """``tokens``: [B, L] in generation order (raster for LlamaGen; [B, L, C] continuous for MAR);
     ``latents``: what the tokenizer decodes, when the sampler computed it (VAR's final ``f_hat``, which with
-    ``more_smooth`` is not a function of the tokens; MAR's tokens); ``images``: PIL images when decoded."""
+    ``more_smooth`` is not a function of the tokens; MAR's tokens); ``images``: PIL images when decoded (for
+    video, one film strip of the frames per sample); ``videos``: per sample, its frames as PIL images (video
+    pipelines); ``context``: the condition's tokens that precede ``tokens`` in the clip (video continuation:
+    the context frames), set by video pipelines."""
 
     tokens: torch.Tensor
     stats: Stats
     images: list | None = None
     latents: torch.Tensor | None = None
+    videos: list | None = None
+    context: torch.Tensor | None = None
 
 
 def synced_clock(device) -> float:
