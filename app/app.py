@@ -127,10 +127,11 @@ class ModelStore:
         """Pipelines of one tab: image models, or (``video``) video models."""
         shipped = [n for n in zoo.shipped_names() if zoo.pipeline_kind(n)]
         injected = [n for n, p in self.fixed.items() if p.video == video]
+        official = [n for n in sorted(zoo.OFFICIAL) if (zoo.OFFICIAL[n]["kind"] in VIDEO_KINDS) == video]
         if video:
-            return injected + [n for n in shipped if zoo.pipeline_kind(n) in VIDEO_KINDS]
+            return list(dict.fromkeys(injected + [n for n in shipped if zoo.pipeline_kind(n) in VIDEO_KINDS] + official))
         shipped = [n for n in shipped if zoo.pipeline_kind(n) not in VIDEO_KINDS]
-        return list(dict.fromkeys(injected + self.extra_names + shipped + sorted(zoo.OFFICIAL)))
+        return list(dict.fromkeys(injected + self.extra_names + shipped + official))
 
     def default_name(self, video: bool = False) -> str | None:
         names = self.names(video)

@@ -69,3 +69,29 @@ def test_cli_context_files(folder, tmp_path, capsys):
     assert (out / "0000_red.gif").is_file()
     assert main(["generate", "--model", str(folder), "--class-id", "1", "--out", str(out)]) == 2
     assert "video model" in capsys.readouterr().err
+
+
+def test_official_cosmos_names_fail_offline_naming_the_file(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"model\.pt.*nvidia/Cosmos-1\.0-Autoregressive-4B"):
+        load("Cosmos-1.0-Autoregressive-4B")
+
+
+def test_torchscript_tokenizer_halves_load_only_when_trusted(tmp_path):
+    """The released tokenizer ships as TorchScript (encoder.jit / decoder.jit): loading one runs its code, so it
+    takes trusted=True; its state dict then loads strictly into the eager half."""
+    import warnings
+
+    from helpers import TINY_DV
+    from vargen.tokenizers.cosmos_dv import DiscreteVideoTokenizer, DVConfig, load_dv_tokenizer
+
+    torch.manual_seed(3)
+    dv = DiscreteVideoTokenizer(DVConfig(**TINY_DV)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(dv.decoder_half(), torch.zeros(1, 3, 4, 4, dtype=torch.long)).save(str(tmp_path / "decoder.jit"))
+    with pytest.raises(ValueError, match="runs its own code"):
+        load_dv_tokenizer(TINY_DV, decoder=str(tmp_path / "decoder.jit"))
+    with pytest.warns(UserWarning, match="TorchScript"):
+        again = load_dv_tokenizer(TINY_DV, decoder=str(tmp_path / "decoder.jit"), trusted=True)
+    torch.testing.assert_close(again.decoder.conv_out[0].conv3d.weight, dv.decoder.conv_out[0].conv3d.weight)

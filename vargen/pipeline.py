@@ -610,6 +610,8 @@ def _load_official(name: str, dtype, device, checkpoint=None, tokenizer_checkpoi
     from .tokenizers.llamagen_vq import VQModel, load_vq_weights, vq_config
 
     spec = zoo.OFFICIAL[name]
+    if spec["kind"] == "cosmos":
+        return _load_official_cosmos(name, spec, dtype, device, checkpoint, tokenizer_checkpoint, trusted)
     gpt_args = dict(spec["gpt"])
     model = GPT(gpt_config(gpt_args.pop("preset"), **gpt_args))
     load_gpt_weights(model, zoo.fetch(spec["checkpoint"], checkpoint), trusted=trusted)
@@ -617,6 +619,31 @@ def _load_official(name: str, dtype, device, checkpoint=None, tokenizer_checkpoi
     vq = VQModel(vq_config(vq_args.pop("preset"), **vq_args))
     load_vq_weights(vq, zoo.fetch(spec["tokenizer_checkpoint"], tokenizer_checkpoint), trusted=trusted)
     pipe = Pipeline("llamagen", model.to(dtype).eval(), vq.eval(), SamplingConfig(**spec["defaults"]), None, name)
+    return pipe.to(device)
+
+
+def _load_official_cosmos(name, spec, dtype, device, checkpoint=None, tokenizer_checkpoint=None,
+                          trusted=False) -> Pipeline:
+    """A released Cosmos-1.0 AR base model with DV8x16x16. ``tokenizer_checkpoint``: a folder holding the
+    tokenizer halves (``encoder.jit`` / ``decoder.jit`` -- read only with ``trusted=True`` -- or their state dicts
+    as ``encoder.safetensors`` / ``decoder.safetensors``)."""
+    from .models.cosmos import CosmosTransformer, cosmos_config, load_cosmos_weights
+    from .tokenizers.cosmos_dv import DV_PRESETS, DVConfig, load_dv_tokenizer
+
+    weights = zoo.fetch(spec["checkpoint"], checkpoint)  # every file is found before the 4B+ model is built
+    if tokenizer_checkpoint is not None:
+        folder = Path(tokenizer_checkpoint)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"tokenizer_checkpoint for {name} must be a folder with encoder.jit and decoder.jit "
+                                    f"(or encoder.safetensors and decoder.safetensors): {folder}")
+        halves = [next((folder / f"{h}{ext}" for ext in (".safetensors", ".jit") if (folder / f"{h}{ext}").is_file()),
+                       folder / f"{h}.jit") for h in ("encoder", "decoder")]
+    else:
+        halves = [zoo.fetch(spec["tokenizer_checkpoint"]), zoo.fetch(spec["decoder_checkpoint"])]
+    model = CosmosTransformer(cosmos_config(name, context_frames=spec["context_frames"])).to(dtype)
+    load_cosmos_weights(model, weights, trusted=trusted)
+    tokenizer = load_dv_tokenizer(DVConfig(**DV_PRESETS["DV8x16x16"]), *map(str, halves), trusted=trusted)
+    pipe = Pipeline("cosmos", model.eval(), tokenizer, SamplingConfig(**spec["defaults"]), None, name)
     return pipe.to(device)
 
 

@@ -84,7 +84,12 @@ def sample_nll_bits(model, cond: torch.Tensor, tokens: torch.Tensor) -> float:
 
 def batch_conditions(pipe, batch: int, prompts: list | None = None) -> list:
     """``batch`` conditions: class ids round-robin over the classes, or for prompt models ``prompts`` round-robin
-    (strings or token-id lists; a random transformers shape has a synthetic prompt)."""
+    (strings or token-id lists; a random transformers shape has a synthetic prompt); for video demos, scene
+    seeds ``0 .. batch-1``."""
+    if pipe.video:
+        if prompts:
+            raise ValueError(f"{pipe.name or pipe.kind} is a video model: prompts do not apply")
+        return list(range(batch))
     if not pipe.takes_prompts:
         if prompts:
             raise ValueError(f"{pipe.name or pipe.kind} is class-conditional: prompts do not apply")

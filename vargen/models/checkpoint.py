@@ -96,9 +96,23 @@ def read_state_dict(path: str | os.PathLike, prefer: Iterable[str] = (), trusted
         except Exception as err:  # truncated, empty, or not safetensors at all
             raise ValueError(f"{path} is not a readable safetensors file ({type(err).__name__}: "
                              f"{str(err).splitlines()[0][:160] if str(err) else 'empty'}); re-download or re-export it") from None
+    elif path.suffix == ".jit":
+        obj = _load_torchscript(path, trusted)
     else:
         obj = _load_pickle(path, trusted)
     return _unwrap(obj, path, prefer)
+
+
+def _load_torchscript(path: Path, trusted: bool) -> dict[str, torch.Tensor]:
+    """The state dict of a TorchScript file (the released Cosmos tokenizers' ``encoder.jit`` / ``decoder.jit``).
+    Loading TorchScript runs the file's code, so it takes ``trusted=True`` like a full unpickling."""
+    if not isinstance(trusted, bool):
+        raise ValueError(f"trusted must be True or False, got {trusted!r}")
+    if not trusted:
+        raise ValueError(f"{path}: a TorchScript file runs its own code when loaded; {_convert_hint(path)}")
+    warnings.warn(f"loading TorchScript {path}: it can run arbitrary code; only do this for files you trust",
+                  stacklevel=3)
+    return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
 
 
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, hint: str = "",

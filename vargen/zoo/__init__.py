@@ -31,6 +31,21 @@ for _size, _res in [("B", 256), ("B", 384), ("L", 256), ("L", 384), ("XL", 384),
     }
 
 
+# Official Cosmos-1.0 Autoregressive base models (video continuation) with the DV8x16x16 tokenizer, and the sampling
+# of the official inference commands (temperature 1, top-p 0.8 for 4B and 0.9 for 12B). The tokenizer ships as
+# TorchScript (encoder.jit / decoder.jit), whose state dicts vargen reads only when trusted (loading runs its code).
+_DV_HUB = "nvidia/Cosmos-1.0-Tokenizer-DV8x16x16"
+for _size, _top_p in [("4B", 0.8), ("12B", 0.9)]:
+    OFFICIAL[f"Cosmos-1.0-Autoregressive-{_size}"] = {
+        "kind": "cosmos",
+        "checkpoint": {"repo": f"nvidia/Cosmos-1.0-Autoregressive-{_size}", "file": "model.pt"},
+        "tokenizer_checkpoint": {"repo": _DV_HUB, "file": "encoder.jit"},
+        "decoder_checkpoint": {"repo": _DV_HUB, "file": "decoder.jit"},
+        "context_frames": 2,  # the official video input: 9 frames, i.e. 2 latent frames of context
+        "defaults": {"temperature": 1.0, "top_p": _top_p},
+    }
+
+
 def shipped_names() -> list[str]:
     return sorted(p.name for p in ZOO_DIR.iterdir() if (p / "pipeline.json").is_file() or (p / "config.json").is_file())
 
