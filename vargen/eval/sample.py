@@ -20,8 +20,10 @@ works without GPUs) or mpirun (``--cpu --mpirun_hostfile``); plain ``accelerate 
   samples and classes, dtype, and for per-batch-seeded families the batch size); a run whose manifest
   differs refuses to resume into the folder (``--force`` overrides), so two runs are never mixed.
 
-What an image depends on: for token and VAR models its index and seed only (per-row seeds, row-by-row
-decoding), so ``--batch-size`` and the number of processes do not change any file. MAR's samplers draw from
+What an image depends on: for token and VAR models its index and seed (per-row seeds, row-by-row decoding);
+``--batch-size`` and the number of processes change a file only through the last-bit rounding of batched
+matrix products, which can flip a sampled token (seen on a CPU whose GEMM path depends on the row count: 1 of
+6 images between batch sizes 4 and 6). MAR's samplers draw from
 one generator per call, so a MAR image also depends on its batch (seeded with its first index; recorded
 in the manifest as ``seeding: per batch``).
 

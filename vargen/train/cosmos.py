@@ -32,7 +32,16 @@ class DVTrainArgs:
     save_every: int = 100
     stop_at: int | None = None
     threads: int = 0
+    chroma_weight: float = field(default=0.0, metadata={"help": "weight of an extra L2 term on each pixel's chroma "
+                                                                "(colour minus its channel mean): the tokenizer "
+                                                                "otherwise learns shape and brightness first and "
+                                                                "colour last"})
     config: dict = field(default_factory=dict)
+
+
+def chroma(x: torch.Tensor) -> torch.Tensor:
+    """Each pixel's colour minus its mean over the colour channels (``[B, C, ...]``)."""
+    return x - x.mean(1, keepdim=True)
 
 
 def train_dv(args: DVTrainArgs) -> Path:
@@ -52,7 +61,10 @@ def train_dv(args: DVTrainArgs) -> Path:
         recon, _ = model(x)
         l1 = (recon - x).abs().mean()
         mse = F.mse_loss(recon, x)
-        return l1 + mse, args.batch_size, {"mse": mse.item()}
+        loss = l1 + mse
+        if args.chroma_weight:
+            loss = loss + args.chroma_weight * F.mse_loss(chroma(recon), chroma(x))
+        return loss, args.batch_size, {"mse": mse.item()}
 
     done, _ = run_steps(out, model, opt, gen, step_fn, steps=args.steps, lr=args.lr, warmup=args.warmup,
                         stop_at=args.stop_at, save_every=args.save_every, grad_clip=1.0, unit="clip")
