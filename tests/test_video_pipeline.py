@@ -31,15 +31,21 @@ def test_generate_clips_from_scene_seeds(pipe):
     assert torch.equal(out.context[:1], pipe.tokenizer.encode(clip)[:, :1].flatten(1))
 
 
-def test_context_video_and_rows_alone(pipe):
+@pytest.mark.parametrize("sampler", ["sjd:window=6,init=temporal_sample,coupled=true", "gsd:window=6,group_size=3",
+                                     "lantern:gamma=3,k=4,delta=0.2"])
+def test_context_video_and_rows_alone(pipe, sampler):
+    """Context given as video (one frame each, padded by repetition to a chunk); every row of a batch gets the
+    clip it gets alone. LANTERN's neighbourhoods come from the DV's FSQ codes; its drafter here is the model."""
     clips = pipe.scene_clips([1, 2, 4])
-    first = clips[:, :, :1]  # one frame each, padded by repetition to a chunk
-    batch = pipe.generate(first, sampler="sjd:window=6,init=temporal_sample,coupled=true", seed=4, per_row_seeds=True,
-                          decode=False)
+    first = clips[:, :, :1]
+    extra = {"draft": pipe.model} if sampler.startswith("lantern") else {}
+    batch = pipe.generate(first, sampler=sampler, seed=4, per_row_seeds=True, decode=False, **extra)
     for i in range(3):
-        alone = pipe.generate(first[i : i + 1], sampler="sjd:window=6,init=temporal_sample,coupled=true", seed=4 + i,
-                              per_row_seeds=True, decode=False)
+        alone = pipe.generate(first[i : i + 1], sampler=sampler, seed=4 + i, per_row_seeds=True, decode=False, **extra)
         assert torch.equal(alone.tokens[0], batch.tokens[i])
+    if sampler.startswith("lantern"):
+        book = pipe.make_sampler("lantern", gamma=3, k=4, delta=0.2, **extra).rule.codebook
+        assert torch.equal(book() if callable(book) else book, pipe.tokenizer.codebook())
 
 
 def test_bad_conditions(pipe):
