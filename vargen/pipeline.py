@@ -528,7 +528,6 @@ class Pipeline:
             images.append(self.family.decode_row(self, tok, lat).float())
         return to_pil(torch.cat(images))
 
-
     def _decode_video(self, out: GenerationOutput) -> list[Image.Image]:
         """Clips of an output (context frames + generated frames, one row at a time): sets ``out.videos`` (frames
         per sample) and returns one film strip per sample."""
