@@ -82,14 +82,14 @@ def sample_nll_bits(model, cond: torch.Tensor, tokens: torch.Tensor) -> float:
     return float(F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())) / math.log(2)
 
 
-def batch_conditions(pipe, batch: int, prompts: list | None = None) -> list:
+def batch_conditions(pipe, batch: int, prompts: list | None = None, repeat: int = 0) -> list:
     """``batch`` conditions: class ids round-robin over the classes, or for prompt models ``prompts`` round-robin
     (strings or token-id lists; a random transformers shape has a synthetic prompt); for video demos, scene
-    seeds ``0 .. batch-1``."""
+    seeds, new ones for every repeat (``repeat * batch ..``), so that repeats average over scenes."""
     if pipe.video:
         if prompts:
             raise ValueError(f"{pipe.name or pipe.kind} is a video model: prompts do not apply")
-        return list(range(batch))
+        return list(range(repeat * batch, (repeat + 1) * batch))
     if not pipe.takes_prompts:
         if prompts:
             raise ValueError(f"{pipe.name or pipe.kind} is class-conditional: prompts do not apply")
@@ -153,9 +153,10 @@ def run_bench(pipe, specs: list[str], batches: list[int], overrides: dict | None
             _run(pipe, p, labels, seed, overrides, c)  # warm-up at this batch (and the compiled shapes)
         runs = {label(p, c): [] for p, c in parsed}
         for r in range(repeats):
+            conds = batch_conditions(pipe, batch, prompts, r) if pipe.video else labels
             for p, c in parsed:
-                out = _run(pipe, p, labels, seed + r, overrides, c)
-                nll = sample_nll_bits(pipe.model, pipe.conditions(labels), out.tokens) if quality else float("nan")
+                out = _run(pipe, p, conds, seed + r, overrides, c)
+                nll = sample_nll_bits(pipe.model, pipe.conditions(conds), out.tokens) if quality else float("nan")
                 runs[label(p, c)].append((out.stats, nll))
         base_time = None
         for p, c in parsed:
