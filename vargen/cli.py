@@ -210,7 +210,7 @@ def _generate_video(args, pipe, prompts, folder, t0) -> int:
     if args.scene is not None and args.context is not None:
         raise ValueError("give --scene or --context, not both")
     if args.context is not None:
-        tc, (T, H, W) = pipe.tokenizer.config, pipe.model.config.video_latent_shape
+        tc, (_, H, W) = pipe.tokenizer.config, pipe.model.config.video_latent_shape
         size = (H * tc.spatial_compression, W * tc.spatial_compression)
         clips = [read_context(f, tc.pixel_chunk_duration, size) for f in args.context]
         if len({c.shape[1] for c in clips}) > 1:

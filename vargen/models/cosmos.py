@@ -21,7 +21,7 @@ last context frame to proposers (the temporal Jacobi init). Rows keep per-row po
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import TextCondition
+from .config import OfficialConfig
 from .kv import write_rows_
 from .llamagen import RMSNorm
 
@@ -37,7 +38,7 @@ __all__ = ["CosmosConfig", "CosmosTransformer", "CosmosCache", "VideoCondition",
 
 
 @dataclass
-class CosmosConfig:
+class CosmosConfig(OfficialConfig):
     """The official ``ModelConfig`` fields (names and meaning), plus the tokenizer config's ``training_type``
     ("video_to_video", or "text_to_video" for Video2World: a ``<bov>`` token first) and vargen's
     ``context_frames`` (latent frames given as the condition; the official pipeline uses 1 or 2)."""
@@ -80,17 +81,6 @@ class CosmosConfig:
 
     # official fields that do not change the network (paths, the multimodal encoder of other models)
     IGNORED = ("tokenizer", "ckpt_dir", "ckpt_path", "vision_encoder", "vision_encoder_in_channels", "mm_projector")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CosmosConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - set(cls.IGNORED)
-        if unknown:
-            raise ValueError(f"unknown CosmosConfig fields: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @property
     def kv_heads(self) -> int:

@@ -15,7 +15,7 @@ queries and keys are exactly zero and conditions reach image tokens through the 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,13 +23,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import TextCondition, class_ids
+from .config import OfficialConfig
 from .kv import write_rows_
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "GPT_PRESETS", "gpt_config", "attention_mask", "TextCondition"]
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(OfficialConfig):
     """LlamaGen's ``ModelArgs`` field by field (official names and defaults)."""
 
     dim: int = 4096
@@ -56,18 +57,7 @@ class GPTConfig:
     max_batch_size: int = 32
     max_seq_len: int = 2048
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
-        """Build from official kwargs; flags that only choose a kernel are accepted and ignored."""
-        known = {f.name for f in fields(cls)}
-        ignored = {"flash_if_available", "use_flash", "compile"}
-        unknown = set(d) - known - ignored
-        if unknown:
-            raise ValueError(f"unknown GPTConfig fields: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    IGNORED = ("flash_if_available", "use_flash", "compile")  # flags that only choose a kernel
 
     @property
     def head_dim(self) -> int:

@@ -17,19 +17,20 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..models.config import OfficialConfig
 
 __all__ = ["DVConfig", "DiscreteVideoTokenizer", "FSQuantizer", "HaarPatcher3D", "HaarUnpatcher3D",
            "DV_PRESETS", "load_dv_tokenizer"]
 
 
 @dataclass
-class DVConfig:
+class DVConfig(OfficialConfig):
     """The tokenizer's official constructor arguments (``CausalDiscreteVideoTokenizer`` + FACTORIZED
     encoder/decoder + FSQ) and the wrapper's chunk length."""
 
@@ -56,17 +57,6 @@ class DVConfig:
     # accepted and ignored: they only choose the official module classes
     IGNORED = ("name", "quantizer", "encoder", "decoder", "formulation", "latent_ch", "is_bf16",
                "latent_chunk_duration", "max_enc_batch_size", "max_dec_batch_size", "compression_ratio")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DVConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - set(cls.IGNORED)
-        if unknown:
-            raise ValueError(f"unknown DVConfig fields: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def validate(self) -> None:
         if self.patch_method != "haar":

@@ -6,20 +6,21 @@ normalised before the nearest-neighbour search, so the argmin of squared distanc
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.config import OfficialConfig
 from .blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
 
 __all__ = ["VQConfig", "VQModel", "VQ_PRESETS", "vq_config"]
 
 
 @dataclass
-class VQConfig:
+class VQConfig(OfficialConfig):
     """Fields of LlamaGen's VQ ``ModelArgs`` plus the encoder/decoder width and depth."""
 
     codebook_size: int = 16384
@@ -35,16 +36,6 @@ class VQConfig:
     ch: int = 128
     num_res_blocks: int = 2
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "VQConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown VQConfig fields: {sorted(unknown)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @property
     def downsample(self) -> int:
