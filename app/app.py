@@ -23,6 +23,7 @@ import logging
 import sys
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -396,6 +397,22 @@ def _user_error(err: Exception):
     return gr.Error(str(err), title="Invalid input", print_exception=False)
 
 
+@contextmanager
+def reported(what: str):
+    """Errors of a request as the app shows them: bad input as a readable "Invalid input", anything else logged and
+    shown as "``what`` failed"; Gradio's own errors pass through."""
+    import gradio as gr
+
+    try:
+        yield
+    except gr.Error:
+        raise
+    except USER_ERRORS as err:
+        raise _user_error(err) from None
+    except Exception as err:
+        raise _unexpected_error(err, what) from None
+
+
 def _unexpected_error(err: Exception, what: str):
     import gradio as gr
 
@@ -469,12 +486,8 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
     first_sampler = _fast_default(first_pipe) if first_pipe else "sjd"
 
     def on_model(model):
-        try:
+        with reported(f"loading {model}"):
             pipe = store.get(model)
-        except USER_ERRORS as err:
-            raise _user_error(err) from None
-        except Exception as err:
-            raise _unexpected_error(err, f"loading {model}") from None
         d = model_defaults(pipe)
         choices = class_choices(pipe)
         sampler = _fast_default(pipe)
@@ -501,7 +514,7 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
         option_values = dict(zip(OPTION_NAMES, values[:n]))
         more_options, seed, cfg_scale, temperature, top_k, top_p, batch_size = values[n:]
         yield None, None, None, "", {}  # clear the previous result first: an error never sits next to old stats
-        try:
+        with reported(f"{sampler} on {model}"):
             progress(0.0, desc=f"loading {model}")
             pipe = store.get(model)
             fields = pipe.family.config_fields
@@ -525,12 +538,6 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
             progress(0.95, desc="acceptance map")
             yield (gallery(base), gallery(fast), acceptance_maps(fast, pipe), stats_table(base, fast),
                    stats_json(name, class_id, seed, base, fast))
-        except gr.Error:
-            raise
-        except USER_ERRORS as err:
-            raise _user_error(err) from None
-        except Exception as err:
-            raise _unexpected_error(err, f"{sampler} on {model}") from None
 
     # the API's parameter names: one per control, in the order of ``inputs`` below
     params = ["model", "class_label", "sampler", *OPTION_NAMES, "more_options", "seed", "cfg_scale", "temperature",
@@ -621,7 +628,7 @@ def _video_tab(store: ModelStore) -> None:
     def generate_video(model, scene, sampler, seed=0, temperature=None, top_k=None, top_p=None,
                        progress=gr.Progress()):
         yield None, None, None, "", {}
-        try:
+        with reported(f"{sampler} on {model}"):
             pipe = store.get(model)
             if not pipe.video:
                 raise ValueError(f"{model} is not a video model")
@@ -644,12 +651,6 @@ def _video_tab(store: ModelStore) -> None:
             fast = run_video(pipe, spec.name, scene, seed, config, options)
             yield (video_file(base, folder, f"base-{scene}-{seed}"), video_file(fast, folder, f"fast-{scene}-{seed}"),
                    acceptance_maps(fast, pipe), stats_table(base, fast), _scene_json(str(model), scene, seed, base, fast))
-        except gr.Error:
-            raise
-        except USER_ERRORS as err:
-            raise _user_error(err) from None
-        except Exception as err:
-            raise _unexpected_error(err, f"{sampler} on {model}") from None
 
     with gr.Tab("video"):
         gr.Markdown(VIDEO_INTRO)

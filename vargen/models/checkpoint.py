@@ -37,9 +37,9 @@ def _load_pickle(path: Path, trusted: bool):
     if not isinstance(trusted, bool):  # a truthy non-bool ("no", a path) must not unlock it
         raise ValueError(f"trusted must be True or False, got {trusted!r}")
     if trusted:
-        warnings.warn(f"unpickling {path} with weights_only=False: it can run arbitrary code; only do this for files "
+        warnings.warn(f"unpickling {path} fully (trusted=True): it can run arbitrary code; only do this for files "
                       f"you trust", stacklevel=3)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)  # reached only with trusted=True
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
