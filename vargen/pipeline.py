@@ -211,7 +211,8 @@ def _hf_family(name: str) -> Callable:
 
 
 # transformers image LMs (vargen.models.hf): every token sampler; sd / lantern take a smaller checkpoint of the family
-for _kind in ("janus", "emu3"):
+HF_KINDS = ("janus", "emu3", "chameleon")
+for _kind in HF_KINDS:
     FAMILIES[_kind] = FamilySpec(
         _kind, _hf_family("build"), _hf_family("decode_row"), default_sampler="sjd:window=16,coupled=true",
         baseline="ar", samplers=("ar", "sjd", "gsd", "sd", "lantern"),
@@ -568,7 +569,7 @@ def _rows_stats(parts: list[Stats]) -> Stats:
 # ----------------------------------------------------------------------------------------------
 
 _SPEC_KEYS = {"kind", "model", "tokenizer", "draft", "refiner", "defaults", "class_names", "sampler_options",
-              "benchmark", "scenes"}
+              "benchmark", "scenes", "model_options"}
 
 
 def load_pipeline_folder(folder: Path, dtype: torch.dtype = torch.float32, device="cpu") -> Pipeline:
@@ -583,6 +584,9 @@ def load_pipeline_folder(folder: Path, dtype: torch.dtype = torch.float32, devic
     if kind not in FAMILIES:
         raise ValueError(f"{path}: kind {kind!r} is not a known family ({', '.join(FAMILIES)})")
     family = FAMILIES[kind]
+    if spec.get("model_options") and kind not in HF_KINDS:
+        raise ValueError(f"{path}: 'model_options' (adapter options such as a grid) apply to transformers image LMs "
+                         f"({', '.join(HF_KINDS)}), not to {kind}")
     for key in ("model",) if family.own_tokenizer else ("model", "tokenizer"):
         if not spec.get(key):
             raise ValueError(f"{path}: {key!r} is missing")
@@ -646,9 +650,10 @@ def _load_official_cosmos(name, spec, dtype, device, checkpoint=None, tokenizer_
     return pipe.to(device)
 
 
-def _load_hf(folder: Path, dtype, device) -> Pipeline:
-    """A transformers image LM folder (``save_pretrained`` layout) as a pipeline with its official defaults."""
-    model, decoder, companions = _hf_family("build")({"model": str(folder)}, Path, dtype)
+def _load_hf(folder: Path, dtype, device, trusted: bool = False) -> Pipeline:
+    """A transformers image LM folder (``save_pretrained`` layout) as a pipeline with its official defaults
+    (``trusted``: a Chameleon folder's ``vqgan.ckpt`` pickle may be unpickled fully)."""
+    model, decoder, companions = _hf_family("build")({"model": str(folder), "trusted": trusted}, Path, dtype)
     pipe = Pipeline(model.family, model, decoder, model.default_sampling, None, Path(folder).name, companions)
     return pipe.to(device)
 
@@ -677,14 +682,13 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: to
     from .models.hf.folders import hub_folder, is_hf_folder, is_hub_id  # no transformers import until needed
 
     if is_hf_folder(path) or (not path.exists() and is_hub_id(name)):
-        given = [k for k, v in (("checkpoint", checkpoint), ("tokenizer_checkpoint", tokenizer_checkpoint),
-                                ("trusted", trusted)) if v]
+        given = [k for k, v in (("checkpoint", checkpoint), ("tokenizer_checkpoint", tokenizer_checkpoint)) if v]
         if given:
             raise ValueError(f"{', '.join(given)} apply to official names; a transformers folder loads its own "
                              "safetensors weights")
-        return _load_hf(path if path.is_dir() else hub_folder(name), dtype, device)
+        return _load_hf(path if path.is_dir() else hub_folder(name), dtype, device, trusted)
     raise ValueError(
         f"unknown model {name!r}: not a shipped demo ({', '.join(n for n in zoo.shipped_names() if zoo.pipeline_kind(n)) or 'none'}), "
         f"not an official name ({', '.join(sorted(zoo.OFFICIAL))}), not a folder with pipeline.json and not a "
-        f"transformers folder or hub id of an adapted image LM (Janus, Emu3)"
+        f"transformers folder or hub id of an adapted image LM (Janus, Emu3, Chameleon: Lumina-mGPT / Anole)"
     )

@@ -1,4 +1,5 @@
-"""transformers image LMs as TokenModels: Janus / Janus-Pro and Emu3 (needs the ``[hf]`` extra: transformers).
+"""transformers image LMs as TokenModels: Janus / Janus-Pro, Emu3 and Chameleon (Lumina-mGPT, Anole); needs the
+``[hf]`` extra (transformers).
 
 ``image_lm(hf_model)`` wraps a loaded transformers model by its ``config.model_type``;
 ``family.load_model(folder)`` loads a ``save_pretrained`` folder; ``vargen.load(folder or hub id)`` builds the
@@ -16,7 +17,8 @@ __all__ = ["HFImageLM", "PromptTokens", "RowCache", "image_lm"]
 
 def image_lm(hf_model, **options):
     """The vargen adapter (an :class:`HFImageLM`) of a loaded transformers image LM (``options`` go to the adapter,
-    e.g. Emu3's ``height`` / ``width``); ``ValueError`` for a model type vargen does not adapt."""
+    e.g. Emu3's ``height`` / ``width``, Chameleon's ``layout``); ``ValueError`` for a model type vargen does not
+    adapt."""
     kind = getattr(hf_model.config, "model_type", None)
     if kind not in MODEL_CLASSES:
         raise ValueError(f"transformers model type {kind!r} has no vargen adapter "

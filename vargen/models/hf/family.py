@@ -2,12 +2,15 @@
 checkpoint's own processor, images through the model's own VQ decoder."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..checkpoint import read_state_dict
 from .base import HFImageLM, PromptTokens
+from .chameleon_vqgan import find_vqgan_checkpoint
 from .folders import MODEL_CLASSES, model_type
 
 __all__ = ["ImageDecoder", "load_model", "build", "decode_row", "prompt_conditions"]
@@ -19,7 +22,7 @@ class ImageDecoder(nn.Module):
 
     def __init__(self, lm: HFImageLM):
         super().__init__()
-        self.vq = lm.hf.model.vqmodel
+        self.vq = getattr(lm, "vqgan", None) or lm.hf.model.vqmodel  # Chameleon: the VQGAN decoder vargen adds
         self._lm = (lm,)  # a tuple: not registered as a submodule
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -29,9 +32,13 @@ class ImageDecoder(nn.Module):
         return self._lm[0].codebook()
 
 
-def load_model(folder, dtype: torch.dtype = torch.float32, processor=None) -> HFImageLM:
+def load_model(folder, dtype: torch.dtype = torch.float32, processor=None, trusted: bool = False,
+               options: dict | None = None) -> HFImageLM:
     """The adapter of a ``save_pretrained`` folder (Emu3: the grid of ``processor``'s ``image_area`` at 1:1 -- the
-    folder's own processor when none is given --, else the official 90 x 90)."""
+    folder's own processor when none is given --, else the official 90 x 90; Chameleon: the Lumina-mGPT layout for
+    its ``ChameleonXLLMXForConditionalGeneration`` checkpoints, else Anole's, and the VQGAN decoder of the folder's
+    ``vqgan.ckpt`` where it has one). ``options`` (pipeline.json ``model_options``) go to the adapter over those:
+    Emu3 / Chameleon ``height`` and ``width``, Chameleon ``layout``."""
     import transformers
 
     from . import image_lm
@@ -43,23 +50,45 @@ def load_model(folder, dtype: torch.dtype = torch.float32, processor=None) -> HF
     if kind not in MODEL_CLASSES:
         raise ValueError(f"{folder}: transformers model type {kind!r} has no vargen adapter "
                          f"(adapted: {', '.join(MODEL_CLASSES)})")
+    given = dict(options or {})
+    allowed = {"janus": set(), "emu3": {"height", "width"}, "chameleon": {"height", "width", "layout"}}[kind]
+    if set(given) - allowed:
+        raise ValueError(f"{folder}: model_options {sorted(set(given) - allowed)} do not apply to a {kind} model "
+                         f"(it takes {sorted(allowed) or 'none'})")
     hf = getattr(transformers, MODEL_CLASSES[kind][0]).from_pretrained(folder, dtype=dtype)
     options = {}
     if kind == "emu3":
         processor = processor or _processor(folder)
-        if processor is not None:
+        if hasattr(processor, "calculate_generate_size"):
             options["height"], options["width"] = processor.calculate_generate_size("1:1", processor.image_area, 8)
-    return image_lm(hf, **options)
+    if kind == "chameleon":
+        options["layout"] = chameleon_layout(folder)
+    model = image_lm(hf, **{**options, **given})
+    if kind == "chameleon":
+        vqgan = find_vqgan_checkpoint(folder)
+        if vqgan is not None:
+            model.vqgan.load_taming(read_state_dict(vqgan, trusted=trusted))
+    return model
+
+
+def chameleon_layout(folder) -> str:
+    """``lumina`` for Lumina-mGPT checkpoints (saved by its ``ChameleonXLLMXForConditionalGeneration``), else
+    ``anole`` (plain Chameleon: Anole, Meta's converted checkpoints); pipeline.json ``model_options`` override it."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return "lumina" if any("XLLMX" in a for a in config.get("architectures") or []) else "anole"
 
 
 def _processor(folder):
-    """The checkpoint's processor, or None where the folder has no tokenizer files (a bare ``save_pretrained``)."""
+    """The checkpoint's processor (else its tokenizer: Lumina-mGPT folders ship a tokenizer only), or None where the
+    folder has no tokenizer files (a bare ``save_pretrained``)."""
     import transformers
 
-    try:
-        return transformers.AutoProcessor.from_pretrained(folder)
-    except Exception:
-        return None
+    for auto in (transformers.AutoProcessor, transformers.AutoTokenizer):
+        try:
+            return auto.from_pretrained(folder)
+        except Exception:
+            continue
+    return None
 
 
 def build(spec, resolve, dtype):
@@ -67,12 +96,13 @@ def build(spec, resolve, dtype):
     checkpoint of the same family (sharing the image tokenizer) for ``sd``."""
     folder = resolve(spec["model"])
     processor = _processor(folder)
-    model = load_model(folder, dtype, processor)
+    options = spec.get("model_options")
+    model = load_model(folder, dtype, processor, trusted=spec.get("trusted", False), options=options)
     model.processor = processor
     companions = {}
     if spec.get("draft"):
         path = resolve(spec["draft"])
-        companions["draft"] = lambda: load_model(path, dtype, processor)  # sharing the tokenizer: the same grid
+        companions["draft"] = lambda: load_model(path, dtype, processor, options=options)  # the same tokenizer, grid
     if processor is not None and hasattr(model, "negative_ids"):  # Emu3: the official negative prompt
         model.negative = model.negative_ids(processor)
     return model, ImageDecoder(model), companions

@@ -10,7 +10,8 @@ __all__ = ["MODEL_CLASSES", "model_type", "is_hf_folder", "is_hub_id", "hub_fold
 
 # config.model_type -> (transformers class, vargen adapter "module:class" in this package)
 MODEL_CLASSES = {"janus": ("JanusForConditionalGeneration", "janus:JanusImageLM"),
-                 "emu3": ("Emu3ForConditionalGeneration", "emu3:Emu3ImageLM")}
+                 "emu3": ("Emu3ForConditionalGeneration", "emu3:Emu3ImageLM"),
+                 "chameleon": ("ChameleonForConditionalGeneration", "chameleon:ChameleonImageLM")}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
