@@ -291,7 +291,10 @@ def tiny_processor():
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", BOS)])
-    fast = PreTrainedTokenizerFast(
+    # transformers 4.x processors insist on the model's tokenizer class; 5.x's LlamaTokenizer would re-split words
+    tokenizer_class = PreTrainedTokenizerFast if int(transformers.__version__.split(".")[0]) >= 5 else \
+        getattr(transformers, "LlamaTokenizerFast")
+    fast = tokenizer_class(
         tokenizer_object=tok, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>",
         extra_special_tokens={"image_token": "<image_placeholder>", "boi_token": "<begin_of_image>",
                               "eoi_token": "<end_of_image>"})

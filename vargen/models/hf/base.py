@@ -109,7 +109,10 @@ class RowCache(_cache_base()):
     ``write = (rows [B, n], positions [B, n])`` and ``read`` (how many positions attention reads)."""
 
     def __init__(self, batch: int, max_len: int):
-        super().__init__(layers=[])
+        if "layers" in inspect.signature(_cache_base().__init__).parameters:
+            super().__init__(layers=[])
+        else:  # transformers 4.x: a Cache holds no layer list
+            super().__init__()
         self.batch, self.max_len = batch, max_len
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []

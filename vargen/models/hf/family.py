@@ -55,7 +55,8 @@ def load_model(folder, dtype: torch.dtype = torch.float32, processor=None, trust
     if set(given) - allowed:
         raise ValueError(f"{folder}: model_options {sorted(set(given) - allowed)} do not apply to a {kind} model "
                          f"(it takes {sorted(allowed) or 'none'})")
-    hf = getattr(transformers, MODEL_CLASSES[kind][0]).from_pretrained(folder, dtype=dtype)
+    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"  # renamed in 5.0
+    hf = getattr(transformers, MODEL_CLASSES[kind][0]).from_pretrained(folder, **{dtype_kw: dtype})
     options = {}
     if kind == "emu3":
         processor = processor or _processor(folder)
