@@ -8,6 +8,7 @@ import torch
 from vargen.models.llamagen import GPT, GPTConfig
 from vargen.samplers.acceptance import ExactAcceptance
 from vargen.samplers.base import SamplingConfig, cfg_mix, logits_to_probs
+from vargen.testing import trained_like_init_
 
 
 def tiny_gpt(vocab=6, grid=2, num_classes=3, dim=32, n_layer=2, n_head=2, seed=0, sharpness=3.0,
@@ -24,17 +25,7 @@ def tiny_gpt(vocab=6, grid=2, num_classes=3, dim=32, n_layer=2, n_head=2, seed=0
     return model.to(dtype).eval()
 
 
-@torch.no_grad()
-def randomise_(named_parameters, generator: torch.Generator) -> None:
-    """Trained-like random weights in place (transformers' 0.02-std init makes every distribution nearly uniform):
-    norms near 1, other 1-D parameters near 0, embeddings N(0, 1), matrices N(0, 1 / fan_in)."""
-    for name, p in sorted(named_parameters):
-        if p.dim() == 1:
-            p.copy_((1 if "norm" in name else 0) + 0.1 * torch.randn(p.shape, generator=generator))
-        elif "embed" in name:
-            p.copy_(torch.randn(p.shape, generator=generator))
-        else:
-            p.copy_(torch.randn(p.shape, generator=generator) / p.shape[1] ** 0.5)
+randomise_ = trained_like_init_  # the name the tests use
 
 
 class ResampleFromTarget(ExactAcceptance):

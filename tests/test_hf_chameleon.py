@@ -310,3 +310,13 @@ def test_text_prompts_through_the_tokenizer():
     assert lm.prompt_ids(fast, "a cat") == [BOS, *[6] * len(words), 11, 12, SEP, *LUMINA_PREFIX]
     anole = image_lm(tiny_chameleon(), layout="anole", height=2, width=2)
     assert anole.prompt_ids(fast, "a cat") == [BOS, 11, 12, SEP, START]
+
+
+@pytest.mark.parametrize("shape", ["random-tiny-janus", "random-tiny-emu3", "random-tiny-lumina"])
+def test_bench_runs_the_tiny_random_model_of_each_adapter(shape, capsys):
+    assert vargen_main(["bench", "--model", shape, "--num-tokens", "16", "--top-k", "0", "--sampler", "ar",
+                        "sjd:window=4,coupled=true"]) == 0
+    out = capsys.readouterr().out
+    assert "| `ar` | 1 | 16.0 | 1.00 |" in out and "| `sjd:coupled=true,window=4` | 1 |" in out
+    assert vargen_main(["bench", "--model", shape, "--num-layers", "1", "--sampler", "ar"]) == 2
+    assert "--num-layers applies to the official transformers shapes" in capsys.readouterr().err

@@ -260,7 +260,8 @@ def _add_bench(sub) -> None:
                                    "against the family's baseline (ar, var, mar) of the same batch size.")
     p.add_argument("--model", default="cifar10-llamagen",
                    help="a pipeline (demo name, folder or hub id), or random-gpt-b / random-gpt-l / random-gpt-xl / "
-                        "random-janus-pro-1b / random-janus-pro-7b (official shapes with random weights)")
+                        "random-janus-pro-1b / random-janus-pro-7b (official shapes with random weights), "
+                        "random-tiny-janus / random-tiny-emu3 / random-tiny-lumina (2-layer models of each adapter)")
     p.add_argument("--sampler", nargs="+", help="sampler specs NAME:key=value,... (default: the baseline and the "
                                                 "model's default sampler)")
     p.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 1; --suite gpu: 1 16)")
@@ -283,14 +284,15 @@ def _add_bench(sub) -> None:
                    help="image tokens of the random-* shapes (default 256; Janus-Pro shapes 576)")
     p.add_argument("--num-layers", type=int, default=None,
                    help="decoder layers of a random transformers shape (default: all of the checkpoint's)")
-    _add_prompt_flags(p, "round-robin over the batch; random-janus-* default to a synthetic one")
+    _add_prompt_flags(p, "round-robin over the batch; the random transformers shapes default to a synthetic one")
     p.add_argument("--out", help="also write the markdown table to this file")
     _add_config_flags(p)
     _add_runtime_flags(p)
 
 
 def _run_bench(args) -> int:
-    from .eval.bench import RANDOM_HF_SHAPES, RANDOM_SHAPES, format_table, machine_line, random_pipeline, run_bench
+    from .eval.bench import (RANDOM_HF_SHAPES, RANDOM_SHAPES, TINY_SHAPES, format_table, machine_line, random_pipeline,
+                             run_bench)
     from .pipeline import load
 
     _setup(args)
@@ -300,7 +302,7 @@ def _run_bench(args) -> int:
         return _run_gpu_suite(args)
     args.batch, args.compile = args.batch or [1], args.compile or "off"
     prompts = _cli_prompts(args)
-    if args.model in RANDOM_SHAPES or args.model in RANDOM_HF_SHAPES:
+    if args.model in RANDOM_SHAPES or args.model in RANDOM_HF_SHAPES or args.model in TINY_SHAPES:
         tokens = args.num_tokens or (576 if args.model in RANDOM_HF_SHAPES else 256)
         pipe = random_pipeline(args.model, tokens, device=args.device, num_layers=args.num_layers)
     else:

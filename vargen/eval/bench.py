@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.hf.random import RANDOM_HF_SHAPES
+from ..models.hf.random import RANDOM_HF_SHAPES, TINY_SHAPES
 from ..samplers.spec import SamplerSpec
 
 __all__ = ["BenchRow", "run_bench", "time_sampler", "format_table", "machine_line", "random_pipeline", "RANDOM_SHAPES",
-           "RANDOM_HF_SHAPES"]
+           "RANDOM_HF_SHAPES", "TINY_SHAPES"]
 
 
 @dataclass
@@ -51,13 +51,22 @@ def random_pipeline(name: str, num_tokens: int = 256, vocab: int = 16384, device
     from ..pipeline import Pipeline
     from ..samplers.base import SamplingConfig
 
-    if name in RANDOM_HF_SHAPES:
+    if name in RANDOM_HF_SHAPES or name in TINY_SHAPES:
         from ..models.hf import image_lm
         from ..models.hf.family import ImageDecoder
-        from ..models.hf.random import random_janus
+        from ..models.hf.random import random_janus, random_tiny
 
-        model = image_lm(random_janus(name, num_layers, num_tokens)).to(device=device, dtype=dtype)
-        return Pipeline("janus", model, ImageDecoder(model), model.default_sampling, name=name)  # VQ: GSD's codebook
+        if name in TINY_SHAPES:
+            if num_layers is not None:
+                raise ValueError("--num-layers applies to the official transformers shapes, not the tiny ones")
+            model, prompt = random_tiny(name, num_tokens)
+        else:
+            from ..models.hf.random import SYNTHETIC_PROMPT
+
+            model, prompt = image_lm(random_janus(name, num_layers, num_tokens)), SYNTHETIC_PROMPT
+        model = model.to(device=device, dtype=dtype)
+        model.synthetic_prompt = prompt  # what bench runs when given no prompts
+        return Pipeline(model.family, model, ImageDecoder(model), model.default_sampling, name=name)  # GSD: the VQ
     if num_layers is not None:
         raise ValueError("--num-layers applies to the transformers shapes (random-janus-pro-1b, ...)")
     if name not in RANDOM_SHAPES:
@@ -95,10 +104,8 @@ def batch_conditions(pipe, batch: int, prompts: list | None = None, repeat: int 
             raise ValueError(f"{pipe.name or pipe.kind} is class-conditional: prompts do not apply")
         return [i % max(1, pipe.num_classes) for i in range(batch)]
     if not prompts:
-        if pipe.name in RANDOM_HF_SHAPES:
-            from ..models.hf.random import SYNTHETIC_PROMPT
-
-            prompts = [SYNTHETIC_PROMPT]
+        if getattr(pipe.model, "synthetic_prompt", None) is not None:  # a random transformers shape
+            prompts = [pipe.model.synthetic_prompt]
         else:
             raise ValueError(f"{pipe.name or pipe.kind} is a text-to-image model: give prompts "
                              "(--prompt or --prompt-ids)")
