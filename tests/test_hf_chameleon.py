@@ -283,6 +283,8 @@ def test_missing_vqgan_and_bad_options_are_named(folder, tmp_path):
     assert not lm.vqgan.loaded
     with pytest.raises(RuntimeError, match="vqgan.ckpt"):
         lm.decode(torch.zeros(1, lm.num_tokens, dtype=torch.long))
+    with pytest.raises(ValueError, match="has none"):  # nothing to unlock: not silently ignored
+        load(bare, trusted=True)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "pipeline.json").write_text(json.dumps({"kind": "chameleon", "model": str(folder),
                                                                 "model_options": {"ratio": "1:1"}}))

@@ -50,6 +50,10 @@ def load_model(folder, dtype: torch.dtype = torch.float32, processor=None, trust
     if kind not in MODEL_CLASSES:
         raise ValueError(f"{folder}: transformers model type {kind!r} has no vargen adapter "
                          f"(adapted: {', '.join(MODEL_CLASSES)})")
+    vqgan = find_vqgan_checkpoint(folder) if kind == "chameleon" else None
+    if trusted and (vqgan is None or vqgan.suffix == ".safetensors"):
+        raise ValueError(f"{folder}: trusted=True (--trust-checkpoint) unlocks a Chameleon folder's vqgan.ckpt pickle; "
+                         "this folder has none (transformers folders load their safetensors weights)")
     given = dict(options or {})
     allowed = {"janus": set(), "emu3": {"height", "width"}, "chameleon": {"height", "width", "layout"}}[kind]
     if set(given) - allowed:
@@ -65,10 +69,8 @@ def load_model(folder, dtype: torch.dtype = torch.float32, processor=None, trust
     if kind == "chameleon":
         options["layout"] = chameleon_layout(folder)
     model = image_lm(hf, **{**options, **given})
-    if kind == "chameleon":
-        vqgan = find_vqgan_checkpoint(folder)
-        if vqgan is not None:
-            model.vqgan.load_taming(read_state_dict(vqgan, trusted=trusted))
+    if vqgan is not None:
+        model.vqgan.load_taming(read_state_dict(vqgan, trusted=trusted))
     return model
 
 
