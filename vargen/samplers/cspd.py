@@ -77,8 +77,8 @@ from typing import Any
 import torch
 
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer
-from .diffusion_head import denoise, path_log_prob, reverse_step
-from .mar import check_orders, mask_from_order, plan_run
+from .diffusion_head import ANNEALING, denoise, path_log_prob, reverse_step
+from .mar import check_orders, diffusion_heads, mask_from_order, plan_run
 from .spec import checked, option
 
 TESTS = ("exact", "final_step", "official")
@@ -155,7 +155,8 @@ class _Drafts:
     x1: torch.Tensor               # the draft path's x_1 (final_step test)
     z: torch.Tensor                # the draft's condition rows (cond; uncond stacked on dim 2 with CFG)
     scale: torch.Tensor            # the draft step's CFG scale
-    path: torch.Tensor | None      # [B, L, S, C] step inputs x_S .. x_1 (exact test)
+    steps: torch.Tensor            # the draft step's diffusion step count S (DiSA varies it)
+    path: torch.Tensor | None      # [B, L, S_max, C] step inputs x_S .. x_1, the first S entries (exact test)
 
 
 @dataclass
@@ -172,6 +173,10 @@ class CSpDOptions:
                             maximum=10000)
     clip_x0: float | None = option(None, "clamp each diffusion step's predicted start to [-c, c] (none: MAR's "
                                    "behaviour)", minimum=0.0)
+    diffusion_start: int | None = option(None, "DiSA: diffusion steps at the first MAR step, draft and target "
+                                         "alike (none: their own count)", minimum=1)
+    diffusion_end: int | None = option(None, "DiSA: diffusion steps at the last MAR step", minimum=1)
+    annealing: str = option("linear", "DiSA: how the step count goes from start to end", choices=ANNEALING)
 
 
 class CSpDSampler:
@@ -189,10 +194,12 @@ class CSpDSampler:
 
     def __init__(self, draft=None, num_iter: int = 64, ratio: float = 0.15, num_draft: int = 8,
                  test: str = "exact", inner_temperature: float = 42.0, phi_sign: float = 1.0,
-                 max_tries: int = 100, clip_x0: float | None = None):
+                 max_tries: int = 100, clip_x0: float | None = None, diffusion_start: int | None = None,
+                 diffusion_end: int | None = None, annealing: str = "linear"):
         o = checked(CSpDOptions(None, num_iter, ratio, num_draft, test, inner_temperature, phi_sign, max_tries,
-                                clip_x0), "cspd")
+                                clip_x0, diffusion_start, diffusion_end, annealing), "cspd")
         self.clip_x0 = o.clip_x0
+        self.diffusion_start, self.diffusion_end, self.annealing = diffusion_start, diffusion_end, annealing
         num_iter, ratio, num_draft, inner_temperature, phi_sign = o.num_iter, o.ratio, o.num_draft, o.inner_temperature, o.phi_sign
         self.draft, self.num_iter, self.ratio, self.num_draft = draft, num_iter, ratio, num_draft
         self.test, self.inner_temperature, self.phi_sign, self.max_tries = test, inner_temperature, phi_sign, max_tries
@@ -214,13 +221,14 @@ class CSpDSampler:
                              f"noise ({draft.diffloss.num_sampling_steps} vs {target.diffloss.num_sampling_steps})")
 
     # -- one diffusion-head run with the shared noise -----------------------------------------------
-    def _denoise(self, model, z_rows: torch.Tensor, x_T: torch.Tensor, eps: torch.Tensor, temperature: float,
+    def _denoise(self, head, z_rows: torch.Tensor, x_T: torch.Tensor, eps: torch.Tensor, temperature: float,
                  scale: float, guided: bool, keep_inputs: bool = False):
-        """Run ``model``'s head on n positions with their bank noise; returns the cond half of the trace."""
-        step_noise = eps.transpose(0, 1)  # [S, n, C]
+        """Run a diffusion head on n positions with their bank noise (its first S steps); returns the cond half of
+        the trace."""
+        step_noise = eps[:, : head.num_sampling_steps].transpose(0, 1)  # [S, n, C]
         if guided:
             step_noise = torch.cat([step_noise, step_noise], dim=1)
-        tr = denoise(model.diffloss, z_rows, temperature, scale if guided else 1.0, noise=x_T, step_noise=step_noise,
+        tr = denoise(head, z_rows, temperature, scale if guided else 1.0, noise=x_T, step_noise=step_noise,
                      trace=True, keep_inputs=keep_inputs, clip_x0=self.clip_x0)
         n = x_T.shape[0]
         tr.sample, tr.x1, tr.final_log_variance, tr.log_std_sum = (
@@ -252,10 +260,13 @@ class CSpDSampler:
         if tau <= 0:
             raise ValueError("CSpD compares densities and needs temperature > 0")
         B, L, C = plan.batch, target.seq_len, target.token_embed_dim
-        S = target.diffloss.num_sampling_steps
+        K = self.num_iter
+        heads_t, heads_d = (diffusion_heads(m.diffloss, K, self.diffusion_start, self.diffusion_end, self.annealing)
+                            for m in (target, draft))
+        S = max(h.num_sampling_steps for h in heads_t)  # the noise bank's depth
         device = target.device
         gdev = generator.device if generator is not None else device
-        guided, K = plan.guided, self.num_iter
+        guided = plan.guided
 
         def randn(*shape):
             return torch.randn(*shape, generator=generator, device=gdev).to(device)
@@ -286,7 +297,7 @@ class CSpDSampler:
                 to_pred = mask & ~mask_next
                 if step <= milestone:  # target pre-fill: a plain MAR step with the shared noise
                     z = target.condition(tokens, mask, plan.labels, cfg=guided)
-                    tr = self._denoise(target, self._rows(z, to_pred, guided), bank_xT[to_pred],
+                    tr = self._denoise(heads_t[step], self._rows(z, to_pred, guided), bank_xT[to_pred],
                                        bank_eps[to_pred], tau, scale, guided)
                     tokens[to_pred] = tr.sample
                     self._commit(stats, to_pred)
@@ -297,7 +308,7 @@ class CSpDSampler:
                 z = draft.condition(tokens, mask, plan.labels, cfg=guided)
                 stats.draft_forward_passes += 1
                 z_rows = self._rows(z, to_pred, guided)
-                tr = self._denoise(draft, z_rows, bank_xT[to_pred], bank_eps[to_pred], tau, scale, guided,
+                tr = self._denoise(heads_d[step], z_rows, bank_xT[to_pred], bank_eps[to_pred], tau, scale, guided,
                                    keep_inputs=self.test == "exact")
                 if drafts is None:
                     drafts = self._new_drafts(B, L, C, S, z.shape[-1], guided, device, z.dtype)
@@ -309,37 +320,44 @@ class CSpDSampler:
                 drafts.log_var0[to_pred], drafts.log_std_sum[to_pred] = tr.final_log_variance, tr.log_std_sum
                 drafts.x1[to_pred], drafts.scale[to_pred] = tr.x1, scale
                 drafts.z[to_pred] = torch.stack(z_rows.chunk(2), dim=1) if guided else z_rows[:, None]
+                drafts.steps[to_pred] = heads_d[step].num_sampling_steps
                 if drafts.path is not None:
-                    drafts.path[to_pred] = tr.inputs.transpose(0, 1)
+                    drafts.path[to_pred, : heads_d[step].num_sampling_steps] = tr.inputs.transpose(0, 1)
                 mask = mask_next
                 if not (step % self.num_draft == 0 or step == K - 1):
                     continue
 
-                # verify the window with one target pass that sees only committed tokens
+                # verify the window with one target pass that sees only committed tokens (under DiSA, token
+                # groups of one diffusion step count each, with that count's heads)
                 window = verified & ~mask
                 z_p = target.condition(tokens, verified, plan.labels, cfg=guided)
                 counts["verify_passes"] += 1
-                committed, accepted, stat = self._verify(draft, target, drafts, window, z_p, bank_xT, bank_eps,
-                                                         tau, scale, guided, uniform, randn)
-                tokens[window] = committed
                 n_acc = torch.zeros(B, L, dtype=torch.long, device=device)
-                n_acc[window] = accepted.long()
+                by_steps = {h.num_sampling_steps: (hd, h) for hd, h in zip(heads_d, heads_t)}
+                for n_steps in sorted(set(drafts.steps[window].tolist()), reverse=True):
+                    group = window & (drafts.steps == n_steps)
+                    committed, accepted, stat = self._verify(*by_steps[n_steps], drafts, group, z_p, bank_xT,
+                                                             bank_eps, tau, scale, guided, uniform, randn)
+                    tokens[group] = committed
+                    n_acc[group] = accepted.long()
+                    counts["accepted_drafts"] += int(accepted.sum())
+                    counts["residual_proposals"] += stat["tries"]
+                    counts["residual_fallbacks"] += stat["fallbacks"]
+                    if "log_phi" in stat:
+                        log_phis.append(stat["log_phi"])
                 accepted_per_row += n_acc.sum(-1)
                 drafted_per_row += window.sum(-1)
                 counts["drafted"] += int(window.sum())
-                counts["accepted_drafts"] += int(accepted.sum())
-                counts["residual_proposals"] += stat["tries"]
-                counts["residual_fallbacks"] += stat["fallbacks"]
-                if "log_phi" in stat:
-                    log_phis.append(stat["log_phi"])
                 self._commit(stats, window)
                 verified = mask
 
         stats.tokens = torch.full((B,), L, dtype=torch.long)
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
         drafted = max(1, counts["drafted"])
+        steps = [h.num_sampling_steps for h in heads_t]
         stats.extra.update(
             test=self.test, num_iter=K, ratio=self.ratio, num_draft=self.num_draft,
+            diffusion_steps=steps[0] if len(set(steps)) == 1 else steps,
             target_passes=stats.forward_passes, draft_passes=stats.draft_forward_passes,
             prefill_passes=min(milestone + 1, K), **counts,
             draft_acceptance_rate=counts["accepted_drafts"] / drafted,
@@ -360,16 +378,19 @@ class CSpDSampler:
         zeros = lambda *s: torch.zeros(*s, device=device)  # noqa: E731
         return _Drafts(zeros(B, L, C), zeros(B, L, C), zeros(B, L, C), zeros(B, L, C), zeros(B, L, C),
                        zeros(B, L, 2 if guided else 1, D).to(z_dtype), zeros(B, L),
+                       torch.zeros(B, L, dtype=torch.long, device=device),
                        zeros(B, L, S, C) if self.test == "exact" else None)
 
     # -- the tests ----------------------------------------------------------------------------------
-    def _verify(self, draft, target, d: _Drafts, window, z_p, bank_xT, bank_eps, tau, scale, guided, uniform, randn):
-        """Accept or replace every window token. Returns (committed [n, C], accepted [n] bool, counters)."""
+    def _verify(self, draft_head, target_head, d: _Drafts, window, z_p, bank_xT, bank_eps, tau, scale, guided,
+                uniform, randn):
+        """Accept or replace every window token (all drafted with the heads' diffusion step count). Returns
+        (committed [n, C], accepted [n] bool, counters)."""
         zp_rows = self._rows(z_p, window, guided)
         n = int(window.sum())
         log_tau = math.log(tau)
         if self.test == "official":
-            tr = self._denoise(target, zp_rows, bank_xT[window], bank_eps[window], tau, scale, guided)
+            tr = self._denoise(target_head, zp_rows, bank_xT[window], bank_eps[window], tau, scale, guided)
             mu_q, mu_p = d.mean0[window], tr.sample
             log_sq = 0.5 * d.log_var0[window] + log_tau  # log σ_0 with τ applied
             log_sp = 0.5 * tr.final_log_variance + log_tau
@@ -386,7 +407,7 @@ class CSpDSampler:
         elif self.test == "final_step":
             x1 = d.x1[window]
             idx0 = torch.zeros(2 * n if guided else n, dtype=torch.long, device=x1.device)
-            mu_p, lv_p, _ = reverse_step(target.diffloss, torch.cat([x1, x1]) if guided else x1, idx0, zp_rows,
+            mu_p, lv_p, _ = reverse_step(target_head, torch.cat([x1, x1]) if guided else x1, idx0, zp_rows,
                                          scale, guided=guided, clip_x0=self.clip_x0)
             mu_p, log_sp = mu_p[:n], 0.5 * lv_p[:n] + log_tau
             mu_q, log_sq = d.mean0[window], 0.5 * d.log_var0[window] + log_tau
@@ -400,25 +421,25 @@ class CSpDSampler:
                     y, mu_p[rows], log_sp[rows])
 
         else:  # exact, on path space
-            path = d.path[window].transpose(0, 1)  # [S, n, C]
+            path = d.path[window][:, : target_head.num_sampling_steps].transpose(0, 1)  # [S, n, C]
             zq = d.z[window]  # [n, 1 or 2, D]
             zq_rows = torch.cat([zq[:, 0], zq[:, 1]]) if guided else zq[:, 0]
             sq = d.scale[window]
-            lp, mu_p, _ = path_log_prob(target.diffloss, path, zp_rows, tau, scale, clip_x0=self.clip_x0)
-            lq, _, _ = path_log_prob(draft.diffloss, path, zq_rows, tau, sq, clip_x0=self.clip_x0)
+            lp, mu_p, _ = path_log_prob(target_head, path, zp_rows, tau, scale, clip_x0=self.clip_x0)
+            lq, _, _ = path_log_prob(draft_head, path, zq_rows, tau, sq, clip_x0=self.clip_x0)
             log_r = lp - lq
             draft_tokens, extra = mu_p, {}  # an accepted path's token is the target's final mean at its x_1
 
             def propose(rows, t):
                 m = rows.numel()
                 zp = self._rows_of(zp_rows, rows, guided, n, t)
-                tr = denoise(target.diffloss, zp, tau, scale if guided else 1.0, generator=None,
+                tr = denoise(target_head, zp, tau, scale if guided else 1.0, generator=None,
                              noise=randn(t * m, mu_p.shape[-1]),
-                             step_noise=self._step_noise(randn, t * m, mu_p.shape[-1], target.diffloss.num_sampling_steps,
+                             step_noise=self._step_noise(randn, t * m, mu_p.shape[-1], target_head.num_sampling_steps,
                                                          guided),
                              trace=True, keep_inputs=True, clip_x0=self.clip_x0)
                 k = t * m
-                lq_y, _, _ = path_log_prob(draft.diffloss, tr.inputs[:, :k], self._rows_of(zq_rows, rows, guided, n, t),
+                lq_y, _, _ = path_log_prob(draft_head, tr.inputs[:, :k], self._rows_of(zq_rows, rows, guided, n, t),
                                            tau, sq[rows].repeat(t), clip_x0=self.clip_x0)
                 return tr.sample[:k].reshape(t, m, -1), (lq_y - tr.log_prob[:k]).reshape(t, m)
 

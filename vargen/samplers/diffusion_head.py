@@ -14,12 +14,14 @@ property of the model.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DenoiseTrace", "denoise", "reverse_step", "path_log_prob", "gaussian_log_prob"]
+__all__ = ["DenoiseTrace", "denoise", "reverse_step", "path_log_prob", "gaussian_log_prob", "respaced",
+           "annealed_steps", "ANNEALING"]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -43,6 +45,36 @@ class DenoiseTrace:
     log_std_sum: torch.Tensor
     log_prob: torch.Tensor
     inputs: torch.Tensor | None = None
+
+
+ANNEALING = ("linear", "cosine")
+
+
+def annealed_steps(num_iter: int, start: int, end: int, schedule: str = "linear") -> list[int]:
+    """Diffusion steps of each of ``num_iter`` AR steps under DiSA (Zhao et al., "DiSA: Diffusion Step Annealing in
+    Autoregressive Image Generation", arXiv 2505.20297): ``start`` at the first AR step, ``end`` at the last, in
+    between by the AR step's progress ``k / (num_iter - 1)``, linearly or along a half cosine (slow at both ends),
+    rounded half up. Later tokens are conditioned on most of the image, their distributions are narrow, and fewer
+    reverse steps sample them nearly as well."""
+    if schedule not in ANNEALING:
+        raise ValueError(f"annealing must be one of {', '.join(ANNEALING)}, got {schedule!r}")
+    out = []
+    for k in range(num_iter):
+        u = k / (num_iter - 1) if num_iter > 1 else 0.0
+        w = u if schedule == "linear" else 0.5 - 0.5 * math.cos(math.pi * u)
+        out.append(int(math.floor(start + (end - start) * w + 0.5)))
+    return out
+
+
+def respaced(head, steps: int):
+    """``head`` sampling with ``steps`` respaced reverse steps: a shallow copy that shares the network and has its
+    own scheduler (``head`` itself when it already has ``steps``)."""
+    sched = head.scheduler
+    if steps == sched.num_timesteps:
+        return head
+    view = copy.copy(head)
+    view.scheduler = type(sched).create(str(steps), sched.num_train_timesteps)
+    return view
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer
-from .diffusion_head import denoise
+from .diffusion_head import ANNEALING, annealed_steps, denoise, respaced
 from .spec import check_bounds, checked, option
 
 MAR_CONFIG_FIELDS = ("temperature", "cfg_scale", "cfg_schedule")
@@ -109,12 +109,33 @@ def check_orders(orders: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor
     return orders.long()
 
 
+def diffusion_heads(head, num_iter: int, start: int | None, end: int | None, annealing: str = "linear") -> list:
+    """The diffusion head of each MAR step: ``head`` itself throughout unless DiSA's ``start`` / ``end`` are set
+    (``end`` alone anneals from the head's own count; ``start`` alone keeps that count at every step)."""
+    if start is None and end is None:
+        return [head] * num_iter
+    own = head.num_sampling_steps
+    steps = annealed_steps(num_iter, own if start is None else start, (own if start is None else start) if end is None
+                           else end, annealing)
+    if max(steps) > head.scheduler.num_train_timesteps:
+        raise ValueError(f"DiSA: {max(steps)} diffusion steps exceed the head's {head.scheduler.num_train_timesteps} "
+                         "training timesteps")
+    views = {n: respaced(head, n) for n in set(steps)}
+    return [views[n] for n in steps]
+
+
 @dataclass
 class MAROptions:
     num_iter: int = option(64, "MAR steps (the encoder-decoder passes); MAR's default 64, its FID runs 256",
                            minimum=1, bound="seq_len")
     clip_x0: float | None = option(None, "clamp each diffusion step's predicted start to [-c, c] (none: MAR's "
                                    "behaviour)", minimum=0.0)
+    diffusion_start: int | None = option(None, "DiSA: diffusion steps at the first MAR step (none: the model's "
+                                         "own count at every step)", minimum=1)
+    diffusion_end: int | None = option(None, "DiSA: diffusion steps at the last MAR step, annealed from "
+                                       "diffusion_start (the paper's MAR setting: 50 -> 5)", minimum=1)
+    annealing: str = option("linear", "DiSA: how the step count goes from start to end over the MAR steps",
+                            choices=ANNEALING)
 
 
 class MARSampler:
@@ -123,9 +144,11 @@ class MARSampler:
     name = "mar"
     OPTIONS = MAROptions
 
-    def __init__(self, num_iter: int = 64, clip_x0: float | None = None):
-        self.options = checked(MAROptions(num_iter, clip_x0), "mar")
+    def __init__(self, num_iter: int = 64, clip_x0: float | None = None, diffusion_start: int | None = None,
+                 diffusion_end: int | None = None, annealing: str = "linear"):
+        self.options = checked(MAROptions(num_iter, clip_x0, diffusion_start, diffusion_end, annealing), "mar")
         self.num_iter, self.clip_x0 = num_iter, self.options.clip_x0
+        self.diffusion_start, self.diffusion_end, self.annealing = diffusion_start, diffusion_end, annealing
 
     def check(self, model) -> None:
         check_bounds(self.options, "mar", model)
@@ -139,6 +162,7 @@ class MARSampler:
         ``model.unpatchify`` for ``[B, C, h, w]``. ``orders`` replays given generation orders.
         """
         plan = plan_run(model, cond, config, self.num_iter)
+        heads = diffusion_heads(model.diffloss, self.num_iter, self.diffusion_start, self.diffusion_end, self.annealing)
         B, L, C = plan.batch, model.seq_len, model.token_embed_dim
         device = model.device
         if orders is None:
@@ -155,7 +179,7 @@ class MARSampler:
                 mask_next = mask_from_order(orders, plan.masked_after[step])
                 to_pred = mask & ~mask_next
                 rows = z[torch.cat([to_pred, to_pred]) if guided else to_pred]
-                sampled = denoise(model.diffloss, rows, temperature, plan.scales[step] if guided else 1.0,
+                sampled = denoise(heads[step], rows, temperature, plan.scales[step] if guided else 1.0,
                                   generator=generator, clip_x0=self.clip_x0)
                 tokens[to_pred] = sampled[: int(to_pred.sum())]
                 stats.token_step[to_pred] = step
@@ -163,5 +187,7 @@ class MARSampler:
                 mask = mask_next
         stats.tokens = torch.full((B,), L, dtype=torch.long)
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
-        stats.extra.update(num_iter=self.num_iter, diffusion_steps=model.diffloss.num_sampling_steps)
+        steps = [h.num_sampling_steps for h in heads]
+        stats.extra.update(num_iter=self.num_iter, diffusion_steps=steps[0] if len(set(steps)) == 1 else steps,
+                           diffusion_steps_total=sum(steps))
         return GenerationOutput(tokens=tokens, stats=stats, latents=tokens)
