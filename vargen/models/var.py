@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .base import class_ids
 from .checkpoint import load_strict as _load_strict
+from .var_pruning import BlockPruning, TokenPruning, gather_tokens
 
 __all__ = ["VARConfig", "VAR", "VAR_PRESETS", "ScaleKVCache", "load_state_dict_file", "load_strict"]
 
@@ -155,15 +156,25 @@ class SelfAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
         self.attn_drop = attn_drop
 
-    def forward(self, x, mask=None, kv=None, start: int = 0):
-        """``kv``: this layer's (K, V) cache views [B, H, L, hd]; the chunk's K/V are written at ``start``."""
+    def forward(self, x, mask=None, kv=None, start: int = 0, scatter: tuple[torch.Tensor, int] | None = None):
+        """``kv``: this layer's (K, V) cache views [B, H, L, hd]; the chunk's K/V are written at ``start``.
+        ``scatter = (positions [B, n], span)``: the chunk is a subset of a ``span``-token scale (token pruning); its
+        K/V go to ``start + positions`` and the rest of the span is zeroed (masked by the caller)."""
         B, n, C = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         q, k, v = F.linear(x, self.mat_qkv.weight, bias).view(B, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.attn_l2_norm:
             q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp())
             k = F.normalize(k, dim=-1)
-        if kv is not None:
+        if kv is not None and scatter is not None:
+            K, V = kv
+            positions, span = scatter
+            index = positions[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
+            for cache, new in ((K, k), (V, v)):
+                cache[:, :, start:start + span].zero_().scatter_(2, index, new.to(cache.dtype))
+            k, v = K[:, :, :start + span], V[:, :, :start + span]
+            q = q.to(k.dtype)
+        elif kv is not None:
             K, V = kv
             K[:, :, start:start + n] = k
             V[:, :, start:start + n] = v
@@ -199,10 +210,25 @@ class AdaLNSelfAttn(nn.Module):
             return (self.ada_gss + cond_or_gss).unbind(2)
         return self.ada_lin(cond_or_gss).view(-1, 1, 6, self.C).unbind(2)
 
-    def forward(self, x, mod, mask=None, kv=None, start: int = 0):
+    def forward(self, x, mod, mask=None, kv=None, start: int = 0, prune: BlockPruning | None = None):
         g1, g2, s1, s2, b1, b2 = mod
-        x = x + self.drop_path(self.attn(self.ln_wo_grad(x).mul(s1.add(1)).add_(b1), mask, kv, start).mul_(g1))
-        return x + self.drop_path(self.ffn(self.ln_wo_grad(x).mul(s2.add(1)).add_(b2)).mul(g2))
+        norm1 = lambda h: self.ln_wo_grad(h).mul(s1.add(1)).add_(b1)  # noqa: E731
+        norm2 = lambda h: self.ln_wo_grad(h).mul(s2.add(1)).add_(b2)  # noqa: E731
+        if prune is not None and prune.prunes:  # FastVAR: the sublayers see the pivotal tokens only
+            keep = prune.pivotal(x)
+            out = self.attn(norm1(gather_tokens(x, keep)), prune.mask(keep, start), kv, start,
+                            scatter=(keep, x.shape[1])).mul_(g1)
+            x = x + prune.fill("attn", out, keep)
+            keep = prune.pivotal(x)
+            return x + prune.fill("ffn", self.ffn(norm2(gather_tokens(x, keep))).mul(g2), keep)
+        out = self.attn(norm1(x), mask, kv, start).mul_(g1)
+        if prune is not None:
+            prune.save("attn", out)
+        x = x + self.drop_path(out)
+        out = self.ffn(norm2(x)).mul(g2)
+        if prune is not None:
+            prune.save("ffn", out)
+        return x + self.drop_path(out)
 
 
 class SharedAdaLin(nn.Linear):
@@ -401,8 +427,10 @@ class VAR(nn.Module):
         return x + (self.lvl_embed(self.lvl_1L[:, a:b]) + self.pos_1LC[:, a:b])
 
     def forward_scales(self, cond: VARCondition, inputs: torch.Tensor | None, cache: ScaleKVCache | None, first: int,
-                       last: int, logits_from: int | None = None) -> torch.Tensor | None:
-        """Run scales ``first..last-1`` in one pass (see :class:`vargen.models.base.ScaleModel`)."""
+                       last: int, logits_from: int | None = None,
+                       pruning: TokenPruning | None = None) -> torch.Tensor | None:
+        """Run scales ``first..last-1`` in one pass (see :class:`vargen.models.base.ScaleModel`); ``pruning``:
+        FastVAR's cached token pruning for this generation (:mod:`vargen.models.var_pruning`)."""
         if not 0 <= first < last <= len(self.patch_nums):
             raise ValueError(f"bad scale range {first}..{last} for {len(self.patch_nums)} scales")
         a, b = self.begin_ends[first][0], self.begin_ends[last - 1][1]
@@ -418,7 +446,8 @@ class VAR(nn.Module):
         x = self.embed(cond, inputs, first, last)
         mask = self.attn_bias_for_masking[0, 0, a:b, :b] if last - first > 1 else None  # one scale: no mask needed
         for i, block in enumerate(self.blocks):
-            x = block(x, cond.block_mods[i], mask, cache.layer(i) if cache is not None else None, a)
+            prune = None if pruning is None else pruning.block(i, first, last, self.begin_ends, self.patch_nums)
+            x = block(x, cond.block_mods[i], mask, cache.layer(i) if cache is not None else None, a, prune)
         if cache is not None:
             cache.filled = b
         if logits_from is None:

@@ -191,10 +191,12 @@ def commit_scale(quantizer, state: NextScaleState, si: int, guided: torch.Tensor
     return idx
 
 
-def run_scale(model, quantizer, cond, cache, state: NextScaleState, si: int, settings: ScaleSettings, generator) -> torch.Tensor:
-    """One cached forward of scale ``si`` and its draw."""
+def run_scale(model, quantizer, cond, cache, state: NextScaleState, si: int, settings: ScaleSettings, generator,
+              pruning=None) -> torch.Tensor:
+    """One cached forward of scale ``si`` and its draw (``pruning``: FastVAR's plan for this generation)."""
     cfg = settings.uses_cfg
-    logits = model.forward_scales(cond, state.inputs_for(si, si + 1, cfg), cache, si, si + 1, logits_from=si)
+    extra = {} if pruning is None else {"pruning": pruning}
+    logits = model.forward_scales(cond, state.inputs_for(si, si + 1, cfg), cache, si, si + 1, logits_from=si, **extra)
     return commit_scale(quantizer, state, si, guide(logits, settings.guidance[si], cfg), settings, generator)
 
 
@@ -214,6 +216,37 @@ def fill_stats(stats: Stats, patch_nums, batch: int, device) -> None:
 VAR_CONFIG_FIELDS = ("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "more_smooth")
 
 
+def pruning_plan(model, prune_scales: int, prune_ratio: float, prune_from_layer: int):
+    """FastVAR's plan (:class:`vargen.models.var_pruning.TokenPruning`): the last ``prune_scales`` scales skip
+    ``prune_ratio`` of their tokens in the blocks from ``prune_from_layer`` on, filled from the scale before them;
+    None at the zero setting (no scale or no token pruned)."""
+    if prune_scales == 0 or prune_ratio == 0:
+        return None
+    from ..models.var_pruning import TokenPruning
+
+    K, depth = len(model.patch_nums), getattr(model, "depth", None)
+    if prune_scales >= K:
+        raise ValueError(f"prune_scales={prune_scales}: the model has {K} scales and the first unpruned one feeds "
+                         "the pruned ones")
+    if depth is not None and prune_from_layer >= depth:
+        raise ValueError(f"prune_from_layer={prune_from_layer} but the model has {depth} blocks")
+    first = K - prune_scales
+    return TokenPruning({s: prune_ratio for s in range(first, K)}, prune_from_layer, first - 1)
+
+
+def pruning_stats(stats: Stats, pruning, cache) -> None:
+    """K/V bytes that hold tokens (``kv_bytes_used``, of the ``kv_cache_bytes`` allocated) and FastVAR's counts of
+    token-sublayer evaluations skipped and kept (per batch row), into ``stats.extra``."""
+    full = cache.k.numel() * cache.k.element_size() * 2
+    if pruning is None:
+        stats.extra.update(kv_bytes_used=full)
+        return
+    rows, heads, head_dim = cache.k.shape[1], cache.k.shape[2], cache.k.shape[4]
+    slot = 2 * heads * head_dim * cache.k.element_size()  # K and V of one position in one block
+    stats.extra.update(kv_bytes_used=full - pruning.kv_positions_skipped * slot * rows,
+                       pruned_evaluations_skipped=pruning.skipped, pruned_evaluations_kept=pruning.computed)
+
+
 @dataclass
 class VAROptions:
     temperatures: tuple[float, ...] | None = option(None, "per-scale temperatures overriding the config's (a/b/c)",
@@ -221,6 +254,10 @@ class VAROptions:
     top_ks: tuple[int, ...] | None = option(None, "per-scale top-k overriding the config's (a/b/c)", minimum=0)
     more_smooth: bool | None = option(None, "VAR's Gumbel-softmax smoothing of the next-scale input (none: the "
                                       "config's)")
+    prune_scales: int = option(0, "FastVAR: how many of the last scales prune tokens (0: none)", minimum=0)
+    prune_ratio: float = option(0.5, "FastVAR: the fraction of a pruned scale's tokens the later blocks skip",
+                                minimum=0.0, maximum=0.99)
+    prune_from_layer: int = option(3, "FastVAR: the first block that prunes (the paper: the 4th)", minimum=0)
 
 
 class VARSampler:
@@ -234,9 +271,11 @@ class VARSampler:
     name = "var"
     OPTIONS = VAROptions
 
-    def __init__(self, temperatures=None, top_ks=None, more_smooth: bool | None = None):
-        o = checked(VAROptions(temperatures, top_ks, more_smooth), "var")
+    def __init__(self, temperatures=None, top_ks=None, more_smooth: bool | None = None, prune_scales: int = 0,
+                 prune_ratio: float = 0.5, prune_from_layer: int = 3):
+        o = checked(VAROptions(temperatures, top_ks, more_smooth, prune_scales, prune_ratio, prune_from_layer), "var")
         self.temperatures, self.top_ks, self.more_smooth = o.temperatures, o.top_ks, o.more_smooth
+        self.prune = (o.prune_scales, o.prune_ratio, o.prune_from_layer)
 
     @torch.no_grad()
     def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:
@@ -248,6 +287,7 @@ class VARSampler:
         labels = cfg_labels(model, cond, cfg)
         B = labels.shape[0] // 2 if cfg else labels.shape[0]
         _gens(generator, B)  # validate a per-row generator list before any work
+        pruning = pruning_plan(model, *self.prune)
         device = labels.device
         stats = Stats()
         with StepTimer(device) as timer:
@@ -255,11 +295,12 @@ class VARSampler:
             cache = model.new_cache(labels.shape[0])
             state = NextScaleState.start(quantizer, B, device)
             for si in range(len(model.patch_nums)):
-                run_scale(model, quantizer, cond_state, cache, state, si, settings, generator)
+                run_scale(model, quantizer, cond_state, cache, state, si, settings, generator, pruning)
                 stats.forward_passes += 1
             tokens = torch.cat(state.tokens, dim=1)
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
         fill_stats(stats, model.patch_nums, B, device)
         stats.extra.update(seconds_per_image=timer.seconds / B, peak_memory_bytes_per_image=timer.peak // B,
                            kv_cache_bytes=cache.k.numel() * cache.k.element_size() * 2)
+        pruning_stats(stats, pruning, cache)
         return GenerationOutput(tokens=tokens, stats=stats, latents=state.f_hat)
