@@ -173,7 +173,8 @@ def floor_row(source: str, opts) -> dict:
 
 def timed_batch(pipe, spec: str, batch: int, seed: int, overrides: dict, repeats: int = 2) -> tuple[float, int]:
     """Best-of-``repeats`` sampling seconds per image for one class-balanced batch (decode excluded), after a
-    warm-up run, and the static K/V cache bytes per image of that run (``vargen.eval.bench.time_sampler``)."""
+    warm-up run, and the K/V cache bytes per image of that run that hold tokens (``kv_bytes_used``: FastVAR leaves
+    the skipped tokens' slots empty; else the static cache allocated) (``vargen.eval.bench.time_sampler``)."""
     from vargen.samplers.spec import SamplerSpec
 
     seconds = time_sampler(pipe, spec, batch, seed, overrides, repeats)
@@ -181,7 +182,7 @@ def timed_batch(pipe, spec: str, batch: int, seed: int, overrides: dict, repeats
     labels = [i % pipe.num_classes for i in range(batch)]
     stats = pipe.generate(labels, sampler=s.name, seed=seed, per_row_seeds=pipe.row_independent_seeds, decode=False,
                           **overrides, **s.options, **({"model": s.member} if s.member else {})).stats
-    return seconds, int(stats.extra.get("kv_cache_bytes", 0)) // batch
+    return seconds, int(stats.extra.get("kv_bytes_used", stats.extra.get("kv_cache_bytes", 0))) // batch
 
 
 def latency(pipe, spec: str, seed: int, overrides: dict, repeats: int = 3) -> float:
@@ -339,7 +340,8 @@ def write_markdown(path: Path, rows: list[Row], skipped: dict, shape_rows: list[
         f"{opts.timing_repeats} runs after a warm-up, decode excluded), and latency at batch 1 (class 0, best of 3 "
         f"after a warm-up); all timings of a model run back to back in this process after its samples were made, "
         f"so the speed-ups (against the model's baseline row) are ratios measured in one run. K/V cache / image "
-        f"is the static cache a VAR-family sampler allocates (CPU runs report no peak memory).",
+        f"is the part of the static cache a VAR-family sampler allocates that holds tokens (FastVAR's skipped tokens "
+        f"write none; CPU runs report no peak memory).",
         f"- Sampling options: {json.dumps(opts.overrides) if opts.overrides else 'the model defaults'}.\n",
         "## Quality and speed\n",
         "\"FID vs baseline\" compares a sampler's images with the baseline sampler's images of the same model "
