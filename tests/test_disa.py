@@ -5,21 +5,13 @@ import copy
 
 import pytest
 import torch
-from test_cspd import tiny_mar
+from test_cspd import _one_thread, tiny_mar  # noqa: F401  (the module's one-thread fixture)
 
 from vargen import SamplingConfig, get_sampler
 from vargen.samplers.diffusion_head import annealed_steps, respaced
 
 LABELS = torch.tensor([1, 2, 3])
 CONFIG = SamplingConfig(temperature=0.9, cfg_scale=2.5)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -155,7 +155,8 @@ class HFImageLM(nn.Module):
     """A transformers image LM as a :class:`vargen.models.base.TokenModel` (and ``HiddenStateModel``).
 
     A subclass passes the transformers model, its decoder (called with ``inputs_embeds``) and its grid and image
-    vocabulary, and implements ``embed_prompt(ids)``, ``embed(tokens)`` (image tokens to decoder inputs),
+    vocabulary, and implements ``embed(tokens)`` (image tokens to decoder inputs; models whose image tokens are
+    text-vocabulary rows call ``use_vocabulary_images``), ``embed_prompt(ids)`` where the text embedding is not it,
     ``head(hidden)`` (image logits), ``unconditional(prompt)`` (its CFG counterpart), ``codebook()`` and
     ``decode(tokens)``.
     """
@@ -177,6 +178,26 @@ class HFImageLM(nn.Module):
     @property
     def grid(self) -> tuple[int, int, int]:
         return self._grid
+
+    def embed_prompt(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.hf.get_input_embeddings()(ids)
+
+    # -- image tokens that are rows of the text vocabulary (Emu3, Chameleon) --------------------------------------
+    def use_vocabulary_images(self, ids: torch.Tensor) -> None:
+        """Image token ``k`` is text token ``ids[k]``: embedded by the text embedding, scored by those LM-head rows."""
+        self.register_buffer("image_ids", ids, persistent=False)
+        lo, K = int(ids[0]), len(ids)
+        self._image_rows = slice(lo, lo + K) if torch.equal(ids, torch.arange(lo, lo + K)) else None
+
+    def embed_vocabulary_images(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embed_prompt(self.image_ids[tokens])
+
+    def vocabulary_image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        # the whole text head, then the image columns: a GEMM on the row slice of the head's weight came out wrong
+        # under the compiled step (torch 2.14 inductor, freezing + the CPU GEMM template on a view with a storage
+        # offset; eager was right)
+        logits = self.hf.lm_head(hidden)
+        return logits[..., self._image_rows] if self._image_rows is not None else logits[..., self.image_ids]
 
     @property
     def num_tokens(self) -> int:

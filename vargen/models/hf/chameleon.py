@@ -80,10 +80,7 @@ class ChameleonImageLM(HFImageLM):
         if cfg.bos_token_id is None:
             raise ValueError("Chameleon config has no bos_token_id")
         super().__init__(hf_model, hf_model.model, (1, height, width), K, cfg.hidden_size)
-        ids = torch.tensor([img2bpe[c] for c in codes])
-        self.register_buffer("image_ids", ids, persistent=False)
-        lo = int(ids[0])
-        self._image_rows = slice(lo, lo + K) if torch.equal(ids, torch.arange(lo, lo + K)) else None
+        self.use_vocabulary_images(torch.tensor([img2bpe[c] for c in codes]))
         self.layout = layout
         self.default_sampling = CHAMELEON_DEFAULTS[layout]
         self.bos_id, self.turn_end_id = int(cfg.bos_token_id), int(vocab[TURN_END])
@@ -103,17 +100,11 @@ class ChameleonImageLM(HFImageLM):
         ids = tokenizer(text + TURN_END, add_special_tokens=False)["input_ids"]
         return [self.bos_id, *ids, *self.image_prefix]
 
-    def embed_prompt(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.hf.get_input_embeddings()(ids)
-
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.embed_prompt(self.image_ids[tokens])
+        return self.embed_vocabulary_images(tokens)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        # the LM head's image rows, unmasked (transformers' forward sets them to the dtype minimum); the whole head
-        # then a slice, as in the Emu3 adapter (a GEMM on a row view miscompiled on CPU under inductor)
-        logits = self.hf.lm_head(hidden)
-        return logits[..., self._image_rows] if self._image_rows is not None else logits[..., self.image_ids]
+        return self.vocabulary_image_logits(hidden)  # unmasked: transformers' forward sets these to the dtype min
 
     def unconditional(self, cond: PromptTokens) -> PromptTokens:
         return PromptTokens.from_lists([self.image_prefix] * cond.batch, self.pad_id).to(cond.ids.device)

@@ -50,10 +50,7 @@ class Emu3ImageLM(HFImageLM):
             raise ValueError(f"Emu3 grid must be at least 1x1 tokens, got {height}x{width}")
         text = hf_model.config.text_config
         super().__init__(hf_model, hf_model.model.text_model, (1, height, width), len(codes), text.hidden_size)
-        ids = torch.tensor([mapping.img2bpe[c] for c in codes])
-        self.register_buffer("image_ids", ids, persistent=False)
-        lo = int(ids[0])
-        self._image_rows = slice(lo, lo + len(codes)) if torch.equal(ids, torch.arange(lo, lo + len(codes))) else None
+        self.use_vocabulary_images(torch.tensor([mapping.img2bpe[c] for c in codes]))
         self.row_end_id = int(mapping.eol_token_id)
         self.pad_id = int(text.pad_token_id if text.pad_token_id is not None else mapping.eol_token_id)
         self.negative = None if negative is None else list(negative)
@@ -71,18 +68,11 @@ class Emu3ImageLM(HFImageLM):
                         image_area=h * w * 64, return_tensors="pt")
         return out.input_ids[0].tolist()
 
-    def embed_prompt(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.hf.get_input_embeddings()(ids)
-
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.embed_prompt(self.image_ids[tokens])
+        return self.embed_vocabulary_images(tokens)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        # the whole text head, then the visual columns, as the official constrained generation computes them: a
-        # GEMM on the row slice of the head's weight came out wrong under the compiled step (torch 2.14 inductor,
-        # freezing + the CPU GEMM template on a view with a storage offset; eager was right)
-        logits = self.hf.lm_head(hidden)
-        return logits[..., self._image_rows] if self._image_rows is not None else logits[..., self.image_ids]
+        return self.vocabulary_image_logits(hidden)  # the visual columns, as the official constrained generation
 
     def unconditional(self, cond: PromptTokens) -> PromptTokens:
         if self.negative is None:

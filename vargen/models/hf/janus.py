@@ -53,9 +53,6 @@ class JanusImageLM(HFImageLM):
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(processor.tokenizer(prompt + processor.image_start_token)["input_ids"])
 
-    def embed_prompt(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.hf.get_input_embeddings()(ids)
-
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.hf.prepare_embeddings_for_image_generation(tokens)
 
