@@ -66,7 +66,8 @@ OLD_JANUS_GENERATE = tuple(int(x) for x in transformers.__version__.split(".")[:
 
 
 @pytest.mark.skipif(OLD_JANUS_GENERATE, reason="transformers < 5.12: its own Janus image generate gives other tokens "
-                    "than 5.12+ for the same weights (vargen's tokens are the same on 4.52.1, 5.0, 5.12, 5.24 and 5.25)")
+                    "than 5.12+ for the same weights (vargen's tokens are the same on 4.52.1, 5.0, 5.12, 5.24, "
+                    "5.25)")
 @pytest.mark.parametrize("cfg_scale", [2.0, 5.0])
 def test_greedy_ar_equals_transformers_image_generation(janus, cfg_scale):
     """transformers' ``generate(generation_mode="image")`` runs Janus's own loop (CFG rows, its cache); vargen's
