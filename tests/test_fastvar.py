@@ -93,12 +93,14 @@ def test_a_pruned_block_equals_full_attention_with_the_skipped_tokens_hidden(var
     o = attn.proj(o.transpose(1, 2).reshape(2, keep.shape[1], -1)).mul(g1)
     saved = plan2.saved[(layer, "attn")]
     c = var.patch_nums[K - 2]
-    base = F.interpolate(saved.transpose(1, 2).reshape(2, -1, c, c), size=(8, 8), mode="area").flatten(2).transpose(1, 2)
+    resize = lambda t: F.interpolate(t.transpose(1, 2).reshape(2, -1, c, c), size=(8, 8),  # noqa: E731
+                                     mode="area").flatten(2).transpose(1, 2)
+    base = resize(saved)
     x_mid = x + base.scatter(1, keep[..., None].expand(-1, -1, x.shape[-1]), o)
     keep2 = prune.pivotal(x_mid)
     f = block.ffn(gather_tokens(block.ln_wo_grad(x_mid).mul(s2.add(1)).add_(b2), keep2)).mul(g2)
     saved_f = plan2.saved[(layer, "ffn")]
-    base_f = F.interpolate(saved_f.transpose(1, 2).reshape(2, -1, c, c), size=(8, 8), mode="area").flatten(2).transpose(1, 2)
+    base_f = resize(saved_f)
     expected = x_mid + base_f.scatter(1, keep2[..., None].expand(-1, -1, x.shape[-1]), f)
     assert torch.allclose(y, expected, atol=1e-5)
     # the skipped tokens wrote no K/V: their slots are zero

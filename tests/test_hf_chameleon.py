@@ -204,7 +204,8 @@ def folder(tmp_path_factory):
     path = tmp_path_factory.mktemp("chameleon") / "tiny-lumina"
     tiny_chameleon().save_pretrained(path)
     config = json.loads((path / "config.json").read_text())  # as Lumina-mGPT's own class saved its checkpoints
-    (path / "config.json").write_text(json.dumps(dict(config, architectures=["ChameleonXLLMXForConditionalGeneration"])))
+    config["architectures"] = ["ChameleonXLLMXForConditionalGeneration"]
+    (path / "config.json").write_text(json.dumps(config))
     torch.save({"state_dict": golden_taming()}, path / "vqgan.ckpt")
     return path
 

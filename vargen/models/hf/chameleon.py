@@ -1,4 +1,5 @@
-"""Chameleon-architecture image generators (Lumina-mGPT, Anole) through transformers' ``ChameleonForConditionalGeneration``.
+"""Chameleon-architecture image generators (Lumina-mGPT, Anole) through transformers'
+``ChameleonForConditionalGeneration``.
 
 transformers ships Chameleon for understanding only: its ``forward`` sets every image-token logit to the dtype
 minimum, so ``generate`` can never emit one, although Lumina-mGPT ("Lumina-mGPT: Illuminate Flexible Photorealistic
