@@ -161,7 +161,9 @@ class ScaleModel(Protocol):
       scales ``first .. last-1`` in one pass (block-causal mask when it spans several scales),
       writes their K/V, and returns logits ``[B, n, V]`` for the positions from scale ``logits_from`` on
       (``None``: no head at all, e.g. a prefill). ``inputs`` are the continuous next-scale inputs
-      ``[B, n, Cvae]`` of those scales (scale 0 is the class start token and takes no input).
+      ``[B, n, Cvae]`` of those scales (scale 0 is the class start token and takes no input). Optional:
+      ``pruning=`` a :class:`vargen.models.var_pruning.TokenPruning` (FastVAR); samplers pass it only when the
+      user asked for pruning, so a model without it is called as before.
     * ``quantizer``: the tokenizer's multi-scale quantiser (``ValueError`` when none is attached) (``embedding``, ``Cvae``, ``v_patch_nums``,
       ``full_size``, ``add_scale``, ``next_input``), shared by drafter and refiner in CoDe.
     """

@@ -214,7 +214,7 @@ class AdaLNSelfAttn(nn.Module):
         g1, g2, s1, s2, b1, b2 = mod
         norm1 = lambda h: self.ln_wo_grad(h).mul(s1.add(1)).add_(b1)  # noqa: E731
         norm2 = lambda h: self.ln_wo_grad(h).mul(s2.add(1)).add_(b2)  # noqa: E731
-        if prune is not None and prune.prunes:  # FastVAR: the sublayers see the pivotal tokens only
+        if prune is not None and prune.prunes:  # FastVAR (inference only: no drop-path): pivotal tokens only
             keep = prune.pivotal(x)
             out = self.attn(norm1(gather_tokens(x, keep)), prune.mask(keep, start), kv, start,
                             scatter=(keep, x.shape[1])).mul_(g1)
