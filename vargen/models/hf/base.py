@@ -157,8 +157,8 @@ class HFImageLM(nn.Module):
     A subclass passes the transformers model, its decoder (called with ``inputs_embeds``) and its grid and image
     vocabulary, and implements ``embed(tokens)`` (image tokens to decoder inputs; models whose image tokens are
     text-vocabulary rows call ``use_vocabulary_images``), ``embed_prompt(ids)`` where the text embedding is not it,
-    ``head(hidden)`` (image logits), ``unconditional(prompt)`` (its CFG counterpart), ``codebook()`` and
-    ``decode(tokens)``.
+    ``head(hidden)`` (image logits), ``unconditional(prompt)`` (its CFG counterpart), ``decode(tokens)``, and
+    ``codebook()`` where its quantiser is not plain L2; it sets ``pad_id`` (left padding of prompt batches).
     """
 
     conditional = True
@@ -225,11 +225,15 @@ class HFImageLM(nn.Module):
         return cond.batch
 
     def guidance_cond(self, cond: PromptTokens) -> PromptTokens:
-        """``[cond; unconditional]`` rows for classifier-free guidance."""
-        return cond.cat(self.unconditional(cond))
+        """``[cond; unconditional]`` rows for classifier-free guidance (the shorter side left-padded)."""
+        return cond.cat(self.unconditional(cond), self.pad_id)
 
     def unconditional(self, cond: PromptTokens) -> PromptTokens:
         raise NotImplementedError
+
+    def codebook(self) -> torch.Tensor:
+        """The VQ codebook (plain L2 nearest neighbour, as Emu3's and Chameleon's quantisers)."""
+        return self.hf.model.vqmodel.quantize.embedding.weight.detach().float()
 
     # -- decoding -----------------------------------------------------------------------------------------------------
     def _seq_len(self, n: int) -> int:

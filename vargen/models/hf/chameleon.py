@@ -110,13 +110,6 @@ class ChameleonImageLM(HFImageLM):
     def unconditional(self, cond: PromptTokens) -> PromptTokens:
         return PromptTokens.from_lists([self.image_prefix] * cond.batch, self.pad_id).to(cond.ids.device)
 
-    def guidance_cond(self, cond: PromptTokens) -> PromptTokens:
-        return cond.cat(self.unconditional(cond), self.pad_id)
-
-    def codebook(self) -> torch.Tensor:
-        """The VQ codebook (plain L2 nearest neighbour, as the VQGAN's quantiser)."""
-        return self.hf.model.vqmodel.quantize.embedding.weight.detach().float()
-
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Image tokens ``[B, N]`` -> images ``[B, 3, 16 H, 16 W]`` in [-1, 1] through the VQGAN decoder."""

@@ -80,13 +80,6 @@ class Emu3ImageLM(HFImageLM):
                              "tokenizes the official one), set model.negative to its token ids, or use cfg_scale=1")
         return PromptTokens.from_lists([self.negative] * cond.batch, self.pad_id).to(cond.ids.device)
 
-    def guidance_cond(self, cond: PromptTokens) -> PromptTokens:
-        return cond.cat(self.unconditional(cond), self.pad_id)
-
-    def codebook(self) -> torch.Tensor:
-        """The VQ codebook (nearest-neighbour in plain L2, as Emu3's quantiser)."""
-        return self.hf.model.vqmodel.quantize.embedding.weight.detach().float()
-
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Image tokens ``[B, N]`` -> images ``[B, 3, H, W]`` in [-1, 1] through Emu3's VQ decoder."""
