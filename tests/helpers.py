@@ -86,6 +86,16 @@ def exact_prompt_law(lm, cond, config: SamplingConfig) -> dict[tuple, float]:
     return _law(seqs, logits, config)
 
 
+def prompt_law_pvalue(sampler, lm, prompt: list[int], config: SamplingConfig, n: int = 8000, seed: int = 123) -> float:
+    """Chi-square p-value of ``n`` draws of ``sampler`` for one prompt (token ids) of a transformers image LM
+    against the enumerated law of that prompt (``exact_prompt_law``)."""
+    from vargen.models.hf import PromptTokens
+
+    draws = sampler.sample(lm, PromptTokens.from_lists([prompt] * n, lm.pad_id), config,
+                           torch.Generator().manual_seed(seed)).tokens
+    return chi_square_pvalue(draws, exact_prompt_law(lm, PromptTokens.from_lists([prompt], lm.pad_id), config))
+
+
 def chi_square_pvalue(samples: torch.Tensor, exact: dict[tuple, float], min_expected: float = 5.0) -> float:
     """Pearson chi-square of sampled sequences against the exact law (rare cells pooled)."""
     from scipy.stats import chisquare

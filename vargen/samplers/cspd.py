@@ -264,6 +264,11 @@ class CSpDSampler:
         heads_t, heads_d = (diffusion_heads(m.diffloss, K, self.diffusion_start, self.diffusion_end, self.annealing)
                             for m in (target, draft))
         S = max(h.num_sampling_steps for h in heads_t)  # the noise bank's depth
+        by_steps = {h.num_sampling_steps: (hd, h) for hd, h in zip(heads_d, heads_t)}  # DiSA's heads per step count
+
+        def counts_in_window(drafts, window):  # one count without DiSA: no host read of the window's counts
+            return list(by_steps) if len(by_steps) == 1 else sorted(set(drafts.steps[window].tolist()), reverse=True)
+
         device = target.device
         gdev = generator.device if generator is not None else device
         guided = plan.guided
@@ -333,9 +338,8 @@ class CSpDSampler:
                 z_p = target.condition(tokens, verified, plan.labels, cfg=guided)
                 counts["verify_passes"] += 1
                 n_acc = torch.zeros(B, L, dtype=torch.long, device=device)
-                by_steps = {h.num_sampling_steps: (hd, h) for hd, h in zip(heads_d, heads_t)}
-                for n_steps in sorted(set(drafts.steps[window].tolist()), reverse=True):
-                    group = window & (drafts.steps == n_steps)
+                for n_steps in counts_in_window(drafts, window):
+                    group = window if len(by_steps) == 1 else window & (drafts.steps == n_steps)
                     committed, accepted, stat = self._verify(*by_steps[n_steps], drafts, group, z_p, bank_xT,
                                                              bank_eps, tau, scale, guided, uniform, randn)
                     tokens[group] = committed

@@ -2,7 +2,6 @@
 checkpoint's own processor, images through the model's own VQ decoder."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -66,19 +65,13 @@ def load_model(folder, dtype: torch.dtype = torch.float32, processor=None, trust
         processor = processor or _processor(folder)
         if hasattr(processor, "calculate_generate_size"):
             options["height"], options["width"] = processor.calculate_generate_size("1:1", processor.image_area, 8)
-    if kind == "chameleon":
-        options["layout"] = chameleon_layout(folder)
+    if kind == "chameleon":  # Lumina-mGPT's checkpoints were saved by its ChameleonXLLMXForConditionalGeneration
+        options["layout"] = "lumina" if any("XLLMX" in a for a in hf.config.architectures or []) else "anole"
     model = image_lm(hf, **{**options, **given})
     if vqgan is not None:
         model.vqgan.load_taming(read_state_dict(vqgan, trusted=trusted))
     return model
 
-
-def chameleon_layout(folder) -> str:
-    """``lumina`` for Lumina-mGPT checkpoints (saved by its ``ChameleonXLLMXForConditionalGeneration``), else
-    ``anole`` (plain Chameleon: Anole, Meta's converted checkpoints); pipeline.json ``model_options`` override it."""
-    config = json.loads((Path(folder) / "config.json").read_text())
-    return "lumina" if any("XLLMX" in a for a in config.get("architectures") or []) else "anole"
 
 
 def _processor(folder):
