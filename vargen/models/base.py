@@ -102,7 +102,10 @@ class TokenModel(Protocol):
     Optional: ``logits(cond, tokens [B, num_tokens]) -> [B, num_tokens, V]``, teacher forcing (entry ``i``
     predicts token ``i``), used by the reference loop and the conformance checks;
     ``frame_before(cond) -> [B, H*W] | None``: the tokens of the frame just before token 0 when the condition
-    holds one (video continuation from context frames), for proposers that draft from the previous frame.
+    holds one (video continuation from context frames), for proposers that draft from the previous frame;
+    ``line_eviction = True`` with ``new_cache(batch, max_len, eviction=policy)``: a cache that keeps a fixed budget
+    of image-token K/V (:class:`vargen.models.line_cache.LineEviction`, LineAR); samplers pass ``eviction`` only
+    when the user sets ``kv_budget``.
     """
 
     vocab_size: int

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .base import TextCondition, class_ids
 from .config import OfficialConfig
 from .kv import write_rows_
+from .line_cache import LineEviction, LineSlots
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "GPT_PRESETS", "gpt_config", "attention_mask", "TextCondition"]
 
@@ -171,9 +172,10 @@ class Attention(nn.Module):
         self.attn_dropout_p = cfg.attn_dropout_p
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
-    def forward(self, x, rope, mask=None, kv=None, write=None):
+    def forward(self, x, rope, mask=None, kv=None, write=None, probe=None):
         """``kv``: this layer's (k_cache, v_cache) ``[B, H, L, hd]``; ``write``: (rows, positions).
-        Attention reads the first ``mask.shape[-1]`` cache positions."""
+        Attention reads the first ``mask.shape[-1]`` cache positions. ``probe [B, L]``: the first query's
+        attention probabilities, summed over heads, are added to it (K/V eviction scores)."""
         B, S, _ = x.shape
         q, k, v = self.wqkv(x).split(self.n_head * self.head_dim, dim=-1)
         q = apply_rope(q.view(B, S, self.n_head, self.head_dim), rope).transpose(1, 2)
@@ -186,6 +188,9 @@ class Attention(nn.Module):
             write_rows_(v_cache, rows, pos, v)
             L = mask.shape[-1]
             k, v = (k_cache, v_cache) if L == k_cache.shape[2] else (k_cache[:, :, :L], v_cache[:, :, :L])
+        if probe is not None:
+            first = (q[:, :, :1] @ k.to(q.dtype).transpose(-1, -2)).float() * self.head_dim ** -0.5
+            probe += first.masked_fill(~mask[:, :, :1], float("-inf")).softmax(-1).sum(1)[:, 0]
         dropout = self.attn_dropout_p if self.training else 0.0
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
@@ -207,8 +212,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x, rope, mask=None, kv=None, write=None):
-        h = x + self.attention(self.attention_norm(x), rope, mask, kv, write)
+    def forward(self, x, rope, mask=None, kv=None, write=None, probe=None):
+        h = x + self.attention(self.attention_norm(x), rope, mask, kv, write, probe)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -272,12 +277,15 @@ class KVCache:
 
     Rows keep no pointer here: the caller's per-row ``start`` is the position (stale entries beyond it
     are masked by causality and overwritten later). ``key_valid [B, L]``: False for padded condition
-    positions (t2i).
+    positions (t2i). ``slots``: set for an evicting cache (:mod:`.line_cache`): the first ``prefix``
+    positions hold the condition, the rest are image slots managed by the slot tables.
     """
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
     key_valid: torch.Tensor
+    slots: LineSlots | None = None
+    prefix: int = 0
 
     @property
     def batch(self) -> int:
@@ -299,6 +307,8 @@ class KVCache:
 
 class GPT(nn.Module):
     """LlamaGen ``Transformer``; implements :class:`vargen.models.base.TokenModel`."""
+
+    line_eviction = True  # new_cache(..., eviction=LineEviction) (K/V eviction, see .line_cache)
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -461,12 +471,25 @@ class GPT(nn.Module):
         return self._cached(self.tok_embeddings(tokens), start + T, cache, return_hidden, keys)
 
     # -- TokenModel: cache protocol ---------------------------------------------------------------
-    def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
-        """Allocate once for ``batch`` rows and ``max_len`` image tokens (default: the whole grid)."""
+    def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,
+                  eviction: LineEviction | None = None) -> KVCache:
+        """Allocate once for ``batch`` rows and ``max_len`` image tokens (default: the whole grid).
+
+        ``eviction``: a :class:`~vargen.models.line_cache.LineEviction` policy: the cache then holds
+        ``budget + line + window`` image slots instead of ``max_len`` positions (``window = max_len -
+        num_tokens``, the longest forward a sampler makes), and complete lines are evicted down to the budget.
+        """
         cfg = self.config
         max_len = cfg.block_size if max_len is None else max_len
-        L = cfg.cls_token_num + max_len
-        L = (L + 7) // 8 * 8  # round up as upstream
+        slots = None
+        if eviction is not None:
+            eviction.check(self.num_tokens)
+            window = max(max_len - self.num_tokens, 1)
+            L = cfg.cls_token_num + min(eviction.budget + eviction.line + window, max_len)
+            slots = LineSlots(eviction, cfg.n_layer, batch, L - cfg.cls_token_num, self.device)
+        else:
+            L = cfg.cls_token_num + max_len
+            L = (L + 7) // 8 * 8  # round up as upstream
         shape = (batch, cfg.n_head, L, cfg.head_dim)
         dtype = dtype or self.dtype
         dev = self.device
@@ -474,6 +497,7 @@ class GPT(nn.Module):
             k=[torch.zeros(shape, dtype=dtype, device=dev) for _ in range(cfg.n_layer)],
             v=[torch.zeros(shape, dtype=dtype, device=dev) for _ in range(cfg.n_layer)],
             key_valid=torch.ones(batch, L, dtype=torch.bool, device=dev),
+            slots=slots, prefix=cfg.cls_token_num,
         )
 
     def prefill(self, cond, cache: KVCache, return_hidden: bool = False):
@@ -485,12 +509,14 @@ class GPT(nn.Module):
         T = self.config.cls_token_num
         B = cache.batch
         cache.key_valid.fill_(True)
+        if cache.slots is not None:
+            cache.slots.reset_()
         cond_mask = self._cond_mask(cond)
         if cond_mask is not None:
             cache.key_valid[:, :T] = cond_mask.bool()
         h = self.embed_cond(cond)
         start = torch.zeros(B, dtype=torch.long, device=h.device)
-        out = self._cached(h, start, cache, return_hidden)
+        out = self._cached(h, start, cache, return_hidden, None if cache.slots is None else T)
         if return_hidden:
             return out[0][:, -1], out[1][:, -1]
         return out[:, -1]
@@ -508,11 +534,30 @@ class GPT(nn.Module):
         positions = seq_start[:, None] + torch.arange(n, device=h.device)[None]
         rows = torch.arange(B, device=h.device)[:, None].expand(B, n)
         rope = self._rope(positions)
+        if cache.slots is not None and keys != cache.prefix:  # image tokens into an evicting cache
+            return self._cached_evicting(h, positions, rows, rope, cache, return_hidden)
         L = cache.max_positions if keys is None else min(keys, cache.max_positions)
         mask = attention_mask(positions, cache.key_valid[:, :L], L)[:, None]
         h = self.tok_dropout(h)
         for i, layer in enumerate(self.layers):
             h = layer(h, rope, mask, (cache.k[i], cache.v[i]), (rows, positions))
+        hidden = self.norm(h)
+        logits = self.output(hidden).float()
+        return (logits, hidden) if return_hidden else logits
+
+    def _cached_evicting(self, h, positions, rows, rope, cache: KVCache, return_hidden: bool):
+        """:meth:`_cached` over an evicting cache: per layer, the slots to write, the eviction, a mask over
+        the condition and the held slots, and the first query's attention as the eviction score."""
+        T, slots, B = cache.prefix, cache.slots, h.shape[0]
+        image_pos = positions - T
+        where = slots.prepare_(image_pos[:, 0], positions.shape[1]) + T  # [layers, B, n]
+        cond_keys = cache.key_valid[None, :, None, :T].expand(len(self.layers), B, positions.shape[1], T)
+        masks = torch.cat([cond_keys, slots.masks(image_pos)], dim=-1)[:, :, None]  # [layers, B, 1, n, T + S]
+        probes = torch.zeros(len(self.layers), B, T + slots.slots, device=h.device)
+        h = self.tok_dropout(h)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rope, masks[i], (cache.k[i], cache.v[i]), (rows, where[i]), probes[i])
+        slots.score += probes[..., T:]
         hidden = self.norm(h)
         logits = self.output(hidden).float()
         return (logits, hidden) if return_hidden else logits

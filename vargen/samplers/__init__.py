@@ -50,6 +50,8 @@ def sampler_options(name: str, acceptance=None) -> dict[str, Option]:
     cls = sampler_class(name)
     preset = _REGISTRY[name][1]
     out = dict(options_of(cls.OPTIONS, name)) if getattr(cls, "OPTIONS", None) else {}
+    if getattr(cls, "CACHE_OPTIONS", None):
+        out.update(options_of(cls.CACHE_OPTIONS, name))
     if getattr(cls, "TAKES_RULE", False):
         # a preset rule (lantern, gsd) is part of the sampler's name, not an option of it
         rule = preset.get("acceptance") or (acceptance if acceptance is not None else "exact")

@@ -30,7 +30,7 @@ import torch
 
 from .acceptance import get_rule
 from .base import GenerationOutput, RowRandom, SamplingConfig, Stats, StepTimer, sample_from_probs
-from .session import TokenSession, resolve_config
+from .session import CacheOptions, TokenSession, resolve_config
 from .verify import Committer
 
 __all__ = ["Proposal", "Feedback", "DecodeContext", "Proposer", "NoProposer", "TokenSampler", "ARSampler"]
@@ -155,21 +155,27 @@ class TokenSampler:
 
     acceptance: "exact" (lossless), "lantern", "gsd" or a rule instance, with the rule's options.
     Subclasses name their proposer's options dataclass in ``OPTIONS`` (None: no options of their own).
+    Every token sampler also takes the target cache's options (:class:`~.session.CacheOptions`: ``kv_budget``,
+    ``kv_anchor``, ``kv_recent_lines``, LineAR K/V eviction).
     """
 
     name = "token"
     OPTIONS = None
+    CACHE_OPTIONS = CacheOptions
     TAKES_RULE = True  # "acceptance" and the chosen rule's options are options of this sampler
 
-    def __init__(self, proposer: Proposer | None = None, acceptance="exact", **rule_options):
+    def __init__(self, proposer: Proposer | None = None, acceptance="exact", **options):
+        cache_keys = set(CacheOptions.__dataclass_fields__)
+        self.cache_options = CacheOptions(**{k: options.pop(k) for k in cache_keys & set(options)})
         self.proposer = proposer if proposer is not None else NoProposer()
-        self.rule = get_rule(acceptance, **rule_options)
+        self.rule = get_rule(acceptance, **options)
         self.auto_pilots: dict = {}  # window="auto": pilot measurements per (model, batch, config), see autotune
 
     def check(self, model) -> None:
-        """``ValueError`` if this sampler cannot run on ``model`` (sizes past the model's, a mismatched drafter),
-        before any work."""
+        """``ValueError`` if this sampler cannot run on ``model`` (sizes past the model's, a mismatched drafter,
+        a K/V budget the model's cache cannot keep), before any work."""
         self.proposer.check(model)
+        self.cache_options.eviction(model)
 
     def with_proposer(self, proposer) -> "TokenSampler":
         """This sampler (same rule) with another proposer."""
@@ -188,6 +194,7 @@ class TokenSampler:
         config = resolve_config(model, config)
         proposer = copy.copy(self.proposer)
         proposer.check(model)
+        eviction = self.cache_options.eviction(model)
         auto = {}
         if getattr(proposer, "auto", False):
             from .autotune import choose_lookahead
@@ -198,7 +205,7 @@ class TokenSampler:
         self.rule.prepare(model)
         J = proposer.lookahead
         session = TokenSession(model, cond, config, extra_positions=J + 1, hidden=proposer.wants_hidden,
-                               static=compile)
+                               static=compile, eviction=eviction)
         B, N, V, dev = session.batch, session.num_tokens, model.vocab_size, session.device
         rng = RowRandom(generator, B, dev)
         committer = Committer(self.rule, B, N, N + 2 * J + 4, dev)
@@ -235,6 +242,8 @@ class TokenSampler:
         committer.fill_stats(stats)
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
         stats.extra.update(proposer=proposer.name, acceptance=self.rule.name, **proposer.extra_stats(), **auto)
+        if hasattr(session.cache, "nbytes"):
+            stats.extra["kv_cache_bytes"] = int(session.cache.nbytes)  # the target's cache, CFG rows included
         return GenerationOutput(tokens=committer.tokens(), stats=stats)
 
 
@@ -351,5 +360,5 @@ class ARSampler(TokenSampler):
     name = "ar"
     TAKES_RULE = False
 
-    def __init__(self):
-        super().__init__(NoProposer())
+    def __init__(self, **cache_options):
+        super().__init__(NoProposer(), **cache_options)

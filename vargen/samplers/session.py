@@ -11,10 +11,13 @@ A :class:`TokenSession` wraps a :class:`~vargen.models.base.TokenModel` for one 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..kernels import chain_probs
 from .base import SamplingConfig, cfg_mix, logits_to_probs
+from .spec import checked, option
 
 
 TOKEN_CONFIG_FIELDS = ("temperature", "top_k", "top_p", "cfg_scale", "cfg_interval")
@@ -29,12 +32,41 @@ def resolve_config(model, config: SamplingConfig | None) -> SamplingConfig:
     return config
 
 
+@dataclass
+class CacheOptions:
+    """Options of every token sampler's target cache: LineAR-style line-level K/V eviction
+    (:mod:`vargen.models.line_cache`; lossy). ``kv_budget=None`` keeps the whole cache (the plain samplers)."""
+
+    kv_budget: int | None = option(None, "K/V eviction (LineAR): image-token K/V entries of complete raster lines "
+                                   "kept per row and layer, anchors and recent lines included; none keeps all",
+                                   minimum=1)
+    kv_anchor: int = option(4, "K/V eviction: the first image tokens, always kept", minimum=0)
+    kv_recent_lines: int = option(1, "K/V eviction: the most recent complete lines, always kept", minimum=0)
+
+    def __post_init__(self):
+        checked(self, "K/V eviction")
+
+    def eviction(self, model):
+        """The model's :class:`~vargen.models.line_cache.LineEviction` (None without a budget); ``ValueError``
+        before any work for a model whose cache cannot evict or a budget below what is always kept."""
+        if self.kv_budget is None:
+            return None
+        if not getattr(model, "line_eviction", False):
+            raise ValueError(f"kv_budget: {type(model).__name__} has no evicting K/V cache (LineAR eviction is "
+                             "implemented for LlamaGen models)")
+        from ..models.line_cache import LineEviction
+
+        policy = LineEviction(self.kv_budget, model.grid[-1], self.kv_anchor, self.kv_recent_lines)
+        policy.check(model.num_tokens)
+        return policy
+
+
 class TokenSession:
     """``static=True`` (compiled decoding): every forward reads the whole fixed-length cache (masked), never a
     slice bounded by the host-side ``kv_len``, so shapes do not change from step to step."""
 
     def __init__(self, model, cond, config: SamplingConfig, extra_positions: int = 0, hidden: bool = False,
-                 static: bool = False):
+                 static: bool = False, eviction=None):
         self.model = model
         self.config = config
         self.num_tokens = model.num_tokens
@@ -43,7 +75,9 @@ class TokenSession:
         self.cond = model.guidance_cond(cond) if self.use_cfg else cond
         self.rows = 2 * self.batch if self.use_cfg else self.batch
         self.hidden = hidden  # also return the target's hidden states (draft heads)
-        self.cache = model.new_cache(self.rows, self.num_tokens + extra_positions)
+        max_len = self.num_tokens + extra_positions
+        self.cache = (model.new_cache(self.rows, max_len) if eviction is None
+                      else model.new_cache(self.rows, max_len, eviction=eviction))
         self.static = static
         self.forward_passes = 0
 
