@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .base import class_ids
 from .checkpoint import load_strict as _load_strict
+from .var_kv import BudgetedLayer, BudgetedScaleCache, KVBudget
 from .var_pruning import BlockPruning, TokenPruning, gather_tokens
 
 __all__ = ["VARConfig", "VAR", "VAR_PRESETS", "ScaleKVCache", "load_state_dict_file", "load_strict"]
@@ -155,6 +156,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(C, C)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
         self.attn_drop = attn_drop
+        self.record: list | None = None  # calibration (var_kv.head_statistics): attention probabilities per forward
 
     def forward(self, x, mask=None, kv=None, start: int = 0, scatter: tuple[torch.Tensor, int] | None = None):
         """``kv``: this layer's (K, V) cache views [B, H, L, hd]; the chunk's K/V are written at ``start``.
@@ -166,6 +168,9 @@ class SelfAttention(nn.Module):
         if self.attn_l2_norm:
             q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp())
             k = F.normalize(k, dim=-1)
+        if isinstance(kv, BudgetedLayer):  # HACK / ScaleKV: held entries + this chunk, then the eviction
+            out = kv.attend(q, k, v, mask, self.scale)
+            return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, n, C).to(x.dtype)))
         if kv is not None and scatter is not None:
             K, V = kv
             positions, span = scatter
@@ -182,6 +187,9 @@ class SelfAttention(nn.Module):
             q = q.to(k.dtype)
         if mask is not None:
             mask = mask.to(q.dtype)
+        if self.record is not None:
+            scores = (q.float() @ k.float().transpose(-1, -2)) * self.scale
+            self.record.append((scores if mask is None else scores + mask.float()).softmax(-1).mean(0))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0,
                                              scale=self.scale)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, n, C).to(x.dtype)))
@@ -400,14 +408,22 @@ class VAR(nn.Module):
             return torch.get_autocast_dtype(dev.type)
         return self.class_emb.weight.dtype
 
-    def new_cache(self, batch: int, dtype: torch.dtype | None = None, length: int | None = None) -> ScaleKVCache:
-        """K/V for ``length`` positions (default all L; CoDe's drafter only needs its first N scales)."""
+    def new_cache(self, batch: int, dtype: torch.dtype | None = None, length: int | None = None,
+                  budget: KVBudget | None = None, chunk: int | None = None) -> ScaleKVCache | BudgetedScaleCache:
+        """K/V for ``length`` positions (default all L; CoDe's drafter only needs its first N scales).
+
+        ``budget``: HACK / ScaleKV budgets (:mod:`.var_kv`): the cache then holds the budgeted earlier entries plus
+        ``chunk`` slots for the scales one forward runs (default: the largest scale within ``length``)."""
         length = self.L if length is None else int(length)
         if not 0 < length <= self.L:
             raise ValueError(f"cache length must be in 1..{self.L}, got {length}")
-        shape = (self.depth, batch, self.num_heads, length, self.C // self.num_heads)
         dev = self.class_emb.weight.device
         dtype = dtype or self.compute_dtype()
+        if budget is not None:
+            largest = max(e - b for b, e in self.begin_ends if e <= length)
+            return BudgetedScaleCache(budget, self.depth, batch, self.num_heads, self.C // self.num_heads,
+                                      max(largest, chunk or 0), self.begin_ends, dtype, dev, length)
+        shape = (self.depth, batch, self.num_heads, length, self.C // self.num_heads)
         return ScaleKVCache(torch.empty(shape, device=dev, dtype=dtype), torch.empty(shape, device=dev, dtype=dtype))
 
     def embed(self, cond: VARCondition, inputs: torch.Tensor | None, first: int, last: int) -> torch.Tensor:
@@ -434,7 +450,15 @@ class VAR(nn.Module):
         if not 0 <= first < last <= len(self.patch_nums):
             raise ValueError(f"bad scale range {first}..{last} for {len(self.patch_nums)} scales")
         a, b = self.begin_ends[first][0], self.begin_ends[last - 1][1]
-        if cache is not None:
+        budgeted = isinstance(cache, BudgetedScaleCache)
+        if budgeted:
+            if pruning is not None:
+                raise ValueError("FastVAR pruning and a K/V budget do not combine (yet): use one of them")
+            if cache.batch != cond.batch or a != cache.filled:
+                raise ValueError(f"a budgeted cache runs its scales in order: scale {first} starts at {a}, the cache "
+                                 f"is filled up to {cache.filled} ({cache.batch} rows, the condition {cond.batch})")
+            cache.begin(first, last)
+        elif cache is not None:
             if cache.batch != cond.batch:
                 raise ValueError(f"cache holds {cache.batch} rows but the condition has {cond.batch}")
             if a > cache.filled:
@@ -444,7 +468,7 @@ class VAR(nn.Module):
         elif first != 0:
             raise ValueError("without a cache the pass must start at scale 0")
         x = self.embed(cond, inputs, first, last)
-        mask = self.attn_bias_for_masking[0, 0, a:b, :b] if last - first > 1 else None  # one scale: no mask needed
+        mask = self.attn_bias_for_masking[0, 0, a:b, a if budgeted else 0:b] if last - first > 1 else None
         for i, block in enumerate(self.blocks):
             prune = None if pruning is None else pruning.block(i, first, last, self.begin_ends, self.patch_nums)
             x = block(x, cond.block_mods[i], mask, cache.layer(i) if cache is not None else None, a, prune)

@@ -29,7 +29,8 @@ import torch
 
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer, synced_clock
 from .spec import checked, option
-from .next_scale import NextScaleState, ScaleSettings, _gens, cfg_labels, commit_scale, fill_stats, guide, run_scale, var_filter, draw_tokens
+from .next_scale import (NextScaleState, ScaleSettings, _gens, cfg_labels, commit_scale, draw_tokens, fill_stats,
+                         guide, kv_budget_plan, run_scale, var_filter)
 
 __all__ = ["CoDeSampler"]
 
@@ -53,6 +54,17 @@ class CoDeOptions:
     temperatures: tuple[float, ...] | None = option(None, "per-scale temperatures (a/b/c)", minimum=0.0)
     top_ks: tuple[int, ...] | None = option(None, "per-scale top-k (a/b/c)", minimum=0)
     more_smooth: bool | None = option(None, "VAR's Gumbel-softmax smoothing (none: the config's)")
+    kv_budget: int | None = option(None, "HACK / ScaleKV on both models: earlier-scale K/V entries kept per layer "
+                                   "and head (the mean over heads); none keeps the whole caches", minimum=1)
+    kv_policy: str = option("hack", "who gets the K/V budget: hack, scalekv or uniform (see the var sampler)",
+                            choices=("hack", "scalekv", "uniform"))
+
+
+def _used_bytes(cache, rows: int) -> int:
+    """K/V bytes holding tokens at the cache's peak (a budgeted cache measures it; a plain one is full)."""
+    if hasattr(cache, "peak_entries"):
+        return cache.peak_entries * 2 * cache.k.shape[-1] * cache.k.element_size() * rows
+    return 2 * cache.k.numel() * cache.k.element_size()
 
 
 class CoDeSampler:
@@ -67,9 +79,11 @@ class CoDeSampler:
     OPTIONS = CoDeOptions
 
     def __init__(self, draft_steps: int = 8, refiner=None, reuse: bool = True, temperatures=None, top_ks=None,
-                 more_smooth: bool | None = None):
-        o = checked(CoDeOptions(draft_steps, refiner, reuse, temperatures, top_ks, more_smooth), "code")
+                 more_smooth: bool | None = None, kv_budget: int | None = None, kv_policy: str = "hack"):
+        o = checked(CoDeOptions(draft_steps, refiner, reuse, temperatures, top_ks, more_smooth, kv_budget, kv_policy),
+                    "code")
         self.draft_steps, self.refiner, self.reuse = o.draft_steps, refiner, o.reuse
+        self.kv = (o.kv_budget, o.kv_policy)
         self.temperatures, self.top_ks, self.more_smooth = o.temperatures, o.top_ks, o.more_smooth
 
     # -- validation ------------------------------------------------------------------------------------
@@ -114,6 +128,7 @@ class CoDeSampler:
         _gens(generator, B)
         device = labels.device
         K = len(drafter.patch_nums)
+        budget_d, budget_r = kv_budget_plan(drafter, *self.kv, config), kv_budget_plan(refiner, *self.kv, config)
         stats = Stats()
         rewind = None
         if not self.reuse:
@@ -124,15 +139,22 @@ class CoDeSampler:
             t0 = synced_clock(device)
             state = NextScaleState.start(quantizer, B, device)
             # the drafter only ever holds its N scales: a cache of that length, not all L positions
-            cond_d, cache_d = drafter.condition(labels), drafter.new_cache(labels.shape[0], length=drafter.begin_ends[N - 1][1])
+            length = drafter.begin_ends[N - 1][1]
+            cond_d = drafter.condition(labels)
+            cache_d = (drafter.new_cache(labels.shape[0], length=length) if budget_d is None
+                       else drafter.new_cache(labels.shape[0], length=length, budget=budget_d))
             for si in range(N):
                 run_scale(drafter, quantizer, cond_d, cache_d, state, si, settings, generator)
                 stats.forward_passes += 1
             drafter_kv = 2 * cache_d.k.numel() * cache_d.k.element_size()
+            drafter_used = _used_bytes(cache_d, labels.shape[0])
             del cache_d  # the refiner cannot use the drafter's K/V (different width); free it first
             t1 = synced_clock(device)
 
-            cond_r, cache_r = refiner.condition(labels), refiner.new_cache(labels.shape[0])
+            cond_r = refiner.condition(labels)
+            prefill = drafter.begin_ends[N - 1 if self.reuse else N][1]
+            cache_r = (refiner.new_cache(labels.shape[0]) if budget_r is None
+                       else refiner.new_cache(labels.shape[0], budget=budget_r, chunk=prefill))
             refiner_passes = 1
             if self.reuse:
                 # one batched prefill of the drafted scales: K/V only, no head, no draws
@@ -168,4 +190,7 @@ class CoDeSampler:
         )
         # the two caches never coexist (the drafter's is freed first)
         stats.extra["kv_cache_bytes"] = max(stats.extra["drafter_kv_cache_bytes"], stats.extra["refiner_kv_cache_bytes"])
+        if budget_d is not None:
+            stats.extra.update(kv_bytes_used=max(drafter_used, _used_bytes(cache_r, labels.shape[0])),
+                               kv_policy=self.kv[1])
         return GenerationOutput(tokens=tokens, stats=stats, latents=state.f_hat)

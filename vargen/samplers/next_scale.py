@@ -258,6 +258,42 @@ class VAROptions:
     prune_ratio: float = option(0.5, "FastVAR: the fraction of a pruned scale's tokens the later blocks skip",
                                 minimum=0.0, maximum=0.99)
     prune_from_layer: int = option(3, "FastVAR: the first block that prunes (the paper: the 4th)", minimum=0)
+    kv_budget: int | None = option(None, "HACK / ScaleKV: earlier-scale K/V entries kept per layer and head (the "
+                                   "mean over heads); none keeps the whole cache", minimum=1)
+    kv_policy: str = option("hack", "who gets the K/V budget: hack (per head: structural heads 1.5x by recency, "
+                            "contextual heads 0.5x by attention), scalekv (per scale and layer: drafters 1.5x, "
+                            "refiners 0.5x, by attention), uniform", choices=("hack", "scalekv", "uniform"))
+
+
+_HEAD_STATISTICS: "weakref.WeakKeyDictionary" = None  # model -> {sampling settings: HeadStatistics}
+
+
+def kv_budget_plan(model, budget: int | None, policy: str, config: SamplingConfig | None):
+    """HACK / ScaleKV budgets for ``model`` (:mod:`vargen.models.var_kv`), None at the zero setting. The offline
+    calibration (one image per class, seed 0, the same sampling settings) runs once per model and settings."""
+    if budget is None:
+        return None
+    import weakref
+
+    from ..models.var_kv import budgets_for, head_statistics
+
+    global _HEAD_STATISTICS
+    if _HEAD_STATISTICS is None:
+        _HEAD_STATISTICS = weakref.WeakKeyDictionary()
+    per_model = _HEAD_STATISTICS.setdefault(model, {})
+    key = (repr(config), sum(t._version for t in model.parameters()))
+    if key not in per_model:
+        labels = torch.arange(min(model.num_classes, 10), device=model.device)
+        per_model[key] = head_statistics(model, labels, config, torch.Generator(device=model.device).manual_seed(0))
+    return budgets_for(per_model[key], policy, budget, model.begin_ends)
+
+
+def budget_stats(stats: Stats, cache, rows: int) -> None:
+    """K/V bytes allocated (``kv_cache_bytes``) and holding tokens at the peak (``kv_bytes_used``) of a budgeted
+    cache."""
+    per_entry = 2 * cache.k.shape[-1] * cache.k.element_size()
+    stats.extra.update(kv_cache_bytes=cache.nbytes, kv_bytes_used=cache.peak_entries * per_entry * rows,
+                       kv_policy=cache.budget.policy)
 
 
 class VARSampler:
@@ -272,10 +308,15 @@ class VARSampler:
     OPTIONS = VAROptions
 
     def __init__(self, temperatures=None, top_ks=None, more_smooth: bool | None = None, prune_scales: int = 0,
-                 prune_ratio: float = 0.5, prune_from_layer: int = 3):
-        o = checked(VAROptions(temperatures, top_ks, more_smooth, prune_scales, prune_ratio, prune_from_layer), "var")
+                 prune_ratio: float = 0.5, prune_from_layer: int = 3, kv_budget: int | None = None,
+                 kv_policy: str = "hack"):
+        o = checked(VAROptions(temperatures, top_ks, more_smooth, prune_scales, prune_ratio, prune_from_layer,
+                               kv_budget, kv_policy), "var")
         self.temperatures, self.top_ks, self.more_smooth = o.temperatures, o.top_ks, o.more_smooth
         self.prune = (o.prune_scales, o.prune_ratio, o.prune_from_layer)
+        self.kv = (o.kv_budget, o.kv_policy)
+        if o.kv_budget is not None and o.prune_scales and o.prune_ratio:
+            raise ValueError("var: FastVAR pruning (prune_scales) and a K/V budget (kv_budget) do not combine (yet)")
 
     @torch.no_grad()
     def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:
@@ -288,11 +329,13 @@ class VARSampler:
         B = labels.shape[0] // 2 if cfg else labels.shape[0]
         _gens(generator, B)  # validate a per-row generator list before any work
         pruning = pruning_plan(model, *self.prune)
+        budget = kv_budget_plan(model, *self.kv, config)
         device = labels.device
         stats = Stats()
         with StepTimer(device) as timer:
             cond_state = model.condition(labels)
-            cache = model.new_cache(labels.shape[0])
+            cache = model.new_cache(labels.shape[0]) if budget is None else model.new_cache(labels.shape[0],
+                                                                                            budget=budget)
             state = NextScaleState.start(quantizer, B, device)
             for si in range(len(model.patch_nums)):
                 run_scale(model, quantizer, cond_state, cache, state, si, settings, generator, pruning)
@@ -302,5 +345,8 @@ class VARSampler:
         fill_stats(stats, model.patch_nums, B, device)
         stats.extra.update(seconds_per_image=timer.seconds / B, peak_memory_bytes_per_image=timer.peak // B,
                            kv_cache_bytes=cache.k.numel() * cache.k.element_size() * 2)
-        pruning_stats(stats, pruning, cache)
+        if budget is None:
+            pruning_stats(stats, pruning, cache)
+        else:
+            budget_stats(stats, cache, labels.shape[0])
         return GenerationOutput(tokens=tokens, stats=stats, latents=state.f_hat)
