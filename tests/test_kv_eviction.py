@@ -138,10 +138,77 @@ def test_bad_budgets_and_models_fail_before_work():
     with pytest.raises(ValueError, match="kv_budget must be >= 1"):
         get_sampler("ar", kv_budget=0)
     with pytest.raises(ValueError, match="takes no option 'kv_budget'"):
-        get_sampler("var", kv_budget=8)
+        get_sampler("mar", kv_budget=8)
 
     class NoEviction:
         line_eviction = False
 
     with pytest.raises(ValueError, match="has no evicting K/V cache"):
         get_sampler("sjd", kv_budget=8).cache_options.eviction(NoEviction())
+
+
+# -- video: Cosmos, lines of the latent grid ------------------------------------------------------------------------
+def _tiny_cosmos():
+    from test_cosmos_sampling import tiny_cosmos
+
+    return tiny_cosmos(shape=(4, 2, 3), vocab=16, seed=5, sharpness=6.0)
+
+
+def test_cosmos_zero_setting_and_rows_alone():
+    from vargen.models.cosmos import VideoCondition
+
+    model = _tiny_cosmos()  # 3 generated frames of 2 lines of 3 tokens
+    frames = torch.randint(0, 16, (3, 6), generator=torch.Generator().manual_seed(2))
+    config = SamplingConfig(temperature=1.0)
+    for name, options in [("ar", {}), ("sjd", dict(window=5, init="temporal", coupled=True))]:
+        plain = get_sampler(name, **options).sample(model, VideoCondition(frames), config,
+                                                    torch.Generator().manual_seed(4))
+        kept = get_sampler(name, kv_budget=model.num_tokens, **options).sample(
+            model, VideoCondition(frames), config, torch.Generator().manual_seed(4))
+        assert torch.equal(plain.tokens, kept.tokens), name
+    sampler = get_sampler("sjd", window=5, init="temporal", coupled=True, kv_budget=4, kv_anchor=1)
+    _rows_match_alone_video(sampler, model, frames, config, seeds=[11, 12, 13])
+
+
+def _rows_match_alone_video(sampler, model, frames, config, seeds):
+    from vargen.models.cosmos import VideoCondition
+
+    batch = sampler.sample(model, VideoCondition(frames), config, [torch.Generator().manual_seed(s) for s in seeds])
+    for b, s in enumerate(seeds):
+        alone = sampler.sample(model, VideoCondition(frames[b:b + 1]), config, [torch.Generator().manual_seed(s)])
+        assert torch.equal(alone.tokens[0], batch.tokens[b])
+
+
+def test_cosmos_forward_is_full_attention_with_the_evicted_keys_hidden():
+    from vargen.models.cosmos import VideoCondition
+
+    model = _tiny_cosmos().double()
+    N, B, n, T = model.num_tokens, 2, 2, model.prefix_len
+    policy = LineEviction(budget=4, line=3, anchor=1, recent_lines=1)
+    cond = VideoCondition(torch.randint(0, 16, (B, 6), generator=torch.Generator().manual_seed(1)))
+    tokens = torch.randint(0, 16, (B, N + n), generator=torch.Generator().manual_seed(2))
+    cache = model.new_cache(B, N + n, eviction=policy)
+    model.prefill(cond, cache)
+    visible = []
+    prefix = model._prefix_ids(cond)
+    for s in range(0, N, n):
+        out = model(tokens[:, s:s + n], torch.full((B,), s), cache)
+        held = cache.slots.pos
+        for i in range(n):
+            dense = torch.zeros(len(model.layers), B, N + n + 1, dtype=torch.bool)
+            dense.scatter_(2, torch.where(held >= 0, held, N + n), (held >= 0) & (held <= s + i))
+            visible.append(dense[..., :-1])
+        seq = torch.cat([prefix, tokens[:, :s + n]], dim=1)
+        S = seq.shape[1]
+        positions = torch.arange(S).expand(B, S)
+        cos, sin, _ = model._tables(positions)
+        h = model.tok_embeddings(seq)
+        for li, layer in enumerate(model.layers):
+            mask = torch.zeros(B, S, S, dtype=torch.bool)
+            mask[:, :T, :T] = torch.ones(T, T, dtype=torch.bool).tril()
+            mask[:, T:, :T] = True
+            mask[:, T:, T:] = torch.stack([visible[p][li, :, :S - T] for p in range(S - T)], dim=1)
+            h = layer(h, cos.to(h.dtype), sin.to(h.dtype), mask[:, None])
+        ref = model.output(model.norm(h)).float()[:, T + s:T + s + n]
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert (visible[N - 1][:, :, :N - 1].sum(-1) < N - 1).all(), "nothing was evicted"

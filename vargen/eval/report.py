@@ -173,8 +173,9 @@ def floor_row(source: str, opts) -> dict:
 
 def timed_batch(pipe, spec: str, batch: int, seed: int, overrides: dict, repeats: int = 2) -> tuple[float, int]:
     """Best-of-``repeats`` sampling seconds per image for one class-balanced batch (decode excluded), after a
-    warm-up run, and the K/V cache bytes per image of that run that hold tokens (``kv_bytes_used``: FastVAR leaves
-    the skipped tokens' slots empty; else the static cache allocated) (``vargen.eval.bench.time_sampler``)."""
+    warm-up run, and the K/V cache bytes per image of that run that hold tokens at its peak (``kv_bytes_used``:
+    FastVAR leaves the skipped tokens' slots empty, a HACK / ScaleKV budget measures its peak; else the static
+    cache the sampler allocates, LineAR's budgeted one included) (``vargen.eval.bench.time_sampler``)."""
     from vargen.samplers.spec import SamplerSpec
 
     seconds = time_sampler(pipe, spec, batch, seed, overrides, repeats)
@@ -340,8 +341,10 @@ def write_markdown(path: Path, rows: list[Row], skipped: dict, shape_rows: list[
         f"{opts.timing_repeats} runs after a warm-up, decode excluded), and latency at batch 1 (class 0, best of 3 "
         f"after a warm-up); all timings of a model run back to back in this process after its samples were made, "
         f"so the speed-ups (against the model's baseline row) are ratios measured in one run. K/V cache / image "
-        f"is the part of the static cache a VAR-family sampler allocates that holds tokens (FastVAR's skipped tokens "
-        f"write none; CPU runs report no peak memory).",
+        f"is the target's static cache, CFG rows included (token samplers: as allocated, LineAR's `kv_budget` "
+        f"sizes it; VAR family: the part holding tokens at the peak: FastVAR's skipped tokens write none, a HACK / "
+        f"ScaleKV `kv_budget` holds every layer's kept entries plus one layer's scale in flight; CPU runs report no "
+        f"peak memory).",
         f"- Sampling options: {json.dumps(opts.overrides) if opts.overrides else 'the model defaults'}.\n",
         "## Quality and speed\n",
         "\"FID vs baseline\" compares a sampler's images with the baseline sampler's images of the same model "

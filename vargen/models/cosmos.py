@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .base import TextCondition
 from .config import OfficialConfig
 from .kv import write_rows_
+from .line_cache import LineEviction, LineSlots
 from .llamagen import RMSNorm
 
 __all__ = ["CosmosConfig", "CosmosTransformer", "CosmosCache", "VideoCondition", "COSMOS_PRESETS",
@@ -271,14 +272,18 @@ class Attention(nn.Module):
         return k.transpose(1, 2), v.transpose(1, 2)
 
     def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, cos=None, sin=None,
-               causal: bool = False) -> torch.Tensor:
-        """``mask``: bool, True = attend (None with ``causal``: plain causal self-attention)."""
+               causal: bool = False, probe: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask``: bool, True = attend (None with ``causal``: plain causal self-attention). ``probe [B, L]``: the
+        first query's attention probabilities, summed over heads, are added to it (K/V eviction scores)."""
         B, S, _ = x.shape
         q = self.q_norm(self.wq(x).view(B, S, self.n_heads, self.hd))
         if cos is not None:
             q = rotate_half_split(q, cos, sin)
         rep = self.n_heads // self.n_kv
         k, v = k.to(q.dtype).repeat_interleave(rep, dim=1), v.to(q.dtype).repeat_interleave(rep, dim=1)
+        if probe is not None:
+            first = (q[:, :1].transpose(1, 2).float() @ k.float().transpose(-1, -2)) * self.hd ** -0.5
+            probe += first.masked_fill(~mask[:, :, :1], float("-inf")).softmax(-1).sum(1)[:, 0]
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, is_causal=causal and mask is None)
         return self.wo(y.transpose(1, 2).reshape(B, S, -1))
 
@@ -294,7 +299,7 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden_size)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x, cos, sin, mask, kv=None, write=None, cross=None):
+    def forward(self, x, cos, sin, mask, kv=None, write=None, cross=None, probe=None):
         """``kv``: this layer's cache ``(k, v)`` and ``write`` = ``(rows, positions)``; without them the keys
         are this call's own (teacher forcing, causal). ``cross``: ``(k, v, mask)`` of the context."""
         h = self.attention_norm(x)
@@ -305,7 +310,7 @@ class TransformerBlock(nn.Module):
             write_rows_(kv[1], rows, pos, v)
             L = mask.shape[-1]
             k, v = kv[0][:, :, :L], kv[1][:, :, :L]
-        h = x + self.attention.attend(h, k, v, mask, cos, sin, causal=True)
+        h = x + self.attention.attend(h, k, v, mask, cos, sin, causal=True, probe=probe)
         if cross is not None:
             ck, cv, cmask = cross
             h = h + self.cross_attention.attend(self.cross_attention_norm(h), ck, cv, cmask)
@@ -337,12 +342,19 @@ class VideoCondition:
 @dataclass
 class CosmosCache:
     """Per-layer K/V ``[B, n_kv, L, hd]`` (separate tensors: a compiled step writes each in place), and the
-    context's cross-attention K/V per layer with its mask, computed once at the prefill."""
+    context's cross-attention K/V per layer with its mask, computed once at the prefill. ``slots``: set for an
+    evicting cache (:mod:`.line_cache`): the first ``prefix`` positions hold the context, the rest image slots."""
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
     cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     cross_mask: torch.Tensor | None = None
+    slots: LineSlots | None = None
+    prefix: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
 
     @property
     def batch(self) -> int:
@@ -493,10 +505,15 @@ class CosmosTransformer(nn.Module):
         cos, sin = self.rope_cos[pos][:, :, None], self.rope_sin[pos][:, :, None]  # [B, S, 1, hd]
         return cos, sin, None if self.abs_pos is None else self.abs_pos[pos]
 
-    def _run(self, h, positions, mask, cache: CosmosCache | None = None, cross=None, return_hidden=False):
+    def _run(self, h, positions, mask, cache: CosmosCache | None = None, cross=None, return_hidden=False,
+             evicting: bool = False):
         cos, sin, abs_pos = self._tables(positions)
         B, S = positions.shape
         rows = torch.arange(B, device=h.device)[:, None].expand(B, S)
+        where, probes = positions[None].expand(len(self.layers), B, S), None
+        if evicting:  # image tokens into an evicting cache: per layer, its slots, mask and eviction scores
+            T = cache.prefix
+            where, mask, probes = cache.slots.step(positions - T, torch.ones(B, T, dtype=torch.bool, device=h.device))
         for i, layer in enumerate(self.layers):
             if abs_pos is not None:
                 h = h + abs_pos.to(h.dtype)
@@ -504,7 +521,10 @@ class CosmosTransformer(nn.Module):
             c = None
             if cross is not None:
                 c = (*cross[0][i], cross[1])
-            h = layer(h, cos.to(h.dtype), sin.to(h.dtype), mask, kv, (rows, positions), c)
+            h = layer(h, cos.to(h.dtype), sin.to(h.dtype), mask[i] if evicting else mask, kv, (rows, where[i]), c,
+                      None if probes is None else probes[i])
+        if evicting:
+            cache.slots.absorb(probes)
         hidden = self.norm(h)
         logits = self.output(hidden).float()
         return (logits, hidden) if return_hidden else logits
@@ -545,28 +565,44 @@ class CosmosTransformer(nn.Module):
         return frames
 
     # -- TokenModel: the cache protocol ------------------------------------------------------------------------
-    def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> CosmosCache:
-        """Static K/V for ``batch`` rows: the prefix plus ``max_len`` generated tokens (default the grid)."""
+    line_eviction = True  # new_cache(..., eviction=LineEviction): lines of the latent grid (see .line_cache)
+
+    def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,
+                  eviction: LineEviction | None = None) -> CosmosCache:
+        """Static K/V for ``batch`` rows: the prefix plus ``max_len`` generated tokens (default the grid);
+        ``eviction``: ``budget + line + window`` image slots instead (LineAR, as in ``GPT.new_cache``)."""
         cfg = self.config
-        L = self.prefix_len + (self.num_tokens if max_len is None else max_len)
-        L = (L + 7) // 8 * 8
+        max_len = self.num_tokens if max_len is None else max_len
+        slots = None
+        if eviction is not None:
+            eviction.check(self.num_tokens)
+            n = min(eviction.budget + eviction.line + max(max_len - self.num_tokens, 1), max_len)
+            L = self.prefix_len + n
+            slots = LineSlots(eviction, cfg.n_layers, batch, n, self.device)
+        else:
+            L = (self.prefix_len + max_len + 7) // 8 * 8
         shape = (batch, cfg.kv_heads, L, cfg.head_size)
         dtype = dtype or self.dtype
         return CosmosCache([torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.n_layers)],
-                           [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.n_layers)])
+                           [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.n_layers)],
+                           slots=slots, prefix=self.prefix_len)
 
     def _cached(self, h, seq_start, cache: CosmosCache, return_hidden=False, keys: int | None = None):
         B, n, _ = h.shape
         positions = seq_start[:, None] + torch.arange(n, device=h.device)[None]
+        cross = None if cache.cross is None else (cache.cross, cache.cross_mask)
+        if cache.slots is not None and keys != cache.prefix:  # not the prefill: image tokens into evicting slots
+            return self._run(h, positions, None, cache, cross, return_hidden, evicting=True)
         L = cache.max_positions if keys is None else min(keys, cache.max_positions)
         mask = (torch.arange(L, device=h.device)[None, None, :] <= positions[:, :, None])[:, None]
-        cross = None if cache.cross is None else (cache.cross, cache.cross_mask)
         return self._run(h, positions, mask, cache, cross, return_hidden)
 
     def prefill(self, cond, cache: CosmosCache, return_hidden: bool = False):
         """Write ``<bov>`` and the context frames (and the context's cross-attention K/V); returns the logits
         ``[B, V]`` of generated token 0."""
         cond = self.as_condition(cond)
+        if cache.slots is not None:
+            cache.slots.reset_()
         crossed = self._cross(cond.text)
         if crossed is not None:
             cache.cross, cache.cross_mask = crossed

@@ -105,6 +105,21 @@ class LineSlots:
         pos = self.pos[:, :, None, :]
         return (pos >= 0) & (pos <= positions[None, :, :, None])
 
+    def step(self, image_pos: torch.Tensor, prefix_valid: torch.Tensor):
+        """Everything a model's forward over image positions ``image_pos [B, n]`` needs, for a cache whose first
+        ``T`` positions hold the condition prefix (``prefix_valid [B, T]``, always kept): the cache positions to
+        write ``[layers, B, n]``, the masks ``[layers, B, 1, n, T + S]`` and zeroed score probes
+        ``[layers, B, T + S]`` (each layer adds its first query's attention; then :meth:`absorb`)."""
+        layers, (B, n), T = self.pos.shape[0], image_pos.shape, prefix_valid.shape[1]
+        where = self.prepare_(image_pos[:, 0], n) + T
+        prefix = prefix_valid[None, :, None, :].expand(layers, B, n, T)
+        masks = torch.cat([prefix, self.masks(image_pos)], dim=-1)[:, :, None]
+        return where, masks, torch.zeros(layers, B, T + self.slots, device=image_pos.device)
+
+    def absorb(self, probes: torch.Tensor) -> None:
+        """Add the probes' attention on image slots to the eviction scores."""
+        self.score += probes[..., probes.shape[-1] - self.slots:]
+
     def kept_positions(self, layer: int, row: int) -> list[int]:
         """The image positions row ``row`` of layer ``layer`` holds (sorted), for inspection and tests."""
         pos = self.pos[layer, row]

@@ -548,16 +548,12 @@ class GPT(nn.Module):
     def _cached_evicting(self, h, positions, rows, rope, cache: KVCache, return_hidden: bool):
         """:meth:`_cached` over an evicting cache: per layer, the slots to write, the eviction, a mask over
         the condition and the held slots, and the first query's attention as the eviction score."""
-        T, slots, B = cache.prefix, cache.slots, h.shape[0]
-        image_pos = positions - T
-        where = slots.prepare_(image_pos[:, 0], positions.shape[1]) + T  # [layers, B, n]
-        cond_keys = cache.key_valid[None, :, None, :T].expand(len(self.layers), B, positions.shape[1], T)
-        masks = torch.cat([cond_keys, slots.masks(image_pos)], dim=-1)[:, :, None]  # [layers, B, 1, n, T + S]
-        probes = torch.zeros(len(self.layers), B, T + slots.slots, device=h.device)
+        T = cache.prefix
+        where, masks, probes = cache.slots.step(positions - T, cache.key_valid[:, :T])
         h = self.tok_dropout(h)
         for i, layer in enumerate(self.layers):
             h = layer(h, rope, masks[i], (cache.k[i], cache.v[i]), (rows, where[i]), probes[i])
-        slots.score += probes[..., T:]
+        cache.slots.absorb(probes)
         hidden = self.norm(h)
         logits = self.output(hidden).float()
         return (logits, hidden) if return_hidden else logits
