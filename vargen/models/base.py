@@ -166,7 +166,10 @@ class ScaleModel(Protocol):
       (``None``: no head at all, e.g. a prefill). ``inputs`` are the continuous next-scale inputs
       ``[B, n, Cvae]`` of those scales (scale 0 is the class start token and takes no input). Optional:
       ``pruning=`` a :class:`vargen.models.var_pruning.TokenPruning` (FastVAR); samplers pass it only when the
-      user asked for pruning, so a model without it is called as before.
+      user asked for pruning, so a model without it is called as before. Optional: ``new_cache(batch,
+      budget=KVBudget, chunk=n)``, a cache that keeps per layer and head a budget of earlier scales' K/V
+      (:mod:`vargen.models.var_kv`, HACK / ScaleKV), asked for only when the user sets ``kv_budget``; its layers
+      need the attention weights of the scale in flight, so the model's attention runs the eviction.
     * ``quantizer``: the tokenizer's multi-scale quantiser (``ValueError`` when none is attached) (``embedding``, ``Cvae``, ``v_patch_nums``,
       ``full_size``, ``add_scale``, ``next_input``), shared by drafter and refiner in CoDe.
     """

@@ -8,13 +8,13 @@ the attention the newest scale paid to them; they differ in who gets how much:
   arXiv 2504.09261, Sec. 3): heads are classified once, offline, by their attention pattern. *Contextual* heads
   look at the same few earlier keys from every query (vertical stripes: their attention over earlier keys is
   concentrated); *structural* heads look at the spatially matching place of each earlier scale (diagonals:
-  spread out). Budgets are asymmetric (here: structural heads 1.5x the mean, contextual 0.5x) and the strategy is
+  spread out). Budgets are asymmetric (here: structural heads 1.5x the mean, contextual the rest) and the strategy is
   per pattern: contextual heads keep their most attended keys, structural heads the most recent ones (the finest
   earlier scale carries the spatial structure they copy).
 * **ScaleKV** (Li et al., "Memory-Efficient Visual Autoregressive Modeling with Scale-Aware KV Cache
   Compression", arXiv 2505.19602, Sec. 3): layers are *drafters* (attention dispersed over earlier scales) or
   *refiners* (attention on the current token map), identified per scale offline; drafters get 1.5x the mean
-  budget, refiners 0.5x; every head keeps its most attended keys (the official code scores with a grid of the
+  budget, refiners the rest; every head keeps its most attended keys (the official code scores with a grid of the
   new scale's queries; here all of them).
 * ``uniform``: the same budget and attention ranking everywhere (SnapKV-style), the reference point.
 
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 __all__ = ["KVBudget", "BudgetedScaleCache", "head_statistics", "budgets_for", "POLICIES"]
 
 POLICIES = ("hack", "scalekv", "uniform")
-HIGH, LOW = 1.5, 0.5  # the two budget shares (mean 1 when half the heads / layers get each)
+HIGH = 1.5  # the favoured half's share of the mean budget (the other half gets what keeps the mean)
 
 
 @dataclass(frozen=True)
@@ -95,23 +95,29 @@ def head_statistics(model, labels: torch.Tensor, config=None, generator=None) ->
 
 
 def budgets_for(stats: HeadStatistics, policy: str, budget: int, begin_ends) -> KVBudget:
-    """Per-scale, per-layer, per-head budgets of mean ``budget`` under ``policy``; capped at what scale ``k`` has
-    before it (``begin_ends[k][0]`` entries)."""
+    """Per-scale, per-layer, per-head budgets under ``policy`` with mean ``min(budget, earlier_k)`` at every scale
+    ``k`` (``earlier_k = begin_ends[k][0]`` entries exist before it): the favoured half gets 1.5x, capped at
+    ``earlier_k``, the other half what keeps the mean (so a cap does not shrink the total)."""
     if policy not in POLICIES:
         raise ValueError(f"kv_policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     K, depth, H = stats.earlier_mass.shape
-    share = torch.ones(K, depth, H)
+    favoured = torch.zeros(K, depth, H, dtype=torch.bool)
     recency = torch.zeros(depth, H, dtype=torch.bool)
     if policy == "hack":
-        structural = _lower_half(stats.concentration.flatten()).view(depth, H)
-        share[:] = torch.where(structural, HIGH, LOW)
+        structural = _lower_half(stats.concentration.flatten()).view(depth, H)  # the less concentrated half
+        favoured[:] = structural
         recency = structural
     elif policy == "scalekv":
         drafters = ~_lower_half(stats.earlier_mass.mean(-1).flatten(1)).view(K, depth)  # per scale, per layer
-        share[:] = torch.where(drafters, HIGH, LOW)[..., None]
+        favoured[:] = drafters[..., None]
     earlier = torch.tensor([b for b, _ in begin_ends], dtype=torch.float32)[:, None, None]
-    budgets = torch.minimum((share * budget).round(), earlier).long()
-    return KVBudget(budgets, recency, policy)
+    mean = earlier.clamp(max=budget)
+    high = torch.minimum(HIGH * mean, earlier)
+    n_high = favoured.flatten(1).sum(1).float()[:, None, None]
+    n_low = depth * H - n_high
+    low = ((depth * H * mean - n_high * high) / n_low.clamp(min=1)).clamp(max=earlier)
+    budgets = torch.where(favoured, high, low) if policy != "uniform" else mean.expand(K, depth, H)
+    return KVBudget(budgets.round().long(), recency, policy)
 
 
 def _lower_half(values: torch.Tensor) -> torch.Tensor:

@@ -261,8 +261,8 @@ class VAROptions:
     kv_budget: int | None = option(None, "HACK / ScaleKV: earlier-scale K/V entries kept per layer and head (the "
                                    "mean over heads); none keeps the whole cache", minimum=1)
     kv_policy: str = option("hack", "who gets the K/V budget: hack (per head: structural heads 1.5x by recency, "
-                            "contextual heads 0.5x by attention), scalekv (per scale and layer: drafters 1.5x, "
-                            "refiners 0.5x, by attention), uniform", choices=("hack", "scalekv", "uniform"))
+                            "contextual heads the rest, by attention), scalekv (per scale and layer: drafters 1.5x, "
+                            "refiners the rest, by attention), uniform", choices=("hack", "scalekv", "uniform"))
 
 
 _HEAD_STATISTICS: "weakref.WeakKeyDictionary" = None  # model -> {sampling settings: HeadStatistics}
