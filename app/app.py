@@ -436,7 +436,7 @@ def _option_control(opt: Option, shown: dict[str, Any]):
         return gr.Checkbox(value=bool(value), **common)
     if opt.choices:
         return gr.Dropdown(choices=list(opt.choices), value=value, allow_custom_value=True, **common)  # checked by the option
-    if opt.kind in ("int", "float"):  # ranges are checked by the option itself, with its message
+    if opt.kind in ("int", "float") and not opt.optional:  # ranges are checked by the option itself, with its message
         return gr.Number(value=value, precision=0 if opt.kind == "int" else None, **common)
     return gr.Textbox(value="" if value is None else str(_text_value(opt, value)),
                       placeholder="none" if opt.optional else "", **common)

@@ -104,8 +104,9 @@ def test_acceptance_map_colours_passes_and_marks_relaxed():
 
 def test_options_are_the_declared_options_of_the_sampler_and_its_rule():
     sjd = app.sampler_defaults("sjd")
-    assert {"window", "init", "coupled", "acceptance", "sample_top"} == set(sjd) and sjd["acceptance"] == "exact"
-    assert app.sampler_defaults("ar") == {}
+    cache = {"kv_budget": None, "kv_anchor": 4, "kv_recent_lines": 1}  # every token sampler's cache options
+    assert {"window", "init", "coupled", "acceptance", "sample_top", *cache} == set(sjd) and sjd["acceptance"] == "exact"
+    assert app.sampler_defaults("ar") == cache
     assert {"gamma", "k", "delta", "lam", "variant"} <= set(app.sampler_defaults("lantern"))  # nothing hidden
     assert {"group_size", "prob_gap"} <= set(app.sampler_defaults("sjd", "gsd"))
     assert app.collect_options("ar", {"window": 8, "init": "vertical"}) == {}
