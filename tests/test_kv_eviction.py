@@ -3,8 +3,8 @@ plain sampler token for token; every forward equals full attention with the evic
 follows the policy; rows evict independently; bad options fail before work."""
 import pytest
 import torch
-
 from helpers import assert_rows_match_alone, tiny_gpt
+
 from vargen import SamplingConfig, get_sampler
 from vargen.models.draft_head import DraftHead, DraftHeadConfig
 from vargen.models.line_cache import LineEviction, LineSlots
@@ -137,6 +137,8 @@ def test_bad_budgets_and_models_fail_before_work():
         get_sampler("ar", kv_budget=4, kv_anchor=1, kv_recent_lines=1).check(model)
     with pytest.raises(ValueError, match="kv_budget must be >= 1"):
         get_sampler("ar", kv_budget=0)
+    with pytest.raises(ValueError, match="need a kv_budget"):
+        get_sampler("sjd", kv_anchor=8)
     with pytest.raises(ValueError, match="takes no option 'kv_budget'"):
         get_sampler("mar", kv_budget=8)
 

@@ -74,7 +74,7 @@ def _fake_statistics(var):
 def test_budgets_follow_each_policy(pipe):
     var = pipe.model
     stats = _fake_statistics(var)
-    K, depth, H = stats.earlier_mass.shape
+    _, depth, H = stats.earlier_mass.shape
     earlier = torch.tensor([b for b, _ in var.begin_ends])
     hack = budgets_for(stats, "hack", 20, var.begin_ends)
     structural = hack.recency
@@ -124,3 +124,6 @@ def test_bad_options_fail_before_work(pipe):
         get_sampler("var", kv_budget=8, prune_scales=2)
     with pytest.raises(ValueError, match="kv_budget must be >= 1"):
         get_sampler("code", kv_budget=0)
+    for name in ("var", "code"):
+        with pytest.raises(ValueError, match="needs a kv_budget"):
+            get_sampler(name, kv_policy="scalekv")

@@ -178,6 +178,11 @@ class BudgetedScaleCache:
         self._close_forward()
         return self._peak
 
+    @property
+    def peak_bytes(self) -> int:
+        """All rows: the bytes of K and V those entries take."""
+        return self.peak_entries * 2 * self.k.shape[-1] * self.k.element_size() * self.batch
+
     def layer(self, i: int) -> "BudgetedLayer":
         return BudgetedLayer(self, i)
 

@@ -30,7 +30,7 @@ import torch
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer, synced_clock
 from .spec import checked, option
 from .next_scale import (NextScaleState, ScaleSettings, _gens, cfg_labels, commit_scale, draw_tokens, fill_stats,
-                         guide, kv_budget_plan, run_scale, var_filter)
+                         check_kv_options, guide, kv_budget_plan, run_scale, var_filter)
 
 __all__ = ["CoDeSampler"]
 
@@ -60,11 +60,9 @@ class CoDeOptions:
                             choices=("hack", "scalekv", "uniform"))
 
 
-def _used_bytes(cache, rows: int) -> int:
+def _used_bytes(cache) -> int:
     """K/V bytes holding tokens at the cache's peak (a budgeted cache measures it; a plain one is full)."""
-    if hasattr(cache, "peak_entries"):
-        return cache.peak_entries * 2 * cache.k.shape[-1] * cache.k.element_size() * rows
-    return 2 * cache.k.numel() * cache.k.element_size()
+    return cache.peak_bytes if hasattr(cache, "peak_bytes") else 2 * cache.k.numel() * cache.k.element_size()
 
 
 class CoDeSampler:
@@ -83,6 +81,7 @@ class CoDeSampler:
         o = checked(CoDeOptions(draft_steps, refiner, reuse, temperatures, top_ks, more_smooth, kv_budget, kv_policy),
                     "code")
         self.draft_steps, self.refiner, self.reuse = o.draft_steps, refiner, o.reuse
+        check_kv_options(o, "code")
         self.kv = (o.kv_budget, o.kv_policy)
         self.temperatures, self.top_ks, self.more_smooth = o.temperatures, o.top_ks, o.more_smooth
 
@@ -147,7 +146,7 @@ class CoDeSampler:
                 run_scale(drafter, quantizer, cond_d, cache_d, state, si, settings, generator)
                 stats.forward_passes += 1
             drafter_kv = 2 * cache_d.k.numel() * cache_d.k.element_size()
-            drafter_used = _used_bytes(cache_d, labels.shape[0])
+            drafter_used = _used_bytes(cache_d)
             del cache_d  # the refiner cannot use the drafter's K/V (different width); free it first
             t1 = synced_clock(device)
 
@@ -191,6 +190,6 @@ class CoDeSampler:
         # the two caches never coexist (the drafter's is freed first)
         stats.extra["kv_cache_bytes"] = max(stats.extra["drafter_kv_cache_bytes"], stats.extra["refiner_kv_cache_bytes"])
         if budget_d is not None:
-            stats.extra.update(kv_bytes_used=max(drafter_used, _used_bytes(cache_r, labels.shape[0])),
+            stats.extra.update(kv_bytes_used=max(drafter_used, _used_bytes(cache_r)),
                                kv_policy=self.kv[1])
         return GenerationOutput(tokens=tokens, stats=stats, latents=state.f_hat)

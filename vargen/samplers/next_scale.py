@@ -265,6 +265,12 @@ class VAROptions:
                             "refiners the rest, by attention), uniform", choices=("hack", "scalekv", "uniform"))
 
 
+def check_kv_options(options, owner: str) -> None:
+    """``kv_policy`` only means something with a ``kv_budget``: set alone, it is an error, not ignored."""
+    if options.kv_budget is None and options.kv_policy != "hack":
+        raise ValueError(f"{owner}: kv_policy={options.kv_policy!r} needs a kv_budget (none keeps the whole cache)")
+
+
 _HEAD_STATISTICS: "weakref.WeakKeyDictionary" = None  # model -> {sampling settings: HeadStatistics}
 
 
@@ -288,12 +294,10 @@ def kv_budget_plan(model, budget: int | None, policy: str, config: SamplingConfi
     return budgets_for(per_model[key], policy, budget, model.begin_ends)
 
 
-def budget_stats(stats: Stats, cache, rows: int) -> None:
+def budget_stats(stats: Stats, cache) -> None:
     """K/V bytes allocated (``kv_cache_bytes``) and holding tokens at the peak (``kv_bytes_used``) of a budgeted
     cache."""
-    per_entry = 2 * cache.k.shape[-1] * cache.k.element_size()
-    stats.extra.update(kv_cache_bytes=cache.nbytes, kv_bytes_used=cache.peak_entries * per_entry * rows,
-                       kv_policy=cache.budget.policy)
+    stats.extra.update(kv_cache_bytes=cache.nbytes, kv_bytes_used=cache.peak_bytes, kv_policy=cache.budget.policy)
 
 
 class VARSampler:
@@ -315,6 +319,7 @@ class VARSampler:
         self.temperatures, self.top_ks, self.more_smooth = o.temperatures, o.top_ks, o.more_smooth
         self.prune = (o.prune_scales, o.prune_ratio, o.prune_from_layer)
         self.kv = (o.kv_budget, o.kv_policy)
+        check_kv_options(o, "var")
         if o.kv_budget is not None and o.prune_scales and o.prune_ratio:
             raise ValueError("var: FastVAR pruning (prune_scales) and a K/V budget (kv_budget) do not combine (yet)")
 
@@ -348,5 +353,5 @@ class VARSampler:
         if budget is None:
             pruning_stats(stats, pruning, cache)
         else:
-            budget_stats(stats, cache, labels.shape[0])
+            budget_stats(stats, cache)
         return GenerationOutput(tokens=tokens, stats=stats, latents=state.f_hat)

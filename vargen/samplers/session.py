@@ -11,14 +11,13 @@ A :class:`TokenSession` wraps a :class:`~vargen.models.base.TokenModel` for one 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from ..kernels import chain_probs
 from .base import SamplingConfig, cfg_mix, logits_to_probs
 from .spec import checked, option
-
 
 TOKEN_CONFIG_FIELDS = ("temperature", "top_k", "top_p", "cfg_scale", "cfg_interval")
 
@@ -45,6 +44,10 @@ class CacheOptions:
 
     def __post_init__(self):
         checked(self, "K/V eviction")
+        changed = [f.name for f in fields(self)[1:] if getattr(self, f.name) != f.default]
+        if self.kv_budget is None and changed:
+            raise ValueError("K/V eviction: kv_anchor and kv_recent_lines need a kv_budget (none keeps the whole "
+                             "cache)")
 
     def eviction(self, model):
         """The model's :class:`~vargen.models.line_cache.LineEviction` (None without a budget); ``ValueError``
