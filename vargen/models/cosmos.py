@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .base import TextCondition
 from .config import OfficialConfig
 from .kv import write_rows_
-from .line_cache import LineEviction, LineSlots
+from .line_cache import LineEviction, LineSlots, add_first_query_attention_
 from .llamagen import RMSNorm
 
 __all__ = ["CosmosConfig", "CosmosTransformer", "CosmosCache", "VideoCondition", "COSMOS_PRESETS",
@@ -282,8 +282,7 @@ class Attention(nn.Module):
         rep = self.n_heads // self.n_kv
         k, v = k.to(q.dtype).repeat_interleave(rep, dim=1), v.to(q.dtype).repeat_interleave(rep, dim=1)
         if probe is not None:
-            first = (q[:, :1].transpose(1, 2).float() @ k.float().transpose(-1, -2)) * self.hd ** -0.5
-            probe += first.masked_fill(~mask[:, :, :1], float("-inf")).softmax(-1).sum(1)[:, 0]
+            add_first_query_attention_(probe, q.transpose(1, 2), k, mask)
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, is_causal=causal and mask is None)
         return self.wo(y.transpose(1, 2).reshape(B, S, -1))
 
@@ -591,7 +590,7 @@ class CosmosTransformer(nn.Module):
         B, n, _ = h.shape
         positions = seq_start[:, None] + torch.arange(n, device=h.device)[None]
         cross = None if cache.cross is None else (cache.cross, cache.cross_mask)
-        if cache.slots is not None and keys != cache.prefix:  # not the prefill: image tokens into evicting slots
+        if cache.slots is not None and keys is None:  # image tokens into an evicting cache (the prefill bounds keys)
             return self._run(h, positions, None, cache, cross, return_hidden, evicting=True)
         L = cache.max_positions if keys is None else min(keys, cache.max_positions)
         mask = (torch.arange(L, device=h.device)[None, None, :] <= positions[:, :, None])[:, None]
@@ -616,7 +615,7 @@ class CosmosTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor, start: torch.Tensor, cache: CosmosCache, kv_len: int | None = None,
                 return_hidden: bool = False):
         """Cached decode: logits ``[B, n, V]`` for ``tokens`` at per-row generated positions ``start..``."""
-        keys = None if kv_len is None else self.prefix_len + kv_len
+        keys = None if kv_len is None or cache.slots is not None else self.prefix_len + kv_len
         return self._cached(self.tok_embeddings(tokens), start + self.prefix_len, cache, return_hidden, keys)
 
     # -- loading -------------------------------------------------------------------------------------------------

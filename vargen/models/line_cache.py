@@ -25,7 +25,14 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LineEviction", "LineSlots"]
+__all__ = ["LineEviction", "LineSlots", "add_first_query_attention_"]
+
+
+def add_first_query_attention_(probe: torch.Tensor, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> None:
+    """``probe [B, L] +=`` the attention probabilities of the first query of ``q [B, H, n, d]`` over ``k [B, H, L,
+    d]`` under the boolean ``mask [B, 1, n, L]``, summed over heads (the eviction score of the keys)."""
+    first = (q[:, :, :1].float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    probe += first.masked_fill(~mask[:, :, :1], float("-inf")).softmax(-1).sum(1)[:, 0]
 
 
 @dataclass(frozen=True)

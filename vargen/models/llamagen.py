@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .base import TextCondition, class_ids
 from .config import OfficialConfig
 from .kv import write_rows_
-from .line_cache import LineEviction, LineSlots
+from .line_cache import LineEviction, LineSlots, add_first_query_attention_
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "GPT_PRESETS", "gpt_config", "attention_mask", "TextCondition"]
 
@@ -189,8 +189,7 @@ class Attention(nn.Module):
             L = mask.shape[-1]
             k, v = (k_cache, v_cache) if L == k_cache.shape[2] else (k_cache[:, :, :L], v_cache[:, :, :L])
         if probe is not None:
-            first = (q[:, :, :1] @ k.to(q.dtype).transpose(-1, -2)).float() * self.head_dim ** -0.5
-            probe += first.masked_fill(~mask[:, :, :1], float("-inf")).softmax(-1).sum(1)[:, 0]
+            add_first_query_attention_(probe, q, k, mask)
         dropout = self.attn_dropout_p if self.training else 0.0
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
@@ -467,6 +466,8 @@ class GPT(nn.Module):
         if cache is None:
             raise ValueError("GPT.forward needs a cache; use GPT.logits(cond, tokens) for teacher forcing")
         T = self.config.cls_token_num
+        if cache.slots is not None:  # an evicting cache (LineAR): its own slots and masks
+            return self._cached_evicting(self.tok_embeddings(tokens), start + T, cache, return_hidden)
         keys = None if kv_len is None else T + kv_len
         return self._cached(self.tok_embeddings(tokens), start + T, cache, return_hidden, keys)
 
@@ -516,7 +517,7 @@ class GPT(nn.Module):
             cache.key_valid[:, :T] = cond_mask.bool()
         h = self.embed_cond(cond)
         start = torch.zeros(B, dtype=torch.long, device=h.device)
-        out = self._cached(h, start, cache, return_hidden, None if cache.slots is None else T)
+        out = self._cached(h, start, cache, return_hidden, T)
         if return_hidden:
             return out[0][:, -1], out[1][:, -1]
         return out[:, -1]
@@ -534,8 +535,6 @@ class GPT(nn.Module):
         positions = seq_start[:, None] + torch.arange(n, device=h.device)[None]
         rows = torch.arange(B, device=h.device)[:, None].expand(B, n)
         rope = self._rope(positions)
-        if cache.slots is not None and keys != cache.prefix:  # image tokens into an evicting cache
-            return self._cached_evicting(h, positions, rows, rope, cache, return_hidden)
         L = cache.max_positions if keys is None else min(keys, cache.max_positions)
         mask = attention_mask(positions, cache.key_valid[:, :L], L)[:, None]
         h = self.tok_dropout(h)
@@ -545,9 +544,13 @@ class GPT(nn.Module):
         logits = self.output(hidden).float()
         return (logits, hidden) if return_hidden else logits
 
-    def _cached_evicting(self, h, positions, rows, rope, cache: KVCache, return_hidden: bool):
-        """:meth:`_cached` over an evicting cache: per layer, the slots to write, the eviction, a mask over
-        the condition and the held slots, and the first query's attention as the eviction score."""
+    def _cached_evicting(self, h, seq_start: torch.Tensor, cache: KVCache, return_hidden: bool):
+        """:meth:`_cached` of image tokens over an evicting cache: per layer, the slots to write, the eviction, a
+        mask over the condition and the held slots, and the first query's attention as the eviction score."""
+        B, n, _ = h.shape
+        positions = seq_start[:, None] + torch.arange(n, device=h.device)[None]
+        rows = torch.arange(B, device=h.device)[:, None].expand(B, n)
+        rope = self._rope(positions)
         T = cache.prefix
         where, masks, probes = cache.slots.step(positions - T, cache.key_valid[:, :T])
         h = self.tok_dropout(h)

@@ -282,12 +282,13 @@ def kv_budget_plan(model, budget: int | None, policy: str, config: SamplingConfi
     import weakref
 
     from ..models.var_kv import budgets_for, head_statistics
+    from .loop import _weights_version
 
     global _HEAD_STATISTICS
     if _HEAD_STATISTICS is None:
         _HEAD_STATISTICS = weakref.WeakKeyDictionary()
     per_model = _HEAD_STATISTICS.setdefault(model, {})
-    key = (repr(config), sum(t._version for t in model.parameters()))
+    key = (repr(config), _weights_version(model))
     if key not in per_model:
         labels = torch.arange(min(model.num_classes, 10), device=model.device)
         per_model[key] = head_statistics(model, labels, config, torch.Generator(device=model.device).manual_seed(0))
