@@ -89,6 +89,12 @@ def test_protocol_conformance(emu3):
     assert set(report) >= {"teacher_forcing", "chunked", "per_row", "rollback", "reuse", "cfg_rows", "head"}
 
 
+def test_token_trees_are_refused_with_row_ends(emu3):
+    assert not emu3.tree_attention
+    with pytest.raises(ValueError, match="tree drafts need a model that attends over token trees"):
+        get_sampler("sjd", window=4, tree_width=3).check(emu3)
+
+
 def test_negative_prompt_is_needed_for_guidance():
     lm = image_lm(tiny_emu3(), height=2, width=2)
     with pytest.raises(ValueError, match="negative prompt"):

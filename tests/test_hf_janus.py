@@ -100,7 +100,7 @@ def test_greedy_without_guidance_equals_a_loop_over_the_transformers_model(janus
 def test_protocol_conformance(janus):
     assert isinstance(janus, HiddenStateModel)
     report = check_token_model(janus, prompts(), atol=1e-4)
-    assert set(report) >= {"teacher_forcing", "chunked", "per_row", "rollback", "reuse", "cfg_rows", "head"}
+    assert set(report) >= {"teacher_forcing", "chunked", "per_row", "rollback", "reuse", "cfg_rows", "head", "tree"}
 
 
 def test_a_padded_row_equals_the_row_alone(janus):
@@ -134,6 +134,7 @@ ONE_PROMPT = [[BOS, 5, 17, BOI]]
     ("ar", {}),
     ("sjd", dict(window=3, init="random")),
     ("sjd", dict(window=4, init="horizontal_sample", coupled=True)),
+    ("sjd", dict(window=3, tree_width=3, coupled=True)),  # SJD-PAC's tree over the adapter's tree attention
     ("sjd", dict(window=4, init="random", coupled=True)),
 ])
 def test_lossless_against_enumerated_distribution(small, name, options):

@@ -45,6 +45,36 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float, what: str) -> float:
     return diff
 
 
+def _check_tree(model, cond, tokens, fresh, zeros, atol, g) -> float:
+    """A token tree in one forward (``forward(..., tree=)``) against a plain forward of each node's path, and
+    ``keep_path`` against the path decoded as a chain."""
+    from .models.kv import TokenTree
+
+    tree = TokenTree((-1, 0, 1, 0, 3, 0))  # the chain 0-1-2, a side branch 3-4, a third child 5
+    B, V, dev = tokens.shape[0], model.vocab_size, tokens.device
+    s = 1  # the root is token 1, token 0 is in the cache
+    nodes = torch.randint(0, V, (B, tree.size), generator=g).to(dev)
+    nodes[:, 0] = tokens[:, s]
+
+    def path_logits(seq):  # the last entry's logits of a plain forward over ``seq`` from position 0
+        cache, _ = fresh(8)
+        return model(seq, zeros(0), cache)[:, -1]
+
+    cache, _ = fresh(8)
+    model(tokens[:, :s], zeros(0), cache)
+    out = model(nodes, zeros(s), cache, tree=tree)
+    assert tuple(out.shape) == (B, tree.size, V), f"a tree forward returned {tuple(out.shape)}"
+    worst = 0.0
+    for i, path in enumerate([[0], [0, 1], [0, 1, 2], [0, 3], [0, 3, 4], [0, 5]]):
+        seq = torch.cat([tokens[:, :s], nodes[:, path]], 1)
+        worst = max(worst, _close(out[:, i], path_logits(seq), atol, f"tree node {i} vs its path as a chain"))
+    model.keep_path(cache, zeros(s), torch.tensor([[3, 4]], device=dev).expand(B, 2))
+    nxt = tokens[:, s + 3 : s + 4]
+    seq = torch.cat([tokens[:, :s], nodes[:, [0, 3, 4]], nxt], 1)
+    after = model(nxt, zeros(s + 3), cache)[:, 0]
+    return max(worst, _close(after, path_logits(seq), atol, "decoding on after keep_path (the side branch kept)"))
+
+
 @torch.no_grad()
 def check_token_model(model, cond, atol: float = 1e-4, seed: int = 0) -> dict[str, Any]:
     """Check ``model`` against :class:`~vargen.models.base.TokenModel` with condition ``cond``."""
@@ -125,6 +155,9 @@ def check_token_model(model, cond, atol: float = 1e-4, seed: int = 0) -> dict[st
         first2 = model.prefill(both, cache2)
         assert tuple(first2.shape) == (2 * B, V), f"guidance_cond must give {2 * B} rows, prefill returned {tuple(first2.shape)}"
         report["cfg_rows"] = _close(first2[:B], first, atol, "the cond half of a CFG batch")
+
+    if getattr(model, "tree_attention", False):
+        report["tree"] = _check_tree(model, cond, tokens, fresh, zeros, atol, g)
 
     book = model.codebook()
     assert book.dim() == 2 and book.shape[0] == V, f"codebook() must be [V={V}, d], got {tuple(book.shape)}"

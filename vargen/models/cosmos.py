@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .base import TextCondition
 from .config import OfficialConfig
-from .kv import write_rows_
+from .kv import TokenTree, move_rows_, tree_window_mask, write_rows_
 from .line_cache import LineEviction, LineSlots, add_first_query_attention_
 from .llamagen import RMSNorm
 
@@ -505,11 +505,12 @@ class CosmosTransformer(nn.Module):
         return cos, sin, None if self.abs_pos is None else self.abs_pos[pos]
 
     def _run(self, h, positions, mask, cache: CosmosCache | None = None, cross=None, return_hidden=False,
-             evicting: bool = False):
+             evicting: bool = False, slots: torch.Tensor | None = None):
+        """``slots [B, S]``: where the K/V go when they are not the ``positions`` (token trees)."""
         cos, sin, abs_pos = self._tables(positions)
         B, S = positions.shape
         rows = torch.arange(B, device=h.device)[:, None].expand(B, S)
-        where, probes = positions[None].expand(len(self.layers), B, S), None
+        where, probes = (positions if slots is None else slots)[None].expand(len(self.layers), B, S), None
         if evicting:  # image tokens into an evicting cache: per layer, its slots, mask and eviction scores
             T = cache.prefix
             where, mask, probes = cache.slots.step(positions - T, torch.ones(B, T, dtype=torch.bool, device=h.device))
@@ -565,6 +566,7 @@ class CosmosTransformer(nn.Module):
 
     # -- TokenModel: the cache protocol ------------------------------------------------------------------------
     line_eviction = True  # new_cache(..., eviction=LineEviction): lines of the latent grid (see .line_cache)
+    tree_attention = True  # forward(..., tree=TokenTree) and keep_path (token-tree drafts)
 
     def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,
                   eviction: LineEviction | None = None) -> CosmosCache:
@@ -586,13 +588,21 @@ class CosmosTransformer(nn.Module):
                            [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.n_layers)],
                            slots=slots, prefix=self.prefix_len)
 
-    def _cached(self, h, seq_start, cache: CosmosCache, return_hidden=False, keys: int | None = None):
+    def _cached(self, h, seq_start, cache: CosmosCache, return_hidden=False, keys: int | None = None,
+                tree: TokenTree | None = None):
         B, n, _ = h.shape
         positions = seq_start[:, None] + torch.arange(n, device=h.device)[None]
         cross = None if cache.cross is None else (cache.cross, cache.cross_mask)
         if cache.slots is not None and keys is None:  # image tokens into an evicting cache (the prefill bounds keys)
+            if tree is not None:
+                raise ValueError("token-tree drafts cannot run over an evicting K/V cache (kv_budget)")
             return self._run(h, positions, None, cache, cross, return_hidden, evicting=True)
         L = cache.max_positions if keys is None else min(keys, cache.max_positions)
+        if tree is not None:
+            valid = torch.ones(B, L, dtype=torch.bool, device=h.device)
+            mask = tree_window_mask(seq_start, tree, valid, L)[:, None]
+            depth = seq_start[:, None] + tree.tensors(h.device)["depth"][None]
+            return self._run(h, depth, mask, cache, cross, return_hidden, slots=positions)
         mask = (torch.arange(L, device=h.device)[None, None, :] <= positions[:, :, None])[:, None]
         return self._run(h, positions, mask, cache, cross, return_hidden)
 
@@ -613,10 +623,19 @@ class CosmosTransformer(nn.Module):
         return out[:, -1]
 
     def forward(self, tokens: torch.Tensor, start: torch.Tensor, cache: CosmosCache, kv_len: int | None = None,
-                return_hidden: bool = False):
-        """Cached decode: logits ``[B, n, V]`` for ``tokens`` at per-row generated positions ``start..``."""
+                return_hidden: bool = False, tree: TokenTree | None = None):
+        """Cached decode: logits ``[B, n, V]`` for ``tokens`` at per-row generated positions ``start..`` (or the
+        nodes of a ``tree`` rooted at ``start``, see :class:`~.kv.TokenTree`)."""
         keys = None if kv_len is None or cache.slots is not None else self.prefix_len + kv_len
-        return self._cached(self.tok_embeddings(tokens), start + self.prefix_len, cache, return_hidden, keys)
+        return self._cached(self.tok_embeddings(tokens), start + self.prefix_len, cache, return_hidden, keys, tree)
+
+    def keep_path(self, cache: CosmosCache, start: torch.Tensor, nodes: torch.Tensor) -> None:
+        """After a tree forward at ``start [B]``: move the K/V of ``nodes [B, D]`` (depths ``1 .. D``) to the slots
+        of their positions ``start+1 .. start+D``."""
+        src = self.prefix_len + start[:, None] + nodes
+        dst = self.prefix_len + start[:, None] + torch.arange(1, nodes.shape[1] + 1, device=nodes.device)
+        for t in (*cache.k, *cache.v):
+            move_rows_(t, src, dst)
 
     # -- loading -------------------------------------------------------------------------------------------------
     @classmethod

@@ -1,9 +1,11 @@
-"""Per-row K/V writes into a static cache, shared by every token model's cache."""
+"""Per-row K/V writes into a static cache, and the window masks of token trees, shared by every token model."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["write_rows_"]
+__all__ = ["write_rows_", "move_rows_", "TokenTree", "tree_window_mask"]
 
 
 def write_rows_(cache: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, values: torch.Tensor) -> None:
@@ -15,3 +17,75 @@ def write_rows_(cache: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, valu
     else:
         index = pos[:, None, :, None].expand(-1, cache.shape[1], -1, cache.shape[3])
         cache.scatter_(2, index, values.to(cache.dtype))
+
+
+def move_rows_(cache: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> None:
+    """Copy the entries at per-row positions ``src [B, S]`` of ``cache [B, H, L, D]`` to ``dst [B, S]`` (all read
+    before any is written)."""
+    index = src[:, None, :, None].expand(-1, cache.shape[1], -1, cache.shape[3])
+    rows = torch.arange(cache.shape[0], device=cache.device)[:, None].expand_as(dst)
+    write_rows_(cache, rows, dst, cache.gather(2, index))
+
+
+@dataclass(frozen=True)
+class TokenTree:
+    """The shape of a token tree fed in one forward (static per sampler): node 0 is the root (the last committed
+    token), node ``i > 0`` a draft whose parent is ``parent[i] < i``.
+
+    A model writes node ``i``'s K/V at sequence slot ``start + i`` and gives it the position ``start + depth[i]``;
+    node ``i`` attends to the cache before ``start`` and to the window nodes ``visible[i]`` (its ancestors and
+    itself). The nodes ``0, 1, .., chain-1`` form a chain (node ``d`` at depth ``d``), so a chain-only tree is the
+    plain window. ``children [n, K]``: each node's children in sibling order, ``-1`` padded.
+    """
+
+    parent: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.parent)
+
+    def tensors(self, device) -> dict:
+        """``depth [n]``, ``visible [n, n]``, ``children [n, K]`` on ``device`` (built once per device)."""
+        cache = self.__dict__.setdefault("_tensors", {})
+        key = str(device)
+        if key not in cache:
+            n = self.size
+            depth = [0] * n
+            visible = torch.eye(n, dtype=torch.bool)
+            kids: list[list[int]] = [[] for _ in range(n)]
+            for i in range(1, n):
+                depth[i] = depth[self.parent[i]] + 1
+                visible[i] |= visible[self.parent[i]]
+                kids[self.parent[i]].append(i)
+            K = max(1, max(len(k) for k in kids))
+            children = torch.full((n, K), -1, dtype=torch.long)
+            for i, k in enumerate(kids):
+                children[i, : len(k)] = torch.tensor(k, dtype=torch.long)
+            cache[key] = dict(depth=torch.tensor(depth, device=device), visible=visible.to(device),
+                              children=children.to(device))
+        return cache[key]
+
+    @property
+    def max_depth(self) -> int:
+        depth = [0] * self.size
+        for i in range(1, self.size):
+            depth[i] = depth[self.parent[i]] + 1
+        return max(depth)
+
+    def __post_init__(self):
+        if not self.parent or self.parent[0] != -1:
+            raise ValueError("a token tree's node 0 is its root (parent -1)")
+        for i, p in enumerate(self.parent[1:], start=1):
+            if not 0 <= p < i:
+                raise ValueError(f"token tree node {i}: its parent {p} must come before it")
+
+
+def tree_window_mask(start: torch.Tensor, tree: TokenTree, key_valid: torch.Tensor, L: int) -> torch.Tensor:
+    """``[B, n, L]`` bool: node ``i`` of a tree written at slots ``start + 0 .. start + n-1`` sees the valid keys
+    before ``start`` and the window slots of its ancestors and itself."""
+    visible = tree.tensors(start.device)["visible"]
+    n = tree.size
+    rel = torch.arange(L, device=start.device)[None] - start[:, None]  # [B, L]
+    history = (rel < 0) & key_valid[:, :L]
+    window = ((rel >= 0) & (rel < n))[:, None, :] & visible[:, rel.clamp(0, n - 1)].permute(1, 0, 2)
+    return history[:, None, :] | window

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .base import TextCondition, class_ids
 from .config import OfficialConfig
-from .kv import write_rows_
+from .kv import TokenTree, move_rows_, tree_window_mask, write_rows_
 from .line_cache import LineEviction, LineSlots, add_first_query_attention_
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "GPT_PRESETS", "gpt_config", "attention_mask", "TextCondition"]
@@ -308,6 +308,7 @@ class GPT(nn.Module):
     """LlamaGen ``Transformer``; implements :class:`vargen.models.base.TokenModel`."""
 
     line_eviction = True  # new_cache(..., eviction=LineEviction) (K/V eviction, see .line_cache)
+    tree_attention = True  # forward(..., tree=TokenTree) and keep_path (token-tree drafts)
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -457,19 +458,30 @@ class GPT(nn.Module):
         return self.output(self.norm(h))[:, T - 1 :].float()
 
     def forward(self, tokens: torch.Tensor, start: torch.Tensor | None = None, cache: KVCache | None = None,
-                kv_len: int | None = None, return_hidden: bool = False):
+                kv_len: int | None = None, return_hidden: bool = False, tree: TokenTree | None = None):
         """Cached decode (``TokenModel.forward``): logits ``[B, n, V]`` (entry ``i`` predicts token
         ``start+i+1``); with ``return_hidden`` also the final-norm hidden states ``[B, n, dim]``.
         ``kv_len``: a host-side bound on ``max(start + n)``; attention then reads only that many
         positions instead of the whole static cache (a caller that knows it saves the work).
+        ``tree``: the tokens are the nodes of a :class:`~.kv.TokenTree` (entry ``i`` predicts the child of node ``i``).
         """
         if cache is None:
             raise ValueError("GPT.forward needs a cache; use GPT.logits(cond, tokens) for teacher forcing")
         T = self.config.cls_token_num
         if cache.slots is not None:  # an evicting cache (LineAR): its own slots and masks
+            if tree is not None:
+                raise ValueError("token-tree drafts cannot run over an evicting K/V cache (kv_budget)")
             return self._cached_evicting(self.tok_embeddings(tokens), start + T, cache, return_hidden)
         keys = None if kv_len is None else T + kv_len
-        return self._cached(self.tok_embeddings(tokens), start + T, cache, return_hidden, keys)
+        return self._cached(self.tok_embeddings(tokens), start + T, cache, return_hidden, keys, tree)
+
+    def keep_path(self, cache: KVCache, start: torch.Tensor, nodes: torch.Tensor) -> None:
+        """After a tree forward at ``start [B]``: move the K/V of ``nodes [B, D]`` (the tree nodes at depths
+        ``1 .. D``) to the slots of their positions ``start+1 .. start+D``."""
+        src = cache.prefix + start[:, None] + nodes
+        dst = cache.prefix + start[:, None] + torch.arange(1, nodes.shape[1] + 1, device=nodes.device)
+        for t in (*cache.k, *cache.v):
+            move_rows_(t, src, dst)
 
     # -- TokenModel: cache protocol ---------------------------------------------------------------
     def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,
@@ -528,15 +540,20 @@ class GPT(nn.Module):
         return valid
 
     def _cached(self, h: torch.Tensor, seq_start: torch.Tensor, cache: KVCache, return_hidden: bool = False,
-                keys: int | None = None):
+                keys: int | None = None, tree: TokenTree | None = None):
         """Run ``h [B, n, dim]`` at per-row sequence positions ``seq_start .. seq_start+n-1``,
-        attending to the first ``keys`` cache positions (all of them by default)."""
+        attending to the first ``keys`` cache positions (all of them by default); a ``tree`` keeps the slots but
+        gives node ``i`` the position ``seq_start + depth[i]`` and its ancestors' keys."""
         B, n, _ = h.shape
         positions = seq_start[:, None] + torch.arange(n, device=h.device)[None]
         rows = torch.arange(B, device=h.device)[:, None].expand(B, n)
-        rope = self._rope(positions)
         L = cache.max_positions if keys is None else min(keys, cache.max_positions)
-        mask = attention_mask(positions, cache.key_valid[:, :L], L)[:, None]
+        if tree is None:
+            rope = self._rope(positions)
+            mask = attention_mask(positions, cache.key_valid[:, :L], L)[:, None]
+        else:
+            rope = self._rope(seq_start[:, None] + tree.tensors(h.device)["depth"][None])
+            mask = tree_window_mask(seq_start, tree, cache.key_valid, L)[:, None]
         h = self.tok_dropout(h)
         for i, layer in enumerate(self.layers):
             h = layer(h, rope, mask, (cache.k[i], cache.v[i]), (rows, positions))

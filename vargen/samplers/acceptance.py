@@ -68,6 +68,7 @@ class ExactAcceptance:
     name = "exact"
     lossless = True
     OPTIONS = None
+    TREES = True  # verifies token trees too (:mod:`.tree`, the recursive rule over siblings)
 
     def prepare(self, model) -> None:  # rules with per-model tables (neighbourhoods) build them here
         return None
@@ -121,6 +122,7 @@ class _RelaxedRule:
     """Shared verify / residual / TV accounting of set-based lossy rules; subclasses define ``_set_masses``."""
 
     lossless = False
+    TREES = True  # token trees: the recursive rule with this rule's test and residual at every sibling stage
 
     def __init__(self, residual: str):
         if residual not in RESIDUALS:

@@ -30,6 +30,7 @@ import torch
 
 from .acceptance import get_rule
 from .base import GenerationOutput, RowRandom, SamplingConfig, Stats, StepTimer, sample_from_probs
+from ..models.kv import TokenTree
 from .session import CacheOptions, TokenSession, resolve_config
 from .verify import Committer
 
@@ -43,11 +44,16 @@ class Proposal:
     tokens: ``[B, J]``. q: ``[B, J, V]``, the distribution each draft was truthfully drawn from (a
     deterministic draft has a one-hot q). valid: optional ``[B, J]`` bool; an invalid slot is never
     accepted and its token is drawn from the target's ``p`` (nothing else after it is accepted).
+
+    tree: the drafts are nodes ``1 .. J`` of a :class:`~vargen.models.kv.TokenTree` (static per proposer; node 0 is
+    the last committed token) instead of a chain. Siblings are distinct candidates drawn without replacement from
+    their group's distribution, which is what ``q`` holds for each of them (:mod:`.tree`).
     """
 
     tokens: torch.Tensor
     q: torch.Tensor
     valid: torch.Tensor | None = None
+    tree: TokenTree | None = None
 
     @classmethod
     def empty(cls, batch: int, vocab: int, device) -> "Proposal":
@@ -65,7 +71,9 @@ class Feedback:
     p: ``[B, J+1, V]`` final probabilities for tokens ``n .. n+J``; hidden: the target's hidden states of
     the fed tokens ``[x_{n-1}, d_0 .. d_{J-1}]`` (``[rows, J+1, h]``, CFG rows included; None unless the
     proposer ``wants_hidden``); start: ``n`` before the step ``[B]``; committed: ``k [B]``; accepted: drafts
-    accepted ``a [B]``; proposal: what was verified.
+    accepted ``a [B]``; proposal: what was verified. For a tree proposal ``p`` is per node and ``path [B, D]`` holds
+    the node of each depth ``1 .. D`` on the accepted path, then the stale continuation below it
+    (:func:`.tree.verify_tree`).
     """
 
     p: torch.Tensor
@@ -74,6 +82,7 @@ class Feedback:
     committed: torch.Tensor
     accepted: torch.Tensor
     proposal: Proposal
+    path: torch.Tensor | None = None
 
 
 @dataclass
@@ -176,6 +185,18 @@ class TokenSampler:
         a K/V budget the model's cache cannot keep), before any work."""
         self.proposer.check(model)
         self.cache_options.eviction(model)
+        self._check_tree(model)
+
+    def _check_tree(self, model) -> None:
+        if not getattr(self.proposer, "tree", None):
+            return
+        if not getattr(model, "tree_attention", False):
+            raise ValueError(f"{self.name}: tree drafts need a model that attends over token trees "
+                             f"({type(model).__name__} has no tree_attention)")
+        if self.cache_options.kv_budget is not None:
+            raise ValueError(f"{self.name}: tree drafts cannot run over an evicting K/V cache (kv_budget)")
+        if not self.rule.TREES:
+            raise ValueError(f"{self.name}: the {self.rule.name} rule cannot verify token trees")
 
     def with_proposer(self, proposer) -> "TokenSampler":
         """This sampler (same rule) with another proposer."""
@@ -194,6 +215,7 @@ class TokenSampler:
         config = resolve_config(model, config)
         proposer = copy.copy(self.proposer)
         proposer.check(model)
+        self._check_tree(model)
         eviction = self.cache_options.eviction(model)
         auto = {}
         if getattr(proposer, "auto", False):
@@ -230,10 +252,10 @@ class TokenSampler:
                 j = proposal.length
                 u_acc, u_res = rng.rand(j + 1).split([j, 1], dim=1)
                 session.forward_passes += 1
-                p, hidden, k, a = step_fn(session, committer, proposal.tokens, proposal.q, proposal.valid, u_acc,
-                                          u_res[:, 0], n, torch.tensor(ctx.step, device=dev),
-                                          None if compile else hi + j)
-                proposer.observe(ctx, Feedback(p, hidden, n, k, a, proposal))
+                p, hidden, k, a, path = step_fn(session, committer, proposal.tokens, proposal.q, proposal.valid,
+                                                u_acc, u_res[:, 0], n, torch.tensor(ctx.step, device=dev),
+                                                None if compile else hi + j, proposal.tree)
+                proposer.observe(ctx, Feedback(p, hidden, n, k, a, proposal, path))
                 stats.accepted.append(k)
                 n = n + k
                 ctx.step += 1
@@ -247,14 +269,20 @@ class TokenSampler:
         return GenerationOutput(tokens=committer.tokens(), stats=stats)
 
 
-def target_step(session, committer, tokens, q, valid, u_acc, u_res, n, step, kv_len=None):
+def target_step(session, committer, tokens, q, valid, u_acc, u_res, n, step, kv_len=None, tree=None):
     """One target forward over ``[x_{n-1}, drafts]`` and the verification of the drafts: ``(p [B, j+1, V],
-    hidden, k, a)``. The committer's buffers and the cache are written in place."""
+    hidden, k, a, path)`` (``path``: None for a chain). The committer's buffers and the cache are written in place;
+    after a tree, the accepted path's K/V are moved to their positions."""
     inputs = torch.cat([committer.seq.gather(1, (n - 1)[:, None]), tokens], dim=1)
-    logits, hidden = session.run(inputs, n - 1, kv_len)
-    p = session.probs(logits, n)  # [B, j+1, V] for tokens n .. n+j
-    k, a = committer.commit(p, Proposal(tokens, q, valid), u_acc, u_res, n, step)
-    return p, hidden, k, a
+    logits, hidden = session.run(inputs, n - 1, kv_len, tree)
+    if tree is None:
+        p = session.probs(logits, n)  # [B, j+1, V] for tokens n .. n+j
+        k, a = committer.commit(p, Proposal(tokens, q, valid), u_acc, u_res, n, step)
+        return p, hidden, k, a, None
+    p = session.probs(logits, n[:, None] + tree.tensors(n.device)["depth"])  # node i predicts token n + depth[i]
+    k, a, path = committer.commit_tree(p, Proposal(tokens, q, valid, tree), u_acc, u_res, n, step)
+    session.keep_path(n - 1, path)
+    return p, hidden, k, a, path
 
 
 _COMPILED: dict = {}  # (id(model), device) -> (model ref, weights version, compiled target_step)

@@ -101,23 +101,32 @@ class TokenSession:
         self.forward_passes += 1
         return self.run(tokens, start, None if self.static else kv_len)
 
-    def run(self, tokens: torch.Tensor, start: torch.Tensor, kv_len: int | None = None):
-        """:meth:`forward` without the pass counter (what a compiled step calls)."""
+    def run(self, tokens: torch.Tensor, start: torch.Tensor, kv_len: int | None = None, tree=None):
+        """:meth:`forward` without the pass counter (what a compiled step calls); ``tree``: the tokens are the nodes
+        of a :class:`~vargen.models.kv.TokenTree` rooted at ``start``."""
         if self.use_cfg:
             tokens, start = torch.cat([tokens, tokens]), torch.cat([start, start])
+        extra = {} if tree is None else {"tree": tree}
         if self.hidden:
-            return self.model(tokens, start, self.cache, kv_len=kv_len, return_hidden=True)
-        return self.model(tokens, start, self.cache, kv_len=kv_len), None
+            return self.model(tokens, start, self.cache, kv_len=kv_len, return_hidden=True, **extra)
+        return self.model(tokens, start, self.cache, kv_len=kv_len, **extra), None
+
+    def keep_path(self, start: torch.Tensor, nodes: torch.Tensor) -> None:
+        """After a tree forward: the K/V of the tree ``nodes [B, D]`` (depths ``1 .. D``) move to their positions."""
+        if self.use_cfg:
+            start, nodes = torch.cat([start, start]), torch.cat([nodes, nodes])
+        self.model.keep_path(self.cache, start, nodes)
 
     def probs(self, logits: torch.Tensor, first_token: torch.Tensor | int) -> torch.Tensor:
         """Final probabilities ``[B, n, V]`` for logits ``[rows, n, V]`` predicting tokens
-        ``first_token .. first_token+n-1`` (``first_token`` per row ``[B]`` or an int)."""
+        ``first_token .. first_token+n-1`` (``first_token`` per row ``[B]`` or an int; ``[B, n]``: each entry's own
+        token index, for token trees)."""
         c = self.config
         if not self.use_cfg or c.cfg_interval is None or c.cfg_interval < 0:  # one fused chain (Triton on CUDA)
             return chain_probs(logits, c.cfg_scale if self.use_cfg else None, c.temperature, c.top_k, c.top_p)
         # LlamaGen's cfg_interval: token i > interval is sampled from the conditional logits alone
         cond, _ = logits.chunk(2, dim=0)
-        tok = torch.as_tensor(first_token, device=logits.device).reshape(-1, 1) + torch.arange(
-            logits.shape[1], device=logits.device)
+        first = torch.as_tensor(first_token, device=logits.device)
+        tok = first if first.dim() == 2 else first.reshape(-1, 1) + torch.arange(logits.shape[1], device=logits.device)
         logits = torch.where((tok <= c.cfg_interval + 1)[..., None], cfg_mix(logits, c.cfg_scale), cond)
         return logits_to_probs(logits, c.temperature, c.top_k, c.top_p)

@@ -84,6 +84,38 @@ class Committer:
             self.decided += decided.sum(1)
         return k, a
 
+    def commit_tree(self, p, proposal, u_acc, u_res, n, step: int):
+        """:meth:`commit` for a tree proposal (:func:`.tree.verify_tree`, the recursive rule over siblings with this
+        committer's acceptance rule at every stage): ``p [B, n, V]`` per node. Returns ``(k, a, path)``."""
+        from .tree import verify_tree
+
+        tree = proposal.tree
+        B, J = proposal.tokens.shape
+        D = tree.max_depth
+        root = self.seq.gather(1, (n - 1)[:, None])
+        tokens = torch.cat([root, proposal.tokens], dim=1)
+        q = torch.cat([torch.zeros_like(p[:, :1]), proposal.q], dim=1)
+        valid = torch.ones_like(tokens, dtype=torch.bool) if proposal.valid is None else F.pad(proposal.valid, (1, 0),
+                                                                                               value=True)
+        levels = torch.arange(D, device=p.device)
+        live = (n[:, None] + levels) < self.N
+        u = F.pad(u_acc, (1, 0), value=1.0)
+        a, extra, path, tv = verify_tree(p, tokens, q, valid, tree, u, u_res, live, self.rule)
+        k = a + ((n + a) < self.N).long()
+        if tv is not None:  # a relaxed rule: the stages' TV bounds, per decided depth (the accepted ones + the stop)
+            self.tv += tv
+            self.decided += torch.minimum(a + 1, live.sum(1))
+        self.proposed += torch.minimum(a + 1, live.sum(1))
+        self.accepted += a
+        slots = torch.arange(D + 1, device=p.device)
+        drafts = tokens.gather(1, path.clamp(min=0))
+        values = torch.where(slots == a[:, None], extra[:, None], F.pad(drafts, (0, 1)))
+        pos = n[:, None] + slots
+        commit = slots[None] < k[:, None]
+        self._write(self.seq, pos, values, commit)
+        self._write(self.token_step, pos, torch.full_like(values, step), commit)
+        return k, a, path.clamp(min=0)
+
     @staticmethod
     def _write(buffer, pos, values, mask):
         buffer.scatter_(1, pos, torch.where(mask, values, buffer.gather(1, pos)))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..kv import write_rows_
+from ..kv import TokenTree, move_rows_, tree_window_mask, write_rows_
 
 __all__ = ["PromptTokens", "RowCache", "HFImageLM"]
 
@@ -253,17 +253,36 @@ class HFImageLM(nn.Module):
         logits, hidden = self._run(self.embed_prompt(cond.ids), seq, cache, None)
         return (logits[:, -1], hidden[:, -1]) if return_hidden else logits[:, -1]
 
+    @property
+    def tree_attention(self) -> bool:
+        """Token trees need one decoder slot per node: not with row-end tokens between image rows."""
+        return self.row_end_id is None
+
     def forward(self, tokens: torch.Tensor, start: torch.Tensor, cache: RowCache, kv_len: int | None = None,
-                return_hidden: bool = False):
-        """``TokenModel.forward``: image ``tokens [B, n]`` at per-row positions ``start [B]``; logits ``[B, n, V]``."""
+                return_hidden: bool = False, tree: TokenTree | None = None):
+        """``TokenModel.forward``: image ``tokens [B, n]`` at per-row positions ``start [B]`` (or the nodes of a
+        ``tree`` rooted at ``start``, see :class:`vargen.models.kv.TokenTree`); logits ``[B, n, V]``."""
         n = tokens.shape[1]
         read = None if kv_len is None else cache.prompt_len + self._seq_len(kv_len)
         t = start[:, None] + torch.arange(n, device=tokens.device)  # image token indices [B, n]
-        if self.row_end_id is None:
+        if tree is not None:
+            if not self.tree_attention:
+                raise ValueError(f"{type(self).__name__} puts row-end tokens between image rows: token-tree drafts "
+                                 "are not supported for it")
+            logits, hidden = self._run(self.embed(tokens), cache.prompt_len + t, cache, read, tree)
+        elif self.row_end_id is None:
             logits, hidden = self._run(self.embed(tokens), cache.prompt_len + t, cache, read)
         else:
             logits, hidden = self._run_with_row_ends(tokens, t, start, cache, read)
         return (logits, hidden) if return_hidden else logits
+
+    def keep_path(self, cache: RowCache, start: torch.Tensor, nodes: torch.Tensor) -> None:
+        """After a tree forward at ``start [B]``: move the K/V of ``nodes [B, D]`` (depths ``1 .. D``) to the slots
+        of their positions ``start+1 .. start+D``."""
+        src = cache.prompt_len + start[:, None] + nodes
+        dst = cache.prompt_len + start[:, None] + torch.arange(1, nodes.shape[1] + 1, device=nodes.device)
+        for t in (*cache.k, *cache.v):
+            move_rows_(t, src, dst)
 
     def _run_with_row_ends(self, tokens, t, start, cache: RowCache, read):
         """Tokens at image indices ``t`` with a row end after each row's last token, in ``n + ceil(n / W)`` decoder
@@ -287,16 +306,25 @@ class HFImageLM(nn.Module):
         pick = lambda x: x.gather(1, out[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
         return pick(logits), pick(hidden)
 
-    def _run(self, h: torch.Tensor, seq: torch.Tensor, cache: RowCache, read: int | None):
+    def _run(self, h: torch.Tensor, seq: torch.Tensor, cache: RowCache, read: int | None,
+             tree: TokenTree | None = None):
+        """``seq [B, n]``: the decoder slots of ``h``; a ``tree`` gives node ``i`` (at slot ``seq[:, 0] + i``) the
+        position of its depth and its ancestors' keys."""
         B, n = seq.shape
         L = cache.positions if read is None else min(read, cache.positions)
         keys = torch.arange(L, device=h.device)
-        valid = cache.key_valid[:, None, :L] | (keys == seq[:, :, None])  # a padded query sees itself (no empty row)
-        visible = (keys <= seq[:, :, None]) & valid
+        position = seq
+        if tree is None:
+            valid = cache.key_valid[:, None, :L] | (keys == seq[:, :, None])  # a padded query sees itself
+            visible = (keys <= seq[:, :, None]) & valid
+        else:
+            visible = tree_window_mask(seq[:, 0], tree, cache.key_valid, L)
+            position = seq[:, :1] + tree.tensors(h.device)["depth"][None]
         mask = torch.zeros(B, 1, n, L, dtype=h.dtype, device=h.device).masked_fill(~visible[:, None],
                                                                                       torch.finfo(h.dtype).min)
         cache.write, cache.read = (torch.arange(B, device=h.device)[:, None].expand(B, n), seq), L
-        out = self.decoder(inputs_embeds=h, attention_mask=mask, position_ids=(seq - cache.pads[:, None]).clamp(min=0),
+        out = self.decoder(inputs_embeds=h, attention_mask=mask,
+                           position_ids=(position - cache.pads[:, None]).clamp(min=0),
                            use_cache=True, **{self._cache_kw: cache})
         hidden = out.last_hidden_state
         return self.head(hidden).float(), hidden

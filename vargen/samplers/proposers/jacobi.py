@@ -26,6 +26,7 @@ from ..acceptance import residual
 from ..base import sample_from_probs
 from ..loop import NoProposer, Proposal, TokenSampler
 from ..spec import check_bounds, checked, option
+from ..tree import draw_without_replacement, proactive_tree
 
 __all__ = ["JacobiProposer", "JacobiSampler", "JacobiOptions", "INITS"]
 
@@ -40,8 +41,13 @@ class JacobiOptions:
     init: str = option("random", "how fresh tail drafts are made: uniform (random), a copy of the left/upper "
                        "neighbour or of the same cell one frame earlier (temporal, video), or a draw from its "
                        "predicted distribution (*_sample)", choices=INITS)
-    coupled: bool = option(False, "MC-SJD: keep a re-drafted token with the maximal-coupling probability")
+    coupled: bool = option(False, "MC-SJD: keep a re-drafted token with the maximal-coupling probability (also "
+                           "SJD-PAC's adaptive continuation, the same rule)")
     sample_top: int = option(32, "candidates per neighbour for the *_sample inits", minimum=1)
+    tree_width: int = option(1, "SJD-PAC proactive drafting: candidates per position near the root (1: a chain)",
+                             minimum=1, bound="vocab_size")
+    tree_depth: int = option(3, "SJD-PAC proactive drafting: levels of the tree, the root included (branching at "
+                             "depths 1 .. tree_depth-1)", minimum=2)
 
 
 class JacobiProposer:
@@ -61,12 +67,23 @@ class JacobiProposer:
     wants_hidden = False
     draft_passes = 0
 
-    def __init__(self, window: int = 16, init: str = "random", coupled: bool = False, sample_top: int = 32):
-        self.options = checked(JacobiOptions(window, init, coupled, sample_top), "sjd")
+    def __init__(self, window: int = 16, init: str = "random", coupled: bool = False, sample_top: int = 32,
+                 tree_width: int = 1, tree_depth: int = 3):
+        self.options = checked(JacobiOptions(window, init, coupled, sample_top, tree_width, tree_depth), "sjd")
         window = self.options.window
         self.window, self.init, self.coupled, self.sample_top = window, init, coupled, sample_top
+        self.tree_width, self.tree_depth = tree_width, tree_depth
         self.auto = window == "auto"
-        self.lookahead = 0 if self.auto else window - 1
+        self.tree = None
+        if tree_width > 1:
+            if self.auto:
+                raise ValueError("sjd: window=auto does not size trees; give a window with tree_width > 1")
+            if window < 2:
+                raise ValueError("sjd: a tree (tree_width > 1) needs a window of at least 2")
+            self.tree, level, rank = proactive_tree(window, tree_width, tree_depth)
+            self.node_index = torch.tensor([(lv - 1) * tree_width + r for lv, r in zip(level[1:], rank[1:])])
+            self.node_level = torch.tensor([lv - 1 for lv in level[1:]])
+        self.lookahead = 0 if self.auto else (window - 1 if self.tree is None else self.tree.size - 1)
 
     def check(self, model) -> None:
         check_bounds(self.options, "sjd", model)
@@ -82,7 +99,10 @@ class JacobiProposer:
         return NoProposer() if drafts == 0 else JacobiProposer(drafts + 1, self.init, self.coupled, self.sample_top)
 
     def extra_stats(self) -> dict:
-        return {"window": self.window, "init": self.init, "coupled": self.coupled}
+        out = {"window": self.window, "init": self.init, "coupled": self.coupled}
+        if self.tree is not None:
+            out.update(tree_width=self.tree_width, tree_depth=self.tree_depth, tree_nodes=self.tree.size)
+        return out
 
     # -- the proposer protocol --------------------------------------------------------------------------
     def start(self, ctx, p0, hidden0) -> None:
@@ -96,19 +116,43 @@ class JacobiProposer:
         n = torch.ones(B, dtype=torch.long, device=dev)
         self.before = ctx.frame_before
         self.drafts, self.q = fresh_drafts(self.init, ctx.grid, ctx.vocab_size, ctx.seq, self.nb, n,
-                                           n[:, None] + self.slots[: self.lookahead], ctx.rng.rand(self.lookahead),
+                                           n[:, None] + self.slots[: self.window - 1], ctx.rng.rand(self.window - 1),
                                            self.before)
         # compiled calls run the update as one compiled graph too (it is ~1 ms of eager kernels per step)
         self.update = _compiled_update(ctx.device) if ctx.compiled else jacobi_update
 
     def propose(self, ctx, n) -> Proposal:
-        return Proposal(self.drafts, self.q)
+        if self.tree is None:
+            return Proposal(self.drafts, self.q)
+        return self._proactive(ctx)
 
     def observe(self, ctx, fb) -> None:
         W = self.window
         u = ctx.rng.rand(3 * W - 1)
+        p = fb.p
+        if fb.path is not None:  # a tree: the stale distributions along the accepted path and its continuation
+            nodes = F.pad(fb.path[:, : W - 1], (1, 0))
+            p = p.gather(1, nodes[..., None].expand(-1, -1, p.shape[-1]))
         self.drafts, self.q = self.update(self.init, self.coupled, ctx.grid, ctx.seq, self.nb, self.slots, self.drafts,
-                                          self.q, fb.p, fb.start, fb.committed, u, self.before)
+                                          self.q, p, fb.start, fb.committed, u, self.before)
+
+    def _proactive(self, ctx) -> Proposal:
+        """SJD-PAC's proactive drafting: at depths ``1 .. tree_depth-1`` the chain's draft and ``tree_width - 1``
+        more candidates drawn without replacement from the same ``q`` (every node of a depth has them as children),
+        then the chain alone to the window's end."""
+        B, V = ctx.batch, ctx.vocab_size
+        K, Dt = self.tree_width, min(self.tree_depth, self.window) - 1
+        u = ctx.rng.rand(Dt * V).view(B, Dt, V)
+        extra, ok = draw_without_replacement(self.q[:, :Dt], self.drafts[:, :Dt], K - 1, u)
+        cand = torch.zeros(B, self.window - 1, K, dtype=torch.long, device=ctx.device)
+        cand[:, :, 0] = self.drafts
+        cand[:, :Dt, 1:] = extra
+        good = torch.ones(B, self.window - 1, K, dtype=torch.bool, device=ctx.device)
+        good[:, :Dt, 1:] = ok
+        index, level = self.node_index.to(ctx.device), self.node_level.to(ctx.device)
+        tokens = cand.view(B, -1)[:, index]
+        q = self.q[:, level]
+        return Proposal(tokens, q, good.view(B, -1)[:, index], self.tree)
 
 
 def fresh_drafts(init, grid, vocab, seq, nb, first_fresh, positions, u, before=None):
@@ -208,5 +252,6 @@ class JacobiSampler(TokenSampler):
     OPTIONS = JacobiOptions
 
     def __init__(self, window: int = 16, init: str = "random", coupled: bool = False, acceptance="exact",
-                 sample_top: int = 32, **rule_options):
-        super().__init__(JacobiProposer(window, init, coupled, sample_top), acceptance, **rule_options)
+                 sample_top: int = 32, tree_width: int = 1, tree_depth: int = 3, **rule_options):
+        super().__init__(JacobiProposer(window, init, coupled, sample_top, tree_width, tree_depth), acceptance,
+                         **rule_options)
