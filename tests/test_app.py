@@ -105,7 +105,9 @@ def test_acceptance_map_colours_passes_and_marks_relaxed():
 def test_options_are_the_declared_options_of_the_sampler_and_its_rule():
     sjd = app.sampler_defaults("sjd")
     cache = {"kv_budget": None, "kv_anchor": 4, "kv_recent_lines": 1}  # every token sampler's cache options
-    assert {"window", "init", "coupled", "acceptance", "sample_top", *cache} == set(sjd) and sjd["acceptance"] == "exact"
+    tree = {"tree_width", "tree_depth", "tree_tail"}  # SJD-PAC's proactive drafting
+    assert {"window", "init", "coupled", "acceptance", "sample_top", *tree, *cache} == set(sjd)
+    assert sjd["acceptance"] == "exact"
     assert app.sampler_defaults("ar") == cache
     assert {"gamma", "k", "delta", "lam", "variant"} <= set(app.sampler_defaults("lantern"))  # nothing hidden
     assert {"group_size", "prob_gap"} <= set(app.sampler_defaults("sjd", "gsd"))
@@ -245,7 +247,7 @@ def test_a_local_model_folder_loads_by_path(client, tmp_path):
 def test_model_info_endpoint_offers_only_the_applicable_samplers(client):
     classes, samplers, cfg, temperature, top_k, top_p, info, *options = client.predict("tiny", api_name="/model_info")
     assert classes["value"] == "0" and [c[1] for c in classes["choices"]] == ["0", "1", "2"]
-    assert [c[0] for c in samplers["choices"]] == ["ar", "sjd", "gsd", "sd", "lantern"]
+    assert [c[0] for c in samplers["choices"]] == ["ar", "sjd", "sjd-pac", "gsd", "sd", "lantern", "lantern++", "zipar"]
     assert [u["value"] for u in (cfg, temperature, top_k, top_p)] == [2.0, 1.0, 0, 1.0]
     assert f"{GRID} x {GRID} tokens" in info and "3 classes" in info
     var = client.predict("cifar10-var", api_name="/model_info")

@@ -29,7 +29,7 @@ def test_every_shipped_pipeline_generates_with_every_applicable_sampler(pipes, n
     pipe = pipes[name]
     assert sampler in pipe.applicable_samplers()
     extra = dict(FAST.get(sampler, {}))
-    if sampler in ("sd", "lantern") and pipe.companion("draft") is None:  # no shipped drafter: the model drafts
+    if sampler in ("sd", "lantern", "lantern++") and pipe.companion("draft") is None:  # no shipped drafter: the model drafts
         extra["draft"] = pipe.model
     out = pipe.generate([0, 1] if pipe.video else ["cat", "ship"], sampler=sampler, seed=0, **extra)
     assert len(out.images) == 2 and out.images[0].size[0] >= 16

@@ -118,3 +118,44 @@ def test_tree_options_are_checked_before_work():
         get_sampler("sjd", window=3, tree_width=2, kv_budget=12).check(tiny_gpt(vocab=6, grid=4))
     with pytest.raises(ValueError, match="tree_width"):
         get_sampler("sjd", window=3, tree_width=0)
+
+
+def _head(target):
+    from vargen.models.draft_head import DraftHead, DraftHeadConfig
+
+    torch.manual_seed(5)
+    return DraftHead(DraftHeadConfig.from_target(target.config)).to(target.dtype)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_static_draft_trees_are_lossless_with_the_exact_rule(case):
+    model = tiny_gpt()
+    config = CASES[case]
+    sampler = get_sampler("sd", draft=_head(model), gamma=3, tree_width=3, tree_depth=3)
+    samples = _draw(sampler, model, config, 10000, seed=123)
+    assert chi_square_pvalue(samples, exact_distribution(model, 1, config)) > 1e-3
+
+
+def test_lantern_pp_reduces_to_the_exact_tree_at_zero_relaxation():
+    """LANTERN++ with lam = 1 (no neighbour may join) commits exactly the exact rule's tokens from the same uniforms;
+    with lam > 1 it moves tokens and reports a positive TV bound."""
+    model = tiny_gpt(vocab=16, grid=4, seed=4)
+    labels = torch.tensor([0, 1, 2, 1, 0, 2])
+    config = SamplingConfig(temperature=1.0)
+    head = _head(model)
+    tree = dict(draft=head, gamma=3, tree_width=3, tree_depth=3)
+    exact = get_sampler("sd", **tree).sample(model, labels, config, torch.Generator().manual_seed(3))
+    zero = get_sampler("lantern++", lam=1.0, codebook=model.codebook(), **tree).sample(
+        model, labels, config, torch.Generator().manual_seed(3))
+    assert torch.equal(zero.tokens, exact.tokens)
+    assert float(zero.stats.tv_bound.sum()) == 0.0
+    relaxed = get_sampler("lantern++", lam=20.0, k=8, codebook=model.codebook(), **tree).sample(
+        model, labels, config, torch.Generator().manual_seed(3))
+    assert float(relaxed.stats.tv_bound.sum()) > 0 and relaxed.stats.extra["tree_nodes"] == 4 + 2 + (2 + 2 * 3)
+
+
+def test_draft_tree_rows_equal_rows_alone():
+    model = tiny_gpt(vocab=16, grid=4, seed=2, dtype=torch.float64)
+    config = SamplingConfig(temperature=1.0, cfg_scale=1.5)
+    sampler = get_sampler("lantern++", draft=_head(model), gamma=3, codebook=model.codebook())
+    assert_rows_match_alone(sampler, model, torch.tensor([0, 1, 2, 0]), config, seeds=[11, 12, 13, 14])

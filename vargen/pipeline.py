@@ -178,9 +178,10 @@ def _cosmos_conditions(pipe, cond):
 FAMILIES: dict[str, FamilySpec] = {
     "llamagen": FamilySpec(
         "llamagen", _build_llamagen, _decode_llamagen, default_sampler="sjd:window=16,coupled=true", baseline="ar",
-        samplers=("ar", "sjd", "gsd", "sd", "lantern"),
+        samplers=("ar", "sjd", "sjd-pac", "gsd", "sd", "lantern", "lantern++", "zipar"),
         config_fields=("temperature", "top_k", "top_p", "cfg_scale", "cfg_interval"),
-        companions={"sd": ("draft", "draft"), "lantern": ("draft", "draft")}, codebook_rules=True),
+        companions={"sd": ("draft", "draft"), "lantern": ("draft", "draft"), "lantern++": ("draft", "draft")},
+        codebook_rules=True),
     "var": FamilySpec(
         "var", _build_var, _decode_var, default_sampler="var", baseline="var", samplers=("var", "code"),
         config_fields=("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "more_smooth"),
@@ -192,9 +193,10 @@ FAMILIES: dict[str, FamilySpec] = {
         row_independent_seeds=False),
     "cosmos": FamilySpec(
         "cosmos", _build_cosmos, _decode_cosmos, default_sampler="sjd:window=16,init=temporal,coupled=true",
-        baseline="ar", samplers=("ar", "sjd", "gsd", "sd", "lantern"), config_fields=("temperature", "top_k", "top_p"),
-        companions={"sd": ("draft", "draft"), "lantern": ("draft", "draft")}, codebook_rules=True,
-        conditions=_cosmos_conditions, video=True),
+        baseline="ar", samplers=("ar", "sjd", "sjd-pac", "gsd", "sd", "lantern", "lantern++"),
+        config_fields=("temperature", "top_k", "top_p"),
+        companions={"sd": ("draft", "draft"), "lantern": ("draft", "draft"), "lantern++": ("draft", "draft")},
+        codebook_rules=True, conditions=_cosmos_conditions, video=True),
 }
 
 
@@ -215,9 +217,9 @@ HF_KINDS = ("janus", "emu3", "chameleon")
 for _kind in HF_KINDS:
     FAMILIES[_kind] = FamilySpec(
         _kind, _hf_family("build"), _hf_family("decode_row"), default_sampler="sjd:window=16,coupled=true",
-        baseline="ar", samplers=("ar", "sjd", "gsd", "sd", "lantern"),
+        baseline="ar", samplers=("ar", "sjd", "sjd-pac", "gsd", "sd", "lantern", "lantern++"),
         config_fields=("temperature", "top_k", "top_p", "cfg_scale"),
-        companions={"sd": ("draft", "draft"), "lantern": ("draft", "draft")},
+        companions={"sd": ("draft", "draft"), "lantern": ("draft", "draft"), "lantern++": ("draft", "draft")},
         codebook_rules=True, conditions=_hf_family("prompt_conditions"), own_tokenizer=True)
 
 

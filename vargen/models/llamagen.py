@@ -309,6 +309,7 @@ class GPT(nn.Module):
 
     line_eviction = True  # new_cache(..., eviction=LineEviction) (K/V eviction, see .line_cache)
     tree_attention = True  # forward(..., tree=TokenTree) and keep_path (token-tree drafts)
+    scattered_decoding = True  # forward(..., positions=, written=) (tokens at any positions, ZipAR)
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -458,16 +459,24 @@ class GPT(nn.Module):
         return self.output(self.norm(h))[:, T - 1 :].float()
 
     def forward(self, tokens: torch.Tensor, start: torch.Tensor | None = None, cache: KVCache | None = None,
-                kv_len: int | None = None, return_hidden: bool = False, tree: TokenTree | None = None):
+                kv_len: int | None = None, return_hidden: bool = False, tree: TokenTree | None = None,
+                positions: torch.Tensor | None = None, written: torch.Tensor | None = None):
         """Cached decode (``TokenModel.forward``): logits ``[B, n, V]`` (entry ``i`` predicts token
         ``start+i+1``); with ``return_hidden`` also the final-norm hidden states ``[B, n, dim]``.
         ``kv_len``: a host-side bound on ``max(start + n)``; attention then reads only that many
         positions instead of the whole static cache (a caller that knows it saves the work).
         ``tree``: the tokens are the nodes of a :class:`~.kv.TokenTree` (entry ``i`` predicts the child of node ``i``).
+        ``positions [B, n]`` with ``written [B, max_len]``: token ``i`` sits at image position ``positions[:, i]``
+        (``start`` is ignored) and sees the condition, itself and the image positions marked ``written`` at or
+        before its own (parallel rows, ZipAR: not every earlier position holds a token yet).
         """
         if cache is None:
             raise ValueError("GPT.forward needs a cache; use GPT.logits(cond, tokens) for teacher forcing")
         T = self.config.cls_token_num
+        if positions is not None:
+            if cache.slots is not None or tree is not None:
+                raise ValueError("scattered positions run over the plain cache, without a tree")
+            return self._scattered(self.tok_embeddings(tokens), positions + T, written, cache, return_hidden)
         if cache.slots is not None:  # an evicting cache (LineAR): its own slots and masks
             if tree is not None:
                 raise ValueError("token-tree drafts cannot run over an evicting K/V cache (kv_budget)")
@@ -557,6 +566,22 @@ class GPT(nn.Module):
         h = self.tok_dropout(h)
         for i, layer in enumerate(self.layers):
             h = layer(h, rope, mask, (cache.k[i], cache.v[i]), (rows, positions))
+        hidden = self.norm(h)
+        logits = self.output(hidden).float()
+        return (logits, hidden) if return_hidden else logits
+
+    def _scattered(self, h, seq_pos: torch.Tensor, written: torch.Tensor, cache: KVCache, return_hidden: bool):
+        """Tokens at sequence positions ``seq_pos [B, n]``; keys: the condition, and image positions ``written``."""
+        B, n, _ = h.shape
+        T, L = cache.prefix, cache.max_positions
+        rows = torch.arange(B, device=h.device)[:, None].expand(B, n)
+        keys = torch.arange(L, device=h.device)
+        valid = torch.cat([cache.key_valid[:, :T], F.pad(written.bool(), (0, L - T - written.shape[1]))[:, : L - T]], 1)
+        mask = ((keys <= seq_pos[:, :, None]) & valid[:, None]) | (keys == seq_pos[:, :, None])
+        rope = self._rope(seq_pos)
+        h = self.tok_dropout(h)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rope, mask[:, None], (cache.k[i], cache.v[i]), (rows, seq_pos))
         hidden = self.norm(h)
         logits = self.output(hidden).float()
         return (logits, hidden) if return_hidden else logits

@@ -18,6 +18,12 @@ _REGISTRY: dict[str, tuple[str, dict]] = {
     "sd": ("vargen.samplers.proposers.draft:SpeculativeSampler", {}),
     "lantern": ("vargen.samplers.proposers.draft:SpeculativeSampler", {"acceptance": "lantern"}),
     "gsd": ("vargen.samplers.proposers.jacobi:JacobiSampler", {"acceptance": "gsd"}),
+    # SJD-PAC (arXiv 2603.18599): proactive drafting (K=4 x D=3) + adaptive continuation (the coupled update)
+    "sjd-pac": ("vargen.samplers.proposers.jacobi:JacobiSampler", {"coupled": True, "tree_width": 4, "tree_depth": 3}),
+    # LANTERN++ (arXiv 2502.06352): a static tree from the draft head, LANTERN with the multiplicative bound
+    "lantern++": ("vargen.samplers.proposers.draft:SpeculativeSampler",
+                  {"acceptance": "lantern", "tree_width": 4, "tree_depth": 3, "lam": 5.0, "k": 10}),
+    "zipar": ("vargen.samplers.zipar:ZipARSampler", {}),
     "var": ("vargen.samplers.next_scale:VARSampler", {}),
     "code": ("vargen.samplers.code:CoDeSampler", {}),
     "mar": ("vargen.samplers.mar:MARSampler", {}),

@@ -111,6 +111,14 @@ class TokenSession:
             return self.model(tokens, start, self.cache, kv_len=kv_len, return_hidden=True, **extra)
         return self.model(tokens, start, self.cache, kv_len=kv_len, **extra), None
 
+    def forward_scattered(self, tokens: torch.Tensor, positions: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
+        """Feed ``tokens [B, n]`` at image ``positions [B, n]`` that see the positions ``written [B, L]`` (parallel
+        rows, ZipAR); logits ``[rows, n, V]``."""
+        self.forward_passes += 1
+        if self.use_cfg:
+            tokens, positions, written = (torch.cat([t, t]) for t in (tokens, positions, written))
+        return self.model(tokens, None, self.cache, positions=positions, written=written)
+
     def keep_path(self, start: torch.Tensor, nodes: torch.Tensor) -> None:
         """After a tree forward: the K/V of the tree ``nodes [B, D]`` (depths ``1 .. D``) move to their positions."""
         if self.use_cfg:

@@ -31,10 +31,14 @@ __all__ = ["TokenTree", "proactive_tree", "verify_tree", "draw_without_replaceme
 
 
 @lru_cache(maxsize=64)
-def proactive_tree(window: int, width: int, depth: int) -> tuple[TokenTree, tuple[int, ...], tuple[int, ...]]:
+def proactive_tree(window: int, width: int, depth: int, tail: int = 0
+                   ) -> tuple[TokenTree, tuple[int, ...], tuple[int, ...]]:
     """The Proactive Drafting tree of SJD-PAC (arXiv 2603.18599, Sec. 3.2): a chain of ``window`` nodes (the root
     and ``window - 1`` drafts, node ``d`` at depth ``d``) in which every node above depth ``depth - 1`` has ``width``
     children, the chain's node first; the extra children get full ``width``-ary subtrees down to depth ``depth - 1``.
+
+    ``tail``: every leaf of the branching part off the chain continues with the chain's next ``tail`` drafts (a path
+    through a side candidate is otherwise capped at depth ``depth - 1``; vargen's extension, 0 is the published tree).
 
     Returns ``(tree, level, rank)``: node ``i`` holds the rank-``rank[i]`` candidate of depth ``level[i]``; rank 0
     is the chain's draft of that depth, so nodes of one depth and rank carry the same token under every parent.
@@ -55,7 +59,44 @@ def proactive_tree(window: int, width: int, depth: int) -> tuple[TokenTree, tupl
                 parent.append(node), level.append(d), rank.append(r)
                 nxt.append(len(parent) - 1)
         frontier = nxt
+    for leaf in frontier:
+        if leaf < window and level[leaf] == leaf:
+            continue  # the chain goes on by itself
+        node = leaf
+        for d in range(level[leaf] + 1, min(level[leaf] + 1 + tail, window)):
+            parent.append(node), level.append(d), rank.append(0)
+            node = len(parent) - 1
     return TokenTree(tuple(parent)), tuple(level), tuple(rank)
+
+
+class TreeDrafts:
+    """Turns a chain of drafts into a :func:`proactive_tree` proposal: at depths ``1 .. depth-1`` the chain's draft
+    (rank 0) and ``width - 1`` more candidates drawn without replacement from the same ``q``; every node of a depth
+    and rank carries that candidate. Shared by SJD-PAC (the Jacobi drafts) and LANTERN++ (the draft head's)."""
+
+    def __init__(self, chain: int, width: int, depth: int, tail: int = 0):
+        self.width, self.branching = width, min(depth, chain + 1) - 1
+        self.tree, level, rank = proactive_tree(chain + 1, width, depth, tail)
+        self.index = torch.tensor([(lv - 1) * width + r for lv, r in zip(level[1:], rank[1:])])
+        self.level = torch.tensor([lv - 1 for lv in level[1:]])
+
+    @property
+    def drafts(self) -> int:
+        return self.tree.size - 1
+
+    def propose(self, drafts: torch.Tensor, q: torch.Tensor, rng):
+        """``drafts [B, J]`` drawn from ``q [B, J, V]`` (the chain) -> the tree's :class:`~.loop.Proposal`."""
+        from .loop import Proposal
+
+        B, J, V = q.shape
+        K, Dt = self.width, self.branching
+        extra, ok = draw_without_replacement(q[:, :Dt], drafts[:, :Dt], K - 1, rng.rand(Dt * V).view(B, Dt, V))
+        cand = drafts[..., None].repeat(1, 1, K)
+        cand[:, :Dt, 1:] = extra
+        good = torch.ones(B, J, K, dtype=torch.bool, device=q.device)
+        good[:, :Dt, 1:] = ok
+        index, level = self.index.to(q.device), self.level.to(q.device)
+        return Proposal(cand.view(B, -1)[:, index], q[:, level], good.view(B, -1)[:, index], self.tree)
 
 
 def draw_without_replacement(q: torch.Tensor, first: torch.Tensor, count: int, u: torch.Tensor):

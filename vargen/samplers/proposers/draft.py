@@ -31,6 +31,7 @@ from ..base import sample_from_probs
 from ..loop import NoProposer, Proposal, TokenSampler
 from ..session import TokenSession
 from ..spec import check_bounds, checked, option
+from ..tree import TreeDrafts
 
 __all__ = ["DraftModelProposer", "DraftHeadProposer", "SpeculativeSampler", "DraftOptions"]
 
@@ -41,10 +42,23 @@ class DraftOptions:
                         "(a pipeline fills in its own)")
     gamma: int = option(4, "drafts per step (the chain length; auto: chosen by a measured cost model, falling back "
                         "to AR)", minimum=1, bound="num_tokens", literals=("auto",))
+    tree_width: int = option(1, "a static tree (LANTERN++): candidates per depth, drawn without replacement from the "
+                             "drafter's q (1: a chain)", minimum=1, bound="vocab_size")
+    tree_depth: int = option(3, "static tree: levels with branching, the root included (depths 1 .. tree_depth-1)",
+                             minimum=2)
 
 
 def _check_gamma(gamma) -> int:
     return checked(DraftOptions(None, gamma), "sd").gamma
+
+
+def _tree(gamma, tree_width: int, tree_depth: int):
+    checked(DraftOptions(None, gamma, tree_width, tree_depth), "sd")
+    if tree_width == 1:
+        return None
+    if gamma == "auto":
+        raise ValueError("sd: gamma=auto does not size trees; give a gamma with tree_width > 1")
+    return TreeDrafts(gamma, tree_width, tree_depth)
 
 
 class _ChainProposer:
@@ -54,10 +68,11 @@ class _ChainProposer:
 
     AUTO_GAMMAS = (0, 1, 2, 3, 4, 6, 8)
 
-    def __init__(self, gamma: int):
+    def __init__(self, gamma: int, tree_width: int = 1, tree_depth: int = 3):
         self.gamma = _check_gamma(gamma)
+        self.tree = _tree(gamma, tree_width, tree_depth)
         self.auto = self.gamma == "auto"
-        self.lookahead = 0 if self.auto else self.gamma
+        self.lookahead = 0 if self.auto else (self.gamma if self.tree is None else self.tree.drafts)
         self.draft_passes = 0
         self.ready = False
 
@@ -75,10 +90,13 @@ class _ChainProposer:
         return other
 
     def _check_bounds(self, model) -> None:
-        check_bounds(DraftOptions(None, self.gamma), "sd", model)
+        check_bounds(DraftOptions(None, self.gamma, 1 if self.tree is None else self.tree.width), "sd", model)
 
     def extra_stats(self) -> dict:
-        return {"gamma": self.gamma, "drafter": self.name}
+        out = {"gamma": self.gamma, "drafter": self.name}
+        if self.tree is not None:
+            out.update(tree_width=self.tree.width, tree_nodes=self.tree.tree.size)
+        return out
 
     def propose(self, ctx, n) -> Proposal:
         if not self.ready:  # first step: a plain target step
@@ -92,7 +110,10 @@ class _ChainProposer:
             qs.append(q_i)
             if i + 1 < self.gamma:
                 logits = self._step(drafts[-1], n + i)
-        return Proposal(torch.stack(drafts, 1), torch.stack(qs, 1))
+        drafts, qs = torch.stack(drafts, 1), torch.stack(qs, 1)
+        if self.tree is not None:  # a static tree: more candidates per depth from the same q (LANTERN++)
+            return self.tree.propose(drafts, qs, ctx.rng)
+        return Proposal(drafts, qs)
 
 
 class DraftModelProposer(_ChainProposer):
@@ -100,8 +121,8 @@ class DraftModelProposer(_ChainProposer):
 
     name = "model"
 
-    def __init__(self, draft, gamma: int = 4):
-        super().__init__(gamma)
+    def __init__(self, draft, gamma: int = 4, tree_width: int = 1, tree_depth: int = 3):
+        super().__init__(gamma, tree_width, tree_depth)
         self.draft = draft
 
     def check(self, model) -> None:
@@ -138,8 +159,8 @@ class DraftHeadProposer(_ChainProposer):
     name = "head"
     wants_hidden = True
 
-    def __init__(self, head, gamma: int = 4):
-        super().__init__(gamma)
+    def __init__(self, head, gamma: int = 4, tree_width: int = 1, tree_depth: int = 3):
+        super().__init__(gamma, tree_width, tree_depth)
         self.head = head
 
     def check(self, model) -> None:
@@ -162,6 +183,9 @@ class DraftHeadProposer(_ChainProposer):
     def observe(self, ctx, fb) -> None:
         """Store the target's features of the fed tokens ``x_{n-1}, d_0, ...`` at positions ``n-1, n, ...``."""
         hidden = fb.hidden
+        if fb.path is not None:  # a tree: the features along the accepted path (and its continuation)
+            nodes = self._rows(torch.nn.functional.pad(fb.path, (1, 0)))
+            hidden = hidden.gather(1, nodes[..., None].expand(-1, -1, hidden.shape[-1]))
         pos = self._rows(fb.start - 1)[:, None] + torch.arange(hidden.shape[1], device=hidden.device)
         self.features.scatter_(1, pos[..., None].expand(-1, -1, hidden.shape[-1]), hidden.to(self.features.dtype))
         self.ready = True
@@ -187,7 +211,7 @@ class DraftHeadProposer(_ChainProposer):
         return logits[:, 0]
 
 
-def draft_proposer(draft, gamma: int = 4):
+def draft_proposer(draft, gamma: int = 4, tree_width: int = 1, tree_depth: int = 3):
     """The proposer for ``draft``: a DraftHead (or a head folder) or a draft TokenModel."""
     from ...models.draft_head import DraftHead
 
@@ -196,8 +220,8 @@ def draft_proposer(draft, gamma: int = 4):
     if isinstance(draft, (str, Path)):
         draft = DraftHead.from_folder(draft)
     if isinstance(draft, DraftHead):
-        return DraftHeadProposer(draft, gamma)
-    return DraftModelProposer(draft, gamma)
+        return DraftHeadProposer(draft, gamma, tree_width, tree_depth)
+    return DraftModelProposer(draft, gamma, tree_width, tree_depth)
 
 
 class SpeculativeSampler(TokenSampler):
@@ -205,6 +229,10 @@ class SpeculativeSampler(TokenSampler):
 
     draft: a TokenModel (draft model), a ``DraftHead``, or a head folder.
     gamma: chain length (drafts per step, >= 1), or "auto" (:mod:`vargen.samplers.autotune`).
+    tree_width / tree_depth: a static tree instead of the chain (:class:`~vargen.samplers.tree.TreeDrafts`):
+        ``tree_width`` candidates at each depth up to ``tree_depth - 1``, drawn without replacement from the
+        drafter's q along the chain, verified by the recursive rule (LANTERN++'s static tree, arXiv 2502.06352, with
+        ``acceptance="lantern"`` and ``lam``).
     acceptance: "exact" (lossless), "lantern", "gsd" or a rule instance, with the rule's options
         (``delta=``, ``lam=``, ``k=``, ``group_size=``, ``codebook=``, ...).
     """
@@ -212,9 +240,10 @@ class SpeculativeSampler(TokenSampler):
     name = "sd"
     OPTIONS = DraftOptions
 
-    def __init__(self, draft=None, gamma: int = 4, acceptance="exact", **rule_options):
-        _check_gamma(gamma)
-        super().__init__(draft_proposer(draft, gamma), acceptance, **rule_options)
+    def __init__(self, draft=None, gamma: int = 4, acceptance="exact", tree_width: int = 1, tree_depth: int = 3,
+                 **rule_options):
+        _tree(gamma, tree_width, tree_depth)
+        super().__init__(draft_proposer(draft, gamma, tree_width, tree_depth), acceptance, **rule_options)
 
     @property
     def draft(self):

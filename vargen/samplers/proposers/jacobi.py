@@ -26,7 +26,7 @@ from ..acceptance import residual
 from ..base import sample_from_probs
 from ..loop import NoProposer, Proposal, TokenSampler
 from ..spec import check_bounds, checked, option
-from ..tree import draw_without_replacement, proactive_tree
+from ..tree import TreeDrafts
 
 __all__ = ["JacobiProposer", "JacobiSampler", "JacobiOptions", "INITS"]
 
@@ -48,6 +48,8 @@ class JacobiOptions:
                              minimum=1, bound="vocab_size")
     tree_depth: int = option(3, "SJD-PAC proactive drafting: levels of the tree, the root included (branching at "
                              "depths 1 .. tree_depth-1)", minimum=2)
+    tree_tail: int = option(0, "proactive drafting: chain drafts appended below every side leaf of the tree (0: the "
+                            "published tree, where a side path ends at depth tree_depth-1)", minimum=0)
 
 
 class JacobiProposer:
@@ -68,11 +70,12 @@ class JacobiProposer:
     draft_passes = 0
 
     def __init__(self, window: int = 16, init: str = "random", coupled: bool = False, sample_top: int = 32,
-                 tree_width: int = 1, tree_depth: int = 3):
-        self.options = checked(JacobiOptions(window, init, coupled, sample_top, tree_width, tree_depth), "sjd")
+                 tree_width: int = 1, tree_depth: int = 3, tree_tail: int = 0):
+        self.options = checked(JacobiOptions(window, init, coupled, sample_top, tree_width, tree_depth, tree_tail),
+                               "sjd")
         window = self.options.window
         self.window, self.init, self.coupled, self.sample_top = window, init, coupled, sample_top
-        self.tree_width, self.tree_depth = tree_width, tree_depth
+        self.tree_width, self.tree_depth, self.tree_tail = tree_width, tree_depth, tree_tail
         self.auto = window == "auto"
         self.tree = None
         if tree_width > 1:
@@ -80,10 +83,8 @@ class JacobiProposer:
                 raise ValueError("sjd: window=auto does not size trees; give a window with tree_width > 1")
             if window < 2:
                 raise ValueError("sjd: a tree (tree_width > 1) needs a window of at least 2")
-            self.tree, level, rank = proactive_tree(window, tree_width, tree_depth)
-            self.node_index = torch.tensor([(lv - 1) * tree_width + r for lv, r in zip(level[1:], rank[1:])])
-            self.node_level = torch.tensor([lv - 1 for lv in level[1:]])
-        self.lookahead = 0 if self.auto else (window - 1 if self.tree is None else self.tree.size - 1)
+            self.tree = TreeDrafts(window - 1, tree_width, tree_depth, tree_tail)
+        self.lookahead = 0 if self.auto else (window - 1 if self.tree is None else self.tree.drafts)
 
     def check(self, model) -> None:
         check_bounds(self.options, "sjd", model)
@@ -101,7 +102,8 @@ class JacobiProposer:
     def extra_stats(self) -> dict:
         out = {"window": self.window, "init": self.init, "coupled": self.coupled}
         if self.tree is not None:
-            out.update(tree_width=self.tree_width, tree_depth=self.tree_depth, tree_nodes=self.tree.size)
+            out.update(tree_width=self.tree_width, tree_depth=self.tree_depth, tree_tail=self.tree_tail,
+                       tree_nodes=self.tree.tree.size)
         return out
 
     # -- the proposer protocol --------------------------------------------------------------------------
@@ -124,7 +126,7 @@ class JacobiProposer:
     def propose(self, ctx, n) -> Proposal:
         if self.tree is None:
             return Proposal(self.drafts, self.q)
-        return self._proactive(ctx)
+        return self.tree.propose(self.drafts, self.q, ctx.rng)  # SJD-PAC's proactive drafting
 
     def observe(self, ctx, fb) -> None:
         W = self.window
@@ -136,23 +138,6 @@ class JacobiProposer:
         self.drafts, self.q = self.update(self.init, self.coupled, ctx.grid, ctx.seq, self.nb, self.slots, self.drafts,
                                           self.q, p, fb.start, fb.committed, u, self.before)
 
-    def _proactive(self, ctx) -> Proposal:
-        """SJD-PAC's proactive drafting: at depths ``1 .. tree_depth-1`` the chain's draft and ``tree_width - 1``
-        more candidates drawn without replacement from the same ``q`` (every node of a depth has them as children),
-        then the chain alone to the window's end."""
-        B, V = ctx.batch, ctx.vocab_size
-        K, Dt = self.tree_width, min(self.tree_depth, self.window) - 1
-        u = ctx.rng.rand(Dt * V).view(B, Dt, V)
-        extra, ok = draw_without_replacement(self.q[:, :Dt], self.drafts[:, :Dt], K - 1, u)
-        cand = torch.zeros(B, self.window - 1, K, dtype=torch.long, device=ctx.device)
-        cand[:, :, 0] = self.drafts
-        cand[:, :Dt, 1:] = extra
-        good = torch.ones(B, self.window - 1, K, dtype=torch.bool, device=ctx.device)
-        good[:, :Dt, 1:] = ok
-        index, level = self.node_index.to(ctx.device), self.node_level.to(ctx.device)
-        tokens = cand.view(B, -1)[:, index]
-        q = self.q[:, level]
-        return Proposal(tokens, q, good.view(B, -1)[:, index], self.tree)
 
 
 def fresh_drafts(init, grid, vocab, seq, nb, first_fresh, positions, u, before=None):
@@ -252,6 +237,6 @@ class JacobiSampler(TokenSampler):
     OPTIONS = JacobiOptions
 
     def __init__(self, window: int = 16, init: str = "random", coupled: bool = False, acceptance="exact",
-                 sample_top: int = 32, tree_width: int = 1, tree_depth: int = 3, **rule_options):
-        super().__init__(JacobiProposer(window, init, coupled, sample_top, tree_width, tree_depth), acceptance,
-                         **rule_options)
+                 sample_top: int = 32, tree_width: int = 1, tree_depth: int = 3, tree_tail: int = 0, **rule_options):
+        super().__init__(JacobiProposer(window, init, coupled, sample_top, tree_width, tree_depth, tree_tail),
+                         acceptance, **rule_options)
