@@ -22,7 +22,8 @@ def _samplers(model):
     return [("ar", {}), ("sjd", dict(window=4)), ("sjd", dict(window=4, coupled=True, init="vertical")),
             ("sjd", dict(window=4, coupled=True, init="horizontal_sample", sample_top=3)),
             ("gsd", dict(window=4, group_size=3)), ("sd", dict(draft=draft, gamma=2)), ("sd", dict(draft=head, gamma=2)),
-            ("lantern", dict(draft=head, gamma=2, k=3))]
+            ("lantern", dict(draft=head, gamma=2, k=3)),
+            ("sjd-pac", dict(window=4, tree_width=3)), ("lantern++", dict(draft=head, gamma=2, k=3, tree_width=2))]
 
 
 def test_compiled_decoding_gives_the_eager_tokens_for_every_token_sampler(model):

@@ -72,7 +72,8 @@ def _draw(sampler, model, n=10000, seed=7):
     dict(window=4, init="temporal", coupled=True),
     dict(window=3, init="temporal_sample"),
     dict(window=4, init="temporal_sample", coupled=True),
-], ids=lambda o: f"{o['init']}-W{o['window']}{'-coupled' if o.get('coupled') else ''}")
+    dict(window=4, init="temporal_sample", coupled=True, tree_width=3),  # SJD-PAC's tree over temporal drafts
+], ids=lambda o: f"{o['init']}-W{o['window']}{'-coupled' if o.get('coupled') else ''}{'-tree' if o.get('tree_width') else ''}")
 def test_temporal_sjd_is_lossless(small, exact, options):
     assert chi_square_pvalue(_draw(get_sampler("sjd", **options), small), exact) > 1e-3
 

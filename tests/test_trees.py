@@ -2,13 +2,17 @@
 and adaptive continuation (= the coupled update), and the official longest-path selection (lossy, by test)."""
 import pytest
 import torch
-from helpers import assert_rows_match_alone, chi_square_pvalue, exact_distribution, tiny_gpt
+from helpers import (
+    assert_rows_match_alone,
+    chi_square_pvalue,
+    exact_distribution,
+    tiny_gpt,
+)
 
-from vargen.testing import check_token_model
 from vargen.samplers import get_sampler
-from vargen.samplers.acceptance import ExactAcceptance
 from vargen.samplers.base import SamplingConfig
 from vargen.samplers.tree import proactive_tree
+from vargen.testing import check_token_model
 
 GREEDY = SamplingConfig(temperature=1.0, top_k=1)
 CASES = {
@@ -70,13 +74,6 @@ def test_tree_verification_is_lossless(case, options):
     assert chi_square_pvalue(samples, exact_distribution(model, 1, config)) > 1e-3
 
 
-class LongestPath(ExactAcceptance):
-    """SJD-PAC's official selection among the tree's accepted paths (see vargen.samplers.tree)."""
-
-    name = "longest"
-    selection = "longest"
-
-
 def test_official_longest_path_selection_is_not_lossless():
     """The published claim (SJD-PAC, arXiv 2603.18599) does not hold for the official code's choice of the longest
     accepted path: the same tree, verified by the recursive rule, passes (test_tree_verification_is_lossless); the
@@ -85,8 +82,8 @@ def test_official_longest_path_selection_is_not_lossless():
     config = CASES["plain"]
     exact = exact_distribution(model, 1, config)
     options = dict(window=4, tree_width=4, tree_depth=3, coupled=True)
-    assert chi_square_pvalue(_draw(get_sampler("sjd", acceptance=LongestPath(), **options), model, config, 20000,
-                                   seed=7), exact) < 1e-6
+    longest = get_sampler("sjd", acceptance="longest", **options)
+    assert chi_square_pvalue(_draw(longest, model, config, 20000, seed=7), exact) < 1e-6
     assert chi_square_pvalue(_draw(get_sampler("sjd", **options), model, config, 20000, seed=7), exact) > 1e-3
 
 
@@ -106,7 +103,7 @@ def test_trees_compress_more_steps_than_the_chain():
     chain = get_sampler("sjd", window=8, coupled=True).sample(model, labels, config, torch.Generator().manual_seed(0))
     tree = get_sampler("sjd", window=8, coupled=True, tree_width=4).sample(model, labels, config,
                                                                            torch.Generator().manual_seed(0))
-    per_step = lambda s: torch.stack(s.accepted[1:]).float().mean()  # noqa: E731
+    per_step = lambda s: torch.stack(s.accepted[1:]).float().mean()
     assert per_step(tree.stats) > per_step(chain.stats)
     assert tree.stats.extra["tree_nodes"] == 8 + 3 + (3 + 4 * 3)
 

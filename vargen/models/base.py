@@ -105,7 +105,14 @@ class TokenModel(Protocol):
     holds one (video continuation from context frames), for proposers that draft from the previous frame;
     ``line_eviction = True`` with ``new_cache(batch, max_len, eviction=policy)``: a cache that keeps a fixed budget
     of image-token K/V (:class:`vargen.models.line_cache.LineEviction`, LineAR); samplers pass ``eviction`` only
-    when the user sets ``kv_budget``.
+    when the user sets ``kv_budget``;
+    ``tree_attention = True`` with ``forward(tokens, start, cache, tree=TokenTree)`` and ``keep_path(cache, start,
+    nodes [B, D])``: the tokens are the nodes of a :class:`vargen.models.kv.TokenTree` rooted at ``start`` (node ``i``
+    at slot ``start + i``, position ``start + depth[i]``, attending to its ancestors), and ``keep_path`` moves the
+    K/V of the nodes accepted at depths ``1..D`` to their positions (tree drafts: SJD-PAC, LANTERN++; checked by
+    ``vargen.testing.check_token_model``);
+    ``scattered_decoding = True`` with ``forward(tokens, None, cache, positions=[B, n], written=[B, L])``: tokens at
+    any image positions, each seeing the positions marked ``written`` at or before its own (ZipAR's parallel rows).
     """
 
     vocab_size: int

@@ -380,7 +380,21 @@ class GroupedAcceptance(_RelaxedRule):
         return pd + (pc * keep).sum(-1), qd + (qc * keep).sum(-1), pd, qd
 
 
-_RULES = {"exact": ExactAcceptance, "lantern": LanternAcceptance, "gsd": GroupedAcceptance}
+class LongestPathAcceptance(ExactAcceptance):
+    """SJD-PAC's official choice among a token tree's candidates (arXiv 2603.18599, code KangJialiang/SJD-PAC): every
+    node is tested with the recursive rule as if its earlier siblings were rejected, and the longest accepted
+    root-to-node path is committed. The paper calls it lossless; vargen's enumeration test rejects it (README,
+    "Token trees"), so it is a lossy option kept to reproduce the published method. It reports no TV bound (there is
+    no per-step closed form); on a chain it is the exact rule."""
+
+    name = "longest"
+    lossless = False
+    selection = "longest"
+    reports_tv = False
+
+
+_RULES = {"exact": ExactAcceptance, "lantern": LanternAcceptance, "gsd": GroupedAcceptance,
+          "longest": LongestPathAcceptance}
 
 
 def register_rule(name: str, cls) -> None:

@@ -129,7 +129,7 @@ class Committer:
         proposed = int(self.proposed.sum())
         if proposed:
             stats.extra["draft_acceptance_rate"] = int(self.accepted.sum()) / proposed
-        if not getattr(self.rule, "lossless", True):
+        if not getattr(self.rule, "lossless", True) and getattr(self.rule, "reports_tv", True):
             stats.relaxed = self.relaxed[:, : self.N].cpu()
             stats.tv_bound = self.tv.cpu()
             stats.extra["tv_per_decided_slot"] = float(self.tv.sum()) / max(1, int(self.decided.sum()))

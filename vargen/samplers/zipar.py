@@ -21,7 +21,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import GenerationOutput, RowRandom, SamplingConfig, Stats, StepTimer, sample_from_probs
+from .base import (
+    GenerationOutput,
+    RowRandom,
+    SamplingConfig,
+    Stats,
+    StepTimer,
+    sample_from_probs,
+)
 from .session import TokenSession, resolve_config
 from .spec import checked, option
 
