@@ -6,6 +6,7 @@ sampler does not take is a ``ValueError`` that lists the ones it does.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 from .base import GenerationOutput, SamplingConfig, Stats
@@ -68,6 +69,9 @@ def sampler_options(name: str, acceptance=None) -> dict[str, Option]:
             rule_cls = rule_class(rule)
             if rule_cls.OPTIONS:
                 out.update(options_of(rule_cls.OPTIONS, f"{name} (acceptance={rule})"))
+    for key, value in preset.items():  # a preset (sjd-pac, lantern++) is the default of its own options
+        if key in out:
+            out[key] = dataclasses.replace(out[key], default=value)
     return out
 
 
