@@ -155,7 +155,8 @@ def verify_tree(p, tokens, q, valid, tree: TokenTree, u, u_res, live, rule=None)
     tv = None if exact else torch.zeros(B, dtype=torch.float64, device=p.device)
     r = p[:, 0].double()
     path = []
-    for d in range(1, D + 1):
+    straight = _chain_from(tree)  # from this depth on only the chain's nodes exist: verified in one shot
+    for d in range(1, straight):
         chosen = torch.full_like(cur, -1)
         removed = torch.zeros(B, V, dtype=torch.bool, device=p.device)
         for k in range(widths[d - 1]):
@@ -191,7 +192,40 @@ def verify_tree(p, tokens, q, valid, tree: TokenTree, u, u_res, live, rule=None)
         r = torch.where(advance[:, None], p[rows, chosen.clamp(min=0)].double(), r)
         cur = torch.where(advance, chosen, cur)
         alive &= advance
+    if straight <= D:  # the chain's nodes straight..D: one candidate each, the plain speculative-sampling test
+        nodes = torch.arange(straight, D + 1, device=p.device)
+        on_chain = alive & (cur == straight - 1)
+        tok, qc, pc, uc = tokens[:, nodes], q[:, nodes].double(), p[:, nodes - 1].double(), u[:, nodes]
+        ok = valid[:, nodes] & live[:, straight - 1 :] & on_chain[:, None]
+        if exact:
+            accept = uc * qc.gather(-1, tok[..., None])[..., 0] < pc.gather(-1, tok[..., None])[..., 0]
+            rest = (pc - qc).clamp_min(0)
+            mass = rest.sum(-1, keepdim=True)
+            rest = torch.where(mass > 0, rest / mass.clamp_min(1e-300), pc)
+        else:
+            verdict = rule.verify(pc, qc, tok, uc)
+            accept = verdict.accept
+            rest = (verdict.residual if verdict.residual is not None else rule.residual(pc, qc)).double()
+        m = (accept & ok).long().cumprod(dim=1).sum(dim=1)  # chain drafts accepted
+        if not exact:
+            slots = torch.arange(nodes.numel(), device=p.device)
+            tv += (verdict.tv.double() * (ok & (slots[None] <= m[:, None]))).sum(1)
+        rest = torch.where(ok[..., None], rest, pc)  # a slot past the grid or invalid: the token comes from p
+        stop = torch.cat([rest, p[:, D : D + 1].double()], dim=1)[rows, m]  # the residual, or the bonus after the last
+        r = torch.where(on_chain[:, None], stop, r)
+        a += m
+        path.extend(nodes.expand(B, -1).unbind(1))  # below the branching part the continuation is the chain
     return a, sample_from_probs(r, u_res), torch.stack(path, dim=1), tv
+
+
+def _chain_from(tree: TokenTree) -> int:
+    """The smallest depth from which the tree's only nodes are the chain's (``max_depth + 1`` if none)."""
+    depth = [0] * tree.size
+    for i in range(1, tree.size):
+        depth[i] = depth[tree.parent[i]] + 1
+    chain = _chain_length(tree)
+    side = [depth[i] for i in range(chain, tree.size)]
+    return max(side, default=0) + 1
 
 
 def _chain_length(tree: TokenTree) -> int:
