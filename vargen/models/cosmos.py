@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .base import TextCondition
 from .config import OfficialConfig
-from .kv import TokenTree, move_rows_, tree_window_mask, write_rows_
+from .kv import TokenTree, keep_path_, tree_window_mask, write_rows_
 from .line_cache import LineEviction, LineSlots, add_first_query_attention_
 from .llamagen import RMSNorm
 
@@ -632,10 +632,7 @@ class CosmosTransformer(nn.Module):
     def keep_path(self, cache: CosmosCache, start: torch.Tensor, nodes: torch.Tensor) -> None:
         """After a tree forward at ``start [B]``: move the K/V of ``nodes [B, D]`` (depths ``1 .. D``) to the slots
         of their positions ``start+1 .. start+D``."""
-        src = self.prefix_len + start[:, None] + nodes
-        dst = self.prefix_len + start[:, None] + torch.arange(1, nodes.shape[1] + 1, device=nodes.device)
-        for t in (*cache.k, *cache.v):
-            move_rows_(t, src, dst)
+        keep_path_((*cache.k, *cache.v), self.prefix_len + start, nodes)
 
     # -- loading -------------------------------------------------------------------------------------------------
     @classmethod

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
-__all__ = ["write_rows_", "move_rows_", "TokenTree", "tree_window_mask"]
+__all__ = ["write_rows_", "move_rows_", "TokenTree", "tree_window_mask", "keep_path_"]
 
 
 def write_rows_(cache: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, values: torch.Tensor) -> None:
@@ -40,9 +41,51 @@ class TokenTree:
 
     parent: tuple[int, ...]
 
+    def __post_init__(self):
+        if not self.parent or self.parent[0] != -1:
+            raise ValueError("a token tree's node 0 is its root (parent -1)")
+        for i, p in enumerate(self.parent[1:], start=1):
+            if not 0 <= p < i:
+                raise ValueError(f"token tree node {i}: its parent {p} must come before it")
+
     @property
     def size(self) -> int:
         return len(self.parent)
+
+    @cached_property
+    def depth(self) -> tuple[int, ...]:
+        depth = [0] * self.size
+        for i in range(1, self.size):
+            depth[i] = depth[self.parent[i]] + 1
+        return tuple(depth)
+
+    @cached_property
+    def max_depth(self) -> int:
+        return max(self.depth)
+
+    @cached_property
+    def chain(self) -> int:
+        """Nodes ``0 .. chain-1`` are the chain (node ``d`` the child of ``d - 1``)."""
+        n = 1
+        while n < self.size and self.parent[n] == n - 1:
+            n += 1
+        return n
+
+    @cached_property
+    def widths(self) -> tuple[int, ...]:
+        """Per depth, the most children a node of that depth has."""
+        children = [0] * self.size
+        for p in self.parent[1:]:
+            children[p] += 1
+        widths = [0] * (self.max_depth + 1)
+        for i, d in enumerate(self.depth):
+            widths[d] = max(widths[d], children[i])
+        return tuple(widths)
+
+    @cached_property
+    def straight_from(self) -> int:
+        """The smallest depth from which the only nodes are the chain's (``max_depth + 1`` if none)."""
+        return max((self.depth[i] for i in range(self.chain, self.size)), default=0) + 1
 
     def tensors(self, device) -> dict:
         """``depth [n]``, ``visible [n, n]``, ``children [n, K]`` on ``device`` (built once per device)."""
@@ -50,34 +93,26 @@ class TokenTree:
         key = str(device)
         if key not in cache:
             n = self.size
-            depth = [0] * n
             visible = torch.eye(n, dtype=torch.bool)
             kids: list[list[int]] = [[] for _ in range(n)]
             for i in range(1, n):
-                depth[i] = depth[self.parent[i]] + 1
                 visible[i] |= visible[self.parent[i]]
                 kids[self.parent[i]].append(i)
-            K = max(1, max(len(k) for k in kids))
-            children = torch.full((n, K), -1, dtype=torch.long)
+            children = torch.full((n, max(1, *map(len, kids))), -1, dtype=torch.long)
             for i, k in enumerate(kids):
                 children[i, : len(k)] = torch.tensor(k, dtype=torch.long)
-            cache[key] = dict(depth=torch.tensor(depth, device=device), visible=visible.to(device),
+            cache[key] = dict(depth=torch.tensor(self.depth, device=device), visible=visible.to(device),
                               children=children.to(device))
         return cache[key]
 
-    @property
-    def max_depth(self) -> int:
-        depth = [0] * self.size
-        for i in range(1, self.size):
-            depth[i] = depth[self.parent[i]] + 1
-        return max(depth)
 
-    def __post_init__(self):
-        if not self.parent or self.parent[0] != -1:
-            raise ValueError("a token tree's node 0 is its root (parent -1)")
-        for i, p in enumerate(self.parent[1:], start=1):
-            if not 0 <= p < i:
-                raise ValueError(f"token tree node {i}: its parent {p} must come before it")
+def keep_path_(tensors, base: torch.Tensor, nodes: torch.Tensor) -> None:
+    """After a tree forward whose root sat at slot ``base [B]``: move the K/V of the tree ``nodes [B, D]`` (the nodes
+    kept at depths ``1 .. D``) to slots ``base + 1 .. base + D`` in every cache tensor of ``tensors``."""
+    src = base[:, None] + nodes
+    dst = base[:, None] + torch.arange(1, nodes.shape[1] + 1, device=nodes.device)
+    for t in tensors:
+        move_rows_(t, src, dst)
 
 
 def tree_window_mask(start: torch.Tensor, tree: TokenTree, key_valid: torch.Tensor, L: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .base import TextCondition, class_ids
 from .config import OfficialConfig
-from .kv import TokenTree, move_rows_, tree_window_mask, write_rows_
+from .kv import TokenTree, keep_path_, tree_window_mask, write_rows_
 from .line_cache import LineEviction, LineSlots, add_first_query_attention_
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "GPT_PRESETS", "gpt_config", "attention_mask", "TextCondition"]
@@ -487,10 +487,7 @@ class GPT(nn.Module):
     def keep_path(self, cache: KVCache, start: torch.Tensor, nodes: torch.Tensor) -> None:
         """After a tree forward at ``start [B]``: move the K/V of ``nodes [B, D]`` (the tree nodes at depths
         ``1 .. D``) to the slots of their positions ``start+1 .. start+D``."""
-        src = cache.prefix + start[:, None] + nodes
-        dst = cache.prefix + start[:, None] + torch.arange(1, nodes.shape[1] + 1, device=nodes.device)
-        for t in (*cache.k, *cache.v):
-            move_rows_(t, src, dst)
+        keep_path_((*cache.k, *cache.v), cache.prefix + start, nodes)
 
     # -- TokenModel: cache protocol ---------------------------------------------------------------
     def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,

@@ -110,20 +110,6 @@ def draw_without_replacement(q: torch.Tensor, first: torch.Tensor, count: int, u
     return top.indices, torch.isfinite(top.values)
 
 
-def _level_widths(tree: TokenTree) -> list[int]:
-    """Most children a node of each depth has (the sibling loop's bound per level)."""
-    children = [0] * tree.size
-    for p in tree.parent[1:]:
-        children[p] += 1
-    depth = [0] * tree.size
-    widths = [0] * (tree.max_depth + 1)
-    for i in range(tree.size):
-        if i:
-            depth[i] = depth[tree.parent[i]] + 1
-        widths[depth[i]] = max(widths[depth[i]], children[i])
-    return widths
-
-
 def verify_tree(p, tokens, q, valid, tree: TokenTree, u, u_res, live, rule=None):
     """Verify a token tree against the target.
 
@@ -145,8 +131,7 @@ def verify_tree(p, tokens, q, valid, tree: TokenTree, u, u_res, live, rule=None)
     children = t["children"]
     B, _, V = p.shape
     D = tree.max_depth
-    widths = _level_widths(tree)
-    chain = _chain_length(tree)
+    widths, chain = tree.widths, tree.chain
     rows = torch.arange(B, device=p.device)
     cur = torch.zeros(B, dtype=torch.long, device=p.device)
     follow = torch.zeros_like(cur)
@@ -155,7 +140,7 @@ def verify_tree(p, tokens, q, valid, tree: TokenTree, u, u_res, live, rule=None)
     tv = None if exact else torch.zeros(B, dtype=torch.float64, device=p.device)
     r = p[:, 0].double()
     path = []
-    straight = _chain_from(tree)  # from this depth on only the chain's nodes exist: verified in one shot
+    straight = tree.straight_from  # from this depth on only the chain's nodes exist: verified in one shot
     for d in range(1, straight):
         chosen = torch.full_like(cur, -1)
         removed = torch.zeros(B, V, dtype=torch.bool, device=p.device)
@@ -218,23 +203,6 @@ def verify_tree(p, tokens, q, valid, tree: TokenTree, u, u_res, live, rule=None)
     return a, sample_from_probs(r, u_res), torch.stack(path, dim=1), tv
 
 
-def _chain_from(tree: TokenTree) -> int:
-    """The smallest depth from which the tree's only nodes are the chain's (``max_depth + 1`` if none)."""
-    depth = [0] * tree.size
-    for i in range(1, tree.size):
-        depth[i] = depth[tree.parent[i]] + 1
-    chain = _chain_length(tree)
-    side = [depth[i] for i in range(chain, tree.size)]
-    return max(side, default=0) + 1
-
-
-def _chain_length(tree: TokenTree) -> int:
-    n = 1
-    while n < tree.size and tree.parent[n] == n - 1:
-        n += 1
-    return n
-
-
 def _verify_longest(p, tokens, q, valid, tree: TokenTree, u, u_res, live):
     """SJD-PAC's selection: each node is tested against the residual its earlier siblings leave (as if they were
     all rejected), and the deepest node whose whole path is accepted wins (the first in node order on ties); the
@@ -250,10 +218,9 @@ def _verify_longest(p, tokens, q, valid, tree: TokenTree, u, u_res, live):
     accepted = torch.zeros(B, n, dtype=torch.bool, device=p.device)
     accepted[:, 0] = True
     kids_of = [[] for _ in range(n)]
-    host_depth = [0] * n
     for c in range(1, n):
         kids_of[tree.parent[c]].append(c)
-        host_depth[c] = host_depth[tree.parent[c]] + 1
+    host_depth = tree.depth
     for parent in range(n):
         kids = kids_of[parent]
         r = p[:, parent].double()
@@ -277,8 +244,7 @@ def _verify_longest(p, tokens, q, valid, tree: TokenTree, u, u_res, live):
     a = depth[best]
     token = sample_from_probs(after[rows, best], u_res)
     # the path to ``best`` and, below it, its first children (the chain's node where a branch ends)
-    D = tree.max_depth
-    chain = _chain_length(tree)
+    D, chain = tree.max_depth, tree.chain
     parent_t = torch.tensor(tree.parent, device=p.device)
     nodes = [best]
     for _ in range(D):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..kv import TokenTree, move_rows_, tree_window_mask, write_rows_
+from ..kv import TokenTree, keep_path_, tree_window_mask, write_rows_
 
 __all__ = ["PromptTokens", "RowCache", "HFImageLM"]
 
@@ -279,10 +279,7 @@ class HFImageLM(nn.Module):
     def keep_path(self, cache: RowCache, start: torch.Tensor, nodes: torch.Tensor) -> None:
         """After a tree forward at ``start [B]``: move the K/V of ``nodes [B, D]`` (depths ``1 .. D``) to the slots
         of their positions ``start+1 .. start+D``."""
-        src = cache.prompt_len + start[:, None] + nodes
-        dst = cache.prompt_len + start[:, None] + torch.arange(1, nodes.shape[1] + 1, device=nodes.device)
-        for t in (*cache.k, *cache.v):
-            move_rows_(t, src, dst)
+        keep_path_((*cache.k, *cache.v), cache.prompt_len + start, nodes)
 
     def _run_with_row_ends(self, tokens, t, start, cache: RowCache, read):
         """Tokens at image indices ``t`` with a row end after each row's last token, in ``n + ceil(n / W)`` decoder
