@@ -28,9 +28,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from ..models.kv import TokenTree
 from .acceptance import get_rule
 from .base import GenerationOutput, RowRandom, SamplingConfig, Stats, StepTimer, sample_from_probs
-from ..models.kv import TokenTree
 from .session import CacheOptions, TokenSession, resolve_config
 from .verify import Committer
 
@@ -195,7 +195,7 @@ class TokenSampler:
                              f"({type(model).__name__} has no tree_attention)")
         if self.cache_options.kv_budget is not None:
             raise ValueError(f"{self.name}: tree drafts cannot run over an evicting K/V cache (kv_budget)")
-        if not self.rule.TREES:
+        if not getattr(self.rule, "TREES", False):
             raise ValueError(f"{self.name}: the {self.rule.name} rule cannot verify token trees")
 
     def with_proposer(self, proposer) -> "TokenSampler":

@@ -90,7 +90,6 @@ class Committer:
         from .tree import verify_tree
 
         tree = proposal.tree
-        B, J = proposal.tokens.shape
         D = tree.max_depth
         root = self.seq.gather(1, (n - 1)[:, None])
         tokens = torch.cat([root, proposal.tokens], dim=1)

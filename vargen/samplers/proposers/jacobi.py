@@ -139,7 +139,6 @@ class JacobiProposer:
                                           self.q, p, fb.start, fb.committed, u, self.before)
 
 
-
 def fresh_drafts(init, grid, vocab, seq, nb, first_fresh, positions, u, before=None):
     """Tokens and truthful q for fresh drafts at ``positions [B, J]``; ``seq`` holds committed tokens and carried
     drafts at every position < ``first_fresh``; ``nb``: the neighbour distributions of the ``*_sample`` inits;
