@@ -211,9 +211,6 @@ def _verify_longest(p, tokens, q, valid, tree: TokenTree, u, u_res, live):
     depth, children = t["depth"], t["children"]
     B, n, V = p.shape
     rows = torch.arange(B, device=p.device)
-    # per node: the target it is tested against (its parent's p, minus its earlier siblings' q) and its own q
-    target = torch.zeros(B, n, V, dtype=torch.float64, device=p.device)
-    own_q = torch.zeros_like(target)
     after = p.double().clone()  # per node: the residual after all its children (p itself for a leaf)
     accepted = torch.zeros(B, n, dtype=torch.bool, device=p.device)
     accepted[:, 0] = True
@@ -229,7 +226,6 @@ def _verify_longest(p, tokens, q, valid, tree: TokenTree, u, u_res, live):
             qk = q[:, c].double().masked_fill(removed, 0.0)
             mass = qk.sum(-1, keepdim=True)
             qk = qk / mass.clamp_min(1e-300)
-            target[:, c], own_q[:, c] = r, qk
             tok = tokens[:, c]
             ok = valid[:, c] & live[:, host_depth[c] - 1] & (mass[:, 0] > 0)
             accepted[:, c] = accepted[:, parent] & ok & (u[:, c] * qk[rows, tok] < r[rows, tok])
