@@ -4,7 +4,8 @@ A *source* is one of:
 - a folder of images (searched recursively: ImageNet-style ``class/*.JPEG`` works, so does a flat folder
   of generated PNGs);
 - ``"cifar10-train"`` / ``"cifar10-test"`` (through :func:`vargen.train.data.load_images`; the tarball is
-  ``$VARGEN_CIFAR10`` or ``../shared/data/cifar10/cifar10-jpeg.tar.gz`` next to the checkout), or
+  ``$VARGEN_CIFAR10``, else ``$VARGEN_SHARED/data/cifar10/cifar10-jpeg.tar.gz`` or
+  ``../shared/data/cifar10/cifar10-jpeg.tar.gz`` next to the checkout), or
   ``"<archive or folder>@<split>"`` for any dataset in that layout;
 - an ADM-style ``.npz`` with images under ``arr_0`` (uint8 ``[N, H, W, 3]``);
 - a uint8 array ``[N, H, W, 3]``.
@@ -34,8 +35,18 @@ REPO = Path(__file__).resolve().parents[2]
 # ----------------------------------------------------------------------------------------------
 
 
+CIFAR10_IN_SHARED = Path("data") / "cifar10" / "cifar10-jpeg.tar.gz"
+
+
 def cifar10_archive() -> Path:
-    return Path(os.environ.get("VARGEN_CIFAR10") or REPO.parent / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar.gz")
+    """The CIFAR-10 tarball: ``$VARGEN_CIFAR10`` if set, else the first of
+    ``$VARGEN_SHARED/data/cifar10/cifar10-jpeg.tar.gz`` and ``../shared/data/cifar10/cifar10-jpeg.tar.gz`` (next to
+    the checkout) that exists; if none does, the first candidate, so that the error names it."""
+    if os.environ.get("VARGEN_CIFAR10"):
+        return Path(os.environ["VARGEN_CIFAR10"])
+    shared = [Path(os.environ["VARGEN_SHARED"])] if os.environ.get("VARGEN_SHARED") else []
+    candidates = [root / CIFAR10_IN_SHARED for root in (*shared, REPO.parent / "shared")]
+    return next((c for c in candidates if c.is_file()), candidates[0])
 
 
 def dataset_spec(source: str) -> tuple[Path, str] | None:
