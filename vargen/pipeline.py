@@ -10,6 +10,7 @@ LANTERN's neighbour table -- are built once per (sampler, options) and reused ac
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 from . import zoo
-from .samplers import get_sampler
+from .samplers import available_samplers, get_sampler, sampler_options, unknown_sampler_error
 from .samplers.base import GenerationOutput, SamplingConfig, Stats
 from .samplers.spec import SamplerSpec
 
@@ -227,6 +228,11 @@ def register_family(spec: FamilySpec) -> None:
     FAMILIES[spec.kind] = spec
 
 
+def families_taking(sampler: str) -> list[str]:
+    """The family kinds ``sampler`` applies to."""
+    return [kind for kind, family in FAMILIES.items() if sampler in family.samplers]
+
+
 # ----------------------------------------------------------------------------------------------
 # The pipeline
 # ----------------------------------------------------------------------------------------------
@@ -373,6 +379,8 @@ class Pipeline:
         drafter of ``sd``/``lantern``, CoDe's refiner, CSpD's draft; unless given as an option) and the
         tokenizer codebook for neighbourhood rules. Built once per (name, options), then reused."""
         if name not in self.family.samplers:
+            if name not in available_samplers():
+                raise unknown_sampler_error(name)
             raise ValueError(f"sampler {name!r} does not apply to a {self.kind.upper()} pipeline; use one of "
                              f"{', '.join(self.family.samplers)}")
         options = {**self.sampler_options.get(name, {}), **options}
@@ -390,6 +398,12 @@ class Pipeline:
             rule.codebook = self.tokenizer.codebook  # neighbourhoods in the quantiser's geometry
         self._samplers[key] = sampler
         return sampler
+
+    def sampler_defaults(self, name: str, acceptance: str | None = None) -> dict[str, Any]:
+        """The options ``name`` runs with on this pipeline when none are given: the sampler's declared defaults
+        under this pipeline's ``sampler_options`` (e.g. the VAR demo's ``code`` runs ``draft_steps=4``)."""
+        own = self.sampler_options.get(name, {})
+        return {key: own.get(key, opt.default) for key, opt in sampler_options(name, acceptance).items()}
 
     def check_sampler(self, name: str, model: str | None = None, **options):
         """The sampler ``name`` with ``options`` for member ``model``, checked against that model (sizes within
@@ -689,8 +703,10 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: to
             raise ValueError(f"{', '.join(given)} apply to official names; a transformers folder loads its own "
                              "safetensors weights")
         return _load_hf(path if path.is_dir() else hub_folder(name), dtype, device, trusted)
+    known = [n for n in zoo.shipped_names() if zoo.pipeline_kind(n)] + sorted(zoo.OFFICIAL)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.8)
     raise ValueError(
-        f"unknown model {name!r}: not a shipped demo ({', '.join(n for n in zoo.shipped_names() if zoo.pipeline_kind(n)) or 'none'}), "
+        f"unknown model {name!r}{'; closest: ' + ', '.join(close) if close else ''}: not a shipped demo ({', '.join(n for n in zoo.shipped_names() if zoo.pipeline_kind(n)) or 'none'}), "
         f"not an official name ({', '.join(sorted(zoo.OFFICIAL))}), not a folder with pipeline.json and not a "
         f"transformers folder or hub id of an adapted image LM (Janus, Emu3, Chameleon: Lumina-mGPT / Anole)"
     )

@@ -7,6 +7,7 @@ sampler does not take is a ``ValueError`` that lists the ones it does.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 
 from .base import GenerationOutput, SamplingConfig, Stats
@@ -41,9 +42,17 @@ def available_samplers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def unknown_sampler_error(name: str) -> ValueError:
+    """``unknown sampler 'SJD'; did you mean 'sjd'? available: ...``"""
+    text = str(name).lower()
+    close = [text] if text in _REGISTRY else difflib.get_close_matches(text, available_samplers(), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    return ValueError(f"unknown sampler {name!r}; {hint}available: {', '.join(available_samplers())}")
+
+
 def sampler_class(name: str):
     if name not in _REGISTRY:
-        raise ValueError(f"unknown sampler {name!r}; available: {', '.join(available_samplers())}")
+        raise unknown_sampler_error(name)
     module_name, cls_name = _REGISTRY[name][0].split(":")
     return getattr(importlib.import_module(module_name), cls_name)
 
