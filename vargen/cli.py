@@ -14,7 +14,8 @@ EPILOG = """examples:
   vargen generate --sampler sjd:window=16,coupled=true --class-id cat ship --out out
   vargen generate --model cifar10-var --sampler code:draft_steps=4 --out out-var
   vargen bench --model cifar10-llamagen --batch 1 --sampler ar sjd:window=16 sjd:window=16,coupled=true
-  vargen samplers sjd
+  vargen models
+  vargen samplers --model cifar10-var
 """
 
 CONFIG_FLAGS = (  # SamplingConfig fields as flags: (flag, type, help)
@@ -50,10 +51,9 @@ def _setup(args) -> None:
 
 
 def _add_model_flags(p, default_model: str = "cifar10-llamagen") -> None:
-    p.add_argument("--model", default=default_model,
-                   help=f"a shipped demo (cifar10-llamagen, cifar10-var, cifar10-mar), an official name "
-                        f"(llamagen-c2i-B-256, ...), a folder with pipeline.json, or a transformers Janus / "
-                        f"Janus-Pro / Emu3 folder or hub id (deepseek-community/Janus-Pro-1B) (default {default_model})")
+    from .catalog import model_help
+
+    p.add_argument("--model", default=default_model, help=model_help(default_model))
     p.add_argument("--checkpoint", help="local official GPT checkpoint (offline use of official names)")
     p.add_argument("--tokenizer-checkpoint", help="local official VQ checkpoint (offline use of official names)")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -111,7 +111,9 @@ def _prepare_out(path: str) -> Path:
 
 
 def _add_prompt_flags(p, ids_note: str) -> None:
-    p.add_argument("--prompt", nargs="+", default=None, help="text prompts, for text-to-image models (Janus, Emu3)")
+    from .catalog import PROMPT_FAMILIES
+
+    p.add_argument("--prompt", nargs="+", default=None, help=f"text prompts, for text-to-image models ({PROMPT_FAMILIES})")
     p.add_argument("--prompt-ids", nargs="+", default=None, metavar="IDS",
                    help=f"prompts as comma-separated token ids (e.g. 0,17,42,98), each ending where the image "
                         f"starts; {ids_note}")
@@ -353,22 +355,137 @@ def _run_gpu_suite(args) -> int:
 
 
 def _add_samplers(sub) -> None:
-    p = sub.add_parser("samplers", help="list the samplers and their options",
-                       description="Every registered sampler, or one with its options (type, range, default, help).")
-    p.add_argument("name", nargs="?", help="a sampler to describe")
+    p = sub.add_parser("samplers", help="list the samplers, the families they apply to, and their options",
+                       description="Every registered sampler with the model families it applies to, or one sampler "
+                                   "with its options (type, range, default, help). With --model: the samplers of that "
+                                   "pipeline and the defaults it runs them with.")
+    p.add_argument("name", nargs="?", help="a sampler to describe with its options")
     p.add_argument("--acceptance", help="with NAME: also list this acceptance rule's options")
+    p.add_argument("--model", help="a pipeline (demo name, folder, ...): show its default sampler and the option "
+                                   "defaults it runs, which can differ from the sampler's own (e.g. cifar10-var's "
+                                   "code runs draft_steps 4)")
 
 
 def _run_samplers(args) -> int:
-    from .samplers import available_samplers, sampler_options
+    from .samplers import available_samplers, sampler_class
 
-    names = [args.name] if args.name else available_samplers()
-    for name in names:
-        options = sampler_options(name, args.acceptance)
-        print(f"{name}:" + ("" if options else " (no options)"))
-        for opt in options.values():
-            print(f"  {opt.describe()}")
+    if args.name:
+        sampler_class(args.name)  # an unknown name: "unknown sampler ...; did you mean ...?"
+    if args.model:
+        return _run_pipeline_samplers(args)
+    if not args.name:
+        _print_sampler_table(available_samplers())
+        print("\n`vargen samplers NAME` lists a sampler's options; `--model NAME` the defaults a pipeline runs")
+        return 0
+    _print_options(args.name, _declared_defaults(args.name, args.acceptance), args.acceptance)
     return 0
+
+
+def _applies_to(sampler: str) -> str:
+    from .catalog import family_label
+    from .pipeline import families_taking
+
+    return ", ".join(family_label(k) for k in families_taking(sampler)) or "custom models only"
+
+
+SAMPLER_SUMMARIES = {
+    "ar": "one token per forward pass: the token models' baseline",
+    "sjd": "speculative Jacobi decoding: the last iteration's guesses are the drafts (lossless)",
+    "sjd-pac": "SJD with proactive draft trees and the coupled update (lossless)",
+    "gsd": "SJD with grouped acceptance of similar tokens (lossy, TV-bounded)",
+    "sd": "speculative decoding with a draft head or a smaller model (lossless)",
+    "lantern": "draft-head speculative decoding with relaxed acceptance over latent neighbours (lossy)",
+    "lantern++": "LANTERN over static draft trees (lossy)",
+    "zipar": "ZipAR: each row starts a window of tokens after the one above (lossy)",
+    "var": "next-scale prediction, one forward per scale: VAR's baseline",
+    "code": "CoDe: a large drafter for the first scales, a small refiner for the rest",
+    "mar": "masked autoregressive steps with a diffusion head: MAR's baseline",
+    "cspd": "continuous speculative decoding with a draft MAR",
+}
+
+
+def _print_sampler_table(names) -> None:
+    width = max(map(len, names))
+    print(f"{'sampler':<{width}}  applies to")
+    for name in names:
+        print(f"{name:<{width}}  {_applies_to(name)}")
+        if name in SAMPLER_SUMMARIES:
+            print(f"{'':<{width}}    {SAMPLER_SUMMARIES[name]}")
+
+
+def _declared_defaults(name: str, acceptance: str | None) -> dict:
+    from .samplers import sampler_options
+
+    return {key: opt.default for key, opt in sampler_options(name, acceptance).items()}
+
+
+def _print_options(name: str, defaults: dict, acceptance: str | None = None, header: str = "") -> None:
+    """One sampler's options with the defaults given; where these differ from the sampler's own, both."""
+    from dataclasses import replace
+
+    from .samplers import sampler_options
+
+    print(f"{name}: applies to {_applies_to(name)}{header}")
+    options = sampler_options(name, acceptance)
+    if not options:
+        print("  (no options)")
+    for key, opt in options.items():
+        line = replace(opt, default=defaults[key]).describe()
+        if defaults[key] != opt.default:
+            line += f" (this pipeline's default; the sampler's own is {opt.default!r})"
+        print(f"  {line}")
+
+
+def _run_pipeline_samplers(args) -> int:
+    from .catalog import family_label
+    from .pipeline import load
+
+    pipe = load(args.model)
+    names = pipe.applicable_samplers()
+    if args.name and args.name not in names:
+        raise ValueError(f"sampler {args.name!r} does not apply to {args.model} ({family_label(pipe.kind)}); it "
+                         f"takes {', '.join(names)}")
+    print(f"{args.model} ({family_label(pipe.kind)}): default sampler {pipe.default_sampler}, baseline "
+          f"{pipe.baseline_sampler}\n")
+    for name in [args.name] if args.name else names:
+        _print_options(name, pipe.sampler_defaults(name, args.acceptance), args.acceptance)
+        print()
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# vargen models
+# ----------------------------------------------------------------------------------------------
+
+
+def _add_models(sub) -> None:
+    sub.add_parser("models", help="list the models: shipped demos, official names, transformers image LMs",
+                   description="The shipped demo pipelines (offline, with their size on disk), the official names "
+                               "(what each downloads, and whether it is in the local cache), and the transformers "
+                               "image LMs vargen adapts. Any of them goes to --model.")
+
+
+def _run_models(args) -> int:
+    from .catalog import HUB_EXAMPLES, PROMPT_FAMILIES, demos, family_label, officials
+
+    print("Shipped demos (in the package; work offline):")
+    rows = [(d.name, family_label(d.kind), f"{d.megabytes:.1f} MB", "parts: " + ", ".join(d.parts)) for d in demos()]
+    _print_rows(rows)
+    print("\nOfficial names (downloaded from the Hugging Face hub where a network exists; offline from the hub cache "
+          "or from local files: --checkpoint / --tokenizer-checkpoint):")
+    rows = [(o.name, family_label(o.kind), "cached, offline" if o.cached else "downloads",
+             "; ".join(f"{repo}/{file}" for repo, file in o.downloads)) for o in officials()]
+    _print_rows(rows)
+    print(f"\ntransformers image LMs ({PROMPT_FAMILIES}; the [hf] extra): a save_pretrained folder (offline), or a "
+          "hub id that downloads where a network exists, e.g.:")
+    _print_rows([(repo, family_label(kind)) for repo, kind in HUB_EXAMPLES.items()])
+    return 0
+
+
+def _print_rows(rows) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  " + "  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[-1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,46 +556,45 @@ def _run_measure(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# vargen app (the app lives in the repository checkout, not in the wheel)
+# vargen app (vargen.app; the only command that imports gradio)
 # ----------------------------------------------------------------------------------------------
-
-_APP_ERROR = ("`vargen app` runs app/app.py from the repository checkout, and this vargen was installed without "
-              "it: git clone the repository and run `pip install -e '.[app]'` there")
-
-
-def _load_app():
-    """``app/app.py`` of the repository checkout (the app is not part of the wheel), or ``None``."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "app" / "app.py"
-    if not path.is_file():
-        return None
-    if "vargen_app" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("vargen_app", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["vargen_app"] = module  # dataclasses look their module up here
-        spec.loader.exec_module(module)
-    return sys.modules["vargen_app"]
 
 
 def _add_app(sub) -> None:
-    try:
-        module = _load_app()
-    except Exception as err:  # a broken checkout must not take the other commands down
-        module = None
-        print(f"warning: app/app.py could not be loaded ({type(err).__name__}: {err}); `vargen app` is unavailable",
-              file=sys.stderr)
-    if module is not None:
-        module.add_cli(sub)
-    else:
-        sub.add_parser("app", help="start the Gradio demo (needs the repository checkout)")
+    p = sub.add_parser("app", help="start the web app: a baseline and an accelerated sampler side by side",
+                       description="Start the Gradio app (needs the [app] extra: pip install 'vargen[app]'): pick a "
+                                   "model, a class, prompt or scene and a sampler; one click shows the baseline's and "
+                                   "the sampler's images, the acceptance map, forward passes and the wall-clock ratio.")
+    add_app_flags(p)
+
+
+def add_app_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true",
+                   help="also open a public gradio.live link (needs internet; anyone with the link can use it)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME_OR_FOLDER",
+                   help="a model to list first (zoo name or folder with pipeline.json); repeatable")
+    p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: automatic from the free cores)")
+    p.add_argument("--concurrency", type=int, default=1, help="generations run at the same time (default 1)")
+    p.add_argument("--max-queue", type=int, default=16, help="requests waiting in the queue (default 16)")
+    return p
 
 
 def _run_app(args) -> int:
-    module = _load_app()
-    if module is None:
-        raise ValueError(_APP_ERROR)
-    return module.run_cli(args)
+    for name in ("port", "concurrency", "max_queue"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ImportError("the app needs gradio, from the [app] extra: pip install 'vargen[app]'") from None
+    from .app import serve
+
+    _setup(args)
+    return serve(args)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -499,8 +615,18 @@ def _run_train(args) -> int:
 
 
 COMMANDS = {"generate": (_add_generate, _run_generate), "bench": (_add_bench, _run_bench),
-            "samplers": (_add_samplers, _run_samplers), "measure": (_add_measure, _run_measure),
+            "models": (_add_models, _run_models), "samplers": (_add_samplers, _run_samplers),
+            "measure": (_add_measure, _run_measure),
             "train": (_add_train, _run_train), "app": (_add_app, _run_app)}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vargen")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -508,9 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="vargen", description=__doc__.strip(), epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"vargen {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 title="commands (vargen COMMAND --help for each)")
-    for name in ("generate", "bench", "samplers", "measure"):
+    for name in ("generate", "bench", "models", "samplers", "measure"):
         COMMANDS[name][0](sub)
     add_fid_cli(sub)
     for name in ("app", "train"):
