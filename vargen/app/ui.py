@@ -231,7 +231,7 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
                     tokenizer_checkpoint = gr.Textbox(label="tokenizer checkpoint", placeholder="/path/to/tokenizer")
                     trust = gr.Checkbox(False, label="trust these files (they may run code when read)")
                 kind = compare.condition_kind(first_pipe) if first_pipe else "class"
-                choices = compare.condition_choices(first_pipe) if kind in ("class", "scene") else []
+                choices = compare.condition_choices(first_pipe) if first_pipe and kind != "prompt" else []
                 condition = gr.Dropdown(choices, value=choices[0][1] if choices else None, label=kind,
                                         allow_custom_value=True, visible=kind in ("class", "scene"),
                                         elem_id="condition")
@@ -260,8 +260,10 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
                                              elem_id="baseline")
                     fast_images = gr.Gallery(label="accelerated", columns=2, height=300, object_fit="contain",
                                              elem_id="accelerated")
-                    amap = gr.Image(label="acceptance map", type="pil", height=300,
-                                    format="png", elem_id="acceptance-map")
+                    with gr.Column(min_width=200):
+                        gr.Markdown("**acceptance map**: the pass that committed each token")
+                        amap = gr.Image(show_label=False, type="pil", height=270, format="png",
+                                        elem_id="acceptance-map")
                 verdict = gr.Markdown(elem_id="verdict")
                 table = gr.Markdown(elem_id="stats-table")
                 with gr.Accordion("statistics (JSON)", open=False):
