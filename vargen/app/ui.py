@@ -99,7 +99,7 @@ def gallery(run: compare.Run, folder: str) -> list:
     """Images enlarged for the page; for video, one animated GIF per clip (a file in ``folder``)."""
     if run.output.videos:
         paths = []
-        for i, frames in enumerate(run.output.videos):
+        for frames in run.output.videos:
             path = Path(tempfile.mkstemp(suffix=".gif", dir=folder)[1])
             path.write_bytes(render.gif_bytes([render.enlarge(f) for f in frames]))
             paths.append(str(path))
@@ -211,8 +211,8 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
             request = compare.prepare(pipe, model, given, SamplerSpec(spec.name), options, config, seed, batch_size)
             progress(0.05, desc=f"{pipe.baseline_sampler} baseline")
             base = compare.run(request, pipe.baseline_sampler)
-            yield gallery(base, folder), None, None, "", compare.stats_table(base, None), \
-                compare.stats_json(request, base, None)
+            yield (gallery(base, folder), None, None, "", compare.stats_table(base, None),
+                   compare.stats_json(request, base, None))
             progress(0.5, desc=spec.name)
             fast = compare.run(request)
             yield (gallery(base, folder), gallery(fast, folder), render.acceptance_maps(fast.stats, pipe.model),
