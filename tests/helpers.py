@@ -192,3 +192,14 @@ def tiny_video_folder(root):
         {"kind": "cosmos", "model": "tiny-cosmos", "tokenizer": "tiny-dv", "scenes": "bouncing_shapes",
          "defaults": {"temperature": 1.0, "top_p": 0.9}}))
     return root / "tiny-cosmos"
+
+
+def keep_path_without_row_ends(cache, start, tree, nodes) -> None:
+    """Deliberately broken ``keep_tree_path_`` (for power checks of trees over sequences with row ends): moves the kept
+    nodes' K/V but not the forced row ends on their path."""
+    from vargen.decode import move_rows_
+
+    src = cache.seq(start)[:, None] + nodes
+    dst = cache.seq(start[:, None] + torch.arange(1, nodes.shape[1] + 1, device=nodes.device))
+    for t in (*cache.k, *cache.v):
+        move_rows_(t, src, dst)

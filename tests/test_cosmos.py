@@ -13,6 +13,7 @@ from vargen.models.cosmos import (COSMOS_PRESETS, CosmosConfig, CosmosTransforme
 from vargen.samplers import get_sampler
 from vargen.samplers.base import SamplingConfig, logits_to_probs
 from vargen.tokenizers.cosmos_dv import DV_PRESETS, DiscreteVideoTokenizer, DVConfig, load_dv_tokenizer
+from vargen.testing import decode
 
 ATOL = 1e-4
 KINDS = ("base", "v2w", "yarn")
@@ -70,9 +71,9 @@ def test_teacher_forcing_prefill_steps_chunk_and_cache(fx, kind, masked):
     torch.testing.assert_close(model.prefill(cond, cache), t[f"{key}.cache.prefill_logits"][:, -1], atol=ATOL, rtol=0)
     gen = tokens[:, 20:]
     for i in range(4):  # single-token steps at per-row positions
-        out = model(gen[:, i : i + 1], torch.full((2,), i), cache)
+        out = decode(model, gen[:, i : i + 1], torch.full((2,), i), cache)
         torch.testing.assert_close(out[:, 0], t[f"{key}.cache.step_logits"][:, i], atol=ATOL, rtol=0)
-    chunk = model(gen[:, 4:8], torch.full((2,), 4), cache)  # a verification window of 4
+    chunk = decode(model, gen[:, 4:8], torch.full((2,), 4), cache)  # a verification window of 4
     torch.testing.assert_close(chunk, t[f"{key}.cache.chunk_logits"], atol=ATOL, rtol=0)
     if not masked:  # keys after k_norm and RoPE, values raw; unwritten slots zero
         L = t[f"{kind}.cache.layer0.k"].shape[2]
@@ -129,7 +130,7 @@ def test_seeded_sampling_with_the_official_noise(fx, kind, mode):
         else:
             tok = (p / noise[step]).argmax(-1)
         tokens.append(tok)
-        logits = model(tok[:, None], torch.full((2,), step), cache)[:, 0]
+        logits = decode(model, tok[:, None], torch.full((2,), step), cache)[:, 0]
     assert torch.equal(torch.stack(tokens, 1), want[:, n_prompt:])
     torch.testing.assert_close(model.logits(cond, want[:, n_prompt:]), t[f"{kind}.sample_{mode}.logits"],
                                atol=ATOL, rtol=0)

@@ -13,8 +13,8 @@ transformers = pytest.importorskip("transformers", reason="the [hf] extra (trans
 from safetensors.torch import load_file  # noqa: E402
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration  # noqa: E402
 
-from helpers import (ResampleFromTarget, assert_prompt_rows_match_alone, prompt_law_pvalue,  # noqa: E402
-                     randomise_)
+from helpers import (ResampleFromTarget, assert_prompt_rows_match_alone, keep_path_without_row_ends,  # noqa: E402
+                     prompt_law_pvalue, randomise_)
 from vargen import SamplingConfig, get_sampler, load  # noqa: E402
 from vargen.cli import main as vargen_main  # noqa: E402
 from vargen.models.hf import PromptTokens, image_lm  # noqa: E402
@@ -181,14 +181,19 @@ ONE = [[BOS, 11, SEP, START, SIZES[1], SIZES[1]]]
     ("ar", {}),
     ("sjd", dict(window=3, init="random")),
     ("sjd", dict(window=4, init="vertical_sample", coupled=True)),
+    ("sjd", dict(window=3, tree_width=2, tree_depth=2)),  # token trees: row ends are forced nodes
+    ("sjd-pac", dict(window=3, tree_width=3, tree_depth=2)),
 ])
 def test_lossless_against_enumerated_distribution(small, name, options):
     assert prompt_law_pvalue(get_sampler(name, **options), small, ONE[0], CONFIG) > 1e-3
 
 
-def test_chi_square_test_has_power(small):
+def test_chi_square_test_has_power(small, monkeypatch):
     broken = get_sampler("sjd", window=4, init="horizontal", acceptance=ResampleFromTarget())
     assert prompt_law_pvalue(broken, small, ONE[0], CONFIG) < 1e-6
+    # trees: a cache that forgets the row ends on the kept path is caught
+    monkeypatch.setattr("vargen.samplers.session.keep_tree_path_", keep_path_without_row_ends)
+    assert prompt_law_pvalue(get_sampler("sjd", window=2, tree_width=2, tree_depth=2), small, ONE[0], CONFIG) < 1e-6
 
 
 # -- every token sampler, batch > 1 ----------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ import torch
 transformers = pytest.importorskip("transformers", reason="the [hf] extra (transformers) is not installed")
 from transformers import Emu3Config, Emu3ForConditionalGeneration  # noqa: E402
 
-from helpers import (ResampleFromTarget, assert_prompt_rows_match_alone, prompt_law_pvalue,  # noqa: E402
-                     randomise_)
+from helpers import (ResampleFromTarget, assert_prompt_rows_match_alone, keep_path_without_row_ends,  # noqa: E402
+                     prompt_law_pvalue, randomise_)
 from vargen import SamplingConfig, get_sampler  # noqa: E402
 from vargen.models.hf import PromptTokens, image_lm  # noqa: E402
 from vargen.models.hf.family import ImageDecoder  # noqa: E402
@@ -89,10 +89,13 @@ def test_protocol_conformance(emu3):
     assert set(report) >= {"teacher_forcing", "chunked", "per_row", "rollback", "reuse", "cfg_rows", "head"}
 
 
-def test_token_trees_are_refused_with_row_ends(emu3):
-    assert not emu3.tree_attention
-    with pytest.raises(ValueError, match="tree drafts need a model that attends over token trees"):
-        get_sampler("sjd", window=4, tree_width=3).check(emu3)
+def test_token_trees_cross_row_ends_as_forced_nodes(emu3):
+    """The conformance check roots its tree two tokens before a row end, so branches cross it (``report["tree"]``);
+    a tree sampler runs, every token in the image vocabulary."""
+    assert check_token_model(emu3, prompts(), atol=1e-4)["tree"] < 1e-4
+    out = get_sampler("sjd", window=4, tree_width=3).sample(emu3, prompts(), SamplingConfig(top_k=4),
+                                                            torch.Generator().manual_seed(0))
+    assert out.tokens.shape == (prompts().batch, emu3.num_tokens) and int(out.tokens.max()) < emu3.vocab_size
 
 
 def test_negative_prompt_is_needed_for_guidance():
@@ -116,14 +119,19 @@ ONE = [[BOS, 8, 9, 7]]
     ("ar", {}),
     ("sjd", dict(window=3, init="random")),
     ("sjd", dict(window=4, init="vertical_sample", coupled=True)),
+    ("sjd", dict(window=3, tree_width=2, tree_depth=2)),  # token trees: row ends are forced nodes
+    ("sjd-pac", dict(window=3, tree_width=3, tree_depth=2)),
 ])
 def test_lossless_against_enumerated_distribution(small, name, options):
     assert prompt_law_pvalue(get_sampler(name, **options), small, ONE[0], CONFIG) > 1e-3
 
 
-def test_chi_square_test_has_power(small):
+def test_chi_square_test_has_power(small, monkeypatch):
     broken = get_sampler("sjd", window=4, init="horizontal", acceptance=ResampleFromTarget())
     assert prompt_law_pvalue(broken, small, ONE[0], CONFIG) < 1e-6
+    # trees: a cache that forgets the row ends on the kept path is caught
+    monkeypatch.setattr("vargen.samplers.session.keep_tree_path_", keep_path_without_row_ends)
+    assert prompt_law_pvalue(get_sampler("sjd", window=2, tree_width=2, tree_depth=2), small, ONE[0], CONFIG) < 1e-6
 
 
 # -- every token sampler, batch > 1 ----------------------------------------------------------------------------------

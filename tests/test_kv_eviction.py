@@ -1,4 +1,4 @@
-"""LineAR-style K/V eviction (vargen.models.line_cache, the token samplers' kv_budget): the zero setting is the
+"""LineAR-style K/V eviction (vargen.decode.eviction, the token samplers' kv_budget): the zero setting is the
 plain sampler token for token; every forward equals full attention with the evicted keys hidden; the kept set
 follows the policy; rows evict independently; bad options fail before work."""
 import pytest
@@ -7,7 +7,8 @@ from helpers import assert_rows_match_alone, tiny_gpt
 
 from vargen import SamplingConfig, get_sampler
 from vargen.models.draft_head import DraftHead, DraftHeadConfig
-from vargen.models.line_cache import LineEviction, LineSlots
+from vargen.decode import LineEviction, LineSlots
+from vargen.testing import decode
 
 CONFIG = SamplingConfig(temperature=1.0, cfg_scale=2.0, top_k=8)
 
@@ -76,9 +77,9 @@ def test_each_forward_is_full_attention_with_the_evicted_keys_hidden():
         window = final[:, s:s + n].clone()
         junk = torch.arange(n) >= nxt - s
         window[:, junk] = torch.randint(16, (B, int(junk.sum())), generator=g)  # rejected drafts
-        out = model(window, torch.full((B,), s), cache)
+        out = decode(model, window, torch.full((B,), s), cache)
         written[:, s:s + n] = window
-        held = cache.slots.pos  # [layers, B, slots]: what this forward read
+        held = cache.eviction.pos  # [layers, B, slots]: what this forward read
         for i in range(n):
             p = s + i
             dense = torch.zeros(len(model.layers), B, N + n + 1, dtype=torch.bool)  # last column: free slots
@@ -88,7 +89,7 @@ def test_each_forward_is_full_attention_with_the_evicted_keys_hidden():
         torch.testing.assert_close(out, ref[:, s:s + n], rtol=1e-5, atol=1e-5)  # logits come out in float32
     held_last = visible[N - 1][:, :, : N - 1].sum(-1)
     assert (held_last < N - 1).all(), "nothing was evicted"
-    complete = (cache.slots.pos >= 0) & (cache.slots.pos < 12)
+    complete = (cache.eviction.pos >= 0) & (cache.eviction.pos < 12)
     assert (complete.sum(-1) <= policy.budget).all()
 
 
@@ -141,12 +142,8 @@ def test_bad_budgets_and_models_fail_before_work():
         get_sampler("sjd", kv_anchor=8)
     with pytest.raises(ValueError, match="takes no option 'kv_budget'"):
         get_sampler("mar", kv_budget=8)
-
-    class NoEviction:
-        line_eviction = False
-
-    with pytest.raises(ValueError, match="has no evicting K/V cache"):
-        get_sampler("sjd", kv_budget=8).cache_options.eviction(NoEviction())
+    # a budget of the whole image evicts nothing: the plain cache
+    assert get_sampler("sjd", kv_budget=16).cache_options.eviction(model) is None
 
 
 # -- video: Cosmos, lines of the latent grid ------------------------------------------------------------------------
@@ -194,8 +191,8 @@ def test_cosmos_forward_is_full_attention_with_the_evicted_keys_hidden():
     visible = []
     prefix = model._prefix_ids(cond)
     for s in range(0, N, n):
-        out = model(tokens[:, s:s + n], torch.full((B,), s), cache)
-        held = cache.slots.pos
+        out = decode(model, tokens[:, s:s + n], torch.full((B,), s), cache)
+        held = cache.eviction.pos
         for i in range(n):
             dense = torch.zeros(len(model.layers), B, N + n + 1, dtype=torch.bool)
             dense.scatter_(2, torch.where(held >= 0, held, N + n), (held >= 0) & (held <= s + i))

@@ -9,6 +9,7 @@ from conftest import fixture_dir
 from vargen.models.llamagen import GPT, GPTConfig, load_gpt_weights
 from vargen.samplers.base import filter_logits, logits_to_probs
 from vargen.tokenizers.llamagen_vq import VQConfig, VQModel, load_vq_weights
+from vargen.testing import decode
 
 ATOL = 1e-4
 
@@ -46,7 +47,7 @@ def test_c2i_teacher_forcing_step_and_chunk(fx):
         out = [model.prefill(labels, cache)[:, None]]
         for s in range(0, n - 1, chunk):
             piece = tokens[:, s : min(s + chunk, n - 1)]
-            out.append(model(piece, torch.full((labels.shape[0],), s), cache))
+            out.append(decode(model, piece, torch.full((labels.shape[0],), s), cache))
         torch.testing.assert_close(torch.cat(out, 1), t[key], atol=ATOL, rtol=0)
         if chunk == 1:
             layers = sorted({int(k.split(".")[2][5:]) for k in t if k.startswith("c2i.kv.")})
@@ -66,12 +67,12 @@ def test_c2i_per_row_positions_match_teacher_forcing(fx):
     labels, tokens, ref = t["c2i.labels"], t["c2i.tokens"], t["c2i.tf_logits"]
     cache = model.new_cache(3)
     model.prefill(labels, cache)
-    model(tokens[:, :6], torch.zeros(3, dtype=torch.long), cache)
+    decode(model, tokens[:, :6], torch.zeros(3, dtype=torch.long), cache)
     # stale garbage beyond each row's position must be masked, then overwritten
-    model(torch.randint(0, 64, (3, 5)), torch.tensor([6, 6, 6]), cache)
+    decode(model, torch.randint(0, 64, (3, 5)), torch.tensor([6, 6, 6]), cache)
     starts = torch.tensor([2, 4, 6])
     chunk = torch.stack([tokens[b, s : s + 3] for b, s in enumerate(starts.tolist())])
-    out = model(chunk, starts, cache)
+    out = decode(model, chunk, starts, cache)
     for b, s in enumerate(starts.tolist()):
         torch.testing.assert_close(out[b], ref[b, s + 1 : s + 4], atol=ATOL, rtol=0)
 
@@ -87,7 +88,7 @@ def test_t2i_teacher_forcing_and_cache(fx):
     cache = model.new_cache(2)
     out = [model.prefill(cap, cache)[:, None]]
     for s in range(tokens.shape[1] - 1):
-        out.append(model(tokens[:, s : s + 1], torch.full((2,), s), cache))
+        out.append(decode(model, tokens[:, s : s + 1], torch.full((2,), s), cache))
     torch.testing.assert_close(torch.cat(out, 1), t["t2i.cache_step_logits"], atol=ATOL, rtol=0)
 
 

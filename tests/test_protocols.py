@@ -13,17 +13,17 @@ from helpers import chi_square_pvalue, tiny_gpt
 from vargen import SamplingConfig, get_sampler
 from vargen.models.base import TextCondition, TokenModel
 from vargen.samplers.reference import reference_sample
-from vargen.testing import check_continuous_model, check_scale_model, check_token_model
-
-
-class ToyCache:
-    def __init__(self, batch, length):
-        self.tokens = torch.zeros(batch, length, dtype=torch.long)
+from vargen.decode import KVCache, LineSlots, layer_views, write_rows_
+from vargen.testing import check_continuous_model, check_scale_model, check_token_model, decode
 
 
 class ToyModel:
     """A class-conditional next-token model written from the TokenModel protocol alone: the logits of
-    token t+1 mix the class, the previous token, a running mean of every earlier token, and the position."""
+    token t+1 mix the class, the previous token, a running mean of every earlier token, and the position.
+
+    Its "attention" is that mean: the cache (vargen's :class:`~vargen.decode.KVCache`, one layer, one head) holds
+    ``w_ctx[token]`` per slot and the class row in slot 0, and a plan's mask says which slots each fed token averages,
+    so chain windows, token trees, scattered positions and K/V eviction all come from the decode layer."""
 
     vocab_size = 4
     grid = (1, 2, 2)
@@ -48,31 +48,39 @@ class ToyModel:
     def guidance_cond(self, cond):
         return torch.cat([cond, torch.full_like(cond, self.num_classes)])
 
-    def new_cache(self, batch, max_len=None):
-        return ToyCache(batch, 1 + (max_len or self.num_tokens))  # slot 0 holds the class
+    def new_cache(self, batch, max_len=None, eviction=None):
+        slots = 1 + (max_len or self.num_tokens)  # slot 0 holds the class
+        lines = None if eviction is None else LineSlots(eviction, 1, batch, slots - 1, self.device)
+        return KVCache.allocate(batch, 1, 1, slots, self.vocab_size, torch.float32, self.device, prefix=1,
+                                eviction=lines)
 
     def prefill(self, cond, cache):
-        cache.tokens[:, 0] = cond
+        if cache.eviction is not None:
+            cache.eviction.reset_()
+        cache.k[0][:, 0, 0] = self.w_cls[cond]
         return self.w_cls[cond] + self.w_pos[0]
 
-    def _logits_at(self, cache, pos):  # pos: [B] sequence positions of the fed token (class at 0)
-        rows = torch.arange(cache.tokens.shape[0])
-        ctx = torch.stack([self.w_ctx[cache.tokens[r, 1 : p + 1]].mean(0) for r, p in zip(rows.tolist(), pos.tolist())])
-        return self.w_cls[cache.tokens[:, 0]] + self.w_prev[cache.tokens[rows, pos]] + ctx + self.w_pos[pos]
-
-    def forward(self, tokens, start, cache, kv_len=None):
-        out = []
-        for i in range(tokens.shape[1]):
-            cache.tokens[torch.arange(tokens.shape[0]), start + 1 + i] = tokens[:, i]
-            out.append(self._logits_at(cache, start + 1 + i))
-        return torch.stack(out, 1)
+    def forward(self, tokens, plan, cache):
+        fed = plan.tokens(tokens)
+        views = layer_views(plan, cache)
+        write_rows_(cache.k[0], *views.write(0), self.w_ctx[fed][:, None])
+        mask = views.mask(0)[:, 0].float()  # [B, m, L]: the slots each entry averages
+        image = mask.clone()
+        image[..., 0] = 0  # the class slot is not an image token
+        keys = cache.k[0][:, 0, : mask.shape[-1]]
+        ctx = (image @ keys) / image.sum(-1, keepdim=True)
+        if views.probe(0) is not None:  # eviction scores: the first entry's "attention"
+            views.probe(0).add_(mask[:, 0] / mask[:, 0].sum(-1, keepdim=True))
+        views.finish()
+        logits = keys[:, :1] + self.w_prev[fed] + ctx + self.w_pos[plan.positions.clamp(max=self.w_pos.shape[0] - 1)]
+        return plan.read(logits)
 
     __call__ = forward
 
     def logits(self, cond, tokens):
         cache = self.new_cache(tokens.shape[0])
         first = self.prefill(cond, cache)[:, None]
-        rest = self.forward(tokens[:, : self.num_tokens - 1], torch.zeros(tokens.shape[0], dtype=torch.long), cache)
+        rest = decode(self, tokens[:, : self.num_tokens - 1], torch.zeros(tokens.shape[0], dtype=torch.long), cache)
         return torch.cat([first, rest], 1)
 
     def codebook(self):

@@ -22,8 +22,8 @@ CASES = {
 
 
 def test_every_tree_model_passes_the_tree_conformance_check():
-    """``check_token_model`` runs a tree forward against each node's path and ``keep_path`` for models that declare
-    ``tree_attention`` (the transformers adapters do unless they put row ends between rows)."""
+    """``check_token_model`` runs a tree forward against each node's path and ``keep_tree_path_`` on every token
+    model (trees are decode plans: every family runs them)."""
     from test_cosmos_sampling import tiny_cosmos
 
     from vargen.models.cosmos import VideoCondition

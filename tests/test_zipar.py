@@ -4,6 +4,7 @@ import pytest
 import torch
 from helpers import tiny_gpt
 
+from vargen.decode import scattered_plan
 from vargen.samplers import get_sampler
 from vargen.samplers.base import SamplingConfig
 from vargen.samplers.zipar import zipar_schedule
@@ -43,10 +44,10 @@ def test_parallel_rows_take_fewer_forwards_and_see_only_written_positions():
     written = torch.zeros(1, 17, dtype=torch.bool)
     written[:, [0, 1, 2, 4, 5]] = True
     pos = torch.tensor([[0, 1, 2, 4, 5]])
-    a = model(tokens[:, [0, 1, 2, 4, 5]], None, cache, positions=pos, written=written)
+    a = model(tokens[:, [0, 1, 2, 4, 5]], scattered_plan(cache, pos, written), cache)
     for t in (*cache.k, *cache.v):
         t[:, :, 1 + 3] = 1e3  # position 3 (after the class token) was never written
-    b = model(tokens[:, [0, 1, 2, 4, 5]], None, cache, positions=pos, written=written)
+    b = model(tokens[:, [0, 1, 2, 4, 5]], scattered_plan(cache, pos, written), cache)
     assert torch.allclose(a, b)
 
 
@@ -68,7 +69,31 @@ def test_bad_options_are_refused_before_work():
         get_sampler("zipar", window=0)
     with pytest.raises(ValueError, match="row width"):
         get_sampler("zipar", window=5).check(tiny_gpt(vocab=16, grid=4))
-    from test_cosmos_sampling import tiny_cosmos
 
-    with pytest.raises(ValueError, match="scattered"):
-        get_sampler("zipar", window=1).check(tiny_cosmos())
+
+@pytest.mark.parametrize("family", ["cosmos", "janus"])
+def test_zipar_on_every_token_model_with_a_2d_grid(family):
+    """Scattered plans come from the decode layer, so ZipAR runs on video (rows of every latent frame) and on the
+    transformers adapters: a window of a whole row is AR token for token, a smaller one takes fewer forwards."""
+    if family == "cosmos":
+        from test_cosmos_sampling import tiny_cosmos
+
+        from vargen.models.cosmos import VideoCondition
+
+        model = tiny_cosmos(shape=(3, 3, 4), vocab=11, seed=3)
+        cond = VideoCondition(torch.randint(0, 11, (2, 12), generator=torch.Generator().manual_seed(0)))
+        config = SamplingConfig(temperature=1.0)
+    else:
+        pytest.importorskip("transformers")
+        from test_hf_janus import prompts, tiny_janus
+
+        from vargen.models.hf import image_lm
+
+        model, cond = image_lm(tiny_janus(side=4)), prompts()
+        config = SamplingConfig(temperature=1.0, cfg_scale=2.0, top_k=8)
+    W = model.grid[-1]
+    ar = get_sampler("ar").sample(model, cond, config, torch.Generator().manual_seed(0))
+    row = get_sampler("zipar", window=W).sample(model, cond, config, torch.Generator().manual_seed(0))
+    assert torch.equal(row.tokens, ar.tokens)
+    fast = get_sampler("zipar", window=2).sample(model, cond, config, torch.Generator().manual_seed(0))
+    assert fast.stats.forward_passes < ar.stats.forward_passes and fast.tokens.shape == ar.tokens.shape

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
+from .decode import DecodePlan, TokenTree, chain_plan, keep_tree_path_, scattered_plan, tree_plan
 from .models.base import ContinuousModel, HiddenStateModel, ScaleModel, TokenModel
 
-__all__ = ["check_token_model", "check_scale_model", "check_continuous_model", "trained_like_init_"]
+__all__ = ["check_token_model", "check_scale_model", "check_continuous_model", "trained_like_init_", "decode"]
 
 
 @torch.no_grad()
@@ -45,34 +46,64 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float, what: str) -> float:
     return diff
 
 
-def _check_tree(model, cond, tokens, fresh, zeros, atol, g) -> float:
-    """A token tree in one forward (``forward(..., tree=)``) against a plain forward of each node's path, and
-    ``keep_path`` against the path decoded as a chain."""
-    from .models.kv import TokenTree
+def decode(model, tokens: torch.Tensor, start: torch.Tensor, cache, kv_len: int | None = None, **kw):
+    """A chain window: ``model(tokens, chain_plan(...), cache)`` (image tokens ``start .. start+n-1`` per row)."""
+    return model(tokens, chain_plan(cache, start, tokens.shape[1], cache.keys_for(kv_len)), cache, **kw)
 
+
+def _check_tree(model, tokens, fresh, zeros, atol, g) -> float:
+    """A token tree in one forward against a plain forward of each node's path, and ``keep_tree_path_`` against the
+    path decoded as a chain, rooted at tokens ``W - 2`` and ``W - 3``: with row ends, branches cross one, and the
+    last kept node ends a row."""
     tree = TokenTree((-1, 0, 1, 0, 3, 0))  # the chain 0-1-2, a side branch 3-4, a third child 5
     B, V, dev = tokens.shape[0], model.vocab_size, tokens.device
-    s = 1  # the root is token 1, token 0 is in the cache
-    nodes = torch.randint(0, V, (B, tree.size), generator=g).to(dev)
-    nodes[:, 0] = tokens[:, s]
+    W, worst = model.grid[-1], 0.0
 
     def path_logits(seq):  # the last entry's logits of a plain forward over ``seq`` from position 0
         cache, _ = fresh(8)
-        return model(seq, zeros(0), cache)[:, -1]
+        return decode(model, seq, zeros(0), cache)[:, -1]
 
-    cache, _ = fresh(8)
-    model(tokens[:, :s], zeros(0), cache)
-    out = model(nodes, zeros(s), cache, tree=tree)
-    assert tuple(out.shape) == (B, tree.size, V), f"a tree forward returned {tuple(out.shape)}"
-    worst = 0.0
-    for i, path in enumerate([[0], [0, 1], [0, 1, 2], [0, 3], [0, 3, 4], [0, 5]]):
-        seq = torch.cat([tokens[:, :s], nodes[:, path]], 1)
-        worst = max(worst, _close(out[:, i], path_logits(seq), atol, f"tree node {i} vs its path as a chain"))
-    model.keep_path(cache, zeros(s), torch.tensor([[3, 4]], device=dev).expand(B, 2))
-    nxt = tokens[:, s + 3 : s + 4]
-    seq = torch.cat([tokens[:, :s], nodes[:, [0, 3, 4]], nxt], 1)
-    after = model(nxt, zeros(s + 3), cache)[:, 0]
-    return max(worst, _close(after, path_logits(seq), atol, "decoding on after keep_path (the side branch kept)"))
+    for s in sorted({max(1, min(W - k, model.num_tokens - 4)) for k in (2, 3)}):  # the root: token s
+        nodes = torch.randint(0, V, (B, tree.size), generator=g).to(dev)
+        nodes[:, 0] = tokens[:, s]
+        cache, _ = fresh(8)
+        decode(model, tokens[:, :s], zeros(0), cache)
+        out = model(nodes, tree_plan(cache, zeros(s), tree), cache)
+        assert tuple(out.shape) == (B, tree.size, V), f"a tree forward returned {tuple(out.shape)}"
+        for i, path in enumerate([[0], [0, 1], [0, 1, 2], [0, 3], [0, 3, 4], [0, 5]]):
+            seq = torch.cat([tokens[:, :s], nodes[:, path]], 1)
+            worst = max(worst, _close(out[:, i], path_logits(seq), atol, f"tree node {i} vs its path as a chain"))
+        keep_tree_path_(cache, zeros(s), tree, torch.tensor([[3, 4]], device=dev).expand(B, 2))
+        nxt = tokens[:, s + 3 : s + 4]
+        seq = torch.cat([tokens[:, :s], nodes[:, [0, 3, 4]], nxt], 1)
+        after = decode(model, nxt, zeros(s + 3), cache)[:, 0]
+        worst = max(worst, _close(after, path_logits(seq), atol, "decoding on after keep_tree_path_ (a side branch)"))
+    return worst
+
+
+def _check_scattered(model, tokens, fresh, zeros, atol) -> float:
+    """Tokens at scattered positions (the end of row 0 and the start of row 1 in parallel, ZipAR) against one forward
+    of the whole prefix whose plan gives each of them the same visibility: the condition, itself and the positions
+    marked written (position ``W - 1`` holds no token yet)."""
+    B, N, dev = tokens.shape[0], model.num_tokens, tokens.device
+    W = model.grid[-1]
+    if N < W + 2 or W < 3:
+        return 0.0
+    fed = torch.tensor([W - 2, W, W + 1], device=dev)
+    written = torch.zeros(B, N + 4, dtype=torch.bool, device=dev)
+    written[:, : W - 1] = True
+    written[:, fed] = True
+    written[:, W - 1] = False
+    cache, _ = fresh()
+    decode(model, tokens[:, : W - 2], zeros(0), cache)
+    plan = scattered_plan(cache, fed.expand(B, 3), written)
+    out = model(tokens[:, fed], plan, cache)
+    ref_cache, _ = fresh()
+    full = chain_plan(ref_cache, zeros(0), W + 2)
+    mask = full.mask.clone()
+    mask[:, :, fed] = plan.mask[..., : mask.shape[-1]]
+    ref = model(tokens[:, : W + 2], DecodePlan(full.slots, full.positions, mask, full.index), ref_cache)
+    return _close(out, ref[:, fed], atol, "scattered positions vs one forward with the same visibility")
 
 
 @torch.no_grad()
@@ -102,7 +133,7 @@ def check_token_model(model, cond, atol: float = 1e-4, seed: int = 0) -> dict[st
     cache, first = fresh()
     steps = [first]
     for t in range(N - 1):
-        out = model(tokens[:, t : t + 1], zeros(t), cache)
+        out = decode(model, tokens[:, t : t + 1], zeros(t), cache)
         assert tuple(out.shape) == (B, 1, V), f"forward of one token returned {tuple(out.shape)}, expected [{B}, 1, {V}]"
         steps.append(out[:, 0])
     step = torch.stack(steps, 1)  # entry t predicts token t
@@ -116,36 +147,36 @@ def check_token_model(model, cond, atol: float = 1e-4, seed: int = 0) -> dict[st
     chunks = [first[:, None]]
     for t in range(0, N - 1, 4):
         n = min(4, N - 1 - t)
-        chunks.append(model(tokens[:, t : t + n], zeros(t), cache, kv_len=t + n))
+        chunks.append(decode(model, tokens[:, t : t + n], zeros(t), cache, kv_len=t + n))
     report["chunked"] = _close(torch.cat(chunks, 1), step, atol, "chunks of 4 vs one token per call")
 
     # per-row positions: rows restart a window at different points of a filled cache
     w = min(3, N - 1)
     if w >= 1:
-        model(tokens[:, : N - 1], zeros(0), cache)
+        decode(model, tokens[:, : N - 1], zeros(0), cache)
         starts = torch.tensor([(2 * b) % (N - w) for b in range(B)], device=dev)
         idx = starts[:, None] + torch.arange(w, device=dev)
-        out = model(tokens.gather(1, idx), starts, cache)
+        out = decode(model, tokens.gather(1, idx), starts, cache)
         want = step.gather(1, (idx + 1)[..., None].expand(-1, -1, V))
         report["per_row"] = _close(out, want, atol, "rows at different start positions")
 
     # stale entries: wrong drafts written at 0..5, then the right tokens from 0 again (a rollback)
     cache, _ = fresh()
     wrong = torch.randint(0, V, (B, min(6, N)), generator=g).to(dev)
-    model(wrong, zeros(0), cache)
+    decode(model, wrong, zeros(0), cache)
     n = min(3, N - 1)
-    out = model(tokens[:, :n], zeros(0), cache)
+    out = decode(model, tokens[:, :n], zeros(0), cache)
     report["rollback"] = _close(out, step[:, 1 : n + 1], atol, "after a rollback (stale entries must be masked)")
 
     # a window running past the end of the grid: its in-grid entry is right, the rest finite
     start = max(0, N - 2)
-    out = model(tokens[:, start : start + 4], zeros(start), cache)
+    out = decode(model, tokens[:, start : start + 4], zeros(start), cache)
     assert tuple(out.shape) == (B, 4, V) and torch.isfinite(out).all(), "a window past the end of the grid must work"
 
     # the same cache reused for a new call (prefill again) gives the same logits
     again = [model.prefill(cond, cache)]
     for t in range(min(4, N - 1)):
-        again.append(model(tokens[:, t : t + 1], zeros(t), cache)[:, 0])
+        again.append(decode(model, tokens[:, t : t + 1], zeros(t), cache)[:, 0])
     report["reuse"] = _close(torch.stack(again, 1), step[:, : len(again)], atol, "a cache reused across calls")
 
     # CFG rows: [cond; null] in one batch, the cond half unchanged
@@ -156,15 +187,17 @@ def check_token_model(model, cond, atol: float = 1e-4, seed: int = 0) -> dict[st
         assert tuple(first2.shape) == (2 * B, V), f"guidance_cond must give {2 * B} rows, prefill returned {tuple(first2.shape)}"
         report["cfg_rows"] = _close(first2[:B], first, atol, "the cond half of a CFG batch")
 
-    if getattr(model, "tree_attention", False):
-        report["tree"] = _check_tree(model, cond, tokens, fresh, zeros, atol, g)
+    # every plan kind: token trees (with forced row ends where the sequence has them), scattered positions
+    report["tree"] = _check_tree(model, tokens, fresh, zeros, atol, g)
+    if fresh()[0].row_width is None:
+        report["scattered"] = _check_scattered(model, tokens, fresh, zeros, atol)
 
     book = model.codebook()
     assert book.dim() == 2 and book.shape[0] == V, f"codebook() must be [V={V}, d], got {tuple(book.shape)}"
 
     if isinstance(model, HiddenStateModel):
         cache, _ = fresh()
-        logits, hidden = model(tokens[:, :2], zeros(0), cache, return_hidden=True)
+        logits, hidden = decode(model, tokens[:, :2], zeros(0), cache, return_hidden=True)
         assert tuple(hidden.shape) == (B, 2, model.hidden_size), f"hidden states {tuple(hidden.shape)}"
         report["head"] = _close(model.head(hidden), logits, atol, "head(hidden) vs the logits")
         assert tuple(model.embed(tokens[:, :2]).shape) == (B, 2, model.hidden_size), "embed(tokens) shape"

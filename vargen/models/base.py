@@ -86,33 +86,29 @@ class TokenModel(Protocol):
     * ``guidance_cond(cond)`` is the ``2B``-row condition ``[cond; unconditional]`` of classifier-free
       guidance (rows ``B + i`` are the unconditional counterpart of row ``i``).
 
-    Decoding:
+    Decoding, over vargen's decode layer (:mod:`vargen.decode`):
 
-    * ``new_cache(batch, max_len)`` allocates the cache once for ``max_len`` image tokens per row;
+    * ``new_cache(batch, max_len, eviction=None) -> KVCache`` allocates the static per-row cache once for ``max_len``
+      image tokens per row (:class:`vargen.decode.KVCache`: its ``prefix`` condition slots, its ``row_width`` when a
+      structural token follows every image row); ``eviction``: a :class:`vargen.decode.LineEviction` policy (LineAR,
+      a fixed budget of image-token K/V), or a ``ValueError`` saying why this model cannot evict;
     * ``prefill(cond, cache)`` writes the condition and returns logits ``[B, V]`` for token 0;
-    * ``forward(tokens [B, n], start [B], cache, kv_len=None)`` writes K/V of ``tokens`` at per-row
-      positions ``start .. start+n-1`` and returns logits ``[B, n, V]`` (entry ``i`` predicts token
-      ``start + i + 1``). A row's position is ``start``: entries at or beyond it from earlier calls are
-      stale, masked and later overwritten, never read (this is the rollback: nothing is copied). Windows
-      may run past ``num_tokens`` (up to ``max_len``); their extra outputs are never used. ``kv_len`` is an
-      optional host-side bound on ``max(start + n)``: a model may read only that many positions.
+    * ``forward(tokens [B, n], plan, cache)`` runs the fed tokens as the :class:`vargen.decode.DecodePlan` says -- a
+      chain window, the nodes of a token tree, tokens at scattered positions, with forced structural entries -- and
+      returns logits ``[B, n, V]`` (entry ``i`` predicts what follows token ``i``). The sampler side builds plans
+      (:func:`vargen.decode.chain_plan` etc.); a model embeds ``plan.tokens(tokens)`` (its structural token where
+      ``plan.forced``), gives entries the sequence positions ``plan.positions``, writes K/V and attends per layer as
+      :func:`vargen.decode.layer_views` says (the plan's slots and mask, or an evicting cache's), and returns
+      ``plan.read(...)`` of its outputs. A row's position is its ``start``: entries at or beyond it from earlier calls
+      are stale, masked and later overwritten, never read (this is the rollback: nothing is copied).
     * ``codebook() -> [V, d]``: token embeddings in the geometry the tokenizer's quantiser uses
       (neighbourhood rules such as LANTERN).
 
     Optional: ``logits(cond, tokens [B, num_tokens]) -> [B, num_tokens, V]``, teacher forcing (entry ``i``
     predicts token ``i``), used by the reference loop and the conformance checks;
     ``frame_before(cond) -> [B, H*W] | None``: the tokens of the frame just before token 0 when the condition
-    holds one (video continuation from context frames), for proposers that draft from the previous frame;
-    ``line_eviction = True`` with ``new_cache(batch, max_len, eviction=policy)``: a cache that keeps a fixed budget
-    of image-token K/V (:class:`vargen.models.line_cache.LineEviction`, LineAR); samplers pass ``eviction`` only
-    when the user sets ``kv_budget``;
-    ``tree_attention = True`` with ``forward(tokens, start, cache, tree=TokenTree)`` and ``keep_path(cache, start,
-    nodes [B, D])``: the tokens are the nodes of a :class:`vargen.models.kv.TokenTree` rooted at ``start`` (node ``i``
-    at slot ``start + i``, position ``start + depth[i]``, attending to its ancestors), and ``keep_path`` moves the
-    K/V of the nodes accepted at depths ``1..D`` to their positions (tree drafts: SJD-PAC, LANTERN++; checked by
-    ``vargen.testing.check_token_model``);
-    ``scattered_decoding = True`` with ``forward(tokens, None, cache, positions=[B, n], written=[B, L])``: tokens at
-    any image positions, each seeing the positions marked ``written`` at or before its own (ZipAR's parallel rows).
+    holds one (video continuation from context frames), for proposers that draft from the previous frame.
+    ``vargen.testing.check_token_model`` checks every plan kind against plain decoding and teacher forcing.
     """
 
     vocab_size: int
@@ -129,8 +125,7 @@ class TokenModel(Protocol):
 
     def prefill(self, cond: Any, cache: Any) -> torch.Tensor: ...
 
-    def forward(self, tokens: torch.Tensor, start: torch.Tensor, cache: Any, kv_len: int | None = None
-                ) -> torch.Tensor: ...
+    def forward(self, tokens: torch.Tensor, plan: Any, cache: Any) -> torch.Tensor: ...
 
     def codebook(self) -> torch.Tensor: ...
 

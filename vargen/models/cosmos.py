@@ -30,11 +30,11 @@ import torch.nn.functional as F
 
 from .base import TextCondition
 from .config import OfficialConfig
-from .kv import TokenTree, keep_path_, tree_window_mask, write_rows_
-from .line_cache import LineEviction, LineSlots, add_first_query_attention_
+from ..decode import (DecodePlan, KVCache, LineEviction, LineSlots, add_first_query_attention_, layer_views,
+                      prefix_plan, write_rows_)
 from .llamagen import RMSNorm
 
-__all__ = ["CosmosConfig", "CosmosTransformer", "CosmosCache", "VideoCondition", "COSMOS_PRESETS",
+__all__ = ["CosmosConfig", "CosmosTransformer", "VideoCondition", "COSMOS_PRESETS",
            "cosmos_config", "load_cosmos_weights", "rope_3d_table", "sincos_3d_table"]
 
 
@@ -338,32 +338,6 @@ class VideoCondition:
         return VideoCondition(self.frames.to(device), None if self.text is None else self.text.to(device))
 
 
-@dataclass
-class CosmosCache:
-    """Per-layer K/V ``[B, n_kv, L, hd]`` (separate tensors: a compiled step writes each in place), and the
-    context's cross-attention K/V per layer with its mask, computed once at the prefill. ``slots``: set for an
-    evicting cache (:mod:`.line_cache`): the first ``prefix`` positions hold the context, the rest image slots."""
-
-    k: list[torch.Tensor]
-    v: list[torch.Tensor]
-    cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-    cross_mask: torch.Tensor | None = None
-    slots: LineSlots | None = None
-    prefix: int = 0
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
-
-    @property
-    def batch(self) -> int:
-        return self.k[0].shape[0]
-
-    @property
-    def max_positions(self) -> int:
-        return self.k[0].shape[2]
-
-
 # ------------------------------------------------------------------------------------------------
 # The model
 # ------------------------------------------------------------------------------------------------
@@ -504,29 +478,28 @@ class CosmosTransformer(nn.Module):
         cos, sin = self.rope_cos[pos][:, :, None], self.rope_sin[pos][:, :, None]  # [B, S, 1, hd]
         return cos, sin, None if self.abs_pos is None else self.abs_pos[pos]
 
-    def _run(self, h, positions, mask, cache: CosmosCache | None = None, cross=None, return_hidden=False,
-             evicting: bool = False, slots: torch.Tensor | None = None):
-        """``slots [B, S]``: where the K/V go when they are not the ``positions`` (token trees)."""
+    def _run(self, h, positions, cross=None, return_hidden=False, plan: DecodePlan | None = None,
+             cache: KVCache | None = None):
+        """The layers at sequence ``positions [B, S]``: causal over this call's own keys (teacher forcing), or --
+        with a ``plan`` -- over the cache, K/V written and attention masked where the plan (or an evicting cache)
+        says."""
         cos, sin, abs_pos = self._tables(positions)
-        B, S = positions.shape
-        rows = torch.arange(B, device=h.device)[:, None].expand(B, S)
-        where, probes = (positions if slots is None else slots)[None].expand(len(self.layers), B, S), None
-        if evicting:  # image tokens into an evicting cache: per layer, its slots, mask and eviction scores
-            T = cache.prefix
-            where, mask, probes = cache.slots.step(positions - T, torch.ones(B, T, dtype=torch.bool, device=h.device))
+        views = None if plan is None else layer_views(plan, cache)
         for i, layer in enumerate(self.layers):
             if abs_pos is not None:
                 h = h + abs_pos.to(h.dtype)
-            kv = None if cache is None else (cache.k[i], cache.v[i])
-            c = None
-            if cross is not None:
-                c = (*cross[0][i], cross[1])
-            h = layer(h, cos.to(h.dtype), sin.to(h.dtype), mask[i] if evicting else mask, kv, (rows, where[i]), c,
-                      None if probes is None else probes[i])
-        if evicting:
-            cache.slots.absorb(probes)
+            c = None if cross is None else (*cross[0][i], cross[1])
+            if views is None:
+                h = layer(h, cos.to(h.dtype), sin.to(h.dtype), None, cross=c)
+            else:
+                h = layer(h, cos.to(h.dtype), sin.to(h.dtype), views.mask(i), cache.layer(i), views.write(i), c,
+                          views.probe(i))
+        if views is not None:
+            views.finish()
         hidden = self.norm(h)
         logits = self.output(hidden).float()
+        if plan is not None:
+            logits, hidden = plan.read(logits), plan.read(hidden)
         return (logits, hidden) if return_hidden else logits
 
     def _cross(self, text: TextCondition | None):
@@ -543,7 +516,7 @@ class CosmosTransformer(nn.Module):
         where the model has one): logits ``[B, S, V]``, entry ``i`` predicting element ``i + 1``."""
         B, S = tokens.shape
         positions = torch.arange(S, device=tokens.device).expand(B, S)
-        return self._run(self.tok_embeddings(tokens), positions, None, None, self._cross(text))
+        return self._run(self.tok_embeddings(tokens), positions, self._cross(text))
 
     def logits_all(self, tokens: torch.Tensor, text: TextCondition | None = None) -> torch.Tensor:
         """Training: :meth:`forward_sequence`."""
@@ -565,11 +538,8 @@ class CosmosTransformer(nn.Module):
         return frames
 
     # -- TokenModel: the cache protocol ------------------------------------------------------------------------
-    line_eviction = True  # new_cache(..., eviction=LineEviction): lines of the latent grid (see .line_cache)
-    tree_attention = True  # forward(..., tree=TokenTree) and keep_path (token-tree drafts)
-
     def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,
-                  eviction: LineEviction | None = None) -> CosmosCache:
+                  eviction: LineEviction | None = None) -> KVCache:
         """Static K/V for ``batch`` rows: the prefix plus ``max_len`` generated tokens (default the grid);
         ``eviction``: ``budget + line + window`` image slots instead (LineAR, as in ``GPT.new_cache``)."""
         cfg = self.config
@@ -582,57 +552,33 @@ class CosmosTransformer(nn.Module):
             slots = LineSlots(eviction, cfg.n_layers, batch, n, self.device)
         else:
             L = (self.prefix_len + max_len + 7) // 8 * 8
-        shape = (batch, cfg.kv_heads, L, cfg.head_size)
-        dtype = dtype or self.dtype
-        return CosmosCache([torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.n_layers)],
-                           [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.n_layers)],
-                           slots=slots, prefix=self.prefix_len)
+        return KVCache.allocate(batch, cfg.n_layers, cfg.kv_heads, L, cfg.head_size, dtype or self.dtype, self.device,
+                                prefix=self.prefix_len, eviction=slots)
 
-    def _cached(self, h, seq_start, cache: CosmosCache, return_hidden=False, keys: int | None = None,
-                tree: TokenTree | None = None):
-        B, n, _ = h.shape
-        positions = seq_start[:, None] + torch.arange(n, device=h.device)[None]
-        cross = None if cache.cross is None else (cache.cross, cache.cross_mask)
-        if cache.slots is not None and keys is None:  # image tokens into an evicting cache (the prefill bounds keys)
-            if tree is not None:
-                raise ValueError("token-tree drafts cannot run over an evicting K/V cache (kv_budget)")
-            return self._run(h, positions, None, cache, cross, return_hidden, evicting=True)
-        L = cache.max_positions if keys is None else min(keys, cache.max_positions)
-        if tree is not None:
-            valid = torch.ones(B, L, dtype=torch.bool, device=h.device)
-            mask = tree_window_mask(seq_start, tree, valid, L)[:, None]
-            depth = seq_start[:, None] + tree.tensors(h.device)["depth"][None]
-            return self._run(h, depth, mask, cache, cross, return_hidden, slots=positions)
-        mask = (torch.arange(L, device=h.device)[None, None, :] <= positions[:, :, None])[:, None]
-        return self._run(h, positions, mask, cache, cross, return_hidden)
-
-    def prefill(self, cond, cache: CosmosCache, return_hidden: bool = False):
+    def prefill(self, cond, cache: KVCache, return_hidden: bool = False):
         """Write ``<bov>`` and the context frames (and the context's cross-attention K/V); returns the logits
         ``[B, V]`` of generated token 0."""
         cond = self.as_condition(cond)
-        if cache.slots is not None:
-            cache.slots.reset_()
+        if cache.eviction is not None:
+            cache.eviction.reset_()
         crossed = self._cross(cond.text)
         if crossed is not None:
             cache.cross, cache.cross_mask = crossed
         prefix = self._prefix_ids(cond)
-        start = torch.zeros(prefix.shape[0], dtype=torch.long, device=prefix.device)
-        out = self._cached(self.tok_embeddings(prefix), start, cache, return_hidden, keys=prefix.shape[1])
+        P = prefix.shape[1]
+        out = self._decode(self.tok_embeddings(prefix), prefix_plan(cache, P, keys=P), cache, return_hidden)
         if return_hidden:
             return out[0][:, -1], out[1][:, -1]
         return out[:, -1]
 
-    def forward(self, tokens: torch.Tensor, start: torch.Tensor, cache: CosmosCache, kv_len: int | None = None,
-                return_hidden: bool = False, tree: TokenTree | None = None):
-        """Cached decode: logits ``[B, n, V]`` for ``tokens`` at per-row generated positions ``start..`` (or the
-        nodes of a ``tree`` rooted at ``start``, see :class:`~.kv.TokenTree`)."""
-        keys = None if kv_len is None or cache.slots is not None else self.prefix_len + kv_len
-        return self._cached(self.tok_embeddings(tokens), start + self.prefix_len, cache, return_hidden, keys, tree)
+    def forward(self, tokens: torch.Tensor, plan: DecodePlan, cache: KVCache, return_hidden: bool = False):
+        """Cached decode over a :class:`~vargen.decode.DecodePlan`: logits ``[B, n, V]`` (entry ``i`` predicts what
+        follows token ``i``)."""
+        return self._decode(self.tok_embeddings(plan.tokens(tokens)), plan, cache, return_hidden)
 
-    def keep_path(self, cache: CosmosCache, start: torch.Tensor, nodes: torch.Tensor) -> None:
-        """After a tree forward at ``start [B]``: move the K/V of ``nodes [B, D]`` (depths ``1 .. D``) to the slots
-        of their positions ``start+1 .. start+D``."""
-        keep_path_((*cache.k, *cache.v), self.prefix_len + start, nodes)
+    def _decode(self, h, plan: DecodePlan, cache: KVCache, return_hidden: bool):
+        cross = None if cache.cross is None else (cache.cross, cache.cross_mask)
+        return self._run(h, plan.positions, cross, return_hidden, plan, cache)
 
     # -- loading -------------------------------------------------------------------------------------------------
     @classmethod

@@ -3,9 +3,10 @@
 Key names, shapes and numerics follow the official ``autoregressive/models/gpt.py`` so released
 checkpoints load with ``strict=True``. Differences from upstream are in the inference plumbing only:
 
-* the K/V cache is a separate :class:`KVCache` allocated once (never part of the state dict), with a
-  per-row write position, so a row can verify a window of ``n`` drafts in one forward and roll back by
-  moving a pointer (rejected entries are masked and later overwritten, nothing is copied);
+* the K/V cache is vargen's static per-row :class:`~vargen.decode.KVCache` allocated once (never part of the
+  state dict), and a forward runs a :class:`~vargen.decode.DecodePlan` (a chain window, a token tree, scattered
+  positions) over it, so a row can verify drafts in one forward and roll back by moving a pointer (rejected
+  entries are masked and later overwritten, nothing is copied);
 * positions are per row, so rows of a batch advance independently (speculative decoding).
 
 2-D RoPE (research/llamagen.md §1.7): interleaved channel pairs; the first ``hd/4`` pairs rotate by
@@ -24,8 +25,8 @@ import torch.nn.functional as F
 
 from .base import TextCondition, class_ids
 from .config import OfficialConfig
-from .kv import TokenTree, keep_path_, tree_window_mask, write_rows_
-from .line_cache import LineEviction, LineSlots, add_first_query_attention_
+from ..decode import (DecodePlan, KVCache, LineEviction, LineSlots, add_first_query_attention_, attention_mask,
+                      layer_views, prefix_plan, write_rows_)
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "GPT_PRESETS", "gpt_config", "attention_mask", "TextCondition"]
 
@@ -257,48 +258,6 @@ class CaptionEmbedder(nn.Module):
         return self.cap_proj(caption)
 
 
-def attention_mask(positions: torch.Tensor, key_valid: torch.Tensor, L: int) -> torch.Tensor:
-    """``[B, n, L]`` bool: a query at sequence position p sees keys at <= p that are valid (or itself)."""
-    keys = torch.arange(L, device=positions.device)
-    causal = keys[None, None, :] <= positions[:, :, None]
-    return causal & (key_valid[:, None, :] | (keys[None, None, :] == positions[:, :, None]))
-
-
-# ----------------------------------------------------------------------------------------------
-# Static K/V cache
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class KVCache:
-    """Static K/V buffers, one ``[B, H, L, hd]`` tensor per layer, allocated once (separate tensors, so a
-    compiled step writes each in place).
-
-    Rows keep no pointer here: the caller's per-row ``start`` is the position (stale entries beyond it
-    are masked by causality and overwritten later). ``key_valid [B, L]``: False for padded condition
-    positions (t2i). ``slots``: set for an evicting cache (:mod:`.line_cache`): the first ``prefix``
-    positions hold the condition, the rest are image slots managed by the slot tables.
-    """
-
-    k: list[torch.Tensor]
-    v: list[torch.Tensor]
-    key_valid: torch.Tensor
-    slots: LineSlots | None = None
-    prefix: int = 0
-
-    @property
-    def batch(self) -> int:
-        return self.k[0].shape[0]
-
-    @property
-    def max_positions(self) -> int:
-        return self.k[0].shape[2]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
-
-
 # ----------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------
@@ -306,10 +265,6 @@ class KVCache:
 
 class GPT(nn.Module):
     """LlamaGen ``Transformer``; implements :class:`vargen.models.base.TokenModel`."""
-
-    line_eviction = True  # new_cache(..., eviction=LineEviction) (K/V eviction, see .line_cache)
-    tree_attention = True  # forward(..., tree=TokenTree) and keep_path (token-tree drafts)
-    scattered_decoding = True  # forward(..., positions=, written=) (tokens at any positions, ZipAR)
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -458,45 +413,20 @@ class GPT(nn.Module):
             h = layer(h, rope, mask)
         return self.output(self.norm(h))[:, T - 1 :].float()
 
-    def forward(self, tokens: torch.Tensor, start: torch.Tensor | None = None, cache: KVCache | None = None,
-                kv_len: int | None = None, return_hidden: bool = False, tree: TokenTree | None = None,
-                positions: torch.Tensor | None = None, written: torch.Tensor | None = None):
-        """Cached decode (``TokenModel.forward``): logits ``[B, n, V]`` (entry ``i`` predicts token
-        ``start+i+1``); with ``return_hidden`` also the final-norm hidden states ``[B, n, dim]``.
-        ``kv_len``: a host-side bound on ``max(start + n)``; attention then reads only that many
-        positions instead of the whole static cache (a caller that knows it saves the work).
-        ``tree``: the tokens are the nodes of a :class:`~.kv.TokenTree` (entry ``i`` predicts the child of node ``i``).
-        ``positions [B, n]`` with ``written [B, max_len]``: token ``i`` sits at image position ``positions[:, i]``
-        (``start`` is ignored) and sees the condition, itself and the image positions marked ``written`` at or
-        before its own (parallel rows, ZipAR: not every earlier position holds a token yet).
-        """
-        if cache is None:
-            raise ValueError("GPT.forward needs a cache; use GPT.logits(cond, tokens) for teacher forcing")
-        T = self.config.cls_token_num
-        if positions is not None:
-            if cache.slots is not None or tree is not None:
-                raise ValueError("scattered positions run over the plain cache, without a tree")
-            return self._scattered(self.tok_embeddings(tokens), positions + T, written, cache, return_hidden)
-        if cache.slots is not None:  # an evicting cache (LineAR): its own slots and masks
-            if tree is not None:
-                raise ValueError("token-tree drafts cannot run over an evicting K/V cache (kv_budget)")
-            return self._cached_evicting(self.tok_embeddings(tokens), start + T, cache, return_hidden)
-        keys = None if kv_len is None else T + kv_len
-        return self._cached(self.tok_embeddings(tokens), start + T, cache, return_hidden, keys, tree)
-
-    def keep_path(self, cache: KVCache, start: torch.Tensor, nodes: torch.Tensor) -> None:
-        """After a tree forward at ``start [B]``: move the K/V of ``nodes [B, D]`` (the tree nodes at depths
-        ``1 .. D``) to the slots of their positions ``start+1 .. start+D``."""
-        keep_path_((*cache.k, *cache.v), cache.prefix + start, nodes)
+    def forward(self, tokens: torch.Tensor, plan: DecodePlan, cache: KVCache, return_hidden: bool = False):
+        """Cached decode (``TokenModel.forward``): runs ``tokens [B, n]`` as ``plan`` says (a chain window, the nodes
+        of a token tree, scattered positions: :mod:`vargen.decode.plan`) and returns logits ``[B, n, V]`` (entry
+        ``i`` predicts what follows token ``i``); with ``return_hidden`` also the final-norm hidden states."""
+        return self._run(self.tok_embeddings(plan.tokens(tokens)), plan, cache, return_hidden)
 
     # -- TokenModel: cache protocol ---------------------------------------------------------------
     def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,
                   eviction: LineEviction | None = None) -> KVCache:
         """Allocate once for ``batch`` rows and ``max_len`` image tokens (default: the whole grid).
 
-        ``eviction``: a :class:`~vargen.models.line_cache.LineEviction` policy: the cache then holds
-        ``budget + line + window`` image slots instead of ``max_len`` positions (``window = max_len -
-        num_tokens``, the longest forward a sampler makes), and complete lines are evicted down to the budget.
+        ``eviction``: a :class:`~vargen.decode.LineEviction` policy: the cache then holds ``budget + line + window``
+        image slots instead of ``max_len`` positions (``window = max_len - num_tokens``, the longest forward a
+        sampler makes), and complete lines are evicted down to the budget.
         """
         cfg = self.config
         max_len = cfg.block_size if max_len is None else max_len
@@ -509,15 +439,8 @@ class GPT(nn.Module):
         else:
             L = cfg.cls_token_num + max_len
             L = (L + 7) // 8 * 8  # round up as upstream
-        shape = (batch, cfg.n_head, L, cfg.head_dim)
-        dtype = dtype or self.dtype
-        dev = self.device
-        return KVCache(
-            k=[torch.zeros(shape, dtype=dtype, device=dev) for _ in range(cfg.n_layer)],
-            v=[torch.zeros(shape, dtype=dtype, device=dev) for _ in range(cfg.n_layer)],
-            key_valid=torch.ones(batch, L, dtype=torch.bool, device=dev),
-            slots=slots, prefix=cfg.cls_token_num,
-        )
+        return KVCache.allocate(batch, cfg.n_layer, cfg.n_head, L, cfg.head_dim, dtype or self.dtype, self.device,
+                                prefix=cfg.cls_token_num, eviction=slots)
 
     def prefill(self, cond, cache: KVCache, return_hidden: bool = False):
         """Write the condition prefix; returns logits ``[B, V]`` for image token 0 (and its hidden state).
@@ -526,16 +449,13 @@ class GPT(nn.Module):
         query except itself (upstream forces the mask diagonal on).
         """
         T = self.config.cls_token_num
-        B = cache.batch
         cache.key_valid.fill_(True)
-        if cache.slots is not None:
-            cache.slots.reset_()
+        if cache.eviction is not None:
+            cache.eviction.reset_()
         cond_mask = self._cond_mask(cond)
         if cond_mask is not None:
             cache.key_valid[:, :T] = cond_mask.bool()
-        h = self.embed_cond(cond)
-        start = torch.zeros(B, dtype=torch.long, device=h.device)
-        out = self._cached(h, start, cache, return_hidden, T)
+        out = self._run(self.embed_cond(cond), prefix_plan(cache, T, keys=T), cache, return_hidden)
         if return_hidden:
             return out[0][:, -1], out[1][:, -1]
         return out[:, -1]
@@ -545,60 +465,18 @@ class GPT(nn.Module):
         valid[:, : cond_mask.shape[1]] = cond_mask.bool()
         return valid
 
-    def _cached(self, h: torch.Tensor, seq_start: torch.Tensor, cache: KVCache, return_hidden: bool = False,
-                keys: int | None = None, tree: TokenTree | None = None):
-        """Run ``h [B, n, dim]`` at per-row sequence positions ``seq_start .. seq_start+n-1``,
-        attending to the first ``keys`` cache positions (all of them by default); a ``tree`` keeps the slots but
-        gives node ``i`` the position ``seq_start + depth[i]`` and its ancestors' keys."""
-        B, n, _ = h.shape
-        positions = seq_start[:, None] + torch.arange(n, device=h.device)[None]
-        rows = torch.arange(B, device=h.device)[:, None].expand(B, n)
-        L = cache.max_positions if keys is None else min(keys, cache.max_positions)
-        if tree is None:
-            rope = self._rope(positions)
-            mask = attention_mask(positions, cache.key_valid[:, :L], L)[:, None]
-        else:
-            rope = self._rope(seq_start[:, None] + tree.tensors(h.device)["depth"][None])
-            mask = tree_window_mask(seq_start, tree, cache.key_valid, L)[:, None]
+    def _run(self, h: torch.Tensor, plan: DecodePlan, cache: KVCache, return_hidden: bool = False):
+        """The layers over the plan's entries ``h [B, m, dim]``: K/V written where the plan (or an evicting cache)
+        says, attention under its mask."""
+        rope = self._rope(plan.positions)
+        views = layer_views(plan, cache)
         h = self.tok_dropout(h)
         for i, layer in enumerate(self.layers):
-            h = layer(h, rope, mask, (cache.k[i], cache.v[i]), (rows, positions))
+            h = layer(h, rope, views.mask(i), cache.layer(i), views.write(i), views.probe(i))
+        views.finish()
         hidden = self.norm(h)
-        logits = self.output(hidden).float()
-        return (logits, hidden) if return_hidden else logits
-
-    def _scattered(self, h, seq_pos: torch.Tensor, written: torch.Tensor, cache: KVCache, return_hidden: bool):
-        """Tokens at sequence positions ``seq_pos [B, n]``; keys: the condition, and image positions ``written``."""
-        B, n, _ = h.shape
-        T, L = cache.prefix, cache.max_positions
-        rows = torch.arange(B, device=h.device)[:, None].expand(B, n)
-        keys = torch.arange(L, device=h.device)
-        valid = torch.cat([cache.key_valid[:, :T], F.pad(written.bool(), (0, L - T - written.shape[1]))[:, : L - T]], 1)
-        mask = ((keys <= seq_pos[:, :, None]) & valid[:, None]) | (keys == seq_pos[:, :, None])
-        rope = self._rope(seq_pos)
-        h = self.tok_dropout(h)
-        for i, layer in enumerate(self.layers):
-            h = layer(h, rope, mask[:, None], (cache.k[i], cache.v[i]), (rows, seq_pos))
-        hidden = self.norm(h)
-        logits = self.output(hidden).float()
-        return (logits, hidden) if return_hidden else logits
-
-    def _cached_evicting(self, h, seq_start: torch.Tensor, cache: KVCache, return_hidden: bool):
-        """:meth:`_cached` of image tokens over an evicting cache: per layer, the slots to write, the eviction, a
-        mask over the condition and the held slots, and the first query's attention as the eviction score."""
-        B, n, _ = h.shape
-        positions = seq_start[:, None] + torch.arange(n, device=h.device)[None]
-        rows = torch.arange(B, device=h.device)[:, None].expand(B, n)
-        rope = self._rope(positions)
-        T = cache.prefix
-        where, masks, probes = cache.slots.step(positions - T, cache.key_valid[:, :T])
-        h = self.tok_dropout(h)
-        for i, layer in enumerate(self.layers):
-            h = layer(h, rope, masks[i], (cache.k[i], cache.v[i]), (rows, where[i]), probes[i])
-        cache.slots.absorb(probes)
-        hidden = self.norm(h)
-        logits = self.output(hidden).float()
-        return (logits, hidden) if return_hidden else logits
+        logits = plan.read(self.output(hidden).float())
+        return (logits, plan.read(hidden)) if return_hidden else logits
 
     def codebook(self) -> torch.Tensor:
         """Token embeddings for neighbourhood rules; the pipeline replaces this by the VQ codebook."""

@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..models.kv import TokenTree
+from ..decode import TokenTree
 from .acceptance import get_rule
 from .base import GenerationOutput, RowRandom, SamplingConfig, Stats, StepTimer, sample_from_probs
 from .session import CacheOptions, TokenSession, resolve_config
@@ -45,7 +45,7 @@ class Proposal:
     deterministic draft has a one-hot q). valid: optional ``[B, J]`` bool; an invalid slot is never
     accepted and its token is drawn from the target's ``p`` (nothing else after it is accepted).
 
-    tree: the drafts are nodes ``1 .. J`` of a :class:`~vargen.models.kv.TokenTree` (static per proposer; node 0 is
+    tree: the drafts are nodes ``1 .. J`` of a :class:`~vargen.decode.TokenTree` (static per proposer; node 0 is
     the last committed token) instead of a chain. Siblings are distinct candidates drawn without replacement from
     their group's distribution, which is what ``q`` holds for each of them (:mod:`.tree`).
     """
@@ -190,10 +190,7 @@ class TokenSampler:
     def _check_tree(self, model) -> None:
         if not getattr(self.proposer, "tree", None):
             return
-        if not getattr(model, "tree_attention", False):
-            raise ValueError(f"{self.name}: tree drafts need a model that attends over token trees "
-                             f"({type(model).__name__} has no tree_attention)")
-        if self.cache_options.kv_budget is not None:
+        if self.cache_options.eviction(model) is not None:
             raise ValueError(f"{self.name}: tree drafts cannot run over an evicting K/V cache (kv_budget)")
         if not getattr(self.rule, "TREES", False):
             raise ValueError(f"{self.name}: the {self.rule.name} rule cannot verify token trees")
@@ -281,7 +278,7 @@ def target_step(session, committer, tokens, q, valid, u_acc, u_res, n, step, kv_
         return p, hidden, k, a, None
     p = session.probs(logits, n[:, None] + tree.tensors(n.device)["depth"])  # node i predicts token n + depth[i]
     k, a, path = committer.commit_tree(p, Proposal(tokens, q, valid, tree), u_acc, u_res, n, step)
-    session.keep_path(n - 1, path)
+    session.keep_path(n - 1, path, tree)
     return p, hidden, k, a, path
 
 

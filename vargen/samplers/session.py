@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ..decode import chain_plan, keep_tree_path_, scattered_plan, tree_plan
 from ..kernels import chain_probs
 from .base import SamplingConfig, cfg_mix, logits_to_probs
 from .spec import checked, option
@@ -34,7 +35,8 @@ def resolve_config(model, config: SamplingConfig | None) -> SamplingConfig:
 @dataclass
 class CacheOptions:
     """Options of every token sampler's target cache: LineAR-style line-level K/V eviction
-    (:mod:`vargen.models.line_cache`; lossy). ``kv_budget=None`` keeps the whole cache (the plain samplers)."""
+    (:mod:`vargen.decode.eviction`; lossy). ``kv_budget=None`` keeps the whole cache (the plain samplers), and so
+    does a budget of the whole image (nothing can be evicted: the plain cache, the same tokens)."""
 
     kv_budget: int | None = option(None, "K/V eviction (LineAR): image-token K/V entries of complete raster lines "
                                    "kept per row and layer, anchors and recent lines included; none keeps all",
@@ -50,14 +52,11 @@ class CacheOptions:
                              "cache)")
 
     def eviction(self, model):
-        """The model's :class:`~vargen.models.line_cache.LineEviction` (None without a budget); ``ValueError``
-        before any work for a model whose cache cannot evict or a budget below what is always kept."""
-        if self.kv_budget is None:
+        """The :class:`~vargen.decode.LineEviction` of ``model``'s grid (None without a budget, or with one that
+        holds the whole image); ``ValueError`` before any work for a budget below what is always kept."""
+        if self.kv_budget is None or self.kv_budget >= model.num_tokens:
             return None
-        if not getattr(model, "line_eviction", False):
-            raise ValueError(f"kv_budget: {type(model).__name__} has no evicting K/V cache (LineAR eviction is "
-                             "implemented for LlamaGen models)")
-        from ..models.line_cache import LineEviction
+        from ..decode import LineEviction
 
         policy = LineEviction(self.kv_budget, model.grid[-1], self.kv_anchor, self.kv_recent_lines)
         policy.check(model.num_tokens)
@@ -103,13 +102,15 @@ class TokenSession:
 
     def run(self, tokens: torch.Tensor, start: torch.Tensor, kv_len: int | None = None, tree=None):
         """:meth:`forward` without the pass counter (what a compiled step calls); ``tree``: the tokens are the nodes
-        of a :class:`~vargen.models.kv.TokenTree` rooted at ``start``."""
+        of a :class:`~vargen.decode.TokenTree` rooted at ``start``."""
         if self.use_cfg:
             tokens, start = torch.cat([tokens, tokens]), torch.cat([start, start])
-        extra = {} if tree is None else {"tree": tree}
+        keys = self.cache.keys_for(kv_len)
+        plan = (chain_plan(self.cache, start, tokens.shape[1], keys) if tree is None
+                else tree_plan(self.cache, start, tree, keys))
         if self.hidden:
-            return self.model(tokens, start, self.cache, kv_len=kv_len, return_hidden=True, **extra)
-        return self.model(tokens, start, self.cache, kv_len=kv_len, **extra), None
+            return self.model(tokens, plan, self.cache, return_hidden=True)
+        return self.model(tokens, plan, self.cache), None
 
     def forward_scattered(self, tokens: torch.Tensor, positions: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
         """Feed ``tokens [B, n]`` at image ``positions [B, n]`` that see the positions ``written [B, L]`` (parallel
@@ -117,13 +118,13 @@ class TokenSession:
         self.forward_passes += 1
         if self.use_cfg:
             tokens, positions, written = (torch.cat([t, t]) for t in (tokens, positions, written))
-        return self.model(tokens, None, self.cache, positions=positions, written=written)
+        return self.model(tokens, scattered_plan(self.cache, positions, written), self.cache)
 
-    def keep_path(self, start: torch.Tensor, nodes: torch.Tensor) -> None:
+    def keep_path(self, start: torch.Tensor, nodes: torch.Tensor, tree) -> None:
         """After a tree forward: the K/V of the tree ``nodes [B, D]`` (depths ``1 .. D``) move to their positions."""
         if self.use_cfg:
             start, nodes = torch.cat([start, start]), torch.cat([nodes, nodes])
-        self.model.keep_path(self.cache, start, nodes)
+        keep_tree_path_(self.cache, start, tree, nodes)
 
     def probs(self, logits: torch.Tensor, first_token: torch.Tensor | int) -> torch.Tensor:
         """Final probabilities ``[B, n, V]`` for logits ``[rows, n, V]`` predicting tokens

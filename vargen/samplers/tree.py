@@ -1,7 +1,7 @@
 """Token trees: verification of several candidates per position in one forward, and the proactive-drafting tree.
 
 A tree proposal feeds the root (the last committed token) and its draft nodes in one forward over the static cache
-(:class:`~vargen.models.kv.TokenTree`: node ``i`` at slot ``start + i``, position ``start + depth[i]``, attending to its
+(:class:`~vargen.decode.TokenTree`: node ``i`` at slot ``start + i``, position ``start + depth[i]``, attending to its
 ancestors). The siblings under one node are *distinct* candidates drawn without replacement from one distribution
 ``q`` (their group's); the verifier walks down from the root and at each node tries its children in order with the
 recursive rejection rule of Recursive Speculative Decoding (Jeon et al. 2024, arXiv 2402.14160, Alg. 1 with
@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import torch
 
-from ..models.kv import TokenTree
+from ..decode import TokenTree
 from .base import sample_from_probs
 
 __all__ = ["TokenTree", "proactive_tree", "verify_tree", "draw_without_replacement"]

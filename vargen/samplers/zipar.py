@@ -88,7 +88,8 @@ def zipar_schedule(rows: int, width: int, window: int) -> list[Step]:
 
 class ZipARSampler:
     """``window``: how many tokens a row has before the next row starts (``window = row width``: plain raster
-    order, as AR). Runs on models that take scattered positions (``scattered_decoding``)."""
+    order, as AR). Runs over scattered plans (:func:`vargen.decode.scattered_plan`) on every token model whose sequence
+    has no structural row-end tokens between image rows."""
 
     name = "zipar"
     OPTIONS = ZipAROptions
@@ -98,9 +99,6 @@ class ZipARSampler:
         self.window = self.options.window
 
     def check(self, model) -> None:
-        if not getattr(model, "scattered_decoding", False):
-            raise ValueError(f"zipar: {type(model).__name__} cannot decode tokens at scattered positions "
-                             "(scattered_decoding; implemented for LlamaGen models)")
         if self.window > model.grid[-1]:
             raise ValueError(f"zipar: window={self.window} exceeds the model's row width ({model.grid[-1]})")
 
@@ -109,6 +107,9 @@ class ZipARSampler:
         self.check(model)
         config = resolve_config(model, config)
         session = TokenSession(model, cond, config, extra_positions=1)
+        if session.cache.row_width is not None:
+            raise ValueError(f"zipar: {type(model).__name__} puts a row-end token after every image row; parallel "
+                             "rows over such sequences are not supported")
         B, N, dev = session.batch, session.num_tokens, session.device
         width = model.grid[-1]
         schedule = zipar_schedule(N // width, width, self.window)

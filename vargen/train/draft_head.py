@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..decode import chain_plan
 from ..models.draft_head import DraftHead, DraftHeadConfig, head_config_json
 from .common import export_fp16, run_steps
 
@@ -85,7 +86,7 @@ def target_features(model, labels: torch.Tensor, tokens: torch.Tensor, drop: tor
     cache = model.new_cache(tokens.shape[0], tokens.shape[1] + 1)
     model.prefill(cond, cache)
     start = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
-    logits, hidden = model(tokens, start, cache, return_hidden=True)
+    logits, hidden = model(tokens, chain_plan(cache, start, tokens.shape[1]), cache, return_hidden=True)
     return hidden.float(), logits.float()
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..kv import TokenTree, keep_path_, tree_window_mask, write_rows_
+from ...decode import DecodePlan, KVCache, LayerViews, layer_views, prefix_plan, write_rows_
 
 __all__ = ["PromptTokens", "RowCache", "HFImageLM"]
 
@@ -104,51 +104,35 @@ def _cache_base():
 
 
 class RowCache(_cache_base()):
-    """Per-row static K/V for a transformers decoder: one ``[B, H_kv, L, D]`` buffer pair per layer, allocated at the
-    prefill (``L`` = prompt length + image positions, rounded up to 8). Before each decoder call the adapter sets
-    ``write = (rows [B, n], positions [B, n])`` and ``read`` (how many positions attention reads)."""
+    """The ``transformers.Cache`` face of a :class:`~vargen.decode.KVCache`: ``update`` writes each row's keys where
+    the current forward's plan says (``views``, set by the adapter before each decoder call) into buffers allocated
+    at the prefill's first call of each layer, and returns the first ``read`` slots of the whole buffers."""
 
-    def __init__(self, batch: int, max_len: int):
+    def __init__(self, kv: KVCache):
         if "layers" in inspect.signature(_cache_base().__init__).parameters:
             super().__init__(layers=[])
         else:  # transformers 4.x: a Cache holds no layer list
             super().__init__()
-        self.batch, self.max_len = batch, max_len
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
-        self.prompt_len = 0
-        self.positions = 0
-        self.key_valid: torch.Tensor | None = None  # [B, L] False at prompt padding
-        self.pads: torch.Tensor | None = None  # [B] left padding of each row (RoPE position = sequence position - pads)
-        self.write: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.kv = kv
+        self.views: LayerViews | None = None
         self.read = 0
 
-    def start(self, prompt_mask: torch.Tensor) -> None:
-        """Size the cache for a prompt ``[B, T]`` (the prefill calls this)."""
-        B, T = prompt_mask.shape
-        if B != self.batch:
-            raise ValueError(f"a cache for {self.batch} rows got a prompt batch of {B}")
-        self.prompt_len, self.positions = T, (T + self.max_len + 7) // 8 * 8
-        self.key_valid = torch.ones(B, self.positions, dtype=torch.bool, device=prompt_mask.device)
-        self.key_valid[:, :T] = prompt_mask
-        self.pads = T - prompt_mask.sum(1)
-        self.k, self.v = [], []
-
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if layer_idx == len(self.k):  # the prefill's call allocates this layer's buffers
+        kv = self.kv
+        if layer_idx == len(kv.k):  # the prefill's call allocates this layer's buffers
             B, H, _, D = key_states.shape
-            self.k.append(key_states.new_zeros(B, H, self.positions, D))
-            self.v.append(value_states.new_zeros(B, H, self.positions, value_states.shape[-1]))
-        k, v = self.k[layer_idx], self.v[layer_idx]
-        rows, pos = self.write
-        write_rows_(k, rows, pos, key_states)
-        write_rows_(v, rows, pos, value_states)
-        if self.read == self.positions:
+            kv.k.append(key_states.new_zeros(B, H, kv.length, D))
+            kv.v.append(value_states.new_zeros(B, H, kv.length, value_states.shape[-1]))
+        k, v = kv.layer(layer_idx)
+        rows, slots = self.views.write(layer_idx)
+        write_rows_(k, rows, slots, key_states)
+        write_rows_(v, rows, slots, value_states)
+        if self.read == kv.length:
             return k, v
         return k[:, :, : self.read], v[:, :, : self.read]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.prompt_len
+        return self.kv.prefix
 
 
 class HFImageLM(nn.Module):
@@ -240,91 +224,61 @@ class HFImageLM(nn.Module):
         """Sequence entries of image tokens ``0..n-1`` (with the row ends after each complete row)."""
         return n + n // self._grid[2] if self.row_end_id is not None else n
 
-    def new_cache(self, batch: int, max_len: int | None = None) -> RowCache:
+    def new_cache(self, batch: int, max_len: int | None = None, eviction=None) -> KVCache:
+        """A :class:`~vargen.decode.KVCache` sized at the prefill (the prompt length is known there), for ``max_len``
+        image tokens; with row ends, a scratch slot (unused entries of a window) and room for the forced row ends of
+        a token tree. K/V eviction (``eviction``) is not supported here: transformers passes one attention mask to
+        every layer, and an evicting cache holds different positions per layer."""
+        if eviction is not None:
+            raise ValueError(f"kv_budget: {type(self).__name__} cannot evict K/V (transformers passes one attention "
+                             "mask to every layer; an evicting cache holds different positions per layer)")
         n = self.num_tokens if max_len is None else max_len
-        return RowCache(batch, self._seq_len(n) + (self.row_end_id is not None))  # + the scratch position
+        width = self._grid[2] if self.row_end_id is not None else None
+        image_slots = self._seq_len(n) + ((1 + n - self.num_tokens) if width else 0)
+        kv = KVCache([], [], torch.ones(batch, 0, dtype=torch.bool, device=self.device), row_width=width,
+                     extra={"image_slots": image_slots})
+        kv.extra["transformers"] = RowCache(kv)
+        return kv
 
-    def prefill(self, cond: PromptTokens, cache: RowCache, return_hidden: bool = False):
+    def prefill(self, cond: PromptTokens, cache: KVCache, return_hidden: bool = False):
         """Run the prompt; logits ``[B, V]`` for image token 0 (and its hidden state)."""
         cond = cond.to(self.device)
-        cache.start(cond.mask)
         B, T = cond.ids.shape
-        seq = torch.arange(T, device=self.device)[None].expand(B, T)
-        logits, hidden = self._run(self.embed_prompt(cond.ids), seq, cache, None)
+        if B != cache.batch:
+            raise ValueError(f"a cache for {cache.batch} rows got a prompt batch of {B}")
+        length = (T + cache.extra["image_slots"] + 7) // 8 * 8
+        cache.key_valid = torch.ones(B, length, dtype=torch.bool, device=self.device)
+        cache.key_valid[:, :T] = cond.mask
+        cache.prefix, cache.pads = T, T - cond.mask.sum(1)
+        cache.k.clear()
+        cache.v.clear()
+        logits, hidden = self._run(self.embed_prompt(cond.ids), prefix_plan(cache, T), cache)
         return (logits[:, -1], hidden[:, -1]) if return_hidden else logits[:, -1]
 
-    @property
-    def tree_attention(self) -> bool:
-        """Token trees need one decoder slot per node: not with row-end tokens between image rows."""
-        return self.row_end_id is None
-
-    def forward(self, tokens: torch.Tensor, start: torch.Tensor, cache: RowCache, kv_len: int | None = None,
-                return_hidden: bool = False, tree: TokenTree | None = None):
-        """``TokenModel.forward``: image ``tokens [B, n]`` at per-row positions ``start [B]`` (or the nodes of a
-        ``tree`` rooted at ``start``, see :class:`vargen.models.kv.TokenTree`); logits ``[B, n, V]``."""
-        n = tokens.shape[1]
-        read = None if kv_len is None else cache.prompt_len + self._seq_len(kv_len)
-        t = start[:, None] + torch.arange(n, device=tokens.device)  # image token indices [B, n]
-        if tree is not None:
-            if not self.tree_attention:
-                raise ValueError(f"{type(self).__name__} puts row-end tokens between image rows: token-tree drafts "
-                                 "are not supported for it")
-            logits, hidden = self._run(self.embed(tokens), cache.prompt_len + t, cache, read, tree)
-        elif self.row_end_id is None:
-            logits, hidden = self._run(self.embed(tokens), cache.prompt_len + t, cache, read)
-        else:
-            logits, hidden = self._run_with_row_ends(tokens, t, start, cache, read)
+    def forward(self, tokens: torch.Tensor, plan: DecodePlan, cache: KVCache, return_hidden: bool = False):
+        """``TokenModel.forward``: image ``tokens [B, n]`` run as ``plan`` says (:mod:`vargen.decode.plan`; the
+        structural row ends are the plan's forced entries); logits ``[B, n, V]``."""
+        h = self.embed(plan.tokens(tokens))
+        if plan.forced is not None:
+            row_end = torch.full((1, 1), self.row_end_id, dtype=torch.long, device=h.device)
+            h = torch.where(plan.forced[..., None], self.embed_prompt(row_end), h)
+        logits, hidden = self._run(h, plan, cache)
         return (logits, hidden) if return_hidden else logits
 
-    def keep_path(self, cache: RowCache, start: torch.Tensor, nodes: torch.Tensor) -> None:
-        """After a tree forward at ``start [B]``: move the K/V of ``nodes [B, D]`` (depths ``1 .. D``) to the slots
-        of their positions ``start+1 .. start+D``."""
-        keep_path_((*cache.k, *cache.v), cache.prompt_len + start, nodes)
-
-    def _run_with_row_ends(self, tokens, t, start, cache: RowCache, read):
-        """Tokens at image indices ``t`` with a row end after each row's last token, in ``n + ceil(n / W)`` decoder
-        slots; the logits that predict token ``t + 1`` are read at the row end where ``t`` ends a row."""
-        B, n = tokens.shape
-        W = self._grid[2]
-        m = n + -(-n // W)  # at most ceil(n / W) row ends among n consecutive indices
-        ends = t % W == W - 1
-        slot = torch.arange(n, device=t.device) + t // W - (start // W)[:, None]  # + row ends before t in the window
-        drop = torch.full_like(slot, m)  # column m is cut off: the scatter target of "no row end here"
-        eol_slot = torch.where(ends, slot + 1, drop)
-        seq = cache.prompt_len + t + t // W
-        pos = torch.full((B, m + 1), cache.positions - 1, dtype=torch.long, device=t.device)  # unused: the scratch
-        pos = pos.scatter(1, slot, seq).scatter(1, eol_slot, seq + 1)[:, :m]
-        h_tok = self.embed(tokens)
-        eol = self.embed_prompt(torch.full((1, 1), self.row_end_id, dtype=torch.long, device=t.device))  # [1, 1, D]
-        D = h_tok.shape[-1]
-        h = eol.expand(B, m + 1, D).scatter(1, slot[..., None].expand(-1, -1, D), h_tok)[:, :m]
-        logits, hidden = self._run(h, pos, cache, read)
-        out = torch.where(ends, slot + 1, slot)
-        pick = lambda x: x.gather(1, out[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
-        return pick(logits), pick(hidden)
-
-    def _run(self, h: torch.Tensor, seq: torch.Tensor, cache: RowCache, read: int | None,
-             tree: TokenTree | None = None):
-        """``seq [B, n]``: the decoder slots of ``h``; a ``tree`` gives node ``i`` (at slot ``seq[:, 0] + i``) the
-        position of its depth and its ancestors' keys."""
-        B, n = seq.shape
-        L = cache.positions if read is None else min(read, cache.positions)
-        keys = torch.arange(L, device=h.device)
-        position = seq
-        if tree is None:
-            valid = cache.key_valid[:, None, :L] | (keys == seq[:, :, None])  # a padded query sees itself
-            visible = (keys <= seq[:, :, None]) & valid
-        else:
-            visible = tree_window_mask(seq[:, 0], tree, cache.key_valid, L)
-            position = seq[:, :1] + tree.tensors(h.device)["depth"][None]
-        mask = torch.zeros(B, 1, n, L, dtype=h.dtype, device=h.device).masked_fill(~visible[:, None],
-                                                                                      torch.finfo(h.dtype).min)
-        cache.write, cache.read = (torch.arange(B, device=h.device)[:, None].expand(B, n), seq), L
+    def _run(self, h: torch.Tensor, plan: DecodePlan, cache: KVCache):
+        """The decoder over the plan's entries, with a 4-D additive mask (passed to the attention as it is) and
+        per-row positions counting real tokens (left padding: ``cumsum(mask) - 1``)."""
+        B, m = plan.slots.shape
+        L = plan.mask.shape[-1]
+        mask = torch.zeros(B, 1, m, L, dtype=h.dtype, device=h.device).masked_fill(~plan.mask,
+                                                                                  torch.finfo(h.dtype).min)
+        row = cache.extra["transformers"]
+        row.views, row.read = layer_views(plan, cache), L
         out = self.decoder(inputs_embeds=h, attention_mask=mask,
-                           position_ids=(position - cache.pads[:, None]).clamp(min=0),
-                           use_cache=True, **{self._cache_kw: cache})
+                           position_ids=(plan.positions - cache.pads[:, None]).clamp(min=0),
+                           use_cache=True, **{self._cache_kw: row})
         hidden = out.last_hidden_state
-        return self.head(hidden).float(), hidden
+        return plan.read(self.head(hidden).float()), plan.read(hidden)
 
     def logits(self, cond: PromptTokens, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher forcing ``[B, num_tokens, V]`` (entry ``i`` predicts token ``i``) in one uncached decoder call with

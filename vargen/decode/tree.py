@@ -1,4 +1,4 @@
-"""Per-row K/V writes into a static cache, and the window masks of token trees, shared by every token model."""
+"""The shape of a token tree fed in one forward (SJD-PAC's proactive drafts, LANTERN++ / EAGLE static trees)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,26 +6,7 @@ from functools import cached_property
 
 import torch
 
-__all__ = ["write_rows_", "move_rows_", "TokenTree", "tree_window_mask", "keep_path_"]
-
-
-def write_rows_(cache: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, values: torch.Tensor) -> None:
-    """Write ``values [B, H, S, D]`` into ``cache [B, H, L, D]`` in place at per-row positions ``pos [B, S]``
-    (``rows [B, S]``: each entry's row), shapes fixed: ``index_put`` when compiling (inductor re-inplaces it; a
-    ``scatter_`` is copied, measured), ``scatter_`` eagerly (the cheaper kernel there)."""
-    if torch.compiler.is_compiling():
-        cache[rows, :, pos] = values.transpose(1, 2).to(cache.dtype)
-    else:
-        index = pos[:, None, :, None].expand(-1, cache.shape[1], -1, cache.shape[3])
-        cache.scatter_(2, index, values.to(cache.dtype))
-
-
-def move_rows_(cache: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> None:
-    """Copy the entries at per-row positions ``src [B, S]`` of ``cache [B, H, L, D]`` to ``dst [B, S]`` (all read
-    before any is written)."""
-    index = src[:, None, :, None].expand(-1, cache.shape[1], -1, cache.shape[3])
-    rows = torch.arange(cache.shape[0], device=cache.device)[:, None].expand_as(dst)
-    write_rows_(cache, rows, dst, cache.gather(2, index))
+__all__ = ["TokenTree"]
 
 
 @dataclass(frozen=True)
@@ -104,23 +85,3 @@ class TokenTree:
             cache[key] = dict(depth=torch.tensor(self.depth, device=device), visible=visible.to(device),
                               children=children.to(device))
         return cache[key]
-
-
-def keep_path_(tensors, base: torch.Tensor, nodes: torch.Tensor) -> None:
-    """After a tree forward whose root sat at slot ``base [B]``: move the K/V of the tree ``nodes [B, D]`` (the nodes
-    kept at depths ``1 .. D``) to slots ``base + 1 .. base + D`` in every cache tensor of ``tensors``."""
-    src = base[:, None] + nodes
-    dst = base[:, None] + torch.arange(1, nodes.shape[1] + 1, device=nodes.device)
-    for t in tensors:
-        move_rows_(t, src, dst)
-
-
-def tree_window_mask(start: torch.Tensor, tree: TokenTree, key_valid: torch.Tensor, L: int) -> torch.Tensor:
-    """``[B, n, L]`` bool: node ``i`` of a tree written at slots ``start + 0 .. start + n-1`` sees the valid keys
-    before ``start`` and the window slots of its ancestors and itself."""
-    visible = tree.tensors(start.device)["visible"]
-    n = tree.size
-    rel = torch.arange(L, device=start.device)[None] - start[:, None]  # [B, L]
-    history = (rel < 0) & key_valid[:, :L]
-    window = ((rel >= 0) & (rel < n))[:, None, :] & visible[:, rel.clamp(0, n - 1)].permute(1, 0, 2)
-    return history[:, None, :] | window
