@@ -156,3 +156,44 @@ def test_draft_tree_rows_equal_rows_alone():
     config = SamplingConfig(temperature=1.0, cfg_scale=1.5)
     sampler = get_sampler("lantern++", draft=_head(model), gamma=3, codebook=model.codebook())
     assert_rows_match_alone(sampler, model, torch.tensor([0, 1, 2, 0]), config, seeds=[11, 12, 13, 14])
+
+
+def test_a_draft_models_cache_follows_the_accepted_tree_path(monkeypatch):
+    """A draft *model* drafts one chain; the accepted path of its tree may leave that chain at any depth. Before every
+    proposal the draft cache must hold the committed tokens (it re-feeds enough of them): its K/V of positions
+    ``< n`` equal a fresh decode of those tokens; and the sampler stays lossless."""
+    from vargen.samplers.proposers.draft import DraftModelProposer
+    from vargen.testing import decode
+
+    model, draft = tiny_gpt(vocab=16, grid=4, seed=1), tiny_gpt(vocab=16, grid=4, seed=7)
+    checked, stale = [0], []
+    catch_up = DraftModelProposer._catch_up
+
+    def watched(self, seq, n):
+        logits = catch_up(self, seq, n)
+        cache, rows = self.session.cache, self.session.rows
+        fresh = draft.new_cache(rows, draft.num_tokens + 8)
+        draft.prefill(self.session.cond, fresh)
+        upto = int(n.min())
+        tokens = seq[:, :upto].repeat(rows // seq.shape[0], 1)
+        decode(draft, tokens, torch.zeros(rows, dtype=torch.long), fresh)
+        end = int(cache.seq(torch.tensor(upto)))
+        stale.append(float((cache.k[0][:, :, :end] - fresh.k[0][:, :, :end]).abs().max()))
+        checked[0] += 1
+        return logits
+
+    monkeypatch.setattr(DraftModelProposer, "_catch_up", watched)
+    config = SamplingConfig(temperature=1.0, cfg_scale=2.0)
+    out = get_sampler("sd", draft=draft, gamma=3, tree_width=3, tree_depth=3).sample(
+        model, torch.tensor([0, 1, 2, 1]), config, torch.Generator().manual_seed(0))
+    assert checked[0] > 5 and max(stale) < 1e-5, stale
+    assert out.tokens.shape == (4, 16)
+
+
+@pytest.mark.parametrize("case", ["plain", "cfg_topk"])
+def test_draft_model_trees_are_lossless(case):
+    model, draft = tiny_gpt(), tiny_gpt(seed=3)
+    config = CASES[case]
+    sampler = get_sampler("sd", draft=draft, gamma=3, tree_width=3, tree_depth=3)
+    samples = _draw(sampler, model, config, 10000, seed=321)
+    assert chi_square_pvalue(samples, exact_distribution(model, 1, config)) > 1e-3

@@ -14,7 +14,8 @@ Each step a drafter proposes a chain of ``gamma`` tokens ``d_1..d_gamma``, each 
 Cache bookkeeping, per row with ``n`` committed tokens: the target cache holds tokens ``< n-1`` (the last
 committed token is fed first in the next window). The draft model re-feeds the two last committed
 tokens ``[x_{n-2}, x_{n-1}]`` each step -- at most one of them is new to its cache and re-writing an
-identical entry is a no-op, so the chain needs no per-row ragged input. The head re-feeds the last
+identical entry is a no-op, so the chain needs no per-row ragged input; after a token tree, whose accepted path may
+leave the drafted chain at any depth, it re-feeds the last ``gamma + 1``. The head re-feeds the last
 ``gamma + 1`` (feature, token) pairs for the same reason. The first step proposes nothing (one plain
 target step: the head needs the target's feature of token 0), so drafting starts at ``n = 2``.
 """
@@ -134,7 +135,10 @@ class DraftModelProposer(_ChainProposer):
 
     def start(self, ctx, p0, hidden0) -> None:
         self.ready = False
-        self.session = TokenSession(self.draft, ctx.cond, ctx.config, extra_positions=self.gamma + 2)
+        # a chain re-feeds [x_{n-2}, x_{n-1}]: at most one of them is new to the draft cache. After a tree, the
+        # accepted path may leave the drafted chain at any depth, so the last gamma + 1 tokens are re-fed.
+        self.refeed = 2 if self.tree is None else self.gamma + 1
+        self.session = TokenSession(self.draft, ctx.cond, ctx.config, extra_positions=self.gamma + self.refeed)
         self.session.prefill()  # the condition prefix; its prediction of token 0 is not used
         self.draft_passes = 1
 
@@ -142,10 +146,15 @@ class DraftModelProposer(_ChainProposer):
         self.ready = True
 
     def _catch_up(self, seq, n) -> torch.Tensor:
-        """Logits ``[rows, V]`` for token ``n`` after feeding ``x_{n-2}, x_{n-1}`` (n >= 2)."""
-        pos = (n - 2)[:, None] + torch.arange(2, device=n.device)
+        """Logits ``[rows, V]`` for token ``n`` after re-feeding the last ``refeed`` committed tokens (n >= 2)."""
+        start = (n - self.refeed).clamp(min=0)
+        pos = start[:, None] + torch.arange(self.refeed, device=n.device)
         self.draft_passes += 1
-        return self.session.forward(seq.gather(1, pos), n - 2)[0][:, -1]
+        logits = self.session.forward(seq.gather(1, pos), start)[0]
+        last = n - 1 - start
+        if self.session.use_cfg:
+            last = torch.cat([last, last])
+        return logits[torch.arange(logits.shape[0], device=n.device), last]
 
     def _step(self, token, position) -> torch.Tensor:
         """Feed draft ``token [B]`` at ``position [B]``; logits for the next token."""
