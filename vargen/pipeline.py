@@ -425,7 +425,7 @@ class Pipeline:
 
     def scene_clips(self, seeds) -> torch.Tensor:
         """The procedural clips ``[B, 3, F, H, W]`` of scene seeds (one generator per seed), for video demos."""
-        from .train.video_data import bouncing_shapes
+        from .video import bouncing_shapes
 
         for s in seeds:
             self.check_seed(s)
