@@ -28,6 +28,8 @@ class TokenTree:
         for i, p in enumerate(self.parent[1:], start=1):
             if not 0 <= p < i:
                 raise ValueError(f"token tree node {i}: its parent {p} must come before it")
+        for name in ("depth", "max_depth", "chain", "widths", "straight_from"):  # computed here, never while compiling
+            getattr(self, name)  # (a cached_property takes a lock, which torch.compile cannot trace)
 
     @property
     def size(self) -> int:
