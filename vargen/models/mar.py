@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..samplers.schedulers import IDDPMScheduler
 from .base import class_ids
 from .checkpoint import load_strict, read_state_dict
+from .schedulers import IDDPMScheduler
 
 # ----------------------------------------------------------------------------------------------
 # Config
@@ -104,7 +104,7 @@ def preset(name: str, **overrides: Any) -> MARConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# DiffLoss network (the schedule is vargen.samplers.schedulers.IDDPMScheduler)
+# DiffLoss network (the schedule is vargen.models.schedulers.IDDPMScheduler)
 # ----------------------------------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """Sampling a diffusion head (MAR's DiffLoss): the ancestral loop over its scheduler, out of the model.
 
 A head exposes ``predict(x, index, c, cfg) -> [eps | v]`` (its network at the scheduler's spaced indices),
-``scheduler`` (an :class:`~vargen.samplers.schedulers.IDDPMScheduler` respaced for sampling) and
+``scheduler`` (an :class:`~vargen.models.schedulers.IDDPMScheduler` respaced for sampling) and
 ``in_channels``. :func:`denoise` is MAR's ``DiffLoss.sample``: x_T, then ``num_sampling_steps`` reverse
 steps with the temperature on the noise; :func:`reverse_step` and :func:`path_log_prob` expose the reverse
 Gaussians that continuous speculative decoding verifies with. All noise is either given by the caller or
