@@ -12,7 +12,7 @@ import functools
 
 import torch
 
-from ..samplers.base import cfg_mix, logits_to_probs
+from ..distributions import cfg_mix, logits_to_probs
 
 __all__ = ["chain_probs", "chain_probs_reference"]
 

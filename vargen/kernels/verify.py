@@ -12,6 +12,7 @@ import functools
 
 import torch
 
+from ..distributions import accept_prefix_and_draw, exact_accept
 
 __all__ = ["verify_exact", "verify_exact_reference"]
 
@@ -20,12 +21,9 @@ def verify_exact_reference(p, q, drafts, live, q_valid, u_acc, u_res):
     """``(a [B], token [B])``. p ``[B, J+1, V]``; q ``[B, J, V]``; drafts, live (slot may be accepted) ``[B, J]``;
     q_valid ``[B, J]`` or None (where False, q does not count: the slot resamples from p); u_acc ``[B, J]``;
     u_res ``[B]``. The exact rule and the committer's own prefix-and-draw."""
-    from ..samplers.acceptance import ExactAcceptance
-    from ..samplers.verify import accept_prefix_and_draw
-
     if q_valid is not None:
         q = q * q_valid[..., None]
-    accept = ExactAcceptance().verify(p[:, : drafts.shape[1]], q, drafts, u_acc).accept & live
+    accept = exact_accept(p[:, : drafts.shape[1]], q, drafts, u_acc) & live
     return accept_prefix_and_draw(p, q, accept, u_res)
 
 

@@ -39,15 +39,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..distributions import exact_accept, residual
 from ..kernels import lantern_set_masses
 from .spec import checked, option
-
-
-def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``norm(max(0, p - q))`` over the last dim; where it is empty (``p == q``), ``p`` itself."""
-    r = (p - q).clamp_min(0)
-    mass = r.sum(-1, keepdim=True)
-    return torch.where(mass > 0, r / mass.clamp_min(1e-30), p)
 
 
 @dataclass
@@ -74,10 +68,7 @@ class ExactAcceptance:
         return None
 
     def verify(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, u: torch.Tensor) -> Verdict:
-        pd = p.gather(-1, drafts[..., None]).squeeze(-1).double()
-        qd = q.gather(-1, drafts[..., None]).squeeze(-1).double()
-        # u < min(1, p/q)  <=>  u * q < p   (q(d) > 0 for a draft drawn from q)
-        return Verdict(accept=u * qd < pd)
+        return Verdict(accept=exact_accept(p, q, drafts, u))
 
     def residual(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return residual(p, q)

@@ -1,22 +1,18 @@
-"""Sampling core shared by every sampler: configuration, the logits chain, outputs and statistics.
+"""Sampling core shared by every sampler: randomness per row, outputs and statistics.
 
-The logits chain is applied once, in this order, to produce the *final* probabilities every sampler
-(and every acceptance rule) works with:
-
-    CFG mix (raw logits)  ->  / temperature  ->  top-k  ->  top-p  ->  softmax
-
-This matches LlamaGen's ``sample``/``logits_to_probs`` (research/llamagen.md §2.3-2.4). Residuals of
-speculative rules are plain arithmetic on these final probabilities; the chain is never re-applied to
-a residual (research/sjd_gsd.md, pitfall P5).
+The configuration (:class:`~vargen.config.SamplingConfig`) and the logits chain (:mod:`vargen.distributions`)
+live in leaf modules that models and kernels use too; they are re-exported here, where samplers import them.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from ..config import SamplingConfig
+from ..distributions import cfg_mix, filter_logits, logits_to_probs, sample_from_probs
 
 __all__ = [
     "SamplingConfig",
@@ -29,152 +25,6 @@ __all__ = [
     "RowRandom",
     "StepTimer",
 ]
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How logits become a distribution. ``None`` fields take the model family's default.
-
-    temperature: 0 means greedy (argmax); otherwise logits are divided by ``max(temperature, 1e-5)``.
-    top_k: keep logits >= the k-th largest (ties kept); 0 disables.
-    top_p: nucleus filter, HF style (the first token crossing ``top_p`` is kept); 1 disables.
-    cfg_scale: classifier-free guidance ``uncond + s * (cond - uncond)`` on raw logits; 1 disables.
-    cfg_interval: LlamaGen's interval: output token ``j`` is guided while ``j <= cfg_interval + 1``;
-        -1 means always guided.
-    cfg_schedule: "constant" (LlamaGen) or "linear" (VAR's ramp over scales).
-    more_smooth: VAR's Gumbel-softmax smoothing of the next-scale input (VAR only).
-    """
-
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    cfg_scale: float | None = None
-    cfg_interval: int | None = None
-    cfg_schedule: str | None = None
-    more_smooth: bool | None = None
-
-    def with_defaults(self, defaults: "SamplingConfig") -> "SamplingConfig":
-        """Fill unset fields from ``defaults`` (the model family's), then from library defaults."""
-        merged = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in merged.items():
-            if value is None:
-                merged[name] = getattr(defaults, name)
-        base = _LIBRARY_DEFAULTS
-        for name, value in merged.items():
-            if value is None:
-                merged[name] = getattr(base, name)
-        return replace(self, **merged)
-
-    def reject_unused(self, used: tuple[str, ...], family: str) -> None:
-        """``ValueError`` for a field set to something other than its library default that ``family``'s
-        samplers do not use (e.g. ``cfg_interval`` on VAR), naming the fields they do use."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name not in used and value is not None and value != getattr(_LIBRARY_DEFAULTS, f.name):
-                raise ValueError(f"{f.name}={value!r} does not apply to {family} samplers; they use: {', '.join(used)}")
-
-    def validate(self, vocab_size: int | None = None, conditional: bool = True) -> None:
-        """Raise ``ValueError`` naming the bad field; call before any work starts."""
-        for name in ("temperature", "top_p", "cfg_scale"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        for name in ("top_k", "cfg_interval"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-        if self.cfg_interval is not None and self.cfg_interval < -1:
-            raise ValueError(f"cfg_interval must be -1 (always guided) or >= 0, got {self.cfg_interval}")
-        if self.more_smooth is not None and not isinstance(self.more_smooth, bool):
-            raise ValueError(f"more_smooth must be true or false, got {self.more_smooth!r}")
-        if self.temperature is not None and self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None:
-            if self.top_k < 0:
-                raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-            if vocab_size is not None and self.top_k > vocab_size:
-                raise ValueError(f"top_k={self.top_k} is larger than the vocabulary ({vocab_size} tokens)")
-        if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.cfg_scale is not None:
-            if self.cfg_scale < 0:
-                raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
-            if self.cfg_scale != 1.0 and not conditional:
-                raise ValueError("cfg_scale != 1 needs a model with an unconditional branch (classifier-free "
-                                 "guidance), and this model has none: use cfg_scale=1")
-        if self.cfg_schedule is not None and self.cfg_schedule not in ("constant", "linear"):
-            raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    @property
-    def uses_cfg(self) -> bool:
-        return self.cfg_scale is not None and self.cfg_scale != 1.0
-
-
-_LIBRARY_DEFAULTS = SamplingConfig(
-    temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0, cfg_interval=-1, cfg_schedule="constant", more_smooth=False
-)
-
-
-# ----------------------------------------------------------------------------------------------
-# The logits chain
-# ----------------------------------------------------------------------------------------------
-
-
-def cfg_mix(logits: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
-    """Split a ``[2B, ...]`` batch laid out ``[cond; uncond]`` and mix it on raw logits.
-
-    ``scale`` may be a tensor broadcastable to the mixed logits (per-position guidance, e.g. a
-    cfg_interval that switches off inside a verification window); a scale of 1 returns ``cond``.
-    """
-    cond, uncond = logits.chunk(2, dim=0)
-    return uncond + scale * (cond - uncond)
-
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Top-k then top-p over the last dim; removed entries become -inf, kept ones are unchanged."""
-    if top_k and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        remove_sorted = cum > top_p
-        # shift right: the token that crosses top_p is kept, and so is the first token
-        remove_sorted = torch.cat([torch.zeros_like(remove_sorted[..., :1]), remove_sorted[..., :-1]], dim=-1)
-        remove = remove_sorted.scatter(-1, order, remove_sorted)
-        logits = logits.masked_fill(remove, float("-inf"))
-    return logits
-
-
-def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Final float32 probabilities. ``temperature == 0`` gives a one-hot on the argmax (greedy)."""
-    logits = logits.float()
-    if temperature == 0:
-        return torch.zeros_like(logits).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
-    logits = logits / max(temperature, 1e-5)
-    return filter_logits(logits, top_k, top_p).softmax(dim=-1)
-
-
-def sample_from_probs(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF draw per distribution over the last dim, given uniforms ``u`` of shape ``probs.shape[:-1]``.
-
-    Drawing from caller-supplied uniforms keeps the number of generator calls independent of the
-    vocabulary and of which rows are active, so that a row's randomness never depends on the other
-    rows of its batch (see :class:`RowRandom`).
-    """
-    lead = probs.shape[:-1]
-    flat = probs.reshape(-1, probs.shape[-1]).double()
-    cdf = flat.cumsum(dim=-1)
-    target = u.reshape(-1, 1).double().to(cdf.device) * cdf[:, -1:]
-    idx = torch.searchsorted(cdf, target, right=True)
-    # u * total can round onto the end of the CDF: fall back to the last token that has mass
-    last_with_mass = (flat > 0).long().cumsum(dim=-1).argmax(dim=-1, keepdim=True)
-    return torch.minimum(idx, last_with_mass).reshape(lead)
 
 
 class RowRandom:

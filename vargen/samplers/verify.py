@@ -11,18 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..distributions import accept_prefix_and_draw
 from ..kernels import verify_exact
-from .acceptance import ExactAcceptance, Verdict, residual
+from .acceptance import ExactAcceptance, Verdict
 from .base import Stats, sample_from_probs
-
-
-def accept_prefix_and_draw(p, q, accept, u_res, residual_fn=residual):
-    """``(a, token)`` per row: ``a`` the accepted prefix of ``accept [B, J]``, ``token`` drawn with ``u_res`` from
-    ``residual_fn(p_a, q_a)`` (``q_J = 0``: after a fully accepted window, the bonus token from ``p_J``)."""
-    rows = torch.arange(p.shape[0], device=p.device)
-    a = accept.long().cumprod(dim=1).sum(dim=1)
-    q_pad = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)
-    return a, sample_from_probs(residual_fn(p[rows, a], q_pad[rows, a]), u_res)
 
 
 class Committer:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from ...samplers.base import SamplingConfig
+from ...config import SamplingConfig
 from .base import HFImageLM, PromptTokens
 from .chameleon_vqgan import ChameleonVQGANDecoder
 

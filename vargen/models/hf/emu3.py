@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ...samplers.base import SamplingConfig
+from ...config import SamplingConfig
 from .base import HFImageLM, PromptTokens
 
 __all__ = ["Emu3ImageLM", "EMU3_DEFAULTS", "NEGATIVE_PROMPT", "POSITIVE_SUFFIX"]

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ...samplers.base import SamplingConfig
+from ...config import SamplingConfig
 from .base import HFImageLM, PromptTokens
 
 __all__ = ["JanusImageLM", "JANUS_DEFAULTS"]
