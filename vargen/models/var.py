@@ -156,7 +156,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(C, C)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
         self.attn_drop = attn_drop
-        self.record: list | None = None  # calibration (var_kv.head_statistics): attention probabilities per forward
+        self.record: list | None = None  # calibration (var_kv.attention_recorded): attention probabilities per forward
 
     def forward(self, x, mask=None, kv=None, start: int = 0, scatter: tuple[torch.Tensor, int] | None = None):
         """``kv``: this layer's (K, V) cache views [B, H, L, hd]; the chunk's K/V are written at ``start``.

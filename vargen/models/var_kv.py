@@ -18,21 +18,24 @@ the attention the newest scale paid to them; they differ in who gets how much:
   new scale's queries; here all of them).
 * ``uniform``: the same budget and attention ranking everywhere (SnapKV-style), the reference point.
 
-The calibration (:func:`head_statistics`) runs the plain sampler once on one image per class and records every
-layer's attention. The cache (:class:`BudgetedScaleCache`) stores ``capacity`` slots per layer and head (the
-largest budget); the K/V of the scale in flight live only while their layer runs (attention, then the eviction
-folds the survivors into the stored slots), as in the official implementations, which compress right after each
-layer's attention. ``Stats`` reports the peak of the entries that hold tokens: every layer's stored ones plus one
-layer's scale in flight (the plain cache keeps every position of every layer).
+The calibration runs the plain sampler once on one image per class (:func:`vargen.samplers.next_scale.kv_budget_plan`)
+with every layer's attention recorded (:func:`attention_recorded`); :func:`head_statistics` reduces the records. The
+cache (:class:`BudgetedScaleCache`) stores ``capacity`` slots per layer and head (the largest budget); the K/V of the
+scale in flight live only while their layer runs (attention, then the eviction folds the survivors into the stored
+slots), as in the official implementations, which compress right after each layer's attention. ``Stats`` reports the
+peak of the entries that hold tokens: every layer's stored ones plus one layer's scale in flight (the plain cache
+keeps every position of every layer).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["KVBudget", "BudgetedScaleCache", "head_statistics", "budgets_for", "POLICIES"]
+__all__ = ["KVBudget", "BudgetedScaleCache", "attention_recorded", "head_statistics", "budgets_for",
+           "POLICIES"]
 
 POLICIES = ("hack", "scalekv", "uniform")
 HIGH = 1.5  # the favoured half's share of the mean budget (the other half gets what keeps the mean)
@@ -62,19 +65,24 @@ class HeadStatistics:
     concentration: torch.Tensor
 
 
-def head_statistics(model, labels: torch.Tensor, config=None, generator=None) -> HeadStatistics:
-    """Run the plain next-scale sampler on ``labels`` with every attention layer recording."""
-    from ..samplers.next_scale import VARSampler
-
+@contextmanager
+def attention_recorded(model):
+    """While inside, every attention layer of ``model`` records its probabilities per forward; yields the
+    per-layer lists (``[layer][forward]``: ``[H, n, keys]``, the mean over rows) for :func:`head_statistics`."""
     attns = [block.attn for block in model.blocks]
     for a in attns:
         a.record = []
     try:
-        VARSampler().sample(model, labels, config, generator=generator)
-        records = [a.record for a in attns]
+        yield [a.record for a in attns]
     finally:
         for a in attns:
             a.record = None
+
+
+def head_statistics(model, records) -> HeadStatistics:
+    """The statistics of a calibration run of the plain next-scale sampler, one forward per scale, recorded by
+    :func:`attention_recorded`."""
+    attns = [block.attn for block in model.blocks]
     K, depth, H = len(model.patch_nums), len(attns), attns[0].num_heads
     mass = torch.zeros(K, depth, H)
     conc = torch.zeros(depth, H)

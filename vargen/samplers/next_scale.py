@@ -281,7 +281,7 @@ def kv_budget_plan(model, budget: int | None, policy: str, config: SamplingConfi
         return None
     import weakref
 
-    from ..models.var_kv import budgets_for, head_statistics
+    from ..models.var_kv import attention_recorded, budgets_for, head_statistics
     from .loop import _weights_version
 
     global _HEAD_STATISTICS
@@ -291,7 +291,9 @@ def kv_budget_plan(model, budget: int | None, policy: str, config: SamplingConfi
     key = (repr(config), _weights_version(model))
     if key not in per_model:
         labels = torch.arange(min(model.num_classes, 10), device=model.device)
-        per_model[key] = head_statistics(model, labels, config, torch.Generator(device=model.device).manual_seed(0))
+        with attention_recorded(model) as records:
+            VARSampler().sample(model, labels, config, generator=torch.Generator(device=model.device).manual_seed(0))
+        per_model[key] = head_statistics(model, records)
     return budgets_for(per_model[key], policy, budget, model.begin_ends)
 
 
