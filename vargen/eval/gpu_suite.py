@@ -63,7 +63,7 @@ def _time(fn, device, repeats: int = 20) -> float:
 
 
 def _step_ms(pipe, batch: int, mode: str) -> float:
-    from ..samplers.loop import compile_step
+    from ..samplers.compiled import compile_step
     from ..samplers.session import TokenSession, resolve_config
 
     model, dev = pipe.model, torch.device(pipe.model.device)

@@ -90,7 +90,7 @@ def _cached(table, key, model, make):
 def forward_costs(model, cond, config, widths, compiled: bool = False, repeats: int = 11) -> dict[int, float]:
     """Median seconds of one cached ``w``-token forward (at the middle of the image) for each ``w`` in ``widths``
     at ``cond``'s batch; measured once per (model, device, rows, compiled) in a process."""
-    from .loop import compile_step
+    from .compiled import compile_step
     from .session import TokenSession
 
     dev = torch.device(model.device)

@@ -282,7 +282,7 @@ def kv_budget_plan(model, budget: int | None, policy: str, config: SamplingConfi
     import weakref
 
     from ..models.var_kv import attention_recorded, budgets_for, head_statistics
-    from .loop import _weights_version
+    from .compiled import _weights_version
 
     global _HEAD_STATISTICS
     if _HEAD_STATISTICS is None:

@@ -222,7 +222,7 @@ _COMPILED: dict = {}  # device -> jacobi_update under torch.compile
 def _compiled_update(device):
     key = str(device)
     if key not in _COMPILED:
-        from ..loop import compile_step
+        from ..compiled import compile_step
 
         _COMPILED[key] = compile_step(jacobi_update, device, cudagraphs=False)
     return _COMPILED[key]
