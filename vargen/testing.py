@@ -16,22 +16,9 @@ import torch
 
 from .decode import DecodePlan, TokenTree, chain_plan, keep_tree_path_, scattered_plan, tree_plan
 from .models.base import ContinuousModel, HiddenStateModel, ScaleModel, TokenModel
+from .models.init import trained_like_init_
 
 __all__ = ["check_token_model", "check_scale_model", "check_continuous_model", "trained_like_init_", "decode"]
-
-
-@torch.no_grad()
-def trained_like_init_(named_parameters, generator: torch.Generator) -> None:
-    """Random weights with peaked (trained-like) output distributions, in place: norms near 1, other 1-D parameters
-    near 0, embeddings N(0, 1), matrices N(0, 1 / fan_in). Default inits (0.02 std) make every distribution nearly
-    uniform, so draft acceptance on them says nothing; tests and the tiny benchmark models use this."""
-    for name, p in sorted(named_parameters, key=lambda item: item[0]):
-        if p.dim() == 1:
-            p.copy_((1 if "norm" in name else 0) + 0.1 * torch.randn(p.shape, generator=generator))
-        elif "embed" in name:
-            p.copy_(torch.randn(p.shape, generator=generator))
-        else:
-            p.copy_(torch.randn(p.shape, generator=generator) / p.shape[1] ** 0.5)
 
 
 def _missing(model, protocol) -> list[str]:

@@ -63,10 +63,10 @@ _TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, nu
 def random_tiny(name: str, num_tokens: int = 256, codes: int = 256, seed: int = 0):
     """``(adapter, prompt ids)``: a 2-layer, 64-wide model of the family ``name`` (``random-tiny-janus`` / ``-emu3``
     / ``-lumina``) with a square grid of ``num_tokens`` over ``codes`` VQ entries and peaked random output
-    distributions (:func:`vargen.testing.trained_like_init_`, head x3), built from transformers' config classes."""
+    distributions (:func:`vargen.models.init.trained_like_init_`, head x3), built from transformers' config classes."""
     import transformers
 
-    from ...testing import trained_like_init_
+    from ..init import trained_like_init_
     from . import image_lm
 
     if name not in TINY_SHAPES:
