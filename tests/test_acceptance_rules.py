@@ -176,7 +176,7 @@ def test_relaxed_rules_accept_more_on_a_peaked_model(name, options):
     draft = tiny_gpt(vocab=16, grid=4, seed=3, sharpness=2.0)  # the target, softened: a plausible drafter
     for make, rate in ((lambda **o: get_sampler("sjd", window=6, **o), lambda s: s.mean_accepted),
                        (lambda **o: SpeculativeSampler(draft=draft, gamma=4, **o),
-                        lambda s: s.extra["draft_acceptance_rate"])):
+                        lambda s: s.draft_acceptance_rate)):
         exact = make(acceptance="exact").sample(model, labels, config, generator=torch.Generator().manual_seed(0))
         relax = make(acceptance=name, **options).sample(model, labels, config, generator=torch.Generator().manual_seed(0))
         assert rate(relax.stats) > 1.1 * rate(exact.stats)

@@ -42,9 +42,9 @@ def test_expensive_wide_forwards_fall_back_to_ar_with_ar_tokens(model, monkeypat
     for name, options in [("sjd", dict(window="auto")), ("sd", dict(draft=draft, gamma="auto"))]:
         out = get_sampler(name, **options).sample(model, labels, config, torch.Generator().manual_seed(4))
         ar = get_sampler("ar").sample(model, labels, config, torch.Generator().manual_seed(4))
-        assert out.stats.extra["auto_drafts"] == 0 and out.stats.extra["proposer"] == "none"
+        assert out.stats.auto.auto_drafts == 0 and out.stats.draft.proposer == "none"
         assert torch.equal(out.tokens, ar.tokens)
-        assert out.stats.extra["auto_speedup_vs_ar"][0] == 1.0
+        assert out.stats.auto.auto_speedup_vs_ar[0] == 1.0
 
 
 def test_free_wide_forwards_and_a_perfect_drafter_pick_the_longest_chain(model, monkeypatch):
@@ -53,7 +53,7 @@ def test_free_wide_forwards_and_a_perfect_drafter_pick_the_longest_chain(model, 
     monkeypatch.setattr(autotune, "_pilot", lambda *a, **k: (1.0, 2e-3, 0.0))
     out = get_sampler("sd", draft=model, gamma="auto").sample(model, torch.tensor([1]), SamplingConfig(),
                                                                 torch.Generator().manual_seed(0))
-    assert out.stats.extra["auto_drafts"] == 8 and out.stats.extra["gamma"] == 8
+    assert out.stats.auto.auto_drafts == 8 and out.stats.draft.gamma == 8
 
 
 def test_pilot_measures_the_acceptance_of_a_perfect_drafter(model):
@@ -66,9 +66,9 @@ def test_pilot_measures_the_acceptance_of_a_perfect_drafter(model):
 def test_measured_auto_run_reports_its_evidence(model):
     out = get_sampler("sjd", window="auto").sample(model, torch.tensor([0]), SamplingConfig(),
                                                    torch.Generator().manual_seed(0))
-    extra = out.stats.extra
-    assert set(extra["auto_forward_seconds"]) == {1, 2, 4, 8, 16}
-    assert extra["auto_drafts"] in (0, 1, 3, 7, 15) and all(0.0 <= a <= 1.0 for a in extra["auto_acceptance"].values())
+    auto = out.stats.auto
+    assert set(auto.auto_forward_seconds) == {1, 2, 4, 8, 16}
+    assert auto.auto_drafts in (0, 1, 3, 7, 15) and all(0.0 <= a <= 1.0 for a in auto.auto_acceptance.values())
     assert out.tokens.shape == (1, 16)
 
 

@@ -96,14 +96,14 @@ def test_code_stats(fx):
             fx.var, [0, 1], SamplingConfig(top_k=8), torch.Generator().manual_seed(0))
         s = out.stats
         assert out.tokens.shape == (2, L) and s.tokens.tolist() == [L, L]
-        assert s.forward_passes == n and s.extra["drafter_forward_passes"] == n
-        assert s.extra["refiner_forward_passes"] == (1 + K - n if reuse else K - n)
-        assert s.extra["refiner_prefill_tokens"] == fx.var.begin_ends[n - 1 if reuse else n][1]
-        assert s.extra["drafter_seconds"] > 0 and s.extra["refiner_seconds"] > 0 and "seconds_per_image" in s.extra
+        assert s.forward_passes == n and s.code.drafter_forward_passes == n
+        assert s.code.refiner_forward_passes == (1 + K - n if reuse else K - n)
+        assert s.code.refiner_prefill_tokens == fx.var.begin_ends[n - 1 if reuse else n][1]
+        assert s.code.drafter_seconds > 0 and s.code.refiner_seconds > 0 and s.seconds_per_image > 0
         # the drafter's cache covers its N scales only; the two caches never coexist
         per_position = 2 * fx.var.depth * fx.var.C * 4 * 2 * 2  # K and V, fp32, 2 labels x CFG rows
-        assert s.extra["drafter_kv_cache_bytes"] == per_position * fx.var.begin_ends[n - 1][1]
-        assert s.extra["kv_cache_bytes"] == max(s.extra["drafter_kv_cache_bytes"], s.extra["refiner_kv_cache_bytes"])
+        assert s.code.drafter_kv_cache_bytes == per_position * fx.var.begin_ends[n - 1][1]
+        assert s.kv_cache_bytes == max(s.code.drafter_kv_cache_bytes, s.code.refiner_kv_cache_bytes)
     short = fx.var.new_cache(2, length=fx.var.begin_ends[0][1])
     with pytest.raises(ValueError, match="cache positions"):
         fx.var.forward_scales(fx.var.condition(torch.tensor([0, 1])), None, short, 0, 2, logits_from=0)

@@ -60,12 +60,12 @@ def test_draft_equal_to_target_accepts_every_token(pair, test, cfg):
     _, target = pair
     sampler = get_sampler("cspd", draft=target, num_iter=8, ratio=0.2, num_draft=1, test=test)
     out = sampler.sample(target, LABELS, SamplingConfig(temperature=0.9, cfg_scale=cfg), torch.Generator().manual_seed(0))
-    e = out.stats.extra
-    assert e["drafted"] > 0
-    assert e["accepted_drafts"] == e["drafted"] and e["draft_acceptance_rate"] == 1.0
-    assert e["residual_proposals"] == 0 and e["residual_fallbacks"] == 0
+    e = out.stats.cspd
+    assert e.drafted > 0
+    assert e.accepted_drafts == e.drafted and out.stats.draft_acceptance_rate == 1.0
+    assert e.residual_proposals == 0 and e.residual_fallbacks == 0
     if test == "official":
-        assert e["log_phi_abs_max"] == 0.0
+        assert e.log_phi_abs_max == 0.0
 
 
 @pytest.mark.parametrize("test", TESTS)
@@ -74,15 +74,15 @@ def test_different_draft_is_verified_and_counted(pair, test):
     K, ratio, gamma = 10, 0.15, 3
     out = get_sampler("cspd", draft=draft, num_iter=K, ratio=ratio, num_draft=gamma, test=test).sample(
         target, LABELS, SamplingConfig(temperature=1.0, cfg_scale=2.0), torch.Generator().manual_seed(1))
-    s, e = out.stats, out.stats.extra
+    s, e = out.stats, out.stats.cspd
     assert (s.forward_passes, s.draft_forward_passes) == pass_counts(K, ratio, gamma)
-    assert e["target_passes"] == s.forward_passes and e["draft_passes"] == s.draft_forward_passes
-    assert e["accepted_drafts"] < e["drafted"]  # the draft differs: something gets rejected
-    assert e["residual_proposals"] > 0
+    assert e.target_passes == s.forward_passes and e.draft_passes == s.draft_forward_passes
+    assert e.accepted_drafts < e.drafted  # the draft differs: something gets rejected
+    assert e.residual_proposals > 0
     assert out.tokens.shape == (3, target.seq_len, target.token_embed_dim) and torch.isfinite(out.tokens).all()
     assert s.token_step.min() >= 0 and s.token_step.max() < s.forward_passes
     assert int(sum(a.sum() for a in s.accepted)) == 3 * target.seq_len  # every token committed once
-    assert len(e["acceptance_rate_per_row"]) == 3
+    assert len(e.acceptance_rate_per_row) == 3
 
 
 def test_pass_counts_match_the_official_runner():

@@ -55,14 +55,14 @@ def test_zero_setting_is_the_plain_sampler(target, spec, zero):
     plain = get_sampler(name, **kw).sample(target, LABELS, CONFIG, torch.Generator().manual_seed(0))
     zero_run = get_sampler(name, **disa).sample(target, LABELS, CONFIG, torch.Generator().manual_seed(0))
     assert torch.equal(plain.tokens, zero_run.tokens)
-    assert zero_run.stats.extra["diffusion_steps"] == 10
+    assert zero_run.stats.mar.diffusion_steps == 10
 
 
 def test_mar_anneals_and_records_the_steps(target):
     out = get_sampler("mar", num_iter=6, diffusion_start=10, diffusion_end=2).sample(
         target, LABELS, CONFIG, torch.Generator().manual_seed(0))
-    assert out.stats.extra["diffusion_steps"] == [10, 8, 7, 5, 4, 2]  # 10 - 8 k / 5, rounded half up
-    assert out.stats.extra["diffusion_steps_total"] == 36
+    assert out.stats.mar.diffusion_steps == [10, 8, 7, 5, 4, 2]  # 10 - 8 k / 5, rounded half up
+    assert out.stats.mar.diffusion_steps_total == 36
     assert torch.isfinite(out.tokens).all()
 
 
@@ -72,9 +72,9 @@ def test_cspd_accepts_a_draft_equal_to_the_target_at_every_step_count(target, te
     verified with the heads of the step count it was drafted with."""
     sampler = get_sampler("cspd", draft=target, num_iter=8, ratio=0.2, num_draft=1, test=test, diffusion_start=10,
                           diffusion_end=3)
-    e = sampler.sample(target, LABELS, CONFIG, torch.Generator().manual_seed(0)).stats.extra
-    assert e["diffusion_steps"] == [10, 9, 8, 7, 6, 5, 4, 3]
-    assert e["drafted"] > 0 and e["accepted_drafts"] == e["drafted"]
+    s = sampler.sample(target, LABELS, CONFIG, torch.Generator().manual_seed(0)).stats
+    assert s.mar.diffusion_steps == [10, 9, 8, 7, 6, 5, 4, 3]
+    assert s.cspd.drafted > 0 and s.cspd.accepted_drafts == s.cspd.drafted
 
 
 def test_cspd_window_spanning_step_counts_is_verified_in_groups(target, monkeypatch):

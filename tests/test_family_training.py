@@ -96,7 +96,7 @@ def test_var_pipeline_generates_with_every_sampler_and_member(family):
         o = pipe.generate([0, 1, 2], sampler="code" if spec == "code" else "var", seed=3, **opts)
         assert len(o.images) == 3 and o.images[0].size == (16, 16) and o.tokens.shape == (3, 1 + 4 + 16)
         out[spec] = o
-    assert out["code"].stats.extra["refiner_forward_passes"] == 1 + 2  # one prefill + scales 1 and 2
+    assert out["code"].stats.code.refiner_forward_passes == 1 + 2  # one prefill + scales 1 and 2
     assert torch.equal(out["code"].tokens[:, :1], out["var"].tokens[:, :1])  # same drafter, same seed: scale 0 agrees
     with pytest.raises(ValueError, match="does not apply to a VAR pipeline"):
         pipe.generate([0], sampler="sjd")

@@ -26,17 +26,18 @@ def _run(var, spec_kw, seed=0):
 def test_zero_setting_is_var(var, zero):
     plain, zero_run = _run(var, {}), _run(var, zero)
     assert torch.equal(plain.tokens, zero_run.tokens) and torch.equal(plain.latents, zero_run.latents)
-    assert zero_run.stats.extra["kv_bytes_used"] == zero_run.stats.extra["kv_cache_bytes"]
+    assert zero_run.stats.kv_bytes_used == zero_run.stats.kv_cache_bytes
 
 
 def test_pruned_run_draws_every_token_and_counts_what_it_skipped(var):
     out = _run(var, dict(prune_scales=2, prune_ratio=0.5, prune_from_layer=1))
-    e = out.stats.extra
+    s = out.stats
     assert out.tokens.shape == (3, 130)
     # blocks 1..5, attention and FFN, half of 36 and of 64 tokens each
-    assert e["pruned_evaluations_skipped"] == 5 * 2 * (18 + 32) and e["pruned_evaluations_kept"] == 5 * 2 * (18 + 32)
+    assert s.pruning.pruned_evaluations_skipped == 5 * 2 * (18 + 32)
+    assert s.pruning.pruned_evaluations_kept == 5 * 2 * (18 + 32)
     slot = 2 * var.num_heads * (var.C // var.num_heads) * 4  # K and V of one position, float32
-    assert e["kv_cache_bytes"] - e["kv_bytes_used"] == 5 * (18 + 32) * slot * 6  # 6 rows: 3 images with CFG
+    assert s.kv_cache_bytes - s.kv_bytes_used == 5 * (18 + 32) * slot * 6  # 6 rows: 3 images with CFG
 
 
 def test_a_pruned_block_equals_full_attention_with_the_skipped_tokens_hidden(var):

@@ -39,7 +39,7 @@ def test_zero_setting_reproduces_every_token_sampler():
         kept = _get(name, kv_budget=model.num_tokens, **options).sample(
             model, labels, CONFIG, generator=torch.Generator().manual_seed(3))
         assert torch.equal(plain.tokens, kept.tokens), name
-        assert kept.stats.extra["kv_cache_bytes"] > 0
+        assert kept.stats.kv_cache_bytes > 0
 
 
 def _reference(model, labels, tokens, visible):
@@ -118,7 +118,7 @@ def test_budget_cuts_the_cache_and_rows_evict_independently():
     plain = get_sampler("sjd", window=3).sample(model, labels, config, generator=torch.Generator().manual_seed(0))
     cut = get_sampler("sjd", window=3, kv_budget=5, kv_anchor=1).sample(
         model, labels, config, generator=torch.Generator().manual_seed(0))
-    assert cut.stats.extra["kv_cache_bytes"] < plain.stats.extra["kv_cache_bytes"]
+    assert cut.stats.kv_cache_bytes < plain.stats.kv_cache_bytes
     assert_rows_match_alone(get_sampler("sjd", window=3, kv_budget=5, kv_anchor=1), model, labels, config,
                             seeds=[11, 12, 13, 14])
 

@@ -75,7 +75,7 @@ def test_self_drafting_accepts_everything_and_passes_are_counted():
         model, torch.tensor([0, 1, 2]), SamplingConfig(cfg_scale=2.0, top_k=5), generator=torch.Generator().manual_seed(0))
     s = out.stats
     steps = -(-(N - 2) // (gamma + 1))  # prefill and one plain step make tokens 0 and 1
-    assert s.extra["draft_acceptance_rate"] == 1.0
+    assert s.draft_acceptance_rate == 1.0
     assert s.forward_passes == 2 + steps
     assert s.draft_forward_passes == 1 + steps * gamma  # the draft model's prefill + gamma per step
     assert torch.stack(s.accepted).sum(0).tolist() == [N] * 3
@@ -144,6 +144,6 @@ def test_train_draft_head_cli_writes_a_head_that_drafts_better(tmp_path):
     for name, draft in (("trained", str(tmp_path / "head")), ("random", _drafter("head", model))):
         out = SpeculativeSampler(draft=draft, gamma=3).sample(model, labels, SamplingConfig(),
                                                               generator=torch.Generator().manual_seed(0))
-        rates[name] = out.stats.extra["draft_acceptance_rate"]
+        rates[name] = out.stats.draft_acceptance_rate
     assert rates["trained"] > 0.4 > 0.2 > rates["random"], rates
     assert isinstance(DraftHead.from_folder(tmp_path / "head"), DraftHead)

@@ -102,7 +102,7 @@ def test_var_and_mar_demo_pipelines_generate_offline(name, sampler):
     pipe = vargen.load(name)
     out = pipe.generate(["cat", 1], sampler=sampler, seed=0)
     assert len(out.images) == 2 and out.images[0].size == (32, 32)
-    assert out.stats.draft_forward_passes > 0 or out.stats.extra.get("refiner_forward_passes", 0) > 0
+    assert out.stats.draft_forward_passes > 0 or (out.stats.code is not None and out.stats.code.refiner_forward_passes > 0)
 
 
 def test_demo_pipeline_generates_offline():

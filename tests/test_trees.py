@@ -105,7 +105,7 @@ def test_trees_compress_more_steps_than_the_chain():
                                                                            torch.Generator().manual_seed(0))
     per_step = lambda s: torch.stack(s.accepted[1:]).float().mean()
     assert per_step(tree.stats) > per_step(chain.stats)
-    assert tree.stats.extra["tree_nodes"] == 8 + 3 + (3 + 4 * 3)
+    assert tree.stats.draft.tree_nodes == 8 + 3 + (3 + 4 * 3)
 
 
 def test_tree_options_are_checked_before_work():
@@ -148,7 +148,7 @@ def test_lantern_pp_reduces_to_the_exact_tree_at_zero_relaxation():
     assert float(zero.stats.tv_bound.sum()) == 0.0
     relaxed = get_sampler("lantern++", lam=20.0, k=8, codebook=model.codebook(), **tree).sample(
         model, labels, config, torch.Generator().manual_seed(3))
-    assert float(relaxed.stats.tv_bound.sum()) > 0 and relaxed.stats.extra["tree_nodes"] == 4 + 2 + (2 + 2 * 3)
+    assert float(relaxed.stats.tv_bound.sum()) > 0 and relaxed.stats.draft.tree_nodes == 4 + 2 + (2 + 2 * 3)
 
 
 def test_draft_tree_rows_equal_rows_alone():

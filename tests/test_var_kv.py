@@ -100,7 +100,7 @@ def test_budgets_follow_each_policy(pipe):
 def test_recency_heads_hold_the_latest_positions_and_counts_match_budgets(pipe):
     var = pipe.model
     out = _run(var, kv_budget=12, kv_policy="hack")
-    assert out.stats.extra["kv_bytes_used"] < _run(var).stats.extra["kv_cache_bytes"]
+    assert out.stats.kv_bytes_used < _run(var).stats.kv_cache_bytes
     budget = budgets_for(_fake_statistics(var), "hack", 12, var.begin_ends)
     cache = var.new_cache(1, budget=budget)
     cond = var.condition(torch.tensor([4]))

@@ -35,7 +35,7 @@ def test_parallel_rows_take_fewer_forwards_and_see_only_written_positions():
     model = tiny_gpt(vocab=16, grid=4, seed=1, dtype=torch.float64)
     labels = torch.tensor([0, 1])
     out = get_sampler("zipar", window=2).sample(model, labels, SamplingConfig(), torch.Generator().manual_seed(0))
-    assert out.stats.forward_passes == 12 and out.stats.extra["rows_in_parallel"] == 2
+    assert out.stats.forward_passes == 12 and out.stats.zipar.rows_in_parallel == 2
     assert torch.stack(out.stats.accepted).sum(0).tolist() == [16, 16]
     # a query never sees a position that holds no token yet: ungenerated slots hold garbage, same logits
     cache = model.new_cache(1, 17)

@@ -177,7 +177,7 @@ def run_bench(pipe, specs: list[str], batches: list[int], overrides: dict | None
                            seconds_per_image=sum(s.seconds for s, _ in stats) / (batch * repeats),
                            sample_nll=mean([n for _, n in stats]),
                            tv_bound=mean([s.mean_tv_bound for s in relaxed]) if relaxed else float("nan"),
-                           tv_per_slot=mean([s.extra["tv_per_decided_slot"] for s in relaxed]) if relaxed else float("nan"),
+                           tv_per_slot=mean([s.tv_per_decided_slot for s in relaxed]) if relaxed else float("nan"),
                            baseline=pipe.baseline_sampler)
             if p.name == pipe.baseline_sampler and not p.options and not p.member and not c and base_time is None:
                 base_time = row.seconds_per_image

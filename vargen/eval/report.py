@@ -183,7 +183,8 @@ def timed_batch(pipe, spec: str, batch: int, seed: int, overrides: dict, repeats
     labels = [i % pipe.num_classes for i in range(batch)]
     stats = pipe.generate(labels, sampler=s.name, seed=seed, per_row_seeds=pipe.row_independent_seeds, decode=False,
                           **overrides, **s.options, **({"model": s.member} if s.member else {})).stats
-    return seconds, int(stats.extra.get("kv_bytes_used", stats.extra.get("kv_cache_bytes", 0))) // batch
+    held = stats.kv_bytes_used if stats.kv_bytes_used is not None else stats.kv_cache_bytes
+    return seconds, (held or 0) // batch
 
 
 def latency(pipe, spec: str, seed: int, overrides: dict, repeats: int = 3) -> float:

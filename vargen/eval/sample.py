@@ -173,8 +173,10 @@ def generate_indices(pipe, sampler: str, indices: list[int], labels: list[int], 
                         "tokens_per_forward": s.tokens_per_forward, "mean_accepted": s.mean_accepted,
                         "sampler_seconds": s.seconds, "seconds": time.perf_counter() - t0,
                         "peak_memory_bytes": s.peak_memory_bytes,
-                        "kv_cache_bytes": int(s.extra.get("kv_cache_bytes", 0)),
-                        "drafted": int(s.extra.get("drafted", 0)), "accepted_drafts": int(s.extra.get("accepted_drafts", 0)),
+                        "kv_cache_bytes": s.kv_cache_bytes or 0,  # None: the sampler keeps no K/V cache (MAR)
+                        # CSpD's draft counts (the token loop's acceptance is not aggregated here)
+                        "drafted": s.cspd.drafted if s.cspd is not None else 0,
+                        "accepted_drafts": s.cspd.accepted_drafts if s.cspd is not None else 0,
                         "accepted_sum": acc.sum(1).tolist(), "accepted_rows": (acc > 0).sum(1).tolist()})
     return records
 

@@ -31,6 +31,7 @@ import weakref
 import torch
 
 from .base import synced_clock
+from .stats import AutoStats
 
 __all__ = ["choose_lookahead", "forward_costs", "expected_tokens", "acceptance_from_rate", "AUTO"]
 
@@ -129,7 +130,7 @@ class _TimedProposer:
     def __init__(self, inner, device, compiled: bool = False):
         self.inner, self.device, self.compiled = inner, device, compiled
         self.clock = [0.0]  # shared with the copy the loop makes
-        for name in ("name", "lookahead", "wants_hidden", "check", "extra_stats"):
+        for name in ("name", "lookahead", "wants_hidden", "check", "draft_stats"):
             setattr(self, name, getattr(inner, name))
 
     @property
@@ -184,7 +185,7 @@ def _line(x0, y0, x1, y1):
 
 
 def choose_lookahead(sampler, model, cond, config, candidates, compiled: bool = False,
-                     pilot_steps: int = 8) -> tuple[int, dict]:
+                     pilot_steps: int = 8) -> tuple[int, AutoStats]:
     """The number of drafts per step that maximises expected tokens per second, and the evidence.
 
     A step with ``c >= 1`` drafts is modelled as ``T(c + 1) + o + f + c * g``: ``T`` the measured forward, ``o``
@@ -221,7 +222,7 @@ def choose_lookahead(sampler, model, cond, config, candidates, compiled: bool = 
     best = max(candidates, key=lambda c: (speed[c], -c))
     if speed[best] < MARGIN * speed[0]:  # within the model's error of AR: AR, which cannot be slower than itself
         best = 0
-    evidence = {"auto_acceptance": {c: round(accept[c], 4) for c in candidates}, "auto_step_seconds": step,
-                "auto_forward_seconds": {c + 1: costs[c + 1] for c in candidates},
-                "auto_speedup_vs_ar": {c: speed[c] / speed[0] for c in candidates}}
+    evidence = AutoStats(auto_drafts=best, auto_acceptance={c: round(accept[c], 4) for c in candidates},
+                         auto_step_seconds=step, auto_forward_seconds={c + 1: costs[c + 1] for c in candidates},
+                         auto_speedup_vs_ar={c: speed[c] / speed[0] for c in candidates})
     return best, evidence

@@ -6,13 +6,13 @@ live in leaf modules that models and kernels use too; they are re-exported here,
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
 from ..config import SamplingConfig
 from ..distributions import cfg_mix, filter_logits, logits_to_probs, sample_from_probs
+from .stats import Stats
 
 __all__ = [
     "SamplingConfig",
@@ -61,75 +61,8 @@ class RowRandom:
 
 
 # ----------------------------------------------------------------------------------------------
-# Outputs and statistics
+# Outputs (the statistics, :class:`~vargen.samplers.stats.Stats`, have their own module)
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Stats:
-    """What every sampler reports; the CLI, app, benchmarks and FID scripts read this one object.
-
-    forward_passes: target-model forward calls (prefill included).
-    draft_forward_passes: forward calls of a drafter (draft model or head), counted separately.
-    tokens: tokens generated per row ([B] tensor) -- or per image for non-token models.
-    accepted: per step, a [B] tensor of tokens committed by that step (0 for finished rows).
-    token_step: [B, L], the index of the forward pass that committed each token (acceptance map).
-    relaxed: [B, L] bool, tokens accepted by a relaxed rule that the exact rule would have rejected
-        in that draw (LANTERN / GSD), when the rule reports it.
-    tv_bound: [B] float64, per row the sum over the slots a lossy rule decided of the total-variation
-        distance between the law of the token the slot committed and the exact ``p``: a bound on the
-        TV distance between the sampler's image distribution and the exact one (None for exact rules).
-    seconds / peak_memory_bytes: wall time and peak accelerator memory of the sampling call.
-    extra: sampler-specific counters (acceptance rates, passes per model, ...).
-    """
-
-    forward_passes: int = 0
-    draft_forward_passes: int = 0
-    tokens: torch.Tensor | None = None
-    accepted: list[torch.Tensor] = field(default_factory=list)
-    token_step: torch.Tensor | None = None
-    relaxed: torch.Tensor | None = None
-    tv_bound: torch.Tensor | None = None
-    seconds: float = 0.0
-    peak_memory_bytes: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def tokens_per_forward(self) -> float:
-        """Mean tokens per row divided by target forward passes (prefill included)."""
-        if self.tokens is None or self.forward_passes == 0:
-            return 0.0
-        return float(self.tokens.float().mean()) / self.forward_passes
-
-    @property
-    def mean_accepted(self) -> float:
-        """Mean tokens committed per decoding step, over rows still generating at that step."""
-        if not self.accepted:
-            return 0.0
-        acc = torch.stack([a.float().cpu() for a in self.accepted])
-        active = acc > 0
-        return float(acc[active].mean()) if active.any() else 0.0
-
-    @property
-    def mean_tv_bound(self) -> float:
-        """Mean over rows of the per-row TV bound (independent of the batch size); NaN for exact rules."""
-        return float(self.tv_bound.double().mean()) if self.tv_bound is not None else float("nan")
-
-    def summary(self) -> dict[str, Any]:
-        out = {
-            "forward_passes": self.forward_passes,
-            "draft_forward_passes": self.draft_forward_passes,
-            "tokens_per_row": float(self.tokens.float().mean()) if self.tokens is not None else 0.0,
-            "tokens_per_forward": round(self.tokens_per_forward, 4),
-            "mean_accepted": round(self.mean_accepted, 4),
-            "seconds": round(self.seconds, 4),
-            "peak_memory_bytes": int(self.peak_memory_bytes),
-        }
-        if self.tv_bound is not None:
-            out["mean_tv_bound"] = self.mean_tv_bound
-        for k, v in self.extra.items():
-            out[k] = v if isinstance(v, (int, float, str, bool)) else str(v)
-        return out
 
 
 @dataclass

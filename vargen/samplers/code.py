@@ -17,8 +17,8 @@ them.
 
 Stats: ``forward_passes`` counts the drafter's scale forwards (the large model is the expensive
 "target"; ``draft_forward_passes`` stays 0 because CoDe's *drafter* is not a speculative draft).
-The small model's passes are in ``stats.extra["refiner_forward_passes"]`` (its prefill counts as
-one), with per-model seconds and per-image time and memory next to them.
+The small model's passes are in ``stats.code.refiner_forward_passes`` (its prefill counts as
+one), with per-model seconds and K/V bytes next to them (:class:`~.stats.CoDeStats`).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import torch
 
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer, synced_clock
 from .spec import checked, option
+from .stats import CoDeStats
 from .next_scale import (NextScaleState, ScaleSettings, _gens, cfg_labels, commit_scale, draw_tokens, fill_stats,
                          check_kv_options, guide, kv_budget_plan, run_scale, var_filter)
 
@@ -74,6 +75,8 @@ class CoDeSampler:
     """
 
     name = "code"
+    MODEL = "scale"
+    COMPANION = "refiner"
     OPTIONS = CoDeOptions
 
     def __init__(self, draft_steps: int = 8, refiner=None, reuse: bool = True, temperatures=None, top_ks=None,
@@ -180,16 +183,15 @@ class CoDeSampler:
 
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
         fill_stats(stats, drafter.patch_nums, B, device)
-        stats.extra.update(
+        stats.code = CoDeStats(
             draft_steps=N, reuse=self.reuse, drafter_forward_passes=stats.forward_passes,
             refiner_forward_passes=refiner_passes, refiner_prefill_tokens=prefill_tokens,
             drafter_seconds=t1 - t0, refiner_seconds=t2 - t1,
-            seconds_per_image=timer.seconds / B, peak_memory_bytes_per_image=timer.peak // B,
             drafter_kv_cache_bytes=drafter_kv, refiner_kv_cache_bytes=2 * cache_r.k.numel() * cache_r.k.element_size(),
         )
+        stats.seconds_per_image, stats.peak_memory_bytes_per_image = timer.seconds / B, timer.peak // B
         # the two caches never coexist (the drafter's is freed first)
-        stats.extra["kv_cache_bytes"] = max(stats.extra["drafter_kv_cache_bytes"], stats.extra["refiner_kv_cache_bytes"])
+        stats.kv_cache_bytes = max(stats.code.drafter_kv_cache_bytes, stats.code.refiner_kv_cache_bytes)
         if budget_d is not None:
-            stats.extra.update(kv_bytes_used=max(drafter_used, _used_bytes(cache_r)),
-                               kv_policy=self.kv[1])
+            stats.kv_bytes_used, stats.kv_policy = max(drafter_used, _used_bytes(cache_r)), self.kv[1]
         return GenerationOutput(tokens=tokens, stats=stats, latents=state.f_hat)

@@ -61,11 +61,11 @@ deterministic function of a 100-step noisy path. Three tests (``test=``):
   see the note §2.4). Rejected tokens are redrawn from (N_p − N_q/Φ)⁺ with N_p as envelope, at most
   ``max_tries`` proposals; a row never resolved falls back to the target's aligned sample μ_0^p
   (the official code leaves a zero token). This is a heuristic: only the final step is compared, the
-  exponent is tempered by λ, and Φ multiplies S−1 per-dimension ratios. ``stats.extra`` reports the
+  exponent is tempered by λ, and Φ multiplies S−1 per-dimension ratios. ``stats.cspd`` reports the
   mean and the largest |log Φ|.
 
 All tests compute densities in log space, cap residual proposals at ``max_tries`` and count fallbacks
-(``stats.extra["residual_fallbacks"]``): a fallback commits a target sample (the last proposal, or μ_0^p
+(``stats.cspd.residual_fallbacks``): a fallback commits a target sample (the last proposal, or μ_0^p
 for ``official``) and is the only way an exact test can lose exactness.
 """
 from __future__ import annotations
@@ -80,6 +80,7 @@ from .base import GenerationOutput, SamplingConfig, Stats, StepTimer
 from .diffusion_head import ANNEALING, denoise, path_log_prob, reverse_step
 from .mar import check_orders, diffusion_heads, mask_from_order, plan_run
 from .spec import checked, option
+from .stats import CSpDStats, MaskedStats
 
 TESTS = ("exact", "final_step", "official")
 
@@ -190,6 +191,8 @@ class CSpDSampler:
     """
 
     name = "cspd"
+    MODEL = "continuous"
+    COMPANION = "draft"
     OPTIONS = CSpDOptions
 
     def __init__(self, draft=None, num_iter: int = 64, ratio: float = 0.15, num_draft: int = 8,
@@ -357,19 +360,17 @@ class CSpDSampler:
 
         stats.tokens = torch.full((B,), L, dtype=torch.long)
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
-        drafted = max(1, counts["drafted"])
         steps = [h.num_sampling_steps for h in heads_t]
-        stats.extra.update(
-            test=self.test, num_iter=K, ratio=self.ratio, num_draft=self.num_draft,
-            diffusion_steps=steps[0] if len(set(steps)) == 1 else steps,
+        stats.mar = MaskedStats(num_iter=K, diffusion_steps=steps[0] if len(set(steps)) == 1 else steps)
+        stats.cspd = CSpDStats(
+            test=self.test, ratio=self.ratio, num_draft=self.num_draft,
             target_passes=stats.forward_passes, draft_passes=stats.draft_forward_passes,
             prefill_passes=min(milestone + 1, K), **counts,
-            draft_acceptance_rate=counts["accepted_drafts"] / drafted,
             acceptance_rate_per_row=(accepted_per_row.float() / drafted_per_row.clamp(min=1).float()).tolist(),
         )
         if log_phis:
             phi = torch.cat(log_phis)
-            stats.extra.update(log_phi_mean=float(phi.mean()), log_phi_abs_max=float(phi.abs().max()))
+            stats.cspd.log_phi_mean, stats.cspd.log_phi_abs_max = float(phi.mean()), float(phi.abs().max())
         return GenerationOutput(tokens=tokens, stats=stats, latents=tokens)
 
     @staticmethod

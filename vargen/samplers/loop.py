@@ -23,7 +23,7 @@ proposer per ``sample`` call, so per-call state can live on ``self``.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -33,6 +33,7 @@ from .acceptance import get_rule
 from .base import GenerationOutput, RowRandom, SamplingConfig, Stats, StepTimer, sample_from_probs
 from .compiled import compile_step, compiled_target_step, inductor_settings  # noqa: F401 (importable here too)
 from .session import CacheOptions, TokenSession, resolve_config
+from .stats import DraftStats
 from .verify import Committer
 
 __all__ = ["Proposal", "Feedback", "DecodeContext", "Proposer", "NoProposer", "TokenSampler", "ARSampler"]
@@ -118,7 +119,9 @@ class DecodeContext:
 class Proposer(Protocol):
     """Guesses the next tokens of every row. ``lookahead``: the most drafts one proposal holds (the
     target's cache gets that much headroom); ``wants_hidden``: pass the target's hidden states to
-    ``start`` / ``observe``; ``draft_passes``: forward calls of a drafter model, for ``Stats``."""
+    ``start`` / ``observe``; ``draft_passes``: forward calls of a drafter model, for ``Stats``; ``draft_stats()``:
+    its settings as a :class:`~.stats.DraftStats` (window, gamma, tree shape; the loop adds the proposer's and the
+    rule's names and the draft counts) for ``stats.draft``."""
 
     name: str
     lookahead: int
@@ -133,7 +136,7 @@ class Proposer(Protocol):
 
     def observe(self, ctx: DecodeContext, feedback: Feedback) -> None: ...
 
-    def extra_stats(self) -> dict: ...
+    def draft_stats(self) -> DraftStats: ...
 
 
 class NoProposer:
@@ -156,8 +159,8 @@ class NoProposer:
     def observe(self, ctx, feedback) -> None:
         return None
 
-    def extra_stats(self) -> dict:
-        return {}
+    def draft_stats(self) -> DraftStats:
+        return DraftStats()
 
 
 class TokenSampler:
@@ -170,6 +173,7 @@ class TokenSampler:
     """
 
     name = "token"
+    MODEL = "token"  # the model protocol it samples (vargen.models.base.TokenModel): which families it applies to
     OPTIONS = None
     CACHE_OPTIONS = CacheOptions
     TAKES_RULE = True  # "acceptance" and the chosen rule's options are options of this sampler
@@ -208,20 +212,19 @@ class TokenSampler:
         """``compile=True``: the target step (forward, logits chain, verification and commit) runs as one
         ``torch.compile(fullgraph=True)`` graph per (batch, window) shape, reused across calls, over a static
         cache (and under CUDA graphs on a GPU); the tokens are those of the eager path. A proposer sized
-        ``"auto"`` is resized first (:mod:`.autotune`; ``stats.extra`` has the evidence). ``max_steps``: stop
+        ``"auto"`` is resized first (:mod:`.autotune`; ``stats.auto`` has the evidence). ``max_steps``: stop
         after that many verification steps (the tokens are then incomplete; for measurements)."""
         config = resolve_config(model, config)
         proposer = copy.copy(self.proposer)
         proposer.check(model)
         self._check_tree(model)
         eviction = self.cache_options.eviction(model)
-        auto = {}
+        auto = None
         if getattr(proposer, "auto", False):
             from .autotune import choose_lookahead
 
             drafts, auto = choose_lookahead(self, model, cond, config, proposer.auto_candidates(model), compile)
             proposer = proposer.resized(drafts)
-            auto["auto_drafts"] = drafts
         self.rule.prepare(model)
         J = proposer.lookahead
         session = TokenSession(model, cond, config, extra_positions=J + 1, hidden=proposer.wants_hidden,
@@ -259,11 +262,12 @@ class TokenSampler:
                 ctx.step += 1
         stats.forward_passes = session.forward_passes
         stats.draft_forward_passes = proposer.draft_passes
+        stats.draft = replace(proposer.draft_stats(), proposer=proposer.name, acceptance=self.rule.name)
+        stats.auto = auto
         committer.fill_stats(stats)
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
-        stats.extra.update(proposer=proposer.name, acceptance=self.rule.name, **proposer.extra_stats(), **auto)
         if hasattr(session.cache, "nbytes"):
-            stats.extra["kv_cache_bytes"] = int(session.cache.nbytes)  # the target's cache, CFG rows included
+            stats.kv_cache_bytes = int(session.cache.nbytes)  # the target's cache, CFG rows included
         return GenerationOutput(tokens=committer.tokens(), stats=stats)
 
 

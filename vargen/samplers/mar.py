@@ -24,6 +24,7 @@ import torch
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer
 from .diffusion_head import ANNEALING, annealed_steps, denoise, respaced
 from .spec import check_bounds, checked, option
+from .stats import MaskedStats
 
 MAR_CONFIG_FIELDS = ("temperature", "cfg_scale", "cfg_schedule")
 
@@ -142,6 +143,7 @@ class MARSampler:
     """MAR's ``sample_tokens`` as a sampler. ``num_iter``: AR steps (MAR's default 64; its FID runs use 256)."""
 
     name = "mar"
+    MODEL = "continuous"
     OPTIONS = MAROptions
 
     def __init__(self, num_iter: int = 64, clip_x0: float | None = None, diffusion_start: int | None = None,
@@ -188,6 +190,6 @@ class MARSampler:
         stats.tokens = torch.full((B,), L, dtype=torch.long)
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
         steps = [h.num_sampling_steps for h in heads]
-        stats.extra.update(num_iter=self.num_iter, diffusion_steps=steps[0] if len(set(steps)) == 1 else steps,
-                           diffusion_steps_total=sum(steps))
+        stats.mar = MaskedStats(num_iter=self.num_iter, diffusion_steps=steps[0] if len(set(steps)) == 1 else steps,
+                                diffusion_steps_total=sum(steps))
         return GenerationOutput(tokens=tokens, stats=stats, latents=tokens)

@@ -20,6 +20,7 @@ import torch
 
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer, filter_logits
 from .spec import checked, option
+from .stats import PruningStats
 
 __all__ = ["VARSampler", "VAR_DEFAULTS", "ScaleSettings", "NextScaleState", "var_filter", "guide", "draw_tokens"]
 
@@ -235,16 +236,16 @@ def pruning_plan(model, prune_scales: int, prune_ratio: float, prune_from_layer:
 
 
 def pruning_stats(stats: Stats, pruning, cache) -> None:
-    """K/V bytes that hold tokens (``kv_bytes_used``, of the ``kv_cache_bytes`` allocated) and FastVAR's counts of
-    token-sublayer evaluations skipped and kept (per batch row), into ``stats.extra``."""
+    """K/V bytes that hold tokens (``stats.kv_bytes_used``, of the ``kv_cache_bytes`` allocated) and FastVAR's
+    counts of token-sublayer evaluations skipped and kept (per batch row, ``stats.pruning``)."""
     full = cache.k.numel() * cache.k.element_size() * 2
     if pruning is None:
-        stats.extra.update(kv_bytes_used=full)
+        stats.kv_bytes_used = full
         return
     rows, heads, head_dim = cache.k.shape[1], cache.k.shape[2], cache.k.shape[4]
     slot = 2 * heads * head_dim * cache.k.element_size()  # K and V of one position in one block
-    stats.extra.update(kv_bytes_used=full - pruning.kv_positions_skipped * slot * rows,
-                       pruned_evaluations_skipped=pruning.skipped, pruned_evaluations_kept=pruning.computed)
+    stats.kv_bytes_used = full - pruning.kv_positions_skipped * slot * rows
+    stats.pruning = PruningStats(pruned_evaluations_skipped=pruning.skipped, pruned_evaluations_kept=pruning.computed)
 
 
 @dataclass
@@ -300,7 +301,7 @@ def kv_budget_plan(model, budget: int | None, policy: str, config: SamplingConfi
 def budget_stats(stats: Stats, cache) -> None:
     """K/V bytes allocated (``kv_cache_bytes``) and holding tokens at the peak (``kv_bytes_used``) of a budgeted
     cache."""
-    stats.extra.update(kv_cache_bytes=cache.nbytes, kv_bytes_used=cache.peak_bytes, kv_policy=cache.budget.policy)
+    stats.kv_cache_bytes, stats.kv_bytes_used, stats.kv_policy = cache.nbytes, cache.peak_bytes, cache.budget.policy
 
 
 class VARSampler:
@@ -312,6 +313,7 @@ class VARSampler:
     """
 
     name = "var"
+    MODEL = "scale"
     OPTIONS = VAROptions
 
     def __init__(self, temperatures=None, top_ks=None, more_smooth: bool | None = None, prune_scales: int = 0,
@@ -351,8 +353,8 @@ class VARSampler:
             tokens = torch.cat(state.tokens, dim=1)
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
         fill_stats(stats, model.patch_nums, B, device)
-        stats.extra.update(seconds_per_image=timer.seconds / B, peak_memory_bytes_per_image=timer.peak // B,
-                           kv_cache_bytes=cache.k.numel() * cache.k.element_size() * 2)
+        stats.seconds_per_image, stats.peak_memory_bytes_per_image = timer.seconds / B, timer.peak // B
+        stats.kv_cache_bytes = cache.k.numel() * cache.k.element_size() * 2
         if budget is None:
             pruning_stats(stats, pruning, cache)
         else:

@@ -117,10 +117,9 @@ class Committer:
     def fill_stats(self, stats: Stats) -> None:
         stats.tokens = torch.full((self.seq.shape[0],), self.N)
         stats.token_step = self.token_step[:, : self.N].cpu()
-        proposed = int(self.proposed.sum())
-        if proposed:
-            stats.extra["draft_acceptance_rate"] = int(self.accepted.sum()) / proposed
+        stats.draft.drafts_proposed = int(self.proposed.sum())
+        stats.draft.drafts_accepted = int(self.accepted.sum())
         if not getattr(self.rule, "lossless", True) and getattr(self.rule, "reports_tv", True):
             stats.relaxed = self.relaxed[:, : self.N].cpu()
             stats.tv_bound = self.tv.cpu()
-            stats.extra["tv_per_decided_slot"] = float(self.tv.sum()) / max(1, int(self.decided.sum()))
+            stats.draft.slots_decided = int(self.decided.sum())

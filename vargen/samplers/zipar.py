@@ -31,6 +31,7 @@ from .base import (
 )
 from .session import TokenSession, resolve_config
 from .spec import checked, option
+from .stats import ZipARStats
 
 __all__ = ["ZipARSampler", "ZipAROptions", "zipar_schedule"]
 
@@ -92,6 +93,7 @@ class ZipARSampler:
     has no structural row-end tokens between image rows."""
 
     name = "zipar"
+    MODEL = "token"
     OPTIONS = ZipAROptions
 
     def __init__(self, window: int = 8):
@@ -136,5 +138,5 @@ class ZipARSampler:
         stats.tokens = torch.full((B,), N)
         stats.token_step = token_step.cpu()
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
-        stats.extra.update(window=self.window, rows_in_parallel=max(len(s.predict) for s in schedule))
+        stats.zipar = ZipARStats(window=self.window, rows_in_parallel=max(len(s.predict) for s in schedule))
         return GenerationOutput(tokens=seq, stats=stats)

@@ -32,6 +32,7 @@ from ..base import sample_from_probs
 from ..loop import NoProposer, Proposal, TokenSampler
 from ..session import TokenSession
 from ..spec import check_bounds, checked, option
+from ..stats import DraftStats
 from ..tree import TreeDrafts
 
 __all__ = ["DraftModelProposer", "DraftHeadProposer", "SpeculativeSampler", "DraftOptions"]
@@ -93,11 +94,9 @@ class _ChainProposer:
     def _check_bounds(self, model) -> None:
         check_bounds(DraftOptions(None, self.gamma, 1 if self.tree is None else self.tree.width), "sd", model)
 
-    def extra_stats(self) -> dict:
-        out = {"gamma": self.gamma, "drafter": self.name}
-        if self.tree is not None:
-            out.update(tree_width=self.tree.width, tree_nodes=self.tree.tree.size)
-        return out
+    def draft_stats(self) -> DraftStats:
+        tree = {} if self.tree is None else dict(tree_width=self.tree.width, tree_nodes=self.tree.tree.size)
+        return DraftStats(gamma=self.gamma, drafter=self.name, **tree)
 
     def propose(self, ctx, n) -> Proposal:
         if not self.ready:  # first step: a plain target step
@@ -247,6 +246,7 @@ class SpeculativeSampler(TokenSampler):
     """
 
     name = "sd"
+    COMPANION = "draft"  # the option a pipeline fills in from its companion of that name
     OPTIONS = DraftOptions
 
     def __init__(self, draft=None, gamma: int = 4, acceptance="exact", tree_width: int = 1, tree_depth: int = 3,

@@ -17,7 +17,7 @@ sampler stays lossless, and drafts stop churning.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from ..acceptance import residual
 from ..base import sample_from_probs
 from ..loop import NoProposer, Proposal, TokenSampler
 from ..spec import check_bounds, checked, option
+from ..stats import DraftStats
 from ..tree import TreeDrafts
 
 __all__ = ["JacobiProposer", "JacobiSampler", "JacobiOptions", "INITS"]
@@ -99,11 +100,11 @@ class JacobiProposer:
         """This proposer with ``drafts`` drafts per step (a window of ``drafts + 1``); 0 is plain AR."""
         return NoProposer() if drafts == 0 else JacobiProposer(drafts + 1, self.init, self.coupled, self.sample_top)
 
-    def extra_stats(self) -> dict:
-        out = {"window": self.window, "init": self.init, "coupled": self.coupled}
+    def draft_stats(self) -> DraftStats:
+        out = DraftStats(window=self.window, init=self.init, coupled=self.coupled)
         if self.tree is not None:
-            out.update(tree_width=self.tree_width, tree_depth=self.tree_depth, tree_tail=self.tree_tail,
-                       tree_nodes=self.tree.tree.size)
+            out = replace(out, tree_width=self.tree_width, tree_depth=self.tree_depth, tree_tail=self.tree_tail,
+                          tree_nodes=self.tree.tree.size)
         return out
 
     # -- the proposer protocol --------------------------------------------------------------------------
