@@ -223,8 +223,9 @@ class Stats:
     kv_cache_bytes: K/V bytes allocated for the target, CFG rows included (token loop: the target's cache,
         budgeted or not; ``var``: the scale cache, budgeted or not; ``code``: the larger of the two models'
         caches, which never coexist). ``zipar`` does not report it.
-    kv_bytes_used: ``var`` / ``code``: K/V bytes holding tokens at the peak (FastVAR leaves skipped tokens' slots
-        empty; a HACK / ScaleKV budget measures its peak); equal to ``kv_cache_bytes`` without either.
+    kv_bytes_used: ``var``: K/V bytes holding tokens at the peak (FastVAR leaves skipped tokens' slots empty; a
+        HACK / ScaleKV budget measures its peak), equal to ``kv_cache_bytes`` without either; ``code``: the same,
+        the larger of the two models', with a ``kv_budget`` only.
     kv_policy: ``var`` / ``code`` with a ``kv_budget``: who gets the budget ("hack", "scalekv", "uniform").
 
     Next-scale families (``var``, ``code``):
