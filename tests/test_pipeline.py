@@ -7,7 +7,7 @@ import torch
 
 import vargen
 from vargen import zoo
-from vargen.pipeline import FAMILIES
+from vargen.families import FAMILIES
 
 PIPELINES = [n for n in zoo.shipped_names() if zoo.pipeline_kind(n)]
 FAST = {"mar": {"num_iter": 4}, "cspd": {"num_iter": 4, "num_draft": 2}}  # keep the MAR runs short

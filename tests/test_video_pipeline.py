@@ -8,6 +8,7 @@ from PIL import Image
 
 from helpers import tiny_video_folder
 from vargen import load
+from vargen.families.cosmos import scene_clips
 from vargen.cli import main
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_generate_clips_from_scene_seeds(pipe):
     assert len(out.videos) == 2 and len(out.videos[0]) == 9 and out.videos[0][0].size == (16, 16)
     assert out.images[0].size == (9 * 16, 16)  # a film strip per clip
     # the context is the scene's first frame, encoded
-    clip = pipe.scene_clips([3])
+    clip = scene_clips(pipe, [3])
     assert torch.equal(out.context[:1], pipe.tokenizer.encode(clip)[:, :1].flatten(1))
 
 
@@ -36,7 +37,7 @@ def test_generate_clips_from_scene_seeds(pipe):
 def test_context_video_and_rows_alone(pipe, sampler):
     """Context given as video (one frame each, padded by repetition to a chunk); every row of a batch gets the
     clip it gets alone. LANTERN's neighbourhoods come from the DV's FSQ codes; its drafter here is the model."""
-    clips = pipe.scene_clips([1, 2, 4])
+    clips = scene_clips(pipe, [1, 2, 4])
     first = clips[:, :, :1]
     extra = {"draft": pipe.model} if sampler.startswith("lantern") else {}
     batch = pipe.generate(first, sampler=sampler, seed=4, per_row_seeds=True, decode=False, **extra)

@@ -148,7 +148,7 @@ def _slug(prompt, length: int = 40) -> str:
 def _run_generate(args) -> int:
     import time
 
-    from .pipeline import image_grid
+    from .images import image_grid
 
     _setup(args)
     for name in ("per_class", "batch_size"):
@@ -204,7 +204,8 @@ def _generate_video(args, pipe, prompts, folder, t0) -> int:
 
     import torch
 
-    from .pipeline import _rows_stats, image_grid
+    from .images import image_grid
+    from .pipeline import _rows_stats
     from .video import mp4_available, read_context, save_gif, save_mp4
 
     if prompts is not None or args.class_id is not None:

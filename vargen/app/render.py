@@ -9,7 +9,7 @@ from math import isqrt
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..pipeline import image_grid
+from ..images import image_grid
 
 MIN_IMAGE_SIDE = 192  # small demo images are enlarged (nearest neighbour) to at least this size
 # viridis at 10 stops: early passes dark blue, late passes yellow

@@ -42,6 +42,11 @@ def available_samplers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def registered_samplers() -> list[str]:
+    """Sampler names in registration order (vargen's own first)."""
+    return list(_REGISTRY)
+
+
 def unknown_sampler_error(name: str) -> ValueError:
     """``unknown sampler 'SJD'; did you mean 'sjd'? available: ...``"""
     text = str(name).lower()
