@@ -96,7 +96,8 @@ class Pipeline:
 
     @property
     def tokenizer_device(self) -> torch.device:
-        return next(self.tokenizer.parameters()).device
+        weight = next(self.tokenizer.parameters(), None)  # a tokenizer without weights runs where the model does
+        return self.device if weight is None else weight.device
 
     @property
     def num_classes(self) -> int:
