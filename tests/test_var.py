@@ -268,7 +268,7 @@ def test_config_presets_and_official_kwargs():
     assert VARConfig.preset("d36").shared_aln
     with pytest.raises(ValueError, match="unknown VAR preset"):
         VARConfig.preset("d17")
-    with pytest.raises(ValueError, match="unknown VAR constructor"):
+    with pytest.raises(ValueError, match="unknown VARConfig fields"):
         VARConfig.from_kwargs(depth=2, bogus=1)
 
 

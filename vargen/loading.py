@@ -11,6 +11,7 @@ import torch
 
 from . import zoo
 from .families import FAMILIES
+from .pipeline import Pipeline
 from .samplers.base import SamplingConfig
 
 __all__ = ["load", "load_pipeline_folder"]
@@ -51,8 +52,6 @@ def load_pipeline_folder(folder: Path, dtype: torch.dtype = torch.float32, devic
         defaults = replace(getattr(model, "default_sampling", None) or SamplingConfig(), **spec.get("defaults", {}))
     except TypeError as err:
         raise ValueError(f"{path}: bad defaults: {err}") from None
-    from .pipeline import Pipeline
-
     pipe = Pipeline(family, model, tokenizer, defaults, spec.get("class_names"), Path(folder).name, companions,
                     spec.get("sampler_options"), spec.get("benchmark", ()), spec.get("scenes"))
     return pipe.to(device)
@@ -77,7 +76,9 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: to
     if name in zoo.OFFICIAL:
         spec = zoo.OFFICIAL[name]
         load_official = importlib.import_module(f"vargen.families.{spec['kind']}").load_official
-        return load_official(name, spec, dtype, device, checkpoint, tokenizer_checkpoint, trusted)
+        model, tokenizer, defaults = load_official({**spec, "name": name}, dtype, checkpoint, tokenizer_checkpoint,
+                                                   trusted)
+        return Pipeline(spec["kind"], model, tokenizer, defaults, None, name).to(device)
     path = Path(name)
     if path.is_dir() and (path / "pipeline.json").is_file():
         return load_pipeline_folder(path, dtype, device)
@@ -90,7 +91,10 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: to
                              "safetensors weights")
         from .families.hf import load_folder
 
-        return load_folder(path if path.is_dir() else hub_folder(name), dtype, device, trusted)
+        folder = path if path.is_dir() else hub_folder(name)
+        model, decoder, companions = load_folder(folder, dtype, trusted)
+        return Pipeline(model.family, model, decoder, model.default_sampling, None, Path(folder).name,
+                        companions).to(device)
     known = [n for n in zoo.shipped_names() if zoo.pipeline_kind(n)] + sorted(zoo.OFFICIAL)
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.8)
     raise ValueError(

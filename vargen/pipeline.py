@@ -83,10 +83,6 @@ class Pipeline:
     def baseline_sampler(self) -> str:
         return self.family.baseline
 
-    @property
-    def row_independent_seeds(self) -> bool:
-        return self.family.row_independent_seeds
-
     def applicable_samplers(self) -> tuple[str, ...]:
         return self.family.samplers
 
@@ -244,7 +240,7 @@ class Pipeline:
                 raise ValueError(f"compile=True applies to the token samplers (LlamaGen-style models); "
                                  f"{type(sampler).__name__} has no compiled path")
             kw["compile"] = True
-        if per_row_seeds and not self.row_independent_seeds:
+        if per_row_seeds and not self.family.row_independent_seeds:
             return self._generate_row_by_row(cond, sampler, model, config, seed or 0, decode)
         if per_row_seeds:
             generator = [torch.Generator(self.device).manual_seed((seed or 0) + i) for i in range(_batch(cond))]
@@ -295,4 +291,9 @@ def _rows_stats(parts: list[Stats]) -> Stats:
     return Stats.concat(parts)
 
 
-from .loading import load, load_pipeline_folder  # noqa: E402,F401  (the loaders build Pipelines)
+
+def load(name_or_path, **kwargs) -> Pipeline:
+    """:func:`vargen.loading.load` (a demo name, an official name, a pipeline folder, a transformers folder / hub id)."""
+    from .loading import load as _load
+
+    return _load(name_or_path, **kwargs)

@@ -116,7 +116,7 @@ def _run(pipe, spec: SamplerSpec, labels: list, seed: int, overrides: dict, comp
     options = dict(spec.options, **({"model": spec.member} if spec.member else {}))
     if compile:
         options["compile"] = True
-    return pipe.generate(labels, sampler=spec.name, seed=seed, per_row_seeds=pipe.row_independent_seeds,
+    return pipe.generate(labels, sampler=spec.name, seed=seed, per_row_seeds=pipe.family.row_independent_seeds,
                          decode=False, **overrides, **options)
 
 

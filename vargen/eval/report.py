@@ -97,7 +97,7 @@ def generate(pipe, spec: str, folder: Path, num_samples: int, batch_size: int, s
     args = SimpleNamespace(batch_size=batch_size, seed=seed)
     records = sm.generate_indices(pipe, name, todo, labels, args, folder, **overrides, **opts)
     summary = {"sampler": spec, "seed": seed, "num_samples": num_samples, "batch_size": batch_size,
-               "seeding": "per image" if pipe.row_independent_seeds else "per batch",
+               "seeding": "per image" if pipe.family.row_independent_seeds else "per batch",
                **sm.summarize([{"process": 0, "skipped": num_samples - len(todo), "assigned": num_samples,
                                 "wall_seconds": time.perf_counter() - t0, "batches": records}])}
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
@@ -181,7 +181,7 @@ def timed_batch(pipe, spec: str, batch: int, seed: int, overrides: dict, repeats
     seconds = time_sampler(pipe, spec, batch, seed, overrides, repeats)
     s = SamplerSpec.parse(spec)
     labels = [i % pipe.num_classes for i in range(batch)]
-    stats = pipe.generate(labels, sampler=s.name, seed=seed, per_row_seeds=pipe.row_independent_seeds, decode=False,
+    stats = pipe.generate(labels, sampler=s.name, seed=seed, per_row_seeds=pipe.family.row_independent_seeds, decode=False,
                           **overrides, **s.options, **({"model": s.member} if s.member else {})).stats
     held = stats.kv_bytes_used if stats.kv_bytes_used is not None else stats.kv_cache_bytes
     return seconds, (held or 0) // batch

@@ -110,8 +110,8 @@ def manifest_for(args, pipe, spec, config: dict) -> dict:
     """What the images of a folder depend on; a resumed run must match it."""
     out = {"model": str(args.model), "sampler": str(spec), "config": config, "seed": args.seed,
            "num_samples": args.num_samples, "num_classes": args.num_classes or pipe.num_classes, "dtype": args.dtype,
-           "seeding": "per image" if pipe.row_independent_seeds else "per batch"}
-    if not pipe.row_independent_seeds:
+           "seeding": "per image" if pipe.family.row_independent_seeds else "per batch"}
+    if not pipe.family.row_independent_seeds:
         out["batch_size"] = args.batch_size  # a MAR image depends on its batch
     return out
 
@@ -157,7 +157,7 @@ def generate_indices(pipe, sampler: str, indices: list[int], labels: list[int], 
     MAR) would have to run row by row for that; they run whole batches seeded with ``row_seed(seed,
     i0)`` instead, so an image depends on its batch (same files only for the same batch boundaries).
     """
-    per_row = pipe.row_independent_seeds
+    per_row = pipe.family.row_independent_seeds
     records = []
     for chunk in contiguous_batches(indices, args.batch_size):
         t0 = time.perf_counter()
@@ -274,7 +274,7 @@ def run(argv=None) -> int:
         summary = {"model": args.model, "sampler": str(spec), "config": {k: v for k, v in vars(config).items()},
                    "num_samples": args.num_samples, "num_classes": num_classes, "seed": args.seed,
                    "batch_size": args.batch_size, "command": " ".join(sys.argv),
-                   "seeding": "per image" if pipe.row_independent_seeds else "per batch",
+                   "seeding": "per image" if pipe.family.row_independent_seeds else "per batch",
                    "machine": f"{platform.node()} {platform.machine()}, torch {torch.__version__}",
                    "images_in_folder": sum(1 for _ in out.glob("[0-9]*.png")),
                    **summarize([p for r in runs for p in r]), "runs": runs}

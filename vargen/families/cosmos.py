@@ -106,14 +106,14 @@ def decode_clips(pipe, out) -> list:
     return [image_grid(frames, len(frames)) for frames in out.videos]
 
 
-def load_official(name, spec, dtype, device, checkpoint=None, tokenizer_checkpoint=None, trusted=False):
-    """A released Cosmos-1.0 AR base model with DV8x16x16. ``tokenizer_checkpoint``: a folder holding the
-    tokenizer halves (``encoder.jit`` / ``decoder.jit`` -- read only with ``trusted=True`` -- or their state dicts
-    as ``encoder.safetensors`` / ``decoder.safetensors``)."""
+def load_official(spec, dtype, checkpoint=None, tokenizer_checkpoint=None, trusted=False):
+    """A released Cosmos-1.0 AR base model with DV8x16x16: ``(model, tokenizer, defaults)``. ``tokenizer_checkpoint``:
+    a folder holding the tokenizer halves (``encoder.jit`` / ``decoder.jit`` -- read only with ``trusted=True`` -- or
+    their state dicts as ``encoder.safetensors`` / ``decoder.safetensors``)."""
+    name = spec["name"]
     from .. import zoo
     from ..models.cosmos import CosmosTransformer, cosmos_config, load_cosmos_weights
-    from ..pipeline import Pipeline
-    from ..samplers.base import SamplingConfig
+    from ..config import SamplingConfig
     from ..tokenizers.cosmos_dv import DV_PRESETS, DVConfig, load_dv_tokenizer
 
     weights = zoo.fetch(spec["checkpoint"], checkpoint)  # every file is found before the 4B+ model is built
@@ -129,8 +129,7 @@ def load_official(name, spec, dtype, device, checkpoint=None, tokenizer_checkpoi
     model = CosmosTransformer(cosmos_config(name, context_frames=spec["context_frames"])).to(dtype)
     load_cosmos_weights(model, weights, trusted=trusted)
     tokenizer = load_dv_tokenizer(DVConfig(**DV_PRESETS["DV8x16x16"]), *map(str, halves), trusted=trusted)
-    pipe = Pipeline("cosmos", model.eval(), tokenizer, SamplingConfig(**spec["defaults"]), None, name)
-    return pipe.to(device)
+    return model.eval(), tokenizer, SamplingConfig(**spec["defaults"])
 
 
 register_family(FamilySpec(

@@ -26,14 +26,10 @@ def _adapter(name: str) -> Callable:
 build = _adapter("build")
 
 
-def load_folder(folder: Path, dtype, device, trusted: bool = False):
-    """A transformers image LM folder (``save_pretrained`` layout) as a pipeline with its official defaults
-    (``trusted``: a Chameleon folder's ``vqgan.ckpt`` pickle may be unpickled fully)."""
-    from ..pipeline import Pipeline
-
-    model, decoder, companions = build({"model": str(folder), "trusted": trusted}, Path, dtype)
-    pipe = Pipeline(model.family, model, decoder, model.default_sampling, None, Path(folder).name, companions)
-    return pipe.to(device)
+def load_folder(folder: Path, dtype, trusted: bool = False):
+    """A transformers image LM folder (``save_pretrained`` layout): ``(model, decoder, companions)``, the model carrying
+    its official defaults (``trusted``: a Chameleon folder's ``vqgan.ckpt`` pickle may be unpickled fully)."""
+    return build({"model": str(folder), "trusted": trusted}, Path, dtype)
 
 
 for _kind in KINDS:

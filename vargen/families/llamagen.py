@@ -22,12 +22,12 @@ def decode_row(pipe, tokens, latents):
     return pipe.tokenizer.decode(tokens.view(tokens.shape[0], h, w))
 
 
-def load_official(name: str, spec: dict, dtype, device, checkpoint=None, tokenizer_checkpoint=None, trusted=False):
-    """A released LlamaGen c2i GPT with its VQ tokenizer (``zoo.OFFICIAL[name]``; local files or a download)."""
+def load_official(spec: dict, dtype, checkpoint=None, tokenizer_checkpoint=None, trusted=False):
+    """A released LlamaGen c2i GPT with its VQ tokenizer (``zoo.OFFICIAL[name]``; local files or a download):
+    ``(model, tokenizer, defaults)``."""
     from .. import zoo
     from ..models.llamagen import GPT, gpt_config, load_gpt_weights
-    from ..pipeline import Pipeline
-    from ..samplers.base import SamplingConfig
+    from ..config import SamplingConfig
     from ..tokenizers.llamagen_vq import VQModel, load_vq_weights, vq_config
 
     gpt_args = dict(spec["gpt"])
@@ -36,8 +36,7 @@ def load_official(name: str, spec: dict, dtype, device, checkpoint=None, tokeniz
     vq_args = dict(spec["vq"])
     vq = VQModel(vq_config(vq_args.pop("preset"), **vq_args))
     load_vq_weights(vq, zoo.fetch(spec["tokenizer_checkpoint"], tokenizer_checkpoint), trusted=trusted)
-    pipe = Pipeline("llamagen", model.to(dtype).eval(), vq.eval(), SamplingConfig(**spec["defaults"]), None, name)
-    return pipe.to(device)
+    return model.to(dtype).eval(), vq.eval(), SamplingConfig(**spec["defaults"])
 
 
 register_family(FamilySpec(

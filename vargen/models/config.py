@@ -19,7 +19,7 @@ class OfficialConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known - set(cls.IGNORED)
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+            raise ValueError(f"unknown {cls.__name__} fields (constructor arguments): {sorted(unknown)}")
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,10 +28,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import TextCondition
-from .config import OfficialConfig
 from ..decode import (DecodePlan, KVCache, LineEviction, LineSlots, add_first_query_attention_, layer_views,
                       prefix_plan, write_rows_)
+from .base import TextCondition
+from .config import OfficialConfig
+from .parts import OutputHeadPlacement
 from .llamagen import RMSNorm
 
 __all__ = ["CosmosConfig", "CosmosTransformer", "VideoCondition", "COSMOS_PRESETS",
@@ -343,7 +344,7 @@ class VideoCondition:
 # ------------------------------------------------------------------------------------------------
 
 
-class CosmosTransformer(nn.Module):
+class CosmosTransformer(OutputHeadPlacement, nn.Module):
     """Cosmos-1.0 AR ``Transformer`` (state-dict keys without the ``model.`` prefix); a :class:`TokenModel`
     (and :class:`HiddenStateModel`) over the frames after the context."""
 
@@ -401,18 +402,6 @@ class CosmosTransformer(nn.Module):
 
     conditional = True
     guidable = False  # no unconditional branch was trained: cfg_scale must stay 1
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.dim
-
-    @property
-    def device(self) -> torch.device:
-        return self.output.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.output.weight.dtype
 
     # -- conditions -------------------------------------------------------------------------------------
     def as_condition(self, cond) -> VideoCondition:

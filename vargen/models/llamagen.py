@@ -23,10 +23,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import TextCondition, class_ids
-from .config import OfficialConfig
 from ..decode import (DecodePlan, KVCache, LineEviction, LineSlots, add_first_query_attention_, attention_mask,
                       layer_views, prefix_plan, write_rows_)
+from .base import TextCondition, class_ids
+from .config import OfficialConfig
+from .parts import OutputHeadPlacement
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "GPT_PRESETS", "gpt_config", "attention_mask", "TextCondition"]
 
@@ -263,7 +264,7 @@ class CaptionEmbedder(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-class GPT(nn.Module):
+class GPT(OutputHeadPlacement, nn.Module):
     """LlamaGen ``Transformer``; implements :class:`vargen.models.base.TokenModel`."""
 
     def __init__(self, config: GPTConfig):
@@ -305,18 +306,6 @@ class GPT(nn.Module):
     def num_classes(self) -> int:
         """Class ids ``0 .. num_classes-1`` (c2i); 0 for a text-conditional model."""
         return self.config.num_classes if self.config.model_type == "c2i" else 0
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.dim
-
-    @property
-    def device(self) -> torch.device:
-        return self.output.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.output.weight.dtype
 
     def init_weights(self) -> None:
         """Upstream's training initialisation: N(0, 0.02) everywhere, zero output head."""

@@ -17,7 +17,7 @@ Every random draw (masking ratio, orders, label drop, diffusion noise) comes fro
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .base import class_ids
 from .checkpoint import load_strict, read_state_dict
+from .config import OfficialConfig
 from .schedulers import IDDPMScheduler
 
 # ----------------------------------------------------------------------------------------------
@@ -34,7 +35,7 @@ from .schedulers import IDDPMScheduler
 
 
 @dataclass
-class MARConfig:
+class MARConfig(OfficialConfig):
     """The official ``MAR(...)`` constructor arguments, by their official names.
 
     ``norm_layer`` is accepted for compatibility and ignored: every official factory uses
@@ -64,14 +65,6 @@ class MARConfig:
     num_sampling_steps: str = "100"
     diffusion_batch_mul: int = 4
     grad_checkpointing: bool = False
-
-    @classmethod
-    def from_dict(cls, args: dict[str, Any]) -> "MARConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(args) - known)
-        if unknown:
-            raise ValueError(f"unknown MAR constructor arguments: {unknown}")
-        return cls(**args)
 
     @property
     def seq_h(self) -> int:

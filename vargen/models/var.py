@@ -12,8 +12,7 @@ compute dtype, the AdaLN projections computed once per call, no device-bound gen
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 
 from .base import class_ids
 from .checkpoint import load_strict as _load_strict
+from .config import OfficialConfig
 from .var_kv import BudgetedLayer, BudgetedScaleCache, KVBudget
 from .var_pruning import BlockPruning, TokenPruning, gather_tokens
 
@@ -32,7 +32,7 @@ PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
 
 @dataclass(frozen=True)
-class VARConfig:
+class VARConfig(OfficialConfig):
     """The official ``VAR`` constructor arguments by their official names.
 
     ``vocab_size`` and ``Cvae`` come from the VQVAE upstream (``vae_local``); ``flash_if_available``
@@ -73,11 +73,7 @@ class VARConfig:
     @classmethod
     def from_kwargs(cls, **kwargs) -> "VARConfig":
         """From an official constructor call's keyword arguments (``vae_local`` is not accepted: pass vocab/Cvae)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise ValueError(f"unknown VAR constructor argument(s): {', '.join(unknown)}")
-        return cls(**kwargs)
+        return cls.from_dict(kwargs)
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, torch.Tensor], **overrides) -> "VARConfig":
