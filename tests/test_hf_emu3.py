@@ -15,7 +15,7 @@ from vargen.models.hf import PromptTokens, image_lm  # noqa: E402
 from vargen.models.hf.family import ImageDecoder  # noqa: E402
 from vargen.pipeline import Pipeline  # noqa: E402
 from vargen.samplers.proposers.jacobi import INITS  # noqa: E402
-from vargen.testing import check_token_model  # noqa: E402
+from vargen.testing import check_eviction, check_token_model  # noqa: E402
 
 BOS, PAD, EOL, VISUAL = 0, 1, 5, 20  # text ids; visual token k is text id VISUAL + k
 
@@ -186,3 +186,19 @@ def test_text_prompts_and_the_negative_prompt_through_the_processor():
     unk = lambda text: [2] * len(text.split())  # noqa: E731  (words outside the tiny vocabulary)
     assert lm.prompt_ids(processor, "a cat") == [BOS, 11, 12, *unk(POSITIVE_SUFFIX), 3, 13, 4]
     assert lm.negative_ids(processor) == [BOS, *unk(NEGATIVE_PROMPT), 3, 13, 4]
+
+
+# -- K/V eviction (LineAR) through per-layer masks on transformers' attention interface ------------------------------
+def test_kv_eviction_each_forward_is_full_attention_with_the_evicted_keys_hidden(emu3):
+    report = check_eviction(emu3, prompts(), budget=6)
+    assert report["eviction"] < 1e-4 and report["held"] < report["positions"]
+
+
+def test_a_whole_image_kv_budget_is_the_plain_cache(emu3):
+    config = SamplingConfig(temperature=1.0, cfg_scale=2.0, top_k=8)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(prompts().batch)]  # noqa: E731
+    plain = get_sampler("sjd", window=4, coupled=True).sample(emu3, prompts(), config, gens())
+    whole = get_sampler("sjd", window=4, coupled=True, kv_budget=emu3.num_tokens).sample(emu3, prompts(), config, gens())
+    assert torch.equal(plain.tokens, whole.tokens)
+    evicting = get_sampler("sjd", window=4, coupled=True, kv_budget=6, kv_anchor=1).sample(emu3, prompts(), config, gens())
+    assert evicting.tokens.shape == plain.tokens.shape and evicting.stats.kv_cache_bytes < plain.stats.kv_cache_bytes

@@ -211,3 +211,28 @@ def test_cosmos_forward_is_full_attention_with_the_evicted_keys_hidden():
         ref = model.output(model.norm(h)).float()[:, T + s:T + s + n]
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert (visible[N - 1][:, :, :N - 1].sum(-1) < N - 1).all(), "nothing was evicted"
+
+
+@pytest.mark.parametrize("family", ["llamagen", "cosmos", "toy"])
+def test_conformance_of_eviction_on_every_token_family(family):
+    """``vargen.testing.check_eviction``: through each family's forward over plans, every window with rollback equals
+    full attention with what the evicting cache did not hold hidden per layer (the transformers adapters run it in
+    their own test files)."""
+    from vargen.testing import check_eviction
+
+    if family == "llamagen":
+        model, cond, budget = tiny_gpt(vocab=16, grid=4, seed=3, n_layer=2, dtype=torch.float64), torch.tensor([0, 2]), 6
+    elif family == "cosmos":
+        from vargen.models.cosmos import VideoCondition
+
+        model = _tiny_cosmos().double()
+        cond, budget = VideoCondition(torch.randint(0, 16, (2, 6), generator=torch.Generator().manual_seed(1))), 7
+    else:
+        from test_protocols import ToyModel
+
+        class WideToy(ToyModel):  # four lines: room to evict
+            grid, num_tokens = (1, 4, 4), 16
+
+        model, cond, budget = WideToy(), torch.tensor([0, 1, 2]), 6
+    report = check_eviction(model, cond, budget=budget)
+    assert report["eviction"] < 1e-5 and report["held"] < report["positions"]

@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 
-from .decode import DecodePlan, TokenTree, chain_plan, keep_tree_path_, scattered_plan, tree_plan
+from .decode import DecodePlan, LineEviction, TokenTree, chain_plan, keep_tree_path_, scattered_plan, tree_plan
 from .models.base import ContinuousModel, HiddenStateModel, ScaleModel, TokenModel
 from .models.init import trained_like_init_
 
-__all__ = ["check_token_model", "check_scale_model", "check_continuous_model", "trained_like_init_", "decode"]
+__all__ = ["check_token_model", "check_eviction", "check_scale_model", "check_continuous_model", "trained_like_init_",
+           "decode"]
 
 
 def _missing(model, protocol) -> list[str]:
@@ -189,6 +190,59 @@ def check_token_model(model, cond, atol: float = 1e-4, seed: int = 0) -> dict[st
         report["head"] = _close(model.head(hidden), logits, atol, "head(hidden) vs the logits")
         assert tuple(model.embed(tokens[:, :2]).shape) == (B, 2, model.hidden_size), "embed(tokens) shape"
     return report
+
+
+@torch.no_grad()
+def check_eviction(model, cond, budget: int, anchor: int = 1, recent_lines: int = 1, window: int = 3,
+                   atol: float = 1e-4, seed: int = 0) -> dict[str, Any]:
+    """K/V eviction (LineAR) on ``model``: windows with rollback (junk past the committed point) through a cache
+    evicting to ``budget`` image tokens; every output equals one forward of the whole sequence over a plain cache
+    whose per-layer masks show each position exactly what the evicting cache held when it was computed, and keys
+    were really evicted (the check is not vacuous)."""
+    B, N, V, dev = model.check_cond(cond), model.num_tokens, model.vocab_size, torch.device(model.device)
+    policy = LineEviction(budget, model.grid[-1], anchor, recent_lines)
+    g = torch.Generator().manual_seed(seed)
+    final = torch.randint(0, V, (B, N + window), generator=g).to(dev)
+    cache = model.new_cache(B, N + window, eviction=policy)
+    model.prefill(cond, cache)
+    seen: dict[int, torch.Tensor] = {}  # sequence index after the prefix -> [layers, B, slots] held positions
+    written, worst, starts = final.clone(), 0.0, [0]
+    while starts[-1] < N - 1:
+        starts.append(min(N - 1, starts[-1] + 1 + int(torch.randint(0, window, (1,), generator=g))))
+    for s, nxt in zip(starts, starts[1:] + [N]):
+        tokens = final[:, s : s + window].clone()
+        junk = torch.arange(window, device=dev) >= nxt - s
+        tokens[:, junk] = torch.randint(0, V, (B, int(junk.sum())), generator=g).to(dev)  # rejected drafts
+        plan = chain_plan(cache, torch.full((B,), s, device=dev), window)
+        out = model(tokens, plan, cache)
+        written[:, s : s + window] = tokens
+        for e in range(plan.index.shape[1]):
+            seen[int(plan.index[0, e])] = cache.eviction.pos.clone()
+        ref_cache = model.new_cache(B, N + window)
+        model.prefill(cond, ref_cache)
+        full = chain_plan(ref_cache, torch.zeros(B, dtype=torch.long, device=dev), s + window)
+        rel = full.positions - ref_cache.prefix
+        L = full.mask.shape[-1]
+        layers = cache.eviction.pos.shape[0]
+        mask = full.mask[None].expand(layers, -1, -1, -1, -1).clone()
+        for e in range(rel.shape[1]):
+            r = int(rel[0, e])
+            if r not in seen:
+                continue  # a scratch entry: never read
+            held = seen[r]  # [layers, B, slots]
+            image = torch.zeros(layers, B, L, dtype=torch.bool, device=dev)
+            slot = (ref_cache.prefix + held).clamp(0, L - 1)
+            image.scatter_(2, slot, (held >= 0) & (held <= r))
+            prefix = ref_cache.key_valid[:, :L].clone()
+            prefix[:, ref_cache.prefix:] = False
+            mask[:, :, 0, e] = image | prefix[None]
+        ref = model(written[:, : s + window], DecodePlan(full.slots, full.positions, mask, full.index, full.source,
+                                                          full.forced, full.readout), ref_cache)
+        worst = max(worst, _close(out, ref[:, s : s + window], atol, f"evicting window at {s} vs full attention "
+                                                                    "with the evicted keys hidden"))
+    held = (cache.eviction.pos >= 0).sum(-1)
+    assert bool((held < len(seen)).all()), "nothing was evicted"
+    return {"eviction": worst, "held": int(held.max()), "positions": len(seen)}
 
 
 @torch.no_grad()

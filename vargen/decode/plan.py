@@ -52,7 +52,7 @@ def tree_window_mask(base: torch.Tensor, visible: torch.Tensor, key_valid: torch
 class DecodePlan:
     """One forward's entries (see the module docstring): ``slots``, ``positions``, ``index`` ``[B, m]`` (cache slot,
     sequence position, image-token index -- of the token a forced entry follows); ``mask [B, 1, m, L]`` over the
-    first ``L`` cache slots; ``source [B, m]`` (which fed token an entry carries; None: entry ``i`` is token ``i``),
+    first ``L`` cache slots (or ``[layers, B, 1, m, L]``: a mask per layer); ``source [B, m]`` (which fed token an entry carries; None: entry ``i`` is token ``i``),
     ``forced [B, m]`` (None: no structural entries), ``readout [B, n]`` (None: entry ``i``); ``tree``/``forced_of``
     for :func:`keep_tree_path_`; ``evicts``: image tokens entering an evicting cache (its own slots and masks)."""
 
@@ -101,12 +101,11 @@ def chain_plan(cache: KVCache, start: torch.Tensor, n: int, keys: int | None = N
         if cache.eviction is not None:  # the cache's own slots and masks (:class:`LayerViews`)
             return DecodePlan(positions, positions, None, index, evicts=True)
         return DecodePlan(positions, positions, attention_mask(positions, cache.key_valid, L)[:, None], index)
-    # row ends: n tokens span at most ceil(n / W) of them; the entries follow sequence order, unused ones go to the
-    # scratch slot (the cache's last), which no real query sees
-    if cache.eviction is not None:
-        raise ValueError("K/V eviction over sequences with row-end tokens is not supported")
     B, W = index.shape[0], cache.row_width
-    m = n + -(-n // W)
+    m = n + -(-n // W)  # n tokens span at most ceil(n / W) row ends
+    if cache.eviction is not None:  # m consecutive sequence entries (the last may run past the window: never read)
+        return _evicting_row_end_chain(cache, start, index, m)
+    # the entries follow sequence order; unused ones go to the scratch slot (the cache's last), which no query sees
     ends = index % W == W - 1
     entry = torch.arange(n, device=start.device) + index // W - (start // W)[:, None]  # + row ends before it
     drop = torch.full_like(entry, m)  # column m is cut off: the scatter target of "no row end here"
@@ -121,6 +120,20 @@ def chain_plan(cache: KVCache, start: torch.Tensor, n: int, keys: int | None = N
     mask = attention_mask(positions, cache.key_valid, L)[:, None]
     index_m = torch.zeros(B, m + 1, dtype=torch.long, device=start.device).scatter(1, entry, index)[:, :m]
     return DecodePlan(positions, positions, mask, index_m, source, forced, torch.where(ends, entry + 1, entry))
+
+
+def _evicting_row_end_chain(cache: KVCache, start: torch.Tensor, index: torch.Tensor, m: int) -> DecodePlan:
+    """A chain over an evicting cache of a sequence with row ends: its slot tables count sequence entries (lines of a
+    row and its end token), so the plan's ``index`` is the entry's sequence index after the prefix."""
+    W, n = cache.row_width, index.shape[1]
+    base = cache.seq(start)
+    positions = base[:, None] + torch.arange(m, device=start.device)
+    rel = positions - cache.prefix
+    forced = rel % (W + 1) == W
+    source = (rel - rel // (W + 1) - start[:, None]).clamp(0, n - 1)  # the image token an entry carries
+    entry = cache.seq(index) - base[:, None]
+    readout = torch.where(index % W == W - 1, entry + 1, entry)
+    return DecodePlan(positions, positions, None, rel, source, forced, readout, evicts=True)
 
 
 def forced_bound(tree: TokenTree, width: int) -> int:
@@ -222,15 +235,21 @@ class LayerViews:
         B, m = plan.slots.shape
         self.rows = torch.arange(B, device=plan.slots.device)[:, None].expand(B, m)
         self.cache = cache
+        self.plan = plan
         if plan.evicts:  # image tokens into an evicting cache: per layer, its slots, mask and eviction scores
             T = cache.prefix
             self.slots, self.masks, self.probes = cache.eviction.step(plan.index, cache.key_valid[:, :T])
-        else:
-            self.slots, self.masks, self.probes = None, None, None
-            self.plan = plan
+        else:  # a plan's own mask: one for every layer, or per layer ([layers, B, 1, m, L])
+            self.slots, self.probes = None, None
+            self.masks = plan.mask if plan.mask.dim() == 5 else None
 
     def write(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rows, (self.plan.slots if self.slots is None else self.slots[i])
+
+    @property
+    def per_layer(self) -> bool:
+        """The layers attend under different masks (an evicting cache, or a plan with per-layer masks)."""
+        return self.masks is not None
 
     def mask(self, i: int) -> torch.Tensor:
         return self.plan.mask if self.masks is None else self.masks[i]

@@ -17,11 +17,11 @@ from .spec import Option, SamplerSpec
 _REGISTRY: dict[str, tuple[str, dict]] = {
     "ar": ("vargen.samplers.loop:ARSampler", {}),
     "sjd": ("vargen.samplers.proposers.jacobi:JacobiSampler", {}),
-    "sd": ("vargen.samplers.proposers.draft:SpeculativeSampler", {}),
-    "lantern": ("vargen.samplers.proposers.draft:SpeculativeSampler", {"acceptance": "lantern"}),
-    "gsd": ("vargen.samplers.proposers.jacobi:JacobiSampler", {"acceptance": "gsd"}),
     # SJD-PAC (arXiv 2603.18599): proactive drafting (K=4 x D=3) + adaptive continuation (the coupled update)
     "sjd-pac": ("vargen.samplers.proposers.jacobi:JacobiSampler", {"coupled": True, "tree_width": 4, "tree_depth": 3}),
+    "gsd": ("vargen.samplers.proposers.jacobi:JacobiSampler", {"acceptance": "gsd"}),
+    "sd": ("vargen.samplers.proposers.draft:SpeculativeSampler", {}),
+    "lantern": ("vargen.samplers.proposers.draft:SpeculativeSampler", {"acceptance": "lantern"}),
     # LANTERN++ (arXiv 2502.06352): a static tree from the draft head, LANTERN with the multiplicative bound
     "lantern++": ("vargen.samplers.proposers.draft:SpeculativeSampler",
                   {"acceptance": "lantern", "tree_width": 4, "tree_depth": 3, "lam": 5.0, "k": 10}),

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...decode import DecodePlan, KVCache, LayerViews, layer_views, prefix_plan, write_rows_
+from ...decode import DecodePlan, KVCache, LayerViews, LineEviction, LineSlots, layer_views, prefix_plan, write_rows_
+from .attention import layer_masks, use_layer_masks
 
 __all__ = ["PromptTokens", "RowCache", "HFImageLM"]
 
@@ -147,6 +148,7 @@ class HFImageLM(nn.Module):
 
     conditional = True
     family = "hf"
+    _layer_masks = False  # the decoder's attention goes through vargen's per-layer masks (an evicting cache exists)
     row_end_id: int | None = None  # a structural token after every image row (Emu3's end-of-line), or None
 
     def __init__(self, hf_model, decoder, grid: tuple[int, int, int], vocab_size: int, hidden_size: int):
@@ -227,18 +229,35 @@ class HFImageLM(nn.Module):
     def new_cache(self, batch: int, max_len: int | None = None, eviction=None) -> KVCache:
         """A :class:`~vargen.decode.KVCache` sized at the prefill (the prompt length is known there), for ``max_len``
         image tokens; with row ends, a scratch slot (unused entries of a window) and room for the forced row ends of
-        a token tree. K/V eviction (``eviction``) is not supported here: transformers passes one attention mask to
-        every layer, and an evicting cache holds different positions per layer."""
-        if eviction is not None:
-            raise ValueError(f"kv_budget: {type(self).__name__} cannot evict K/V (transformers passes one attention "
-                             "mask to every layer; an evicting cache holds different positions per layer)")
+        a token tree. ``eviction``: LineAR's fixed budget (:class:`~vargen.decode.LineEviction`); an evicting cache
+        holds different positions per layer, so the decoder's attention then takes per-layer masks through
+        transformers' attention interface (:mod:`.attention`)."""
         n = self.num_tokens if max_len is None else max_len
         width = self._grid[2] if self.row_end_id is not None else None
         image_slots = self._seq_len(n) + ((1 + n - self.num_tokens) if width else 0)
+        slots = None
+        if eviction is not None:
+            eviction, image_slots = self._line_eviction(eviction, n)
+            slots = LineSlots(eviction, len(self.decoder.layers), batch, image_slots, self.device)
+            if not self._layer_masks:
+                use_layer_masks(self.decoder)
+                self._layer_masks = True
         kv = KVCache([], [], torch.ones(batch, 0, dtype=torch.bool, device=self.device), row_width=width,
-                     extra={"image_slots": image_slots})
+                     eviction=slots, extra={"image_slots": image_slots})
         kv.extra["transformers"] = RowCache(kv)
         return kv
+
+    def _line_eviction(self, policy: LineEviction, n: int) -> tuple[LineEviction, int]:
+        """The policy over this model's sequence and the image slots it needs for ``n`` image tokens: with row ends a
+        line is a row and its end token, and the budget counts the end tokens of its complete rows too."""
+        W, w = self._grid[2], max(n - self.num_tokens, 1)  # w: the longest window a sampler feeds
+        window = w
+        if self.row_end_id is not None:
+            policy = LineEviction(policy.budget + policy.budget // W, W + 1, policy.anchor, policy.recent_lines)
+            window = w + -(-w // W)  # its entries, row ends included
+        tokens = self._seq_len(self.num_tokens)
+        policy.check(tokens)
+        return policy, min(policy.budget + policy.line + window, tokens + window)
 
     def prefill(self, cond: PromptTokens, cache: KVCache, return_hidden: bool = False):
         """Run the prompt; logits ``[B, V]`` for image token 0 (and its hidden state)."""
@@ -246,7 +265,11 @@ class HFImageLM(nn.Module):
         B, T = cond.ids.shape
         if B != cache.batch:
             raise ValueError(f"a cache for {cache.batch} rows got a prompt batch of {B}")
-        length = (T + cache.extra["image_slots"] + 7) // 8 * 8
+        length = T + cache.extra["image_slots"]
+        if cache.eviction is None:
+            length = (length + 7) // 8 * 8
+        else:  # the slot tables' masks span the prefix and the image slots exactly
+            cache.eviction.reset_()
         cache.key_valid = torch.ones(B, length, dtype=torch.bool, device=self.device)
         cache.key_valid[:, :T] = cond.mask
         cache.prefix, cache.pads = T, T - cond.mask.sum(1)
@@ -269,14 +292,24 @@ class HFImageLM(nn.Module):
         """The decoder over the plan's entries, with a 4-D additive mask (passed to the attention as it is) and
         per-row positions counting real tokens (left padding: ``cumsum(mask) - 1``)."""
         B, m = plan.slots.shape
-        L = plan.mask.shape[-1]
-        mask = torch.zeros(B, 1, m, L, dtype=h.dtype, device=h.device).masked_fill(~plan.mask,
-                                                                                  torch.finfo(h.dtype).min)
+        views = layer_views(plan, cache)
+        if views.per_layer:  # per-layer masks through the attention interface; this mask only has their shape
+            if not self._layer_masks:
+                use_layer_masks(self.decoder)
+                self._layer_masks = True
+            L = views.mask(0).shape[-1]
+            mask = torch.zeros(B, 1, m, L, dtype=h.dtype, device=h.device)
+        else:
+            L = plan.mask.shape[-1]
+            mask = torch.zeros(B, 1, m, L, dtype=h.dtype, device=h.device).masked_fill(~plan.mask,
+                                                                                      torch.finfo(h.dtype).min)
         row = cache.extra["transformers"]
-        row.views, row.read = layer_views(plan, cache), L
-        out = self.decoder(inputs_embeds=h, attention_mask=mask,
-                           position_ids=(plan.positions - cache.pads[:, None]).clamp(min=0),
-                           use_cache=True, **{self._cache_kw: row})
+        row.views, row.read = views, L
+        with layer_masks(views):
+            out = self.decoder(inputs_embeds=h, attention_mask=mask,
+                               position_ids=(plan.positions - cache.pads[:, None]).clamp(min=0),
+                               use_cache=True, **{self._cache_kw: row})
+        views.finish()
         hidden = out.last_hidden_state
         return plan.read(self.head(hidden).float()), plan.read(hidden)
 
