@@ -71,10 +71,11 @@ def test_bad_options_are_refused_before_work():
         get_sampler("zipar", window=5).check(tiny_gpt(vocab=16, grid=4))
 
 
-@pytest.mark.parametrize("family", ["cosmos", "janus"])
+@pytest.mark.parametrize("family", ["cosmos", "janus", "emu3"])
 def test_zipar_on_every_token_model_with_a_2d_grid(family):
     """Scattered plans come from the decode layer, so ZipAR runs on video (rows of every latent frame) and on the
-    transformers adapters: a window of a whole row is AR token for token, a smaller one takes fewer forwards."""
+    transformers adapters, row ends included: a window of a whole row is AR token for token, a smaller one takes fewer
+    forwards."""
     if family == "cosmos":
         from test_cosmos_sampling import tiny_cosmos
 
@@ -83,13 +84,21 @@ def test_zipar_on_every_token_model_with_a_2d_grid(family):
         model = tiny_cosmos(shape=(3, 3, 4), vocab=11, seed=3)
         cond = VideoCondition(torch.randint(0, 11, (2, 12), generator=torch.Generator().manual_seed(0)))
         config = SamplingConfig(temperature=1.0)
-    else:
+    elif family == "janus":
         pytest.importorskip("transformers")
         from test_hf_janus import prompts, tiny_janus
 
         from vargen.models.hf import image_lm
 
         model, cond = image_lm(tiny_janus(side=4)), prompts()
+        config = SamplingConfig(temperature=1.0, cfg_scale=2.0, top_k=8)
+    if family == "emu3":  # row ends: a row's end token follows its last token and predicts the next row's first
+        pytest.importorskip("transformers")
+        from test_hf_emu3 import NEGATIVE, prompts, tiny_emu3
+
+        from vargen.models.hf import image_lm
+
+        model, cond = image_lm(tiny_emu3(), height=4, width=4, negative=NEGATIVE), prompts()
         config = SamplingConfig(temperature=1.0, cfg_scale=2.0, top_k=8)
     W = model.grid[-1]
     ar = get_sampler("ar").sample(model, cond, config, torch.Generator().manual_seed(0))

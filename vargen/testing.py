@@ -70,27 +70,33 @@ def _check_tree(model, tokens, fresh, zeros, atol, g) -> float:
 
 
 def _check_scattered(model, tokens, fresh, zeros, atol) -> float:
-    """Tokens at scattered positions (the end of row 0 and the start of row 1 in parallel, ZipAR) against one forward
-    of the whole prefix whose plan gives each of them the same visibility: the condition, itself and the positions
-    marked written (position ``W - 1`` holds no token yet)."""
+    """Tokens at scattered positions (the end of row 0 and all of row 1 in parallel, ZipAR) against one forward of
+    the whole prefix whose plan gives each of them -- and the row end after row 1, where the sequence has row ends --
+    the same visibility: the condition, itself and the positions marked written (position ``W - 1`` holds no token
+    yet)."""
     B, N, dev = tokens.shape[0], model.num_tokens, tokens.device
     W = model.grid[-1]
-    if N < W + 2 or W < 3:
+    if N < 2 * W + 1 or W < 3:
         return 0.0
-    fed = torch.tensor([W - 2, W, W + 1], device=dev)
+    fed = torch.tensor([W - 2, *range(W, 2 * W)], device=dev)
     written = torch.zeros(B, N + 4, dtype=torch.bool, device=dev)
     written[:, : W - 1] = True
     written[:, fed] = True
     written[:, W - 1] = False
     cache, _ = fresh()
     decode(model, tokens[:, : W - 2], zeros(0), cache)
-    plan = scattered_plan(cache, fed.expand(B, 3), written)
+    plan = scattered_plan(cache, fed.expand(B, -1), written)
     out = model(tokens[:, fed], plan, cache)
     ref_cache, _ = fresh()
-    full = chain_plan(ref_cache, zeros(0), W + 2)
+    full = chain_plan(ref_cache, zeros(0), 2 * W + 1)
     mask = full.mask.clone()
-    mask[:, :, fed] = plan.mask[..., : mask.shape[-1]]
-    ref = model(tokens[:, : W + 2], DecodePlan(full.slots, full.positions, mask, full.index), ref_cache)
+    k = fed.shape[0]
+    entry = fed + (fed // W if cache.row_width else 0)  # the entry of each fed token in the full chain
+    mask[:, :, entry] = plan.mask[:, :, :k, : mask.shape[-1]]
+    if cache.row_width:  # the row end after row 1
+        mask[:, :, entry[-1] + 1] = plan.mask[:, :, 2 * k - 1, : mask.shape[-1]]
+    ref = model(tokens[:, : 2 * W + 1], DecodePlan(full.slots, full.positions, mask, full.index, full.source,
+                                                   full.forced, full.readout), ref_cache)
     return _close(out, ref[:, fed], atol, "scattered positions vs one forward with the same visibility")
 
 
@@ -177,8 +183,7 @@ def check_token_model(model, cond, atol: float = 1e-4, seed: int = 0) -> dict[st
 
     # every plan kind: token trees (with forced row ends where the sequence has them), scattered positions
     report["tree"] = _check_tree(model, tokens, fresh, zeros, atol, g)
-    if fresh()[0].row_width is None:
-        report["scattered"] = _check_scattered(model, tokens, fresh, zeros, atol)
+    report["scattered"] = _check_scattered(model, tokens, fresh, zeros, atol)
 
     book = model.codebook()
     assert book.dim() == 2 and book.shape[0] == V, f"codebook() must be [V={V}, d], got {tuple(book.shape)}"

@@ -210,16 +210,40 @@ def keep_tree_path_(cache: KVCache, start: torch.Tensor, tree: TokenTree, nodes:
 
 def scattered_plan(cache: KVCache, positions: torch.Tensor, written: torch.Tensor) -> DecodePlan:
     """Image tokens at any ``positions [B, n]``, each seeing the condition, itself and the image positions marked in
-    ``written [B, N]`` at or before its own (ZipAR's parallel rows: not every earlier position holds a token yet)."""
-    if cache.row_width is not None or cache.eviction is not None:
-        raise ValueError("scattered positions (parallel rows) run over a plain cache without row-end tokens")
+    ``written [B, N]`` at or before its own (ZipAR's parallel rows: not every earlier position holds a token yet).
+    With row ends, a fed token that ends an image row is followed by its forced row end (entries ``n ..``), whose
+    output predicts the next row's first token; a row end counts as written with the token before it."""
+    if cache.eviction is not None:
+        raise ValueError("scattered positions (parallel rows) run over a plain cache, without K/V eviction")
     T, L = cache.prefix, cache.length
+    B, n = positions.shape
+    dev = positions.device
+    keys = torch.arange(L, device=dev)
+    written = written.bool()
+    valid = cache.key_valid[:, :L].clone()
+    valid[:, T:] = False
+    image = torch.arange(written.shape[1], device=dev)
+    inside = cache.seq(image) + (cache.row_width is not None) < L  # positions (and their row ends) the cache holds
+    image, written = image[inside], written[:, inside]
+    slot = cache.seq(image)
+    valid.scatter_(1, slot.expand(B, -1), written)
     seq = cache.seq(positions)
-    keys = torch.arange(L, device=positions.device)
-    pad = torch.nn.functional.pad(written.bool(), (0, L - T - written.shape[1]))[:, : L - T]
-    valid = torch.cat([cache.key_valid[:, :T], pad], 1)
-    mask = ((keys <= seq[:, :, None]) & valid[:, None]) | (keys == seq[:, :, None])
-    return DecodePlan(seq, seq, mask[:, None], positions)
+    if cache.row_width is None:
+        mask = ((keys <= seq[:, :, None]) & valid[:, None]) | (keys == seq[:, :, None])
+        return DecodePlan(seq, seq, mask[:, None], positions)
+    W = cache.row_width
+    ends = image % W == W - 1
+    valid.scatter_(1, (slot + 1)[ends].expand(B, -1), written[:, ends])
+    fed_ends = positions % W == W - 1
+    end_pos = torch.where(fed_ends, seq + 1, torch.full_like(seq, L - 1))  # no row end: the scratch slot
+    entries = torch.cat([seq, end_pos], 1)  # [B, 2n]: the tokens, then their row ends
+    mask = ((keys <= entries[:, :, None]) & valid[:, None]) | (keys == entries[:, :, None])
+    mask[:, n:] &= fed_ends[:, :, None] | (keys == L - 1)  # a scratch entry sees only itself
+    fed = torch.arange(n, device=dev).expand(B, n)
+    forced = torch.cat([torch.zeros_like(fed_ends), torch.ones_like(fed_ends)], 1)
+    readout = torch.where(fed_ends, fed + n, fed)
+    return DecodePlan(entries, entries, mask[:, None], torch.cat([positions, positions], 1), torch.cat([fed, fed], 1),
+                      forced, readout)
 
 
 # ------------------------------------------------------------------------------------------------------------------

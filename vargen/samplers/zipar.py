@@ -89,8 +89,9 @@ def zipar_schedule(rows: int, width: int, window: int) -> list[Step]:
 
 class ZipARSampler:
     """``window``: how many tokens a row has before the next row starts (``window = row width``: plain raster
-    order, as AR). Runs over scattered plans (:func:`vargen.decode.scattered_plan`) on every token model whose sequence
-    has no structural row-end tokens between image rows."""
+    order, as AR). Runs over scattered plans (:func:`vargen.decode.scattered_plan`) on every token model; where the
+    sequence has a row-end token after every image row, the row end follows the row's last token and predicts the next
+    row's first."""
 
     name = "zipar"
     MODEL = "token"
@@ -109,9 +110,6 @@ class ZipARSampler:
         self.check(model)
         config = resolve_config(model, config)
         session = TokenSession(model, cond, config, extra_positions=1)
-        if session.cache.row_width is not None:
-            raise ValueError(f"zipar: {type(model).__name__} puts a row-end token after every image row; parallel "
-                             "rows over such sequences are not supported")
         B, N, dev = session.batch, session.num_tokens, session.device
         width = model.grid[-1]
         schedule = zipar_schedule(N // width, width, self.window)
