@@ -203,3 +203,25 @@ def keep_path_without_row_ends(cache, start, tree, nodes) -> None:
     dst = cache.seq(start[:, None] + torch.arange(1, nodes.shape[1] + 1, device=nodes.device))
     for t in (*cache.k, *cache.v):
         move_rows_(t, src, dst)
+
+
+def assert_adapter_evicts(make_lm, cond, budget: int = 6) -> None:
+    """``kv_budget`` on a transformers adapter (per-layer masks through transformers' attention interface): every
+    window equals full attention with the evicted keys hidden; a whole-image budget gives the plain cache's tokens; a
+    real one evicts; and teacher forcing with padded prompts is unchanged once an evicting cache exists."""
+    from vargen.samplers import get_sampler
+    from vargen.samplers.base import SamplingConfig
+    from vargen.testing import check_eviction
+
+    lm = make_lm()
+    config = SamplingConfig(temperature=1.0, cfg_scale=2.0, top_k=8)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(cond.batch)]  # noqa: E731
+    plain = get_sampler("sjd", window=4, coupled=True).sample(lm, cond, config, gens())
+    before = lm.logits(cond, plain.tokens)
+    report = check_eviction(lm, cond, budget=budget)
+    assert report["eviction"] < 1e-4 and report["held"] < report["positions"], report
+    whole = get_sampler("sjd", window=4, coupled=True, kv_budget=lm.num_tokens).sample(lm, cond, config, gens())
+    assert torch.equal(plain.tokens, whole.tokens)
+    evicting = get_sampler("sjd", window=4, coupled=True, kv_budget=budget, kv_anchor=1).sample(lm, cond, config, gens())
+    assert evicting.tokens.shape == plain.tokens.shape and evicting.stats.kv_cache_bytes < plain.stats.kv_cache_bytes
+    assert (lm.logits(cond, plain.tokens) - before).abs().max() < 1e-5, "teacher forcing changed after eviction"

@@ -13,15 +13,15 @@ transformers = pytest.importorskip("transformers", reason="the [hf] extra (trans
 from safetensors.torch import load_file  # noqa: E402
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration  # noqa: E402
 
-from helpers import (ResampleFromTarget, assert_prompt_rows_match_alone, keep_path_without_row_ends,  # noqa: E402
-                     prompt_law_pvalue, randomise_)
+from helpers import (ResampleFromTarget, assert_adapter_evicts, assert_prompt_rows_match_alone,  # noqa: E402
+                     keep_path_without_row_ends, prompt_law_pvalue, randomise_)
 from vargen import SamplingConfig, get_sampler, load  # noqa: E402
 from vargen.cli import main as vargen_main  # noqa: E402
 from vargen.models.hf import PromptTokens, image_lm  # noqa: E402
 from vargen.models.hf.chameleon import size_token  # noqa: E402
 from vargen.models.hf.chameleon_vqgan import ChameleonVQGANDecoder  # noqa: E402
 from vargen.samplers.proposers.jacobi import INITS  # noqa: E402
-from vargen.testing import check_eviction, check_token_model  # noqa: E402
+from vargen.testing import check_token_model  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "data" / "chameleon_vqgan_decode.safetensors"
 BOS, PAD, START, SEP, EOL, IMAGE = 0, 1, 2, 3, 5, 20  # text ids; VQ code k is text id IMAGE + k
@@ -324,18 +324,5 @@ def test_bench_runs_the_tiny_random_model_of_each_adapter(shape, capsys):
     assert "--num-layers applies to the official transformers shapes" in capsys.readouterr().err
 
 
-# -- K/V eviction (LineAR) through per-layer masks on transformers' attention interface ------------------------------
-def test_kv_eviction_each_forward_is_full_attention_with_the_evicted_keys_hidden():
-    lm = image_lm(tiny_chameleon(), layout="lumina", height=4, width=4)  # four lines: room to evict
-    report = check_eviction(lm, prompts(), budget=6)
-    assert report["eviction"] < 1e-4 and report["held"] < report["positions"]
-
-
-def test_a_whole_image_kv_budget_is_the_plain_cache(lumina):
-    config = SamplingConfig(temperature=1.0, cfg_scale=2.0, top_k=8)
-    gens = lambda: [torch.Generator().manual_seed(s) for s in range(prompts().batch)]  # noqa: E731
-    plain = get_sampler("sjd", window=4, coupled=True).sample(lumina, prompts(), config, gens())
-    whole = get_sampler("sjd", window=4, coupled=True, kv_budget=lumina.num_tokens).sample(lumina, prompts(), config, gens())
-    assert torch.equal(plain.tokens, whole.tokens)
-    evicting = get_sampler("sjd", window=4, coupled=True, kv_budget=6, kv_anchor=1).sample(lumina, prompts(), config, gens())
-    assert evicting.tokens.shape == plain.tokens.shape and evicting.stats.kv_cache_bytes < plain.stats.kv_cache_bytes
+def test_kv_eviction_through_per_layer_masks():
+    assert_adapter_evicts(lambda: image_lm(tiny_chameleon(), layout="lumina", height=4, width=4), prompts())

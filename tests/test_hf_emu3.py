@@ -8,14 +8,14 @@ import torch
 transformers = pytest.importorskip("transformers", reason="the [hf] extra (transformers) is not installed")
 from transformers import Emu3Config, Emu3ForConditionalGeneration  # noqa: E402
 
-from helpers import (ResampleFromTarget, assert_prompt_rows_match_alone, keep_path_without_row_ends,  # noqa: E402
-                     prompt_law_pvalue, randomise_)
+from helpers import (ResampleFromTarget, assert_adapter_evicts, assert_prompt_rows_match_alone,  # noqa: E402
+                     keep_path_without_row_ends, prompt_law_pvalue, randomise_)
 from vargen import SamplingConfig, get_sampler  # noqa: E402
 from vargen.models.hf import PromptTokens, image_lm  # noqa: E402
 from vargen.models.hf.family import ImageDecoder  # noqa: E402
 from vargen.pipeline import Pipeline  # noqa: E402
 from vargen.samplers.proposers.jacobi import INITS  # noqa: E402
-from vargen.testing import check_eviction, check_token_model  # noqa: E402
+from vargen.testing import check_token_model  # noqa: E402
 
 BOS, PAD, EOL, VISUAL = 0, 1, 5, 20  # text ids; visual token k is text id VISUAL + k
 
@@ -188,17 +188,5 @@ def test_text_prompts_and_the_negative_prompt_through_the_processor():
     assert lm.negative_ids(processor) == [BOS, *unk(NEGATIVE_PROMPT), 3, 13, 4]
 
 
-# -- K/V eviction (LineAR) through per-layer masks on transformers' attention interface ------------------------------
-def test_kv_eviction_each_forward_is_full_attention_with_the_evicted_keys_hidden(emu3):
-    report = check_eviction(emu3, prompts(), budget=6)
-    assert report["eviction"] < 1e-4 and report["held"] < report["positions"]
-
-
-def test_a_whole_image_kv_budget_is_the_plain_cache(emu3):
-    config = SamplingConfig(temperature=1.0, cfg_scale=2.0, top_k=8)
-    gens = lambda: [torch.Generator().manual_seed(s) for s in range(prompts().batch)]  # noqa: E731
-    plain = get_sampler("sjd", window=4, coupled=True).sample(emu3, prompts(), config, gens())
-    whole = get_sampler("sjd", window=4, coupled=True, kv_budget=emu3.num_tokens).sample(emu3, prompts(), config, gens())
-    assert torch.equal(plain.tokens, whole.tokens)
-    evicting = get_sampler("sjd", window=4, coupled=True, kv_budget=6, kv_anchor=1).sample(emu3, prompts(), config, gens())
-    assert evicting.tokens.shape == plain.tokens.shape and evicting.stats.kv_cache_bytes < plain.stats.kv_cache_bytes
+def test_kv_eviction_through_per_layer_masks():
+    assert_adapter_evicts(lambda: image_lm(tiny_emu3(), height=3, width=4, negative=NEGATIVE), prompts())

@@ -389,29 +389,16 @@ def _applies_to(sampler: str) -> str:
     return ", ".join(family_label(k) for k in families_taking(sampler)) or "custom models only"
 
 
-SAMPLER_SUMMARIES = {
-    "ar": "one token per forward pass: the token models' baseline",
-    "sjd": "speculative Jacobi decoding: the last iteration's guesses are the drafts (lossless)",
-    "sjd-pac": "SJD with proactive draft trees and the coupled update (lossless)",
-    "gsd": "SJD with grouped acceptance of similar tokens (lossy, TV-bounded)",
-    "sd": "speculative decoding with a draft head or a smaller model (lossless)",
-    "lantern": "draft-head speculative decoding with relaxed acceptance over latent neighbours (lossy)",
-    "lantern++": "LANTERN over static draft trees (lossy)",
-    "zipar": "ZipAR: each row starts a window of tokens after the one above (lossy)",
-    "var": "next-scale prediction, one forward per scale: VAR's baseline",
-    "code": "CoDe: a large drafter for the first scales, a small refiner for the rest",
-    "mar": "masked autoregressive steps with a diffusion head: MAR's baseline",
-    "cspd": "continuous speculative decoding with a draft MAR",
-}
-
-
 def _print_sampler_table(names) -> None:
+    from .samplers import sampler_summary
+
     width = max(map(len, names))
     print(f"{'sampler':<{width}}  applies to")
     for name in names:
         print(f"{name:<{width}}  {_applies_to(name)}")
-        if name in SAMPLER_SUMMARIES:
-            print(f"{'':<{width}}    {SAMPLER_SUMMARIES[name]}")
+        summary = sampler_summary(name)
+        if summary:
+            print(f"{'':<{width}}    {summary}")
 
 
 def _declared_defaults(name: str, acceptance: str | None) -> dict:
@@ -541,8 +528,9 @@ def _run_measure(args) -> int:
         if args.unigram_every < 1:
             raise ValueError(f"--unigram-every must be >= 1, got {args.unigram_every}")
         pipe = load(args.model)
-        if pipe.kind != "llamagen":
-            raise ValueError(f"measure nll needs a LlamaGen pipeline; {args.model} is {pipe.kind}")
+        if pipe.family.protocol != "token" or pipe.takes_prompts or pipe.video or not hasattr(pipe.model, "logits"):
+            raise ValueError("measure nll needs a class-conditional image token model with teacher forcing (a "
+                             f"LlamaGen pipeline); {args.model} is {pipe.kind}")
         test_tokens, test_labels = tokenize_split(pipe.tokenizer, args.data, args.split, flips=False, limit=args.limit)
         train_tokens, _ = tokenize_split(pipe.tokenizer, args.data, "train", flips=False, every=args.unigram_every)
         result = {

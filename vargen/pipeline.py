@@ -19,7 +19,6 @@ from PIL import Image
 
 from . import families
 from .families import FamilySpec, families_taking  # noqa: F401  (families_taking: re-exported)
-from .families.cosmos import SCENE_SOURCES
 from .families.classes import class_id
 from .images import to_pil
 from .samplers import available_samplers, get_sampler, sampler_class, sampler_options, unknown_sampler_error
@@ -60,13 +59,15 @@ class Pipeline:
         self.name = name
         self.sampler_options = dict(sampler_options or {})  # per-sampler defaults, e.g. {"code": {"draft_steps": 4}}
         self.benchmark = list(benchmark)  # the sampler specs the benchmark report measures on this model
-        if scenes not in (None, *SCENE_SOURCES):
-            raise ValueError(f"{name}: unknown scenes source {scenes!r} ({', '.join(SCENE_SOURCES)})")
+        if scenes not in (None, *self.family.scene_sources):
+            known = ", ".join(self.family.scene_sources) or "none"
+            raise ValueError(f"{name}: unknown scenes source {scenes!r} ({known})")
         self.scenes = scenes  # video demos: integer conditions are seeds of this procedural clip generator
         self._companions = dict(companions or {})
         self._samplers: dict = {}
         self._placement: tuple = (None, None)
-        foreign = [f for f in CONFIG_FIELDS if getattr(self.defaults, f) is not None and f not in self.family.config_fields]
+        used = self.family.config_fields
+        foreign = [f for f in CONFIG_FIELDS if getattr(self.defaults, f) is not None and f not in used]
         if foreign:
             raise ValueError(f"{name}: default(s) {', '.join(foreign)} do not apply to {self.kind} models")
 
@@ -237,7 +238,7 @@ class Pipeline:
             from .samplers.loop import TokenSampler
 
             if not isinstance(sampler, TokenSampler):
-                raise ValueError(f"compile=True applies to the token samplers (LlamaGen-style models); "
+                raise ValueError(f"compile=True applies to the token samplers (next-token models); "
                                  f"{type(sampler).__name__} has no compiled path")
             kw["compile"] = True
         if per_row_seeds and not self.family.row_independent_seeds:
@@ -247,8 +248,8 @@ class Pipeline:
         else:
             generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         out = sampler.sample(model, cond, config, generator, **kw)
-        if self.video:
-            out.context = cond.frames
+        if self.family.context is not None:  # what precedes the generated tokens (video: the context frames)
+            out.context = self.family.context(cond)
         if decode and self.tokenizer is not None:
             out.images = self.decode(out)
         return out
@@ -280,7 +281,6 @@ class Pipeline:
         return to_pil(torch.cat(images))
 
 
-
 def _batch(cond) -> int:
     """Rows of a condition: class ids (a tensor) or a batched condition object (``PromptTokens``, ...)."""
     return cond.shape[0] if torch.is_tensor(cond) else cond.batch
@@ -291,9 +291,8 @@ def _rows_stats(parts: list[Stats]) -> Stats:
     return Stats.concat(parts)
 
 
-
 def load(name_or_path, **kwargs) -> Pipeline:
-    """:func:`vargen.loading.load` (a demo name, an official name, a pipeline folder, a transformers folder / hub id)."""
+    """:func:`vargen.loading.load`: a demo or official name, a pipeline folder, a transformers folder or hub id."""
     from .loading import load as _load
 
     return _load(name_or_path, **kwargs)

@@ -51,7 +51,9 @@ class KVCache:
     and its mask (Cosmos Video2World), computed once at the prefill.
 
     A cache may be allocated lazily (``k`` and ``v`` empty until the prefill's first layer call, for models that
-    learn their K/V shapes there): ``length`` is its number of slots either way.
+    learn their K/V shapes there): ``length`` is its number of slots either way. ``extra``: what a model keeps with
+    its cache (the transformers adapters: the image slots to allocate at the prefill, and the ``transformers.Cache``
+    face of the cache).
     """
 
     k: list[torch.Tensor]
@@ -81,8 +83,6 @@ class KVCache:
     def length(self) -> int:
         """Slots per row (what attention reads at most)."""
         return self.key_valid.shape[1]
-
-    max_positions = length
 
     @property
     def nbytes(self) -> int:

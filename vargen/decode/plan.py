@@ -51,10 +51,12 @@ def tree_window_mask(base: torch.Tensor, visible: torch.Tensor, key_valid: torch
 @dataclass
 class DecodePlan:
     """One forward's entries (see the module docstring): ``slots``, ``positions``, ``index`` ``[B, m]`` (cache slot,
-    sequence position, image-token index -- of the token a forced entry follows); ``mask [B, 1, m, L]`` over the
-    first ``L`` cache slots (or ``[layers, B, 1, m, L]``: a mask per layer); ``source [B, m]`` (which fed token an entry carries; None: entry ``i`` is token ``i``),
-    ``forced [B, m]`` (None: no structural entries), ``readout [B, n]`` (None: entry ``i``); ``tree``/``forced_of``
-    for :func:`keep_tree_path_`; ``evicts``: image tokens entering an evicting cache (its own slots and masks)."""
+    sequence position, image-token index -- of the token a forced entry follows; on an evicting cache of a sequence
+    with row ends, the entry's sequence index after the prefix, what its slot tables count); ``mask [B, 1, m, L]``
+    over the first ``L`` cache slots (or ``[layers, B, 1, m, L]``: a mask per layer; None on an evicting cache);
+    ``source [B, m]`` (which fed token an entry carries; None: entry ``i`` is token ``i``), ``forced [B, m]`` (None:
+    no structural entries), ``readout [B, n]`` (None: entry ``i``); ``evicts``: image tokens entering an evicting
+    cache (its own slots and masks)."""
 
     slots: torch.Tensor
     positions: torch.Tensor
@@ -118,7 +120,8 @@ def chain_plan(cache: KVCache, start: torch.Tensor, n: int, keys: int | None = N
     forced = torch.ones(B, m + 1, dtype=torch.bool, device=start.device).scatter(
         1, entry, torch.zeros_like(ends))[:, :m]
     mask = attention_mask(positions, cache.key_valid, L)[:, None]
-    index_m = torch.zeros(B, m + 1, dtype=torch.long, device=start.device).scatter(1, entry, index)[:, :m]
+    index_m = torch.zeros(B, m + 1, dtype=torch.long, device=start.device)
+    index_m = index_m.scatter(1, entry, index).scatter(1, end_entry, index)[:, :m]
     return DecodePlan(positions, positions, mask, index_m, source, forced, torch.where(ends, entry + 1, entry))
 
 
@@ -153,13 +156,13 @@ def tree_plan(cache: KVCache, start: torch.Tensor, tree: TokenTree, keys: int | 
     ``keys``: a bound on the slots the nodes read (:meth:`KVCache.keys_for`); the forced entries are added to it."""
     if cache.eviction is not None:
         raise ValueError("token-tree drafts cannot run over an evicting K/V cache (kv_budget)")
-    L = cache.length if keys is None else keys
     t = tree.tensors(start.device)
     depth, visible = t["depth"], t["visible"]
     n = tree.size
     base = cache.seq(start)
     index = start[:, None] + depth[None]
     if cache.row_width is None:
+        L = cache.length if keys is None else keys
         slots = base[:, None] + torch.arange(n, device=start.device)
         mask = tree_window_mask(base, visible, cache.key_valid, L)[:, None]
         return DecodePlan(slots, base[:, None] + depth[None], mask, index)

@@ -14,9 +14,11 @@ class TokenTree:
     """The shape of a token tree fed in one forward (static per sampler): node 0 is the root (the last committed
     token), node ``i > 0`` a draft whose parent is ``parent[i] < i``.
 
-    A model writes node ``i``'s K/V at sequence slot ``start + i`` and gives it the position ``start + depth[i]``;
-    node ``i`` attends to the cache before ``start`` and to the window nodes ``visible[i]`` (its ancestors and
-    itself). The nodes ``0, 1, .., chain-1`` form a chain (node ``d`` at depth ``d``), so a chain-only tree is the
+    A tree plan (:func:`vargen.decode.tree_plan`) writes node ``i``'s K/V at slot ``base + i`` (``base``: the root's
+    slot) and gives it the position of image token ``start + depth[i]``; node ``i`` attends to the cache before the
+    root and to the window nodes ``visible[i]`` (its ancestors and itself), plus the forced row ends on its path where
+    the sequence has them. The nodes ``0, 1, .., chain-1`` form a chain (node ``d`` at depth ``d``), so a chain-only
+    tree is the
     plain window. ``children [n, K]``: each node's children in sibling order, ``-1`` padded.
     """
 

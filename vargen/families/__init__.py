@@ -4,10 +4,10 @@ A family module (``vargen/families/<kind>.py``) owns its loading (``pipeline.jso
 decoding (images or video), conditions and defaults, and registers a :class:`FamilySpec`. ``Pipeline`` is generic,
 and the CLI and the app ask the pipeline (and through it the family), never branch on the kind.
 
-Which samplers apply to a family follows from what each sampler declares it needs: the model protocol it samples
-(``MODEL``: ``"token"`` for :class:`~vargen.models.base.TokenModel`, ``"scale"``, ``"continuous"``) and the companion
-option a pipeline fills in (``COMPANION``: ``"draft"``, ``"refiner"``, from the pipeline's companion of that name);
-no family keeps a list of samplers.
+Which samplers apply to a family follows from what each sampler declares: the model protocol it samples (``MODEL``:
+``"token"`` for :class:`~vargen.models.base.TokenModel`, ``"scale"``, ``"continuous"``); no family keeps a list of
+samplers. A sampler that takes a companion declares its option (``COMPANION``: ``"draft"``, ``"refiner"``), which a
+pipeline fills from its companion of that name (or the caller gives).
 """
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ class FamilySpec:
     own_tokenizer: bool = False  # the model checkpoint holds its image tokenizer (pipeline.json names no tokenizer)
     video: bool = False  # decode_row returns a clip of the context and the generated frames
     decode: Callable | None = None  # (pipeline, output) -> images, instead of decode_row per row (video: strips)
+    context: Callable | None = None  # condition -> the tokens before the generated ones, kept on the output (video)
+    scene_sources: tuple[str, ...] = ()  # procedural condition sources a pipeline.json may name ("scenes")
     model_options: bool = False  # pipeline.json may hold adapter options (a grid, a layout)
 
     @property

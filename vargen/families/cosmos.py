@@ -86,7 +86,8 @@ def conditions(pipe, cond):
     if torch.is_tensor(cond):
         cond = VideoCondition(cond)
     if not isinstance(cond, VideoCondition):
-        raise ValueError(f"a video pipeline takes scene seeds, context video or a VideoCondition, got {type(cond).__name__}")
+        raise ValueError(f"a video pipeline takes scene seeds, context video or a VideoCondition, "
+                         f"got {type(cond).__name__}")
     pipe.model.check_cond(cond)
     return cond.to(pipe.device)
 
@@ -120,8 +121,8 @@ def load_official(spec, dtype, checkpoint=None, tokenizer_checkpoint=None, trust
     if tokenizer_checkpoint is not None:
         folder = Path(tokenizer_checkpoint)
         if not folder.is_dir():
-            raise FileNotFoundError(f"tokenizer_checkpoint for {name} must be a folder with encoder.jit and decoder.jit "
-                                    f"(or encoder.safetensors and decoder.safetensors): {folder}")
+            raise FileNotFoundError(f"tokenizer_checkpoint for {name} must be a folder with encoder.jit and "
+                                    f"decoder.jit (or encoder.safetensors and decoder.safetensors): {folder}")
         halves = [next((folder / f"{h}{ext}" for ext in (".safetensors", ".jit") if (folder / f"{h}{ext}").is_file()),
                        folder / f"{h}.jit") for h in ("encoder", "decoder")]
     else:
@@ -135,4 +136,4 @@ def load_official(spec, dtype, checkpoint=None, tokenizer_checkpoint=None, trust
 register_family(FamilySpec(
     "cosmos", build, decode_row, "token", default_sampler="sjd:window=16,init=temporal,coupled=true", baseline="ar",
     config_fields=("temperature", "top_k", "top_p"), codebook_rules=True, conditions=conditions, video=True,
-    decode=decode_clips))
+    decode=decode_clips, context=lambda cond: cond.frames, scene_sources=SCENE_SOURCES))

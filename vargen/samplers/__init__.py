@@ -33,9 +33,33 @@ _REGISTRY: dict[str, tuple[str, dict]] = {
 }
 
 
-def register_sampler(name: str, target: str, **preset) -> None:
-    """Register ``name`` -> ``"module:Class"`` with preset keyword options."""
+# name -> one line for listings (`vargen samplers`, the app): what it is, lossless or not
+_SUMMARIES: dict[str, str] = {
+    "ar": "one token per forward pass: the token models' baseline",
+    "sjd": "speculative Jacobi decoding: the last iteration's guesses are the drafts (lossless)",
+    "sjd-pac": "SJD with proactive draft trees and the coupled update (lossless)",
+    "gsd": "SJD with grouped acceptance of similar tokens (lossy, TV-bounded)",
+    "sd": "speculative decoding with a draft head or a smaller model (lossless)",
+    "lantern": "draft-head speculative decoding with relaxed acceptance over latent neighbours (lossy)",
+    "lantern++": "LANTERN over static draft trees (lossy)",
+    "zipar": "ZipAR: each row starts a window of tokens after the one above (lossy)",
+    "var": "next-scale prediction, one forward per scale: VAR's baseline",
+    "code": "CoDe: a large drafter for the first scales, a small refiner for the rest",
+    "mar": "masked autoregressive steps with a diffusion head: MAR's baseline",
+    "cspd": "continuous speculative decoding with a draft MAR",
+}
+
+
+def sampler_summary(name: str) -> str | None:
+    """The one-line description of ``name`` (None for a sampler registered without one)."""
+    return _SUMMARIES.get(name)
+
+
+def register_sampler(name: str, target: str, summary: str | None = None, **preset) -> None:
+    """Register ``name`` -> ``"module:Class"`` with preset keyword options (and a one-line summary for listings)."""
     _REGISTRY[name] = (target, preset)
+    if summary:
+        _SUMMARIES[name] = summary
 
 
 def available_samplers() -> list[str]:

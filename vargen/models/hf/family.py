@@ -2,7 +2,6 @@
 checkpoint's own processor, images through the model's own VQ decoder."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from torch import nn
