@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
+import pickletools
 import re
+import struct
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Iterable
 
@@ -21,7 +25,7 @@ import torch.nn as nn
 WRAPPER_KEYS = ("model", "module", "state_dict", "model_state_dict", "ema", "trainer", "net", "weights")
 PREFIXES = ("module.", "_orig_mod.")
 
-__all__ = ["read_state_dict", "load_strict", "load_zoo_folder", "read_folder_config", "WRAPPER_KEYS"]
+__all__ = ["CorruptCheckpoint", "read_state_dict", "load_strict", "load_zoo_folder", "read_folder_config", "WRAPPER_KEYS"]
 
 
 def _convert_hint(path: Path) -> str:
@@ -32,18 +36,88 @@ def _convert_hint(path: Path) -> str:
             "st.save_file({k: v.contiguous() for k, v in sd.items()}, 'model.safetensors')\"")
 
 
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # torch's messages carry terminal colours
+    return f"{type(err).__name__}: {text.splitlines()[0][:limit]}" if text else type(err).__name__
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint that is not a valid file of its format (truncated, bad header, bad magic); never a question of
+    trust."""
+
+
+def corrupt(path, what: str) -> CorruptCheckpoint:
+    return CorruptCheckpoint(f"corrupt or truncated: {path} ({what}); re-download or re-export it")
+
+
+_CORRUPT_MARKERS = ("PytorchStreamReader", "zip archive", "unexpected EOF", "corrupt", "magic number",
+                    "invalid load key", "Ran out of input", "truncated", "pickle data was truncated", "Memo value",
+                    "could not find", "failed finding", "EOF")
+
+
+def _is_corruption(err: BaseException) -> bool:
+    """Whether an error from ``torch.load`` means the bytes are not a valid checkpoint (rather than a valid pickle
+    that holds more than tensors, or one whose classes are missing here)."""
+    if isinstance(err, (EOFError, zipfile.BadZipFile, struct.error, UnicodeDecodeError, OverflowError)):
+        return True
+    if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, PermissionError)):
+        return True  # e.g. EINVAL seeking past the end of a truncated zip
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" not in text:
+        return True  # a bad opcode / memo: not a pickle the gate refused, a broken one
+    if isinstance(err, (KeyError, IndexError, ValueError, TypeError)) and "Weights only load failed" not in text:
+        return True  # the unpickler tripping over garbage (a memo index, a bad length)
+    return isinstance(err, RuntimeError) and any(m in text for m in _CORRUPT_MARKERS)
+
+
+def _check_container(path: Path) -> None:
+    """Cheap structural checks before unpickling: not empty; a zip checkpoint (``torch.save``'s format) has its
+    central directory and a pickle whose opcodes parse to the end (read without executing anything)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise corrupt(path, "empty file")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                if pkl is None:
+                    raise corrupt(path, "zip archive without data.pkl")
+                for _ in pickletools.genops(zf.read(pkl)):
+                    pass
+                for info in zf.infolist():
+                    if info.header_offset + info.compress_size > size:
+                        raise corrupt(path, f"zip member {info.filename} runs past the end of the file")
+        except CorruptCheckpoint:
+            raise
+        except Exception as err:  # no central directory (cut short), bad CRC, a pickle that ends early
+            raise corrupt(path, f"not a valid zip checkpoint: {_first_line(err)}") from None
+
+
 def _load_pickle(path: Path, trusted: bool):
-    """The project's only full unpickling, reached only with an explicit ``trusted=True``."""
+    """The project's only full unpickling, reached only with an explicit ``trusted=True``. A file that is not a
+    valid checkpoint (truncated, bad zip / pickle / magic) is ``corrupt or truncated``, with or without trust; only a
+    valid pickle that holds more than tensors gets the advice about trust."""
     if not isinstance(trusted, bool):  # a truthy non-bool ("no", a path) must not unlock it
         raise ValueError(f"trusted must be True or False, got {trusted!r}")
+    _check_container(path)
     if trusted:
         warnings.warn(f"unpickling {path} fully (trusted=True): it can run arbitrary code; only do this for files "
                       f"you trust", stacklevel=3)
-        return torch.load(path, map_location="cpu", weights_only=False)  # reached only with trusted=True
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)  # reached only with trusted=True
+        except Exception as err:
+            if _is_corruption(err):
+                raise corrupt(path, _first_line(err)) from None
+            raise ValueError(f"{path}: could not be unpickled ({_first_line(err)}); it may need a class or "
+                             f"module that is not installed here") from None
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a class outside the allow-list: refused, never executed
+        if _is_corruption(err):
+            raise corrupt(path, _first_line(err)) from None
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # torch's message carries terminal colours
         first = text.splitlines()[0][:200] if text else type(err).__name__
         raise ValueError(f"{path}: refused to unpickle: it holds more than tensors ({first}); "
@@ -93,9 +167,10 @@ def read_state_dict(path: str | os.PathLike, prefer: Iterable[str] = (), trusted
 
         try:
             obj = load_file(str(path))
-        except Exception as err:  # truncated, empty, or not safetensors at all
-            raise ValueError(f"{path} is not a readable safetensors file ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:160] if str(err) else 'empty'}); re-download or re-export it") from None
+        except Exception as err:  # truncated, empty, a bad header, or not safetensors at all: never a trust question
+            raise CorruptCheckpoint(f"corrupt or truncated: {path} is not a readable safetensors file "
+                                    f"({_first_line(err) if str(err) else 'empty'}); re-download or re-export it"
+                                    ) from None
     elif path.suffix == ".jit":
         obj = _load_torchscript(path, trusted)
     else:
@@ -171,14 +246,26 @@ def read_folder_config(folder: str | os.PathLike, expected: str | tuple[str, ...
 
 
 def load_zoo_folder(folder: str | os.PathLike, build, expected: str | tuple[str, ...] | None = None,
-                    **strict) -> nn.Module:
+                    config_class=None, **strict) -> nn.Module:
     """A model folder (``config.json`` + ``model.safetensors``): ``build(config dict) -> module``, then a
-    strict load of the weights; returned in eval mode without gradients."""
+    strict load of the weights; returned in eval mode without gradients. The config is checked before anything is
+    built (``config_class``'s field annotations and ranges, :func:`vargen.models.config.check_fields`); every config
+    error names the file."""
+    from .config import check_fields
+
     folder = Path(folder)
+    path = folder / "config.json"
     meta = read_folder_config(folder, expected)
+    if config_class is not None:
+        check_fields(config_class, meta["config"], str(path))
     try:
         module = build(meta["config"])
-    except TypeError as err:
-        raise ValueError(f"{folder / 'config.json'}: bad config for {meta.get('type')}: {err}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError, RuntimeError) as err:
+        text = str(err)
+        if text.startswith(str(path)):
+            raise ValueError(text) from None
+        if isinstance(err, ValueError):  # a field check or the constructor's own validation
+            raise ValueError(f"{path}: {text}") from None
+        raise ValueError(f"{path}: bad config for {meta.get('type')}: {type(err).__name__}: {text}") from None
     load_strict(module, read_state_dict(folder / "model.safetensors"), what=str(folder), **strict)
     return module.eval().requires_grad_(False)
