@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
 from . import zoo
 from .families import FAMILIES
+from .models.config import check_fields, describe
 from .pipeline import Pipeline
 from .samplers.base import SamplingConfig
 
@@ -18,6 +19,71 @@ __all__ = ["load", "load_pipeline_folder"]
 
 _SPEC_KEYS = {"kind", "model", "tokenizer", "draft", "refiner", "defaults", "class_names", "sampler_options",
               "benchmark", "scenes", "model_options"}
+
+
+_FOLDER_KEYS = ("model", "tokenizer", "draft", "refiner")
+
+
+def _must(path, key: str, what: str, value) -> ValueError:
+    return ValueError(f"{path}: field {key!r} must be {what}, got {describe(value)}")
+
+
+def check_pipeline_spec(spec: dict, path) -> None:
+    """The declared types of a ``pipeline.json``, checked before anything loads; errors name the file and the field.
+
+    kind, model, tokenizer, draft, refiner, scenes: non-empty strings (folder names; ``scenes`` a source name);
+    defaults: an object of :class:`vargen.config.SamplingConfig` fields, typed by its annotations; class_names: a
+    non-empty list of non-empty strings (its length is checked against the model, :func:`check_class_names`);
+    sampler_options: an object of objects (sampler -> options); model_options: an object; benchmark: a list of
+    sampler spec strings."""
+    for key in ("kind", *_FOLDER_KEYS, "scenes"):
+        value = spec.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            what = "a family name (a string)" if key == "kind" else (
+                "a scenes source name (a string)" if key == "scenes" else "a string (a folder name)")
+            raise _must(path, key, what, value)
+    if "defaults" in spec:
+        defaults = spec["defaults"]
+        if not isinstance(defaults, dict):
+            raise _must(path, "defaults", "an object of sampling settings", defaults)
+        known = {f.name for f in fields(SamplingConfig)}
+        unknown = sorted(set(defaults) - known)
+        if unknown:
+            raise ValueError(f"{path}: field 'defaults' has unknown settings {unknown}; known: {sorted(known)}")
+        check_fields(SamplingConfig, defaults, f"{path}: defaults", ranges=False, required=False)
+    if "class_names" in spec:
+        names = spec["class_names"]
+        if not isinstance(names, list) or not names:
+            raise _must(path, "class_names", "a non-empty list of strings (one per class)", names)
+        bad = next((n for n in names if not isinstance(n, str) or not n.strip()), None)
+        if bad is not None:
+            raise ValueError(f"{path}: field 'class_names' must hold non-empty strings, got {describe(bad)}")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"{path}: field 'class_names' repeats {dupes}")
+    if "sampler_options" in spec:
+        options = spec["sampler_options"]
+        if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+            raise _must(path, "sampler_options", "an object of objects (sampler name -> its options)", options)
+    if "model_options" in spec and not isinstance(spec["model_options"], dict):
+        raise _must(path, "model_options", "an object", spec["model_options"])
+    if "benchmark" in spec:
+        bench = spec["benchmark"]
+        if not isinstance(bench, list) or not all(isinstance(b, str) and b.strip() for b in bench):
+            raise _must(path, "benchmark", "a list of sampler specs (strings)", bench)
+
+
+def check_class_names(names, model, path) -> None:
+    """``class_names`` has one name per class of the built model (a class-conditional model's ``num_classes``)."""
+    if names is None:
+        return
+    count = getattr(model, "num_classes", None)
+    if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
+        raise ValueError(f"{path}: field 'class_names' is given but the model is not class-conditional")
+    if len(names) != count:
+        raise ValueError(f"{path}: field 'class_names' has {len(names)} names but the model has {count} classes")
 
 
 def load_pipeline_folder(folder: Path, dtype: torch.dtype = torch.float32, device="cpu"):
@@ -28,6 +94,7 @@ def load_pipeline_folder(folder: Path, dtype: torch.dtype = torch.float32, devic
     unknown = sorted(set(spec) - _SPEC_KEYS)
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown}; a pipeline.json takes {sorted(_SPEC_KEYS)}")
+    check_pipeline_spec(spec, path)
     kind = spec.get("kind")
     if kind not in FAMILIES:
         raise ValueError(f"{path}: kind {kind!r} is not a known family ({', '.join(FAMILIES)})")
@@ -52,6 +119,7 @@ def load_pipeline_folder(folder: Path, dtype: torch.dtype = torch.float32, devic
         defaults = replace(getattr(model, "default_sampling", None) or SamplingConfig(), **spec.get("defaults", {}))
     except TypeError as err:
         raise ValueError(f"{path}: bad defaults: {err}") from None
+    check_class_names(spec.get("class_names"), model, path)
     pipe = Pipeline(family, model, tokenizer, defaults, spec.get("class_names"), Path(folder).name, companions,
                     spec.get("sampler_options"), spec.get("benchmark", ()), spec.get("scenes"))
     return pipe.to(device)

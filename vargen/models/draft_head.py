@@ -91,7 +91,8 @@ class DraftHead(nn.Module):
         """A head saved by ``vargen train draft-head``: ``config.json`` + ``model.safetensors``."""
         from .checkpoint import load_zoo_folder
 
-        head = load_zoo_folder(folder, lambda c: cls(DraftHeadConfig(**c)), expected="llamagen_draft_head")
+        head = load_zoo_folder(folder, lambda c: cls(DraftHeadConfig(**c)), expected="llamagen_draft_head",
+                               config_class=DraftHeadConfig)
         return head.to(device=device, dtype=dtype or torch.float32)
 
     def _rope(self, t: torch.Tensor) -> torch.Tensor:

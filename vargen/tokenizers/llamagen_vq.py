@@ -204,7 +204,7 @@ class VQModel(nn.Module):
         from ..models.checkpoint import read_folder_config
 
         meta = read_folder_config(folder, "llamagen_vq")
-        vq = cls(VQConfig.from_dict(meta["config"]))
+        vq = cls(VQConfig.from_dict(meta["config"], str(Path(folder) / "config.json")))
         return load_vq_weights(vq, str(Path(folder) / "model.safetensors")).to(dtype).eval().requires_grad_(False)
 
     def codes(self, indices: torch.Tensor) -> torch.Tensor:
