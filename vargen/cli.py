@@ -40,7 +40,8 @@ def _config_options(args) -> dict:
 def _add_runtime_flags(p) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads; 0 picks them from the free cores (VARGEN_THREADS also sets it)")
+                   help="torch CPU threads, at most the usable cores; 0 picks them from the free cores "
+                        "(VARGEN_THREADS also sets it)")
 
 
 def _setup(args) -> None:
@@ -560,13 +561,14 @@ def _add_app(sub) -> None:
 def add_app_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=int, default=7860, help="TCP port, 1..65535 (default 7860)")
     p.add_argument("--share", action="store_true",
                    help="also open a public gradio.live link (needs internet; anyone with the link can use it)")
     p.add_argument("--model", action="append", default=[], metavar="NAME_OR_FOLDER",
                    help="a model to list first (zoo name or folder with pipeline.json); repeatable")
     p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: automatic from the free cores)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads, at most the usable cores (0: automatic from the free cores)")
     p.add_argument("--concurrency", type=int, default=1, help="generations run at the same time (default 1)")
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting in the queue (default 16)")
     return p
@@ -576,6 +578,8 @@ def _run_app(args) -> int:
     for name in ("port", "concurrency", "max_queue"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.port > 65535:
+        raise ValueError(f"--port must be a TCP port in 1..65535, got {args.port}")
     try:
         import gradio  # noqa: F401
     except ImportError:

@@ -225,6 +225,10 @@ class Pipeline:
         sampler = sampler or self.default_sampler
         if isinstance(sampler, str) and ":" in sampler:
             spec = SamplerSpec.parse(sampler)
+            twice = sorted(set(spec.options) & set(options)) + (["model"] if spec.member and "model" in options else [])
+            if twice:
+                raise ValueError(f"option {', '.join(map(repr, twice))} given twice: in the sampler spec {sampler!r} "
+                                 "and as a keyword; give it once")
             sampler, options = spec.name, {**spec.options, **options, **({"model": spec.member} if spec.member else {})}
         model = self.member(options.pop("model", None))
         config, sampler_options = self.split_options(options)
@@ -294,5 +298,8 @@ def _rows_stats(parts: list[Stats]) -> Stats:
 def load(name_or_path, **kwargs) -> Pipeline:
     """:func:`vargen.loading.load`: a demo or official name, a pipeline folder, a transformers folder or hub id."""
     from .loading import load as _load
+    from .runtime import check_dtype
 
+    if "dtype" in kwargs:
+        kwargs["dtype"] = check_dtype(kwargs["dtype"])
     return _load(name_or_path, **kwargs)
