@@ -352,12 +352,13 @@ def stats_table(base: Run, fast: Run | None) -> str:
     """Markdown: forward passes, tokens per forward, mean accepted, seconds, and the ratios."""
     b = base.stats
     head = f"| | {base.sampler} (baseline) |"
-    rows = [("forward passes", str(b.forward_passes)), ("tokens / forward", f"{b.tokens_per_forward:.2f}"),
-            ("mean accepted / step", f"{b.mean_accepted:.2f}"), ("seconds", f"{b.seconds:.2f}")]
+    num = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731  (None: the family has no such figure)
+    rows = [("forward passes", str(b.forward_passes)), ("tokens / forward", num(b.tokens_per_forward)),
+            ("mean accepted / step", num(b.mean_accepted)), ("seconds", f"{b.seconds:.2f}")]
     if fast is None:
         return "\n".join([head, "|---|---:|"] + [f"| {k} | {v} |" for k, v in rows])
     f = fast.stats
-    values = [str(f.forward_passes), f"{f.tokens_per_forward:.2f}", f"{f.mean_accepted:.2f}", f"{f.seconds:.2f}"]
+    values = [str(f.forward_passes), num(f.tokens_per_forward), num(f.mean_accepted), f"{f.seconds:.2f}"]
     speed = [_ratio(b.forward_passes, f.forward_passes), "", "", _ratio(b.seconds, f.seconds)]
     lines = [head + f" {fast.sampler} | speed-up |", "|---|---:|---:|---:|"]
     lines += [f"| {k} | {v} | {fv} | {s} |" for (k, v), fv, s in zip(rows, values, speed)]

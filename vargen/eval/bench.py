@@ -29,8 +29,8 @@ class BenchRow:
     label: str
     batch: int
     forward_passes: float
-    tokens_per_forward: float
-    mean_accepted: float
+    tokens_per_forward: float | None  # None: not measured
+    mean_accepted: float | None  # None: meaningless for the family (var, code, mar run a fixed schedule)
     seconds_per_image: float
     sample_nll: float = float("nan")
     tv_bound: float = float("nan")  # per image: the sum over decided slots (a bound on the image TV)
@@ -168,7 +168,7 @@ def run_bench(pipe, specs: list[str], batches: list[int], overrides: dict | None
         base_time = None
         for p, c in parsed:
             stats = runs[label(p, c)]
-            mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+            mean = lambda xs: None if any(x is None for x in xs) else sum(xs) / len(xs)  # noqa: E731
             relaxed = [s for s, _ in stats if s.tv_bound is not None]
             row = BenchRow(label(p, c), batch,
                            forward_passes=mean([s.forward_passes for s, _ in stats]),
@@ -228,8 +228,8 @@ def format_table(rows: list[BenchRow]) -> str:
     cols += ["TV / decided slot", "TV bound / image"] if relaxed else []
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = [f"`{r.label}`", str(r.batch), f"{r.forward_passes:.1f}", f"{r.tokens_per_forward:.2f}",
-                 f"{r.mean_accepted:.2f}", f"{r.seconds_per_image:.4f}"]
+        cells = [f"`{r.label}`", str(r.batch), f"{r.forward_passes:.1f}", _cell(r.tokens_per_forward),
+                 _cell(r.mean_accepted), f"{r.seconds_per_image:.4f}"]
         cells += [f"{r.speedup:.2f}x" if r.speedup == r.speedup else "-"] if timed else []
         cells += [f"{r.sample_nll:.3f}"] if quality else []
         if relaxed:
@@ -250,3 +250,8 @@ def machine_line() -> str:
         version = "?"
     return (f"{dev}, {torch.get_num_threads()} torch threads, vargen {version}, torch {torch.__version__}, "
             f"python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+
+
+def _cell(value: float | None) -> str:
+    """A table cell: two decimals, or an en dash for a figure the sampler does not have."""
+    return "–" if value is None else f"{value:.2f}"

@@ -169,7 +169,7 @@ def generate_indices(pipe, sampler: str, indices: list[int], labels: list[int], 
         acc = torch.stack([a.float().cpu() for a in s.accepted]) if s.accepted else torch.zeros(0, len(chunk))
         records.append({"rows": len(chunk), "forward_passes": s.forward_passes,
                         "draft_forward_passes": s.draft_forward_passes,
-                        "tokens_per_row": float(s.tokens.float().mean()) if s.tokens is not None else 0.0,
+                        "tokens_per_row": float(s.tokens.float().mean()) if s.tokens is not None else None,
                         "tokens_per_forward": s.tokens_per_forward, "mean_accepted": s.mean_accepted,
                         "sampler_seconds": s.seconds, "seconds": time.perf_counter() - t0,
                         "peak_memory_bytes": s.peak_memory_bytes,
@@ -201,14 +201,21 @@ def summarize(per_process: list[dict]) -> dict:
            "wall_seconds": round(max(p["wall_seconds"] for p in per_process), 3)}
     if images:
         w = lambda key: sum(r[key] * r["rows"] for r in records) / images  # noqa: E731
+
+        def wn(key, digits):  # None (not measured, or meaningless for the family) stays None
+            if any(r[key] is None for r in records):
+                return None
+            return round(w(key), digits)
+
+        peaks = [r["peak_memory_bytes"] for r in records if r["peak_memory_bytes"] is not None]
         out.update({
             "forward_passes_per_image": round(w("forward_passes"), 3),
             "draft_forward_passes_per_image": round(w("draft_forward_passes"), 3),
-            "tokens_per_forward": round(w("tokens_per_forward"), 4),
-            "mean_accepted": round(w("mean_accepted"), 4),
+            "tokens_per_forward": wn("tokens_per_forward", 4),
+            "mean_accepted": wn("mean_accepted", 4),
             "sampler_seconds_per_image": round(sum(r["sampler_seconds"] for r in records) / images, 5),
             "images_per_second": round(images / max(1e-9, out["wall_seconds"]), 3),
-            "peak_memory_bytes": max(r["peak_memory_bytes"] for r in records),
+            "peak_memory_bytes": max(peaks) if peaks else None,  # None: not measured (CPU)
             "kv_cache_bytes_per_image": max(r.get("kv_cache_bytes", 0) // r["rows"] for r in records),
             "draft_acceptance_rate": (round(sum(r.get("accepted_drafts", 0) for r in records)
                                             / sum(r.get("drafted", 0) for r in records), 4)

@@ -107,5 +107,5 @@ class StepTimer:
             torch.cuda.synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            self.peak = 0
+            self.peak = None  # not measured off CUDA: unknown, not 0
         self.seconds = time.perf_counter() - self.start

@@ -131,7 +131,7 @@ class CoDeSampler:
         device = labels.device
         K = len(drafter.patch_nums)
         budget_d, budget_r = kv_budget_plan(drafter, *self.kv, config), kv_budget_plan(refiner, *self.kv, config)
-        stats = Stats()
+        stats = Stats(reports_acceptance=False)
         rewind = None
         if not self.reuse:
             gens = _generators_to_rewind(generator, device)
@@ -189,7 +189,7 @@ class CoDeSampler:
             drafter_seconds=t1 - t0, refiner_seconds=t2 - t1,
             drafter_kv_cache_bytes=drafter_kv, refiner_kv_cache_bytes=2 * cache_r.k.numel() * cache_r.k.element_size(),
         )
-        stats.seconds_per_image, stats.peak_memory_bytes_per_image = timer.seconds / B, timer.peak // B
+        stats.seconds_per_image, stats.peak_memory_bytes_per_image = timer.seconds / B, (timer.peak // B if timer.peak is not None else None)
         # the two caches never coexist (the drafter's is freed first)
         stats.kv_cache_bytes = max(stats.code.drafter_kv_cache_bytes, stats.code.refiner_kv_cache_bytes)
         if budget_d is not None:

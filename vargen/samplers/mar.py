@@ -171,7 +171,7 @@ class MARSampler:
             orders = model.sample_orders(B, generator, device)
         orders = check_orders(orders.to(device), B, L)
         temperature, guided = plan.config.temperature, plan.guided
-        stats = Stats(token_step=torch.full((B, L), -1, dtype=torch.long, device=device))
+        stats = Stats(reports_acceptance=False, token_step=torch.full((B, L), -1, dtype=torch.long, device=device))
         tokens = torch.zeros(B, L, C, device=device)
         mask = torch.ones(B, L, dtype=torch.bool, device=device)
         with StepTimer(device) as timer:

@@ -341,7 +341,7 @@ class VARSampler:
         pruning = pruning_plan(model, *self.prune)
         budget = kv_budget_plan(model, *self.kv, config)
         device = labels.device
-        stats = Stats()
+        stats = Stats(reports_acceptance=False)
         with StepTimer(device) as timer:
             cond_state = model.condition(labels)
             cache = model.new_cache(labels.shape[0]) if budget is None else model.new_cache(labels.shape[0],
@@ -353,7 +353,7 @@ class VARSampler:
             tokens = torch.cat(state.tokens, dim=1)
         stats.seconds, stats.peak_memory_bytes = timer.seconds, timer.peak
         fill_stats(stats, model.patch_nums, B, device)
-        stats.seconds_per_image, stats.peak_memory_bytes_per_image = timer.seconds / B, timer.peak // B
+        stats.seconds_per_image, stats.peak_memory_bytes_per_image = timer.seconds / B, (timer.peak // B if timer.peak is not None else None)
         stats.kv_cache_bytes = cache.k.numel() * cache.k.element_size() * 2
         if budget is None:
             pruning_stats(stats, pruning, cache)

@@ -209,7 +209,15 @@ class Stats:
     tokens: tokens generated per row ([B] tensor) -- or per image for non-token models.
     accepted: per step, a [B] tensor of tokens committed by that step (0 for finished rows).
     token_step: [B, L], the index of the forward pass that committed each token (acceptance map).
-    seconds / peak_memory_bytes: wall time and peak accelerator memory of the sampling call.
+    seconds / peak_memory_bytes: wall time and peak accelerator memory of the sampling call (``peak_memory_bytes``
+        is None where it is not measured, e.g. on the CPU: unknown, never 0).
+    reports_acceptance: False for the families that run a fixed schedule of steps (``var``, ``code``, ``mar``):
+        nothing is accepted or rejected there, so :attr:`mean_accepted` is None (they report their own step
+        counts: ``forward_passes`` per call, ``stats.mar.num_iter``); :attr:`tokens_per_forward` is their tokens
+        per image over their steps.
+    row_forward_passes: forward passes summed over rows (each row counts the passes of the call that sampled it;
+        not in the summary): set by :meth:`concat`, so that :attr:`tokens_per_forward` stays a per-image figure
+        when rows were sampled in separate calls (None: ``forward_passes`` times the rows).
 
     The token loop with a lossy rule (LANTERN / GSD), when the rule reports it (None for exact rules):
 
@@ -250,7 +258,9 @@ class Stats:
     relaxed: torch.Tensor | None = figure("cat")
     tv_bound: torch.Tensor | None = figure("cat")
     seconds: float = figure("sum", default=0.0)
-    peak_memory_bytes: int = figure("max", default=0)
+    peak_memory_bytes: int | None = figure("max")
+    reports_acceptance: bool = figure("first", summary=False, default=True)
+    row_forward_passes: int | None = figure("sum", summary=False)
     kv_cache_bytes: int | None = figure("sum")
     kv_bytes_used: int | None = figure("sum")
     kv_policy: str | None = figure()
@@ -265,20 +275,25 @@ class Stats:
     cspd: CSpDStats | None = figure("group")
 
     @property
-    def tokens_per_forward(self) -> float:
-        """Mean tokens per row divided by target forward passes (prefill included)."""
+    def tokens_per_forward(self) -> float | None:
+        """Tokens per row divided by the target forward passes that row took (prefill included), over all rows:
+        the same whether the rows were sampled in one call or in several (a fixed-schedule family: its tokens per
+        image over its steps). None when nothing was counted."""
         if self.tokens is None or self.forward_passes == 0:
-            return 0.0
-        return float(self.tokens.float().mean()) / self.forward_passes
+            return None
+        rows = int(self.tokens.shape[0])
+        passes = self.row_forward_passes if self.row_forward_passes is not None else self.forward_passes * rows
+        return float(self.tokens.float().sum()) / passes if passes else None
 
     @property
-    def mean_accepted(self) -> float:
-        """Mean tokens committed per decoding step, over rows still generating at that step."""
-        if not self.accepted:
-            return 0.0
+    def mean_accepted(self) -> float | None:
+        """Mean tokens committed per decoding step, over rows still generating at that step; None for the
+        fixed-schedule families (``reports_acceptance=False``) and when no step was recorded."""
+        if not self.reports_acceptance or not self.accepted:
+            return None
         acc = torch.stack([a.float().cpu() for a in self.accepted])
         active = acc > 0
-        return float(acc[active].mean()) if active.any() else 0.0
+        return float(acc[active].mean()) if active.any() else None
 
     @property
     def mean_tv_bound(self) -> float:
@@ -309,11 +324,11 @@ class Stats:
         out = {
             "forward_passes": self.forward_passes,
             "draft_forward_passes": self.draft_forward_passes,
-            "tokens_per_row": float(self.tokens.float().mean()) if self.tokens is not None else 0.0,
-            "tokens_per_forward": round(self.tokens_per_forward, 4),
-            "mean_accepted": round(self.mean_accepted, 4),
+            "tokens_per_row": float(self.tokens.float().mean()) if self.tokens is not None else None,
+            "tokens_per_forward": _round(self.tokens_per_forward, 4),
+            "mean_accepted": _round(self.mean_accepted, 4),
             "seconds": round(self.seconds, 4),
-            "peak_memory_bytes": int(self.peak_memory_bytes),
+            "peak_memory_bytes": int(self.peak_memory_bytes) if self.peak_memory_bytes is not None else None,
         }
         if self.tv_bound is not None:
             out["mean_tv_bound"] = self.mean_tv_bound
@@ -333,12 +348,18 @@ class Stats:
         if not parts:
             raise ValueError("Stats.concat needs at least one part")
         rows = [_rows(p) for p in parts]
+        parts = [replace(p, row_forward_passes=p.row_forward_passes if p.row_forward_passes is not None
+                         else p.forward_passes * r) for p, r in zip(parts, rows)]
         return _merge(parts, rows)
 
 
 # the fields summary() writes itself, before the others
 _COMMON = ("forward_passes", "draft_forward_passes", "tokens", "accepted", "token_step", "relaxed", "tv_bound",
-           "seconds", "peak_memory_bytes")
+           "seconds", "peak_memory_bytes", "reports_acceptance", "row_forward_passes")
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _flatten(obj, out: dict, skip: set = frozenset()) -> None:
