@@ -181,3 +181,31 @@ def test_a_valid_pickle_with_extras_still_gets_the_trust_advice(tmp_path):
     torch.save({"model": {"w": torch.ones(2)}, "created": datetime.date(2026, 1, 1)}, path)
     with pytest.raises(ValueError, match="refused to unpickle: it holds more than tensors"):
         read_state_dict(path)
+
+
+@pytest.mark.parametrize("name, field, value, message", [
+    ("cifar10-kl", "ch", "32", r"field 'ch' must be an integer, got '32' \(str\)"),
+    ("cifar10-kl", "ch_mult", [1, "2"], r"field 'ch_mult' must be a list of integers"),
+    ("cifar10-msvq", "vocab_size", 512.0, r"field 'vocab_size' must be an integer, got 512.0"),
+    ("cifar10-msvq", "using_znorm", 0, r"field 'using_znorm' must be a boolean \(true / false\), got 0"),
+    ("cifar10-llamagen-head", "dim", "128", r"field 'dim' must be an integer, got '128' \(str\)"),
+    ("cifar10-vq", "codebook_size", "512", r"field 'codebook_size' must be an integer"),
+    ("cifar10-mar-target", "class_num", "10", r"field 'class_num' must be an integer"),
+    ("cifar10-var-refiner", "depth", "4", r"field 'depth' must be an integer"),
+])
+def test_every_zoo_config_type_is_checked(tmp_path, name, field, value, message):
+    src = vargen.zoo.shipped_path(name)
+    meta = json.loads((src / "config.json").read_text())
+    assert field in meta["config"], sorted(meta["config"])
+    meta["config"][field] = value
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(meta))
+    (folder / "model.safetensors").symlink_to(src / "model.safetensors")
+    extra = {}
+    if name == "cifar10-var-refiner":
+        from vargen.tokenizers.msvq import MultiScaleVQVAE
+
+        extra = {"vae": MultiScaleVQVAE.from_folder(vargen.zoo.shipped_path("cifar10-msvq"))}
+    with pytest.raises(ValueError, match=rf"{folder / 'config.json'}: " + message):
+        vargen.zoo.load_folder(folder, **extra)

@@ -2,6 +2,7 @@
 field checks every config file goes through (types from the dataclass annotations, plain ranges)."""
 from __future__ import annotations
 
+import inspect
 import math
 import types
 import typing
@@ -86,25 +87,33 @@ def check_fields(cls, d: dict[str, Any], where: str = "", ranges: bool = True, r
     prefix = f"{where}: " if where else ""
     if not isinstance(d, dict):
         raise ValueError(f"{prefix}must be a JSON object of {cls.__name__} fields, got {describe(d)}")
-    if not is_dataclass(cls):
-        return
+    if is_dataclass(cls):
+        params = [(f.name, f.init and f.default is MISSING and f.default_factory is MISSING) for f in fields(cls)]
+        target = cls
+    else:  # a class configured by its constructor's keyword arguments
+        try:
+            signature = inspect.signature(cls)
+        except (TypeError, ValueError):
+            return
+        params = [(n, p.default is inspect.Parameter.empty) for n, p in signature.parameters.items()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        target = cls.__init__ if isinstance(cls, type) else cls
     try:
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(target)
     except Exception:  # an annotation that does not resolve: types are not checked
-        return
-    for f in fields(cls):
-        if f.name not in d or f.name not in hints:
+        hints = {}
+    for name, _ in params:
+        if name not in d or name not in hints:
             continue
-        value, tp = d[f.name], hints[f.name]
+        value, tp = d[name], hints[name]
         if not check_value(value, tp):
-            raise ValueError(f"{prefix}field {f.name!r} must be {_type_name(tp)}, got {describe(value)}")
-        problem = _range_error(f.name, value, tp) if ranges else None
+            raise ValueError(f"{prefix}field {name!r} must be {_type_name(tp)}, got {describe(value)}")
+        problem = _range_error(name, value, tp) if ranges else None
         if problem:
-            raise ValueError(f"{prefix}field {f.name!r} {problem}")
-    missing = [f.name for f in fields(cls) if f.init and f.default is MISSING and f.default_factory is MISSING
-               and f.name not in d]
+            raise ValueError(f"{prefix}field {name!r} {problem}")
+    missing = [name for name, needed in params if needed and name not in d]
     if required and missing:
-        raise ValueError(f"{prefix}{cls.__name__} fields missing: {missing}")
+        raise ValueError(f"{prefix}{getattr(cls, '__name__', 'config')} fields missing: {missing}")
 
 
 class OfficialConfig:

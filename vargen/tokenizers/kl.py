@@ -176,7 +176,7 @@ class KLVAE(nn.Module):
         """A KL VAE saved as ``model.safetensors`` + ``config.json`` (``vargen train kl-vae``, the demo zoo)."""
         from ..models.checkpoint import load_zoo_folder
 
-        return load_zoo_folder(folder, lambda c: cls(**c), expected="kl_vae").to(dtype)
+        return load_zoo_folder(folder, lambda c: cls(**c), expected="kl_vae", config_class=cls).to(dtype)
 
     def load_checkpoint(self, path: str, trusted: bool = False) -> "KLVAE":
         """Strictly load ``kl16.ckpt`` (unwrapping its ``"model"`` entry) or a plain state dict."""

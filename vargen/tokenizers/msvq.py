@@ -418,4 +418,5 @@ class MultiScaleVQVAE(nn.Module):
             cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
             return cls(VQVAEConfig(**{**cfg, "test_mode": True}))
 
-        return load_zoo_folder(folder, build, expected="var_vqvae", ignore_shape=("ema_vocab_hit_SV",)).to(dtype)
+        return load_zoo_folder(folder, build, expected="var_vqvae", config_class=VQVAEConfig,
+                               ignore_shape=("ema_vocab_hit_SV",)).to(dtype)
