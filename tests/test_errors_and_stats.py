@@ -20,7 +20,8 @@ VARGEN = [sys.executable, "-m", "vargen.cli"]
 
 def run_cli(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VARGEN_THREADS": "1"}
-    return subprocess.run([*VARGEN, *map(str, args)], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    return subprocess.run([*VARGEN, *map(str, args)], capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+                          check=False)
 
 
 def one_line_error(out: subprocess.CompletedProcess) -> str:

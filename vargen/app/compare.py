@@ -352,7 +352,10 @@ def stats_table(base: Run, fast: Run | None) -> str:
     """Markdown: forward passes, tokens per forward, mean accepted, seconds, and the ratios."""
     b = base.stats
     head = f"| | {base.sampler} (baseline) |"
-    num = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731  (None: the family has no such figure)
+
+    def num(x):  # None: the family has no such figure
+        return "–" if x is None else f"{x:.2f}"
+
     rows = [("forward passes", str(b.forward_passes)), ("tokens / forward", num(b.tokens_per_forward)),
             ("mean accepted / step", num(b.mean_accepted)), ("seconds", f"{b.seconds:.2f}")]
     if fast is None:

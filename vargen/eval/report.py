@@ -43,8 +43,8 @@ class Row:
     sampler: str
     images: int = 0
     forward_passes: float = 0.0
-    tokens_per_forward: float = 0.0
-    mean_accepted: float = 0.0
+    tokens_per_forward: float | None = None  # None: not measured
+    mean_accepted: float | None = None  # None: meaningless for the family (var, code, mar: a fixed schedule)
     seconds_per_image: float = 0.0  # timed in the report process (see timed_batch), not during generation
     generation_seconds_per_image: float = 0.0  # from the generation run's summary (may have shared the machine)
     draft_forward_passes: float = 0.0
@@ -117,8 +117,8 @@ def measure_model(model_name: str, specs: list[str], opts) -> tuple[list[Row], d
         s = generate(pipe, spec, folder, opts.num_samples, opts.batch_size, opts.seed, opts.overrides)
         row = Row(model_name, spec, baseline=pipe.baseline_sampler,
                   images=s.get("images_generated", 0) + s.get("images_skipped_existing", 0),
-                  forward_passes=s.get("forward_passes_per_image", 0.0), tokens_per_forward=s.get("tokens_per_forward", 0.0),
-                  mean_accepted=s.get("mean_accepted", 0.0), generation_seconds_per_image=s.get("sampler_seconds_per_image", 0.0),
+                  forward_passes=s.get("forward_passes_per_image", 0.0), tokens_per_forward=s.get("tokens_per_forward"),
+                  mean_accepted=s.get("mean_accepted"), generation_seconds_per_image=s.get("sampler_seconds_per_image", 0.0),
                   draft_forward_passes=s.get("draft_forward_passes_per_image", 0.0),
                   draft_acceptance_rate=s.get("draft_acceptance_rate"),
                   accepted_per_step=s.get("accepted_per_step", []))
@@ -256,7 +256,7 @@ def quality_table(rows: list[Row]) -> str:
                 f"| `{r.sampler}` | {r.images} | {_fmt(q.get('fid'))} | {_fmt(r.fid_vs_baseline)} | "
                 f"{_fmt(q.get('kid'), '.5f')} | {_fmt(q.get('precision'))} | {_fmt(q.get('recall'))} | "
                 f"{_fmt(q.get('is'), '.2f')} | {r.forward_passes:.1f} | {r.draft_forward_passes:.1f} | "
-                f"{r.tokens_per_forward:.2f} | {r.mean_accepted:.2f} | {_fmt(r.draft_acceptance_rate)} | "
+                f"{_fmt(r.tokens_per_forward, '.2f')} | {_fmt(r.mean_accepted, '.2f')} | {_fmt(r.draft_acceptance_rate)} | "
                 f"{r.seconds_per_image:.4f} | {_fmt(ips, '.1f')} | {_fmt(r.speedup, '.2f')}x | {kv} | "
                 f"{_fmt(r.latency_batch1, '.4f')} | {_fmt(r.latency_speedup, '.2f')}x |")
         out.append("")
