@@ -87,6 +87,20 @@ def test_other_pipeline_fields_are_typed(tmp_path):
         vargen.load(demo_folder(tmp_path, sampler_options={"lantern": 32}))
     with pytest.raises(ValueError, match=r"field 'draft' must be a string"):
         vargen.load(demo_folder(tmp_path, draft=["a"]))
+    with pytest.raises(ValueError, match=r"field 'model' must not be empty"):
+        vargen.load(demo_folder(tmp_path, model=""))
+    with pytest.raises(ValueError, match=r"pipeline.json: defaults: temperature must be >= 0, got -1"):
+        vargen.load(demo_folder(tmp_path, defaults={"temperature": -1}))
+    with pytest.raises(ValueError, match=r"pipeline.json: field 'defaults' has unknown settings \['bogus'\]"):
+        vargen.load(demo_folder(tmp_path, defaults={"bogus": 1}))
+    with pytest.raises(ValueError, match=r"pipeline.json: field 'sampler_options': lantern: k: expected an integer"):
+        vargen.load(demo_folder(tmp_path, sampler_options={"lantern": {"k": "x"}}))
+    with pytest.raises(ValueError, match=r"pipeline.json: field 'sampler_options': unknown sampler 'nosuch'"):
+        vargen.load(demo_folder(tmp_path, sampler_options={"nosuch": {}}))
+    with pytest.raises(ValueError, match=r"pipeline.json: field 'benchmark': unknown sampler 'nosuch'"):
+        vargen.load(demo_folder(tmp_path, benchmark=["ar", "nosuch:window=2"]))
+    with pytest.raises(ValueError, match=r"pipeline.json: field 'kind' must be a family name \(a string\)"):
+        vargen.load(demo_folder(tmp_path, kind=["llamagen"]))
     assert vargen.load(demo_folder(tmp_path, defaults={"cfg_scale": 2})).defaults.cfg_scale == 2  # int for float
 
 
@@ -102,7 +116,8 @@ def test_model_config_types_and_ranges(tmp_path):
 
     for i, (edit, message) in enumerate([
         ({"n_layer": True}, r"field 'n_layer' must be an integer, got True"),  # bool is never an int
-        ({"n_head": -2}, r"field 'n_head' must not be negative, got -2"),
+        ({"n_head": 0}, r"field 'n_head' must be at least 1, got 0"),
+        ({"cls_token_num": -2}, r"field 'cls_token_num' must not be negative, got -2"),
         ({"norm_eps": "1e-5"}, r"field 'norm_eps' must be a number, got '1e-5'"),
         ({"class_dropout_prob": 1.5}, r"field 'class_dropout_prob' must be between 0 and 1, got 1.5"),
         ({"n_kv_head": 1.5}, r"field 'n_kv_head' must be an integer or null, got 1.5"),

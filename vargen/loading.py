@@ -13,7 +13,9 @@ from . import zoo
 from .families import FAMILIES
 from .models.config import check_fields, describe
 from .pipeline import Pipeline
+from .samplers import sampler_options
 from .samplers.base import SamplingConfig
+from .samplers.spec import SamplerSpec, unknown_option_message
 
 __all__ = ["load", "load_pipeline_folder"]
 
@@ -34,13 +36,15 @@ def check_pipeline_spec(spec: dict, path) -> None:
     kind, model, tokenizer, draft, refiner, scenes: non-empty strings (folder names; ``scenes`` a source name);
     defaults: an object of :class:`vargen.config.SamplingConfig` fields, typed by its annotations; class_names: a
     non-empty list of non-empty strings (its length is checked against the model, :func:`check_class_names`);
-    sampler_options: an object of objects (sampler -> options); model_options: an object; benchmark: a list of
-    sampler spec strings."""
+    sampler_options: an object of objects (sampler -> its declared options, typed and
+    in range); benchmark: a list of sampler spec strings that parse; model_options: an object."""
     for key in ("kind", *_FOLDER_KEYS, "scenes"):
         value = spec.get(key)
         if value is None:
             continue
-        if not isinstance(value, str) or not value.strip():
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(f"{path}: field {key!r} must not be empty")
+        if not isinstance(value, str):
             what = "a family name (a string)" if key == "kind" else (
                 "a scenes source name (a string)" if key == "scenes" else "a string (a folder name)")
             raise _must(path, key, what, value)
@@ -53,6 +57,10 @@ def check_pipeline_spec(spec: dict, path) -> None:
         if unknown:
             raise ValueError(f"{path}: field 'defaults' has unknown settings {unknown}; known: {sorted(known)}")
         check_fields(SamplingConfig, defaults, f"{path}: defaults", ranges=False, required=False)
+        try:
+            SamplingConfig(**defaults).validate()
+        except ValueError as err:
+            raise ValueError(f"{path}: defaults: {err}") from None
     if "class_names" in spec:
         names = spec["class_names"]
         if not isinstance(names, list) or not names:
@@ -67,12 +75,27 @@ def check_pipeline_spec(spec: dict, path) -> None:
         options = spec["sampler_options"]
         if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
             raise _must(path, "sampler_options", "an object of objects (sampler name -> its options)", options)
+        for name, given in options.items():
+            try:
+                declared = sampler_options(name, given.get("acceptance"))
+                for key, value in given.items():
+                    if key not in declared:
+                        raise ValueError(unknown_option_message(name, key, declared))
+                    if declared[key].kind != "object":
+                        declared[key].convert(value, name)
+            except ValueError as err:
+                raise ValueError(f"{path}: field 'sampler_options': {err}") from None
     if "model_options" in spec and not isinstance(spec["model_options"], dict):
         raise _must(path, "model_options", "an object", spec["model_options"])
     if "benchmark" in spec:
         bench = spec["benchmark"]
         if not isinstance(bench, list) or not all(isinstance(b, str) and b.strip() for b in bench):
             raise _must(path, "benchmark", "a list of sampler specs (strings)", bench)
+        for text in bench:
+            try:
+                SamplerSpec.parse(text)
+            except ValueError as err:
+                raise ValueError(f"{path}: field 'benchmark': {err}") from None
 
 
 def check_class_names(names, model, path) -> None:

@@ -11,6 +11,10 @@ from typing import Any
 
 __all__ = ["OfficialConfig", "check_value", "check_fields", "describe"]
 
+# sizes a model cannot be built with at zero (a zero-width layer, no heads, an empty vocabulary or sequence)
+_POSITIVE_NAMES = frozenset({"dim", "n_layer", "n_head", "n_kv_head", "vocab_size", "block_size", "depth", "embed_dim",
+                             "num_heads", "codebook_size", "codebook_embed_dim", "z_channels", "ch", "img_size",
+                             "patch_size", "resolution", "multiple_of"})
 _PROBABILITY_SUFFIXES = ("_p", "_prob", "dropout", "drop_rate", "drop_path_rate")
 
 
@@ -76,6 +80,8 @@ def _range_error(name: str, value, tp) -> str | None:
         return None
     if name.endswith(_PROBABILITY_SUFFIXES) and tp is float and not 0 <= value <= 1:
         return f"must be between 0 and 1, got {value!r}"
+    if tp is int and name in _POSITIVE_NAMES and value < 1:
+        return f"must be at least 1, got {value!r}"
     if tp is int and value < 0:
         return f"must not be negative, got {value!r}"
     return None
@@ -83,7 +89,8 @@ def _range_error(name: str, value, tp) -> str | None:
 
 def check_fields(cls, d: dict[str, Any], where: str = "", ranges: bool = True, required: bool = True) -> None:
     """Check the values of ``d`` against dataclass ``cls``'s field annotations and ranges (ints not negative,
-    probabilities / rates / dropouts in [0, 1]); a ``ValueError`` naming ``where`` (a file) and the field."""
+    sizes such as dim / n_head / vocab_size at least 1,
+    probabilities / dropouts in [0, 1]); a ``ValueError`` naming ``where`` (a file) and the field."""
     prefix = f"{where}: " if where else ""
     if not isinstance(d, dict):
         raise ValueError(f"{prefix}must be a JSON object of {cls.__name__} fields, got {describe(d)}")
