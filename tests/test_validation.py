@@ -224,3 +224,19 @@ def test_every_zoo_config_type_is_checked(tmp_path, name, field, value, message)
         extra = {"vae": MultiScaleVQVAE.from_folder(vargen.zoo.shipped_path("cifar10-msvq"))}
     with pytest.raises(ValueError, match=rf"{folder / 'config.json'}: " + message):
         vargen.zoo.load_folder(folder, **extra)
+
+
+def test_a_truncated_torchscript_file_is_corrupt_with_or_without_trust(tmp_path):
+    whole = tmp_path / "whole.jit"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(8, 8)), str(whole))
+    data = whole.read_bytes()
+    path = tmp_path / "encoder.jit"
+    path.write_bytes(data[: len(data) // 2])
+    for trusted in (False, True):
+        with pytest.raises(ValueError, match=rf"corrupt or truncated: {path}") as err:
+            read_state_dict(path, trusted=trusted)
+        assert "trust" not in str(err.value)
+    with pytest.raises(ValueError, match="runs its own code"):  # a whole file still needs trust
+        read_state_dict(whole)
+    with pytest.warns(UserWarning, match="can run arbitrary code"):
+        assert set(read_state_dict(whole, trusted=True)) == {"weight", "bias"}

@@ -183,11 +183,17 @@ def _load_torchscript(path: Path, trusted: bool) -> dict[str, torch.Tensor]:
     Loading TorchScript runs the file's code, so it takes ``trusted=True`` like a full unpickling."""
     if not isinstance(trusted, bool):
         raise ValueError(f"trusted must be True or False, got {trusted!r}")
+    _check_container(path)  # a broken archive is corrupt, not a question of trust (read without running anything)
     if not trusted:
         raise ValueError(f"{path}: a TorchScript file runs its own code when loaded; {_convert_hint(path)}")
     warnings.warn(f"loading TorchScript {path}: it can run arbitrary code; only do this for files you trust",
                   stacklevel=3)
-    return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    try:
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    except Exception as err:
+        if _is_corruption(err):
+            raise corrupt(path, _first_line(err)) from None
+        raise ValueError(f"{path}: could not be loaded as TorchScript ({_first_line(err)})") from None
 
 
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, hint: str = "",
