@@ -55,7 +55,7 @@ _CORRUPT_MARKERS = ("PytorchStreamReader", "zip archive", "unexpected EOF", "cor
                     "could not find", "failed finding", "EOF")
 
 
-def _is_corruption(err: BaseException) -> bool:
+def _is_corruption(err: BaseException, trusted: bool = False) -> bool:
     """Whether an error from ``torch.load`` means the bytes are not a valid checkpoint (rather than a valid pickle
     that holds more than tensors, or one whose classes are missing here)."""
     if isinstance(err, (EOFError, zipfile.BadZipFile, struct.error, UnicodeDecodeError, OverflowError)):
@@ -65,8 +65,10 @@ def _is_corruption(err: BaseException) -> bool:
     text = str(err)
     if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" not in text:
         return True  # a bad opcode / memo: not a pickle the gate refused, a broken one
-    if isinstance(err, (KeyError, IndexError, ValueError, TypeError)) and "Weights only load failed" not in text:
-        return True  # the unpickler tripping over garbage (a memo index, a bad length)
+    if (not trusted and isinstance(err, (KeyError, IndexError, ValueError, TypeError))
+            and "Weights only load failed" not in text):
+        return True  # the weights-only unpickler tripping over garbage (a memo index, a bad length); when trusted,
+        # these come from the file's own classes as often as from broken bytes, so they are not called corrupt
     return isinstance(err, RuntimeError) and any(m in text for m in _CORRUPT_MARKERS)
 
 
@@ -108,7 +110,7 @@ def _load_pickle(path: Path, trusted: bool):
         try:
             return torch.load(path, map_location="cpu", weights_only=False)  # reached only with trusted=True
         except Exception as err:
-            if _is_corruption(err):
+            if _is_corruption(err, trusted=True):
                 raise corrupt(path, _first_line(err)) from None
             raise ValueError(f"{path}: could not be unpickled ({_first_line(err)}); it may need a class or "
                              f"module that is not installed here") from None
@@ -191,7 +193,7 @@ def _load_torchscript(path: Path, trusted: bool) -> dict[str, torch.Tensor]:
     try:
         return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
     except Exception as err:
-        if _is_corruption(err):
+        if _is_corruption(err, trusted=True):
             raise corrupt(path, _first_line(err)) from None
         raise ValueError(f"{path}: could not be loaded as TorchScript ({_first_line(err)})") from None
 
