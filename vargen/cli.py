@@ -188,9 +188,9 @@ def _run_generate(args) -> int:
         img.save(folder / f"{i:04d}_{label}.png")
     cols = args.per_class if args.per_class > 1 else min(10, len(conds))  # one row per class
     image_grid(images, cols).save(folder / "grid.png")
-    from .pipeline import _rows_stats
+    from .samplers.stats import Stats
 
-    stats = _rows_stats([o.stats for o in outputs]) if len(outputs) > 1 else outputs[0].stats
+    stats = Stats.concat([o.stats for o in outputs]) if len(outputs) > 1 else outputs[0].stats
     summary = {"model": args.model, "sampler": sampler, "images": len(conds), **stats.summary(),
                "total_seconds_with_loading": round(time.perf_counter() - t0, 3)}
     print(json.dumps(summary, indent=2))
@@ -206,7 +206,7 @@ def _generate_video(args, pipe, prompts, folder, t0) -> int:
     import torch
 
     from .images import image_grid
-    from .pipeline import _rows_stats
+    from .samplers.stats import Stats
     from .video import mp4_available, read_context, save_gif, save_mp4
 
     if prompts is not None or args.class_id is not None:
@@ -244,7 +244,7 @@ def _generate_video(args, pipe, prompts, folder, t0) -> int:
         if mp4:
             save_mp4(frames, folder / f"{i:04d}_{label}.mp4")
     image_grid(strips, 1).save(folder / "grid.png")
-    stats = _rows_stats([o.stats for o in outputs]) if len(outputs) > 1 else outputs[0].stats
+    stats = Stats.concat([o.stats for o in outputs]) if len(outputs) > 1 else outputs[0].stats
     summary = {"model": args.model, "sampler": sampler, "videos": len(conds), "frames": len(videos[0]),
                **stats.summary(), "total_seconds_with_loading": round(time.perf_counter() - t0, 3)}
     print(json.dumps(summary, indent=2))

@@ -13,9 +13,9 @@ from . import zoo
 from .families import FAMILIES
 from .models.config import check_fields, describe
 from .pipeline import Pipeline
-from .samplers import sampler_options
+from .samplers import checked_options
 from .samplers.base import SamplingConfig
-from .samplers.spec import SamplerSpec, unknown_option_message
+from .samplers.spec import SamplerSpec
 
 __all__ = ["load", "load_pipeline_folder"]
 
@@ -77,12 +77,7 @@ def check_pipeline_spec(spec: dict, path) -> None:
             raise _must(path, "sampler_options", "an object of objects (sampler name -> its options)", options)
         for name, given in options.items():
             try:
-                declared = sampler_options(name, given.get("acceptance"))
-                for key, value in given.items():
-                    if key not in declared:
-                        raise ValueError(unknown_option_message(name, key, declared))
-                    if declared[key].kind != "object":
-                        declared[key].convert(value, name)
+                checked_options(name, given)
             except ValueError as err:
                 raise ValueError(f"{path}: field 'sampler_options': {err}") from None
     if "model_options" in spec and not isinstance(spec["model_options"], dict):
@@ -156,10 +151,10 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: to
     ``trusted=True`` allows official ``.pt`` files that are more than tensors to be unpickled fully (they
     can run code; see :mod:`vargen.models.checkpoint`). The first call also picks torch's CPU threads for
     this process (``vargen.runtime.ensure_threads``)."""
-    from .runtime import check_device, ensure_threads
+    from .runtime import check_device, check_dtype, ensure_threads
 
     ensure_threads()
-    device = check_device(device)
+    device, dtype = check_device(device), check_dtype(dtype)
     name = str(name_or_path)
     shipped = zoo.shipped_path(name)
     if shipped is not None and (shipped / "pipeline.json").is_file():

@@ -263,7 +263,7 @@ class Pipeline:
         rows = [sampler.sample(model, cond[i : i + 1], config, torch.Generator(self.device).manual_seed(seed + i))
                 for i in range(cond.shape[0])]
         latents = torch.cat([r.latents for r in rows]) if rows[0].latents is not None else None
-        out = GenerationOutput(tokens=torch.cat([r.tokens for r in rows]), stats=_rows_stats([r.stats for r in rows]),
+        out = GenerationOutput(tokens=torch.cat([r.tokens for r in rows]), stats=Stats.concat([r.stats for r in rows]),
                                latents=latents)
         if decode and self.tokenizer is not None:
             out.images = self.decode(out)
@@ -290,16 +290,8 @@ def _batch(cond) -> int:
     return cond.shape[0] if torch.is_tensor(cond) else cond.batch
 
 
-def _rows_stats(parts: list[Stats]) -> Stats:
-    """Stats of rows sampled in separate calls, as one batch, joined field by field (:meth:`Stats.concat`)."""
-    return Stats.concat(parts)
-
-
 def load(name_or_path, **kwargs) -> Pipeline:
     """:func:`vargen.loading.load`: a demo or official name, a pipeline folder, a transformers folder or hub id."""
     from .loading import load as _load
-    from .runtime import check_dtype
 
-    if "dtype" in kwargs:
-        kwargs["dtype"] = check_dtype(kwargs["dtype"])
     return _load(name_or_path, **kwargs)

@@ -17,7 +17,13 @@ import torch
 
 from .eviction import LineSlots
 
-__all__ = ["KVCache", "write_rows_", "move_rows_"]
+__all__ = ["KVCache", "write_rows_", "move_rows_", "sequence_length"]
+
+
+def sequence_length(n: int, row_width: int | None) -> int:
+    """Sequence slots of image tokens ``0 .. n-1`` and the row ends of their complete rows (``row_width``: tokens per
+    row when an end-of-line token follows every row, else None)."""
+    return n + (n // row_width if row_width else 0)
 
 
 def write_rows_(cache: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, values: torch.Tensor) -> None:
@@ -96,7 +102,7 @@ class KVCache:
 
     def seq_len(self, n: int) -> int:
         """Sequence slots of image tokens ``0 .. n-1`` and the row ends of their complete rows."""
-        return n + (n // self.row_width if self.row_width else 0)
+        return sequence_length(n, self.row_width)
 
     def keys_for(self, kv_len: int | None) -> int:
         """How many slots a forward reads when no row passes image token ``kv_len`` (a host-side bound)."""

@@ -178,10 +178,10 @@ def tree_plan(cache: KVCache, start: torch.Tensor, tree: TokenTree, keys: int | 
     forced_rows[:, :, n:] |= torch.eye(F, dtype=torch.bool, device=start.device)  # and itself
     mask = tree_window_mask(base, torch.cat([node_rows, forced_rows], 1), cache.key_valid, L)[:, None]
     seq = cache.seq(index)
-    forced_pos = (onehot.float().transpose(1, 2) @ (seq + 1)[..., None].float()).squeeze(-1).long()  # [B, F]
-    positions = torch.cat([seq, forced_pos], 1)
+    owner = onehot.long().argmax(1)  # [B, F]: the node each forced entry follows (node 0 for an unused one)
+    positions = torch.cat([seq, seq.gather(1, owner) + 1], 1)
     slots = base[:, None] + torch.arange(n + F, device=start.device)
-    forced_index = (onehot.float().transpose(1, 2) @ index[..., None].float()).squeeze(-1).long()
+    forced_index = index.gather(1, owner)
     source = torch.cat([torch.arange(n, device=start.device).expand(B, n),
                         torch.zeros(B, F, dtype=torch.long, device=start.device)], 1)
     forced = torch.cat([torch.zeros(B, n, dtype=torch.bool, device=start.device),
@@ -222,21 +222,22 @@ def scattered_plan(cache: KVCache, positions: torch.Tensor, written: torch.Tenso
     B, n = positions.shape
     dev = positions.device
     keys = torch.arange(L, device=dev)
+    # the slots written image positions (and, with row ends, the row end after a row's last one) hold; a write that
+    # falls outside the cache goes to an extra column, cut off below (fixed shapes, no host sync)
     written = written.bool()
-    valid = cache.key_valid[:, :L].clone()
-    valid[:, T:] = False
+    valid = torch.cat([cache.key_valid[:, :T], torch.zeros(B, L + 1 - T, dtype=torch.bool, device=dev)], 1)
     image = torch.arange(written.shape[1], device=dev)
-    inside = cache.seq(image) + (cache.row_width is not None) < L  # positions (and their row ends) the cache holds
-    image, written = image[inside], written[:, inside]
     slot = cache.seq(image)
-    valid.scatter_(1, slot.expand(B, -1), written)
+    valid.scatter_(1, torch.where(slot < L, slot, L).expand(B, -1), written)
+    W = cache.row_width
+    if W is not None:
+        ends = (image % W == W - 1) & (slot + 1 < L)
+        valid.scatter_(1, torch.where(ends, slot + 1, L).expand(B, -1), written)
+    valid = valid[:, :L]
     seq = cache.seq(positions)
-    if cache.row_width is None:
+    if W is None:
         mask = ((keys <= seq[:, :, None]) & valid[:, None]) | (keys == seq[:, :, None])
         return DecodePlan(seq, seq, mask[:, None], positions)
-    W = cache.row_width
-    ends = image % W == W - 1
-    valid.scatter_(1, (slot + 1)[ends].expand(B, -1), written[:, ends])
     fed_ends = positions % W == W - 1
     end_pos = torch.where(fed_ends, seq + 1, torch.full_like(seq, L - 1))  # no row end: the scratch slot
     entries = torch.cat([seq, end_pos], 1)  # [B, 2n]: the tokens, then their row ends

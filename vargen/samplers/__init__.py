@@ -113,19 +113,26 @@ def sampler_options(name: str, acceptance=None) -> dict[str, Option]:
     return out
 
 
-def get_sampler(name: str, **options):
-    """A configured sampler by name, e.g. ``get_sampler("sjd", window=16, init="vertical")``; options are
-    checked against the declared ones (type, range) before anything is built."""
-    cls = sampler_class(name)
+def checked_options(name: str, options: dict) -> dict:
+    """``options`` of sampler ``name`` converted to their declared types, or a ``ValueError`` naming an option the
+    sampler does not take or a value outside its type or range (``pipeline.json``'s ``sampler_options`` too)."""
     declared = sampler_options(name, options.get("acceptance"))
     from .spec import unknown_option_message
 
+    out = dict(options)
     for key, value in options.items():
         if key not in declared:
             raise ValueError(unknown_option_message(name, key, declared))
         if declared[key].kind != "object" and not (key == "acceptance" and not isinstance(value, str)):
-            options[key] = declared[key].convert(value, name)
-    return cls(**{**_REGISTRY[name][1], **options})
+            out[key] = declared[key].convert(value, name)
+    return out
+
+
+def get_sampler(name: str, **options):
+    """A configured sampler by name, e.g. ``get_sampler("sjd", window=16, init="vertical")``; options are
+    checked against the declared ones (type, range) before anything is built."""
+    cls = sampler_class(name)
+    return cls(**{**_REGISTRY[name][1], **checked_options(name, options)})
 
 
 __all__ = ["get_sampler", "register_sampler", "available_samplers", "sampler_options", "sampler_class",

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...decode import DecodePlan, KVCache, LayerViews, LineEviction, LineSlots, layer_views, prefix_plan, write_rows_
+from ...decode import (DecodePlan, KVCache, LayerViews, LineEviction, LineSlots, layer_views, prefix_plan,
+                       sequence_length, write_rows_)
 from .attention import layer_masks, use_layer_masks
 
 __all__ = ["PromptTokens", "RowCache", "HFImageLM"]
@@ -222,9 +223,14 @@ class HFImageLM(nn.Module):
         return self.hf.model.vqmodel.quantize.embedding.weight.detach().float()
 
     # -- decoding -----------------------------------------------------------------------------------------------------
+    @property
+    def _row_width(self) -> int | None:
+        """Image tokens per row when an end-of-line token follows every row (else None)."""
+        return self._grid[2] if self.row_end_id is not None else None
+
     def _seq_len(self, n: int) -> int:
         """Sequence entries of image tokens ``0..n-1`` (with the row ends after each complete row)."""
-        return n + n // self._grid[2] if self.row_end_id is not None else n
+        return sequence_length(n, self._row_width)
 
     def new_cache(self, batch: int, max_len: int | None = None, eviction=None) -> KVCache:
         """A :class:`~vargen.decode.KVCache` sized at the prefill (the prompt length is known there), for ``max_len``
@@ -233,7 +239,7 @@ class HFImageLM(nn.Module):
         holds different positions per layer, so the decoder's attention then takes per-layer masks through
         transformers' attention interface (:mod:`.attention`)."""
         n = self.num_tokens if max_len is None else max_len
-        width = self._grid[2] if self.row_end_id is not None else None
+        width = self._row_width
         image_slots = self._seq_len(n) + ((1 + n - self.num_tokens) if width else 0)
         slots = None
         if eviction is not None:
