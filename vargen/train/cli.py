@@ -15,7 +15,8 @@ import typing
 
 HELP = {
     "data": ".tar.gz with split/class/*.jpg, or a folder of class/*.jpg",
-    "out": "run folder: last.pt (resumable checkpoint) and the fp16 export (model.safetensors + config.json)",
+    "out": "run folder: last.pt (resumable checkpoint, resumed automatically) and the fp16 export (model.safetensors "
+           "+ config.json); default $VARGEN_RUNS or ~/.cache/vargen-runs/<command>-<hash of the flags>",
     "steps": "optimisation steps (the length of the learning-rate schedule)",
     "batch_size": "images (or sequences) per step",
     "lr": "peak learning rate (after the warm-up)",
@@ -34,7 +35,8 @@ HELP = {
     "vae": "folder of the trained KL VAE",
     "model": "the target: a pipeline name (e.g. cifar10-llamagen) or a GPT folder",
     "teacher": "folder of the model to distil from (CoDe's drafter)",
-    "init": "folder of the model to start from (without it: a fresh one from --config)",
+    "init": "folder of the model to start from (without it: a fresh one from --config); for tokenizers every "
+            "tensor of the same name and shape is copied (a LlamaGen VQ folder also starts a multi-scale VQVAE)",
     "draft_steps": "CoDe: distil on scales >= this one (0: all scales)",
     "temperature": "distillation temperature T",
     "alpha": "alpha * KD + (1 - alpha) * CE",
@@ -77,15 +79,15 @@ def _trainers():
                        {}, None, {}),
         "features": (FeatureTrainArgs, train_features, "small CIFAR-10 feature network for FID/KID/PR/IS", {}, None, {}),
         "var-vqvae": (VARRunArgs, run_var_training, "VAR's multi-scale VQVAE", {"kind": "vqvae"},
-                      var_common + ("restart_every",), dict(steps=2000, lr=3e-4, batch_size=32)),
+                      var_common + ("restart_every", "init"), dict(steps=2000, lr=3e-4, batch_size=32)),
         "var": (VARRunArgs, run_var_training, "class-conditional VAR over a trained multi-scale VQVAE's tokens",
                 {"kind": "var"}, var_common + ("vqvae",), dict(steps=2000, lr=1e-3, batch_size=64)),
         "code-refiner": (VARRunArgs, run_var_training, "CoDe refiner specialisation: distil a drafter on the late scales",
                          {"kind": "code-refiner"}, var_common + ("vqvae", "teacher", "init", "draft_steps", "temperature",
                                                                  "alpha"), dict(steps=500, lr=3e-4, batch_size=64)),
         "kl-vae": (MARRunArgs, run_mar_training, "MAR's KL VAE (L1 + KL; no LPIPS/GAN offline)", {"kind": "kl-vae"},
-                   ("data", "out", "steps", "batch_size", "lr", "warmup", "kl_weight", "seed", "image_size", "save_every",
-                    "stop_at", "threads", "config"), dict(steps=2000, lr=3e-4, batch_size=32)),
+                   ("data", "out", "init", "steps", "batch_size", "lr", "warmup", "kl_weight", "seed", "image_size",
+                    "save_every", "stop_at", "threads", "config"), dict(steps=2000, lr=3e-4, batch_size=32)),
         "mar": (MARRunArgs, run_mar_training, "class-conditional MAR over a trained KL VAE's latents", {"kind": "mar"},
                 ("data", "out", "vae", "steps", "batch_size", "lr", "warmup", "ema", "seed", "image_size", "save_every",
                  "stop_at", "threads", "config"), dict(steps=2000, lr=8e-4, batch_size=64)),
@@ -113,7 +115,9 @@ def add_dataclass_args(p: argparse.ArgumentParser, cls, include=None, defaults=N
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help") or HELP.get(f.name, "")
         default = (defaults or {}).get(f.name, f.default)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING or f.name in required:
+        if f.name == "out":  # every run has a folder; without --out one under runs_root() named by its flags
+            p.add_argument(flag, default=None, help=help_text)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING or f.name in required:
             p.add_argument(flag, required=True, type=_flag_type(hints[f.name]), help=help_text)
         elif f.name == "config":
             p.add_argument(flag, default="{}", help=help_text)
@@ -134,6 +138,21 @@ def add_cli(sub) -> None:
         add_dataclass_args(q, cls, shown, defaults, REQUIRED_PER_COMMAND.get(name, ()))
 
 
+RUN_ONLY = ("out", "stop_at", "save_every", "threads", "device")  # flags that do not change what a run computes
+
+
+def default_out(what: str, kw: dict):
+    """``runs_root()/<what>-<8 hex digits of the other flags>``: the same command finds (and resumes) its own run;
+    another schedule, data or model gets another folder (``--stop-at``, ``--save-every``, ``--threads`` and
+    ``--device`` do not count)."""
+    import hashlib
+
+    from .common import runs_root
+
+    key = json.dumps({k: v for k, v in sorted(kw.items()) if k not in RUN_ONLY}, sort_keys=True, default=str)
+    return runs_root() / f"{what}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
 def run_cli(args) -> int:
     cls, runner, _, fixed, _, _ = _trainers()[args.what]
     names = {f.name for f in dataclasses.fields(cls)}
@@ -149,6 +168,9 @@ def run_cli(args) -> int:
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0 and k not in ("seed",):
             raise ValueError(f"--{k.replace('_', '-')} must be >= 0, got {v}")
     command = "vargen " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
+    if "out" in names and kw.get("out") is None:
+        kw["out"] = str(default_out(args.what, kw))
+        print(f"run folder {kw['out']} (no --out given)")
     run_args = cls(**fixed, **kw)
     path = runner(run_args, command) if args.what == "features" else runner(run_args)
     print(f"wrote {path}")

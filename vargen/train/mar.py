@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ..models.mar import MAR
 from ..tokenizers.kl import LATENT_SCALE, KLVAE
-from .common import EMA, param_groups
+from .common import EMA, init_from, param_groups
 
 
 def make_optimizer(model: nn.Module, lr: float = 8e-4, weight_decay: float = 0.02, betas=(0.9, 0.95)):
@@ -40,6 +40,7 @@ def vae_loss(vae: KLVAE, images: torch.Tensor, kl_weight: float = 1e-6, generato
     return rec + kl_weight * kl, rec.detach(), kl.detach()
 
 
+@torch.no_grad()
 def latent_scale(vae: KLVAE, images: torch.Tensor, generator: torch.Generator | None = None) -> float:
     """1 / std of posterior samples (how MAR's 0.2325 was obtained for KL-16; no mean shift)."""
     return float(1.0 / vae.encode(images).sample(generator).std())
@@ -58,6 +59,7 @@ class MARRunArgs:
     data: str
     out: str
     vae: str | None = None
+    init: str | None = None
     steps: int = 2000
     batch_size: int = 64
     lr: float = 8e-4
@@ -99,8 +101,17 @@ def run_mar_training(args: MARRunArgs) -> Path:
     common = dict(steps=args.steps, lr=args.lr, warmup=args.warmup, stop_at=args.stop_at, save_every=args.save_every)
 
     if args.kind == "kl-vae":
-        cfg = {**args.config, "resolution": args.image_size}
+        init_cfg, init_state = {}, None
+        if args.init:  # fine-tune: the folder's config is the default of --config, its weights where they fit
+            from ..models.checkpoint import read_folder_config, read_state_dict
+
+            init_cfg = {k: v for k, v in read_folder_config(args.init, "kl_vae")["config"].items() if k != "scale_factor"}
+            init_state = read_state_dict(Path(args.init) / "model.safetensors")
+        cfg = {**init_cfg, **args.config, "resolution": args.image_size}
         vae = KLVAE(**cfg).train()
+        if init_state is not None:
+            n, total = init_from(vae, init_state)
+            print(f"initialised {n} of {total} tensors from {args.init}")
         images, _, _ = load_images(args.data, "train", args.image_size)
         print(f"KL VAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters")
 

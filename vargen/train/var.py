@@ -23,7 +23,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
-from .common import param_groups, run_steps
+from .common import init_from, param_groups, run_steps
 
 __all__ = [
     "vqvae_loss", "var_inputs", "var_loss", "code_drafter_loss", "distillation_kl", "code_refiner_loss",
@@ -230,10 +230,68 @@ def cached_scale_tokens(vae, vqvae_folder: str, data: str, split: str = "train",
     return cached_encoding(cache, encode, data, split, flips, image_size)
 
 
+def _tokenizer_init(folder: str | None) -> tuple[dict | None, dict]:
+    """(state dict, config) of a tokenizer folder to start from: a multi-scale VQVAE (its config is the default
+    of the new run's) or a LlamaGen VQ (weights only, mapped by :func:`_llamagen_to_msvq`)."""
+    if not folder:
+        return None, {}
+    from ..models.checkpoint import read_folder_config, read_state_dict
+
+    meta = read_folder_config(folder, ("var_vqvae", "llamagen_vq"))
+    state = read_state_dict(Path(folder) / "model.safetensors")
+    if meta["type"] == "llamagen_vq":
+        for key in [key for key in state if key.endswith((".q.weight", ".q.bias"))]:  # fuse q, k, v into qkv
+            stem, kind = key.rsplit(".q.", 1)
+            state[f"{stem}.qkv.{kind}"] = torch.cat([state.pop(f"{stem}.{n}.{kind}") for n in "qkv"])
+        return state, {}
+    return state, {k: v for k, v in meta["config"].items() if k != "test_mode"}
+
+
+def _llamagen_to_msvq(key: str, levels: int) -> str | None:
+    """A LlamaGen VQ key -> the multi-scale VQVAE key of the same layer, levels aligned at full resolution
+    (encoder block i = down.i; decoder block i of ``levels`` = up.(levels - 1 - i); mid 0/1/2 = block_1 /
+    attn_1 / block_2). Layers without a counterpart of the same shape (the quantiser, the latent convolutions,
+    the extra coarse levels) are left to :func:`init_from`'s name and shape check."""
+    import re
+
+    if key.startswith(("quantize.", "quant_conv.", "post_quant_conv.")):  # another quantiser's latent space
+        return None
+    key = key.replace("encoder.conv_blocks.", "encoder.down.").replace(".res.", ".block.")
+    key = re.sub(r"\.mid\.0\.", ".mid.block_1.", key)
+    key = re.sub(r"\.mid\.1\.", ".mid.attn_1.", key)
+    key = re.sub(r"\.mid\.2\.", ".mid.block_2.", key)
+    m = re.match(r"decoder\.conv_blocks\.(\d+)\.(.*)", key)
+    return f"decoder.up.{levels - 1 - int(m.group(1))}.{m.group(2)}" if m else key
+
+
+def build_vqvae(config: dict, init: str | None = None):
+    """(a trainable multi-scale VQVAE, its config) from constructor fields, optionally started from the
+    tokenizer folder ``init``: a multi-scale VQVAE (its config is the default of ``config``; a codebook of another
+    size starts with the old codes) or LlamaGen's VQ (the layers of the same name and shape, levels aligned at
+    full resolution)."""
+    from ..tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
+
+    init_state, init_cfg = _tokenizer_init(init)
+    cfg = {**init_cfg, **config, "test_mode": False}
+    cfg = VQVAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    vae = MultiScaleVQVAE(cfg).train().requires_grad_(True)
+    if init_state is not None:
+        levels = len({k.split(".")[2] for k in init_state if k.startswith("decoder.conv_blocks.")})
+        rename = (lambda k: _llamagen_to_msvq(k, levels)) if levels else None  # noqa: E731
+        n, total = init_from(vae, init_state, rename)
+        book, old = vae.quantize.embedding.weight, init_state.get("quantize.embedding.weight")
+        if rename is None and old is not None and old.shape != book.shape and old.shape[1] == book.shape[1]:
+            with torch.no_grad():  # a larger (smaller) codebook starts with the old codes (the first ones)
+                book[: old.shape[0]] = old[: book.shape[0]].to(book.dtype)
+            n += 1
+        print(f"initialised {n} of {total} tensors from {init}")
+    return vae, cfg
+
+
 def run_var_training(args: VARRunArgs) -> Path:
     """Train one member of the VAR demo family; returns the exported ``model.safetensors`` (or ``last.pt``)."""
     from ..models.var import VAR, VARConfig
-    from ..tokenizers.msvq import MultiScaleVQVAE, VQVAEConfig
+    from ..tokenizers.msvq import MultiScaleVQVAE
     from .common import export_fp16, write_config
     from .data import load_images, random_flip, to_model_range
 
@@ -248,8 +306,7 @@ def run_var_training(args: VARRunArgs) -> Path:
     common = dict(steps=args.steps, lr=args.lr, warmup=args.warmup, stop_at=args.stop_at, save_every=args.save_every)
 
     if args.kind == "vqvae":
-        cfg = VQVAEConfig(**{**args.config, "test_mode": False})
-        vae = MultiScaleVQVAE(cfg).train().requires_grad_(True)
+        vae, cfg = build_vqvae(args.config, args.init)
         images, _, _ = load_images(args.data, "train", args.image_size)
         print(f"VQVAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters, scales {cfg.v_patch_nums}")
 

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The long demo-zoo trainings of issue 38, (re)started with one command:
+#
+#   scripts/zoo_runs.sh start    # start every run that is neither running nor finished (resumes OUT/last.pt)
+#   scripts/zoo_runs.sh status   # per run: running / stopped / finished, the last checkpoint line of its log
+#   scripts/zoo_runs.sh stop     # SIGTERM each run: it finishes its step, checkpoints and exits
+#
+# Every run is niced (19), single-threaded (--threads 1, OMP_NUM_THREADS=1), started with setsid nohup so it
+# outlives the shell, and logs to RUN/train.log. Run folders live in $VARGEN_RUNS (default ~/.cache/vargen-runs,
+# outside the work tree, so they survive a fresh checkout on the same machine). A run folder with last.pt is
+# resumed (model, optimiser, data order and RNG: `vargen train` resumes OUT/last.pt by itself); without one
+# the run starts from the best weights committed so far (its zoo folder, e.g. vargen/zoo/cifar10-msvq-v2) or,
+# before any was committed, from the recipe's starting point. The flags of a run never change between restarts.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUNS=${VARGEN_RUNS:-$HOME/.cache/vargen-runs}
+DATA=${VARGEN_DATA:-$REPO/../shared/data/cifar10/cifar10-jpeg.tar.gz}
+VARGEN=${VARGEN_BIN:-$REPO/.venv/bin/vargen}
+ZOO=$REPO/vargen/zoo
+
+# name | committed zoo folder (fine-tune start when the run folder is gone) | recipe start | vargen train flags
+RUN_NAMES=(cifar10-msvq-v2 cifar10-kl-v2)
+declare -A COMMITTED=([cifar10-msvq-v2]=$ZOO/cifar10-msvq-v2 [cifar10-kl-v2]=$ZOO/cifar10-kl-v2)
+declare -A START=([cifar10-msvq-v2]=$ZOO/cifar10-msvq [cifar10-kl-v2]=$ZOO/cifar10-kl)
+declare -A FLAGS=(
+  # VAR's multi-scale VQVAE, cifar10-msvq's architecture with 8-dimensional codes (was 16) and 1,024 of them (was
+  # 512); the encoder and decoder bodies start from cifar10-msvq, dead-code restarts every 250 steps, 20,000
+  # steps of batch 32.
+  [cifar10-msvq-v2]="var-vqvae --steps 20000 --batch-size 32 --lr 3e-4 --warmup 200 --restart-every 250 --save-every 500 --config {\"vocab_size\":1024,\"z_channels\":8}"
+  # MAR's KL VAE, same architecture as cifar10-kl (4 latent channels at 8x8), 20,000 steps of batch 32.
+  [cifar10-kl-v2]="kl-vae --steps 20000 --batch-size 32 --lr 3e-4 --warmup 200 --kl-weight 1e-6 --save-every 500"
+)
+
+pid_alive() { [[ -f $1/pid ]] && kill -0 "$(cat "$1/pid")" 2>/dev/null; }
+
+start() {
+  local name=$1 out=$RUNS/$1 init
+  if pid_alive "$out"; then echo "$name: running (pid $(cat "$out/pid"))"; return; fi
+  if [[ -f $out/model.safetensors ]]; then echo "$name: finished ($out/model.safetensors)"; return; fi
+  mkdir -p "$out"
+  init=${START[$name]}
+  if [[ ! -f $out/last.pt && -f ${COMMITTED[$name]}/model.safetensors ]]; then init=${COMMITTED[$name]}; fi
+  # shellcheck disable=SC2086  # FLAGS holds several words on purpose
+  local cmd=("$VARGEN" train ${FLAGS[$name]} --data "$DATA" --out "$out" --init "$init" --threads 1)
+  if [[ -f $out/last.pt ]]; then echo "$name: resuming $out/last.pt"; else echo "$name: new run from $init"; fi
+  echo "$(date -Is) ${cmd[*]}" >> "$out/commands.txt"
+  cd "$REPO"
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 setsid nohup nice -n 19 "${cmd[@]}" >> "$out/train.log" 2>&1 < /dev/null &
+  echo $! > "$out/pid"  # setsid, nohup and nice exec: this is the trainer's own pid
+  echo "$name: started pid $(cat "$out/pid"), log $out/train.log"
+}
+
+status() {
+  local name=$1 out=$RUNS/$1 state=stopped
+  pid_alive "$out" && state="running (pid $(cat "$out/pid"))"
+  [[ -f $out/model.safetensors ]] && state=finished
+  echo "$name: $state"
+  [[ -f $out/train.log ]] && grep -a "^step " "$out/train.log" | tail -n 1 | sed 's/^/  /' || true
+}
+
+stop() {
+  local name=$1 out=$RUNS/$1
+  if pid_alive "$out"; then kill -TERM "$(cat "$out/pid")" && echo "$name: asked to checkpoint and stop"; else echo "$name: not running"; fi
+}
+
+case ${1:-status} in
+  start|status|stop) for n in "${RUN_NAMES[@]}"; do "$1" "$n"; done ;;
+  *) echo "usage: $0 start|status|stop" >&2; exit 2 ;;
+esac
