@@ -4,6 +4,8 @@
 #   scripts/zoo_runs.sh start    # start every run that is neither running nor finished (resumes OUT/last.pt)
 #   scripts/zoo_runs.sh status   # per run: running / stopped / finished, the last checkpoint line of its log
 #   scripts/zoo_runs.sh stop     # SIGTERM each run: it finishes its step, checkpoints and exits
+#   scripts/zoo_runs.sh eval [N] # snapshot each run's last.pt to RUN/snapshot (fp16 + config.json, a zoo folder)
+#                                # and measure its PSNR / codebook usage on the first N (500) CIFAR-10 test images
 #
 # Every run is niced (19), single-threaded (--threads 1, OMP_NUM_THREADS=1), started with setsid nohup so it
 # outlives the shell, and logs to RUN/train.log. Run folders live in $VARGEN_RUNS (default ~/.cache/vargen-runs,
@@ -64,7 +66,19 @@ stop() {
   if pid_alive "$out"; then kill -TERM "$(cat "$out/pid")" && echo "$name: asked to checkpoint and stop"; else echo "$name: not running"; fi
 }
 
+evaluate() {
+  local name=$1 out=$RUNS/$1 limit=$2
+  if [[ ! -f $out/last.pt ]]; then echo "$name: no checkpoint yet"; return; fi
+  cd "$REPO"
+  OMP_NUM_THREADS=1 nice -n 19 "$REPO/.venv/bin/python" -c \
+    'import sys; from vargen.train.common import snapshot_run; snapshot_run(sys.argv[1], sys.argv[1] + "/snapshot")' "$out"
+  echo "$name: step $(grep -o '"step": [0-9]*' "$out/snapshot/config.json" | grep -o '[0-9]*$')"
+  OMP_NUM_THREADS=1 nice -n 19 "$VARGEN" measure psnr --tokenizer "$out/snapshot" --data "$DATA" --split test \
+    --limit "$limit" --threads 1
+}
+
 case ${1:-status} in
   start|status|stop) for n in "${RUN_NAMES[@]}"; do "$1" "$n"; done ;;
-  *) echo "usage: $0 start|status|stop" >&2; exit 2 ;;
+  eval) for n in "${RUN_NAMES[@]}"; do evaluate "$n" "${2:-500}"; done ;;
+  *) echo "usage: $0 start|status|stop|eval [N]" >&2; exit 2 ;;
 esac

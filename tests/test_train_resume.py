@@ -1,5 +1,6 @@
 """Resumable training (issue 38): an interrupted run (stop_at, SIGTERM) resumed from OUT/last.pt ends with the weights
 of the uninterrupted run; wall-clock checkpoints; the default run folder; starting a tokenizer from another one."""
+import json
 import os
 import signal
 
@@ -12,6 +13,7 @@ from vargen import zoo
 from vargen.train import common
 from vargen.train.mar import MARRunArgs, run_mar_training
 from vargen.train.var import VARRunArgs, build_vqvae, run_var_training
+from vargen.train.vq import evaluate_psnr, load_tokenizer_folder
 
 TINY_MSVQ = {"vocab_size": 16, "z_channels": 8, "ch": 32, "ch_mult": [1, 2, 2], "v_patch_nums": [1, 2, 4]}
 TINY_KL = {"embed_dim": 4, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "encoder_attn_resolutions": [4]}
@@ -58,6 +60,13 @@ def test_interrupted_tokenizer_run_resumes_to_the_straight_run(data, tmp_path, k
     run(tmp_path / "straight")
     assert run(tmp_path / "split", stop_at=3).name == "last.pt"
     assert _final(tmp_path / "split")["step"] == 3
+    # an unfinished run reads as a zoo folder (scripts/zoo_runs.sh eval measures it; a good one can be committed)
+    snap = common.snapshot_run(tmp_path / "split", tmp_path / "snap")
+    assert json.loads((snap / "config.json").read_text())["step"] == 3
+    tokenizer = load_tokenizer_folder(snap)
+    for k, v in tokenizer.state_dict().items():
+        torch.testing.assert_close(v, _final(tmp_path / "split")["model"][k].half().float())
+    assert evaluate_psnr(tokenizer, str(data / "data"), "train", image_size=16)["psnr_db"] > 5
     assert run(tmp_path / "split").name == "model.safetensors"
     _assert_same_run(_final(tmp_path / "straight"), _final(tmp_path / "split"))
 
@@ -163,5 +172,6 @@ def test_multiscale_vqvae_starts_from_llamagen_vq_and_from_a_smaller_codebook():
 
 def test_zoo_runs_script_lists_resumable_runs():
     script = (zoo.shipped_path("cifar10-msvq").parents[2] / "scripts" / "zoo_runs.sh").read_text()
-    for needle in ("nice -n 19", "--threads 1", "OMP_NUM_THREADS=1", "setsid nohup", "last.pt", "vargen-runs"):
+    for needle in ("nice -n 19", "--threads 1", "OMP_NUM_THREADS=1", "setsid nohup", "last.pt", "vargen-runs",
+                   "snapshot_run"):
         assert needle in script

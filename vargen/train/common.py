@@ -231,3 +231,24 @@ def write_config(out: Path, kind: str, config: dict, **extra: Any) -> None:
     import json
 
     (out / "config.json").write_text(json.dumps({"type": kind, "config": config, **extra}, indent=2))
+
+
+def snapshot_run(run: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """The model of a run folder's ``last.pt`` (its EMA when it keeps one) as a zoo folder: fp16
+    ``model.safetensors`` + the run's ``config.json`` (written when the run starts) with ``"step"`` added, so
+    ``vargen measure psnr --tokenizer DEST`` and ``vargen.load`` read an unfinished run."""
+    import json
+
+    from safetensors.torch import save_file
+
+    run, dest = Path(run), Path(dest)
+    ckpt = load_checkpoint(run / "last.pt")
+    if ckpt is None or not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run} has no last.pt and config.json to snapshot")
+    state = ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
+    dest.mkdir(parents=True, exist_ok=True)
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()},
+              str(dest / "model.safetensors"))
+    meta = json.loads((run / "config.json").read_text())
+    (dest / "config.json").write_text(json.dumps({**meta, "step": ckpt["step"]}, indent=2))
+    return dest

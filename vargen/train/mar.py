@@ -109,6 +109,8 @@ def run_mar_training(args: MARRunArgs) -> Path:
             init_state = read_state_dict(Path(args.init) / "model.safetensors")
         cfg = {**init_cfg, **args.config, "resolution": args.image_size}
         vae = KLVAE(**cfg).train()
+        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+        write_config(out, "kl_vae", plain)  # a snapshot of last.pt loads with it; scale_factor is measured at the end
         if init_state is not None:
             n, total = init_from(vae, init_state)
             print(f"initialised {n} of {total} tensors from {args.init}")
@@ -127,8 +129,7 @@ def run_mar_training(args: MARRunArgs) -> Path:
         probe = to_model_range(images[torch.randperm(images.shape[0], generator=gen)[:5000]])
         scale = latent_scale(vae.eval(), probe, gen)
         export_fp16(vae, out / "model.safetensors")
-        write_config(out, "kl_vae", {**{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-                                     "scale_factor": round(scale, 6)})
+        write_config(out, "kl_vae", {**plain, "scale_factor": round(scale, 6)})
         return out / "model.safetensors"
 
     if not args.vae:

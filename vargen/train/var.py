@@ -307,6 +307,7 @@ def run_var_training(args: VARRunArgs) -> Path:
 
     if args.kind == "vqvae":
         vae, cfg = build_vqvae(args.config, args.init)
+        write_config(out, "var_vqvae", {**asdict(cfg), "test_mode": True})  # a snapshot of last.pt loads with it
         images, _, _ = load_images(args.data, "train", args.image_size)
         print(f"VQVAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters, scales {cfg.v_patch_nums}")
 
