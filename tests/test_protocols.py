@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 from conftest import fixture_dir
 from helpers import chi_square_pvalue, tiny_gpt
 from vargen import SamplingConfig, get_sampler
-from vargen.models.base import TextCondition, TokenModel
-from vargen.samplers.reference import reference_sample
 from vargen.decode import KVCache, LineSlots, layer_views, write_rows_
+from vargen.models.base import TextCondition, TokenModel
+from vargen.models.memory import decoder_row_bytes
+from vargen.samplers.reference import reference_sample
 from vargen.testing import check_continuous_model, check_scale_model, check_token_model, decode
 
 
@@ -85,6 +86,11 @@ class ToyModel:
 
     def codebook(self):
         return torch.eye(self.vocab_size)
+
+    def memory_per_row(self, cond, fed, max_len):  # an upper bound, for vargen.budget: one layer, one head of V
+        V = self.vocab_size
+        return decoder_row_bytes(layers=1, dim=V, heads=1, kv_heads=1, head_dim=V, ffn=0, vocab=V, slots=1 + max_len,
+                                 fed=fed, itemsize=4)
 
 
 def toy_distribution(model, label, config):

@@ -144,17 +144,27 @@ def load_pipeline_folder(folder: Path, dtype: torch.dtype = torch.float32, devic
 
 
 def load(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-         checkpoint: str | None = None, tokenizer_checkpoint: str | None = None, trusted: bool = False):
+         checkpoint: str | None = None, tokenizer_checkpoint: str | None = None, trusted: bool = False,
+         max_memory: int | str | None = None):
     """A pipeline from a shipped demo name, an official name, a local folder with ``pipeline.json``, or a
     transformers image LM (a ``save_pretrained`` folder, or a hub id such as ``deepseek-community/Janus-Pro-1B``).
 
     ``trusted=True`` allows official ``.pt`` files that are more than tensors to be unpickled fully (they
-    can run code; see :mod:`vargen.models.checkpoint`). The first call also picks torch's CPU threads for
-    this process (``vargen.runtime.ensure_threads``)."""
+    can run code; see :mod:`vargen.models.checkpoint`). ``max_memory``: what one ``generate`` call may use
+    (bytes or ``"8GB"``; default: 80 % of what the device has available; :mod:`vargen.budget`). The first call also
+    picks torch's CPU threads for this process (``vargen.runtime.ensure_threads``)."""
+    from .budget import parse_bytes
     from .runtime import check_device, check_dtype, ensure_threads
 
     ensure_threads()
     device, dtype = check_device(device), check_dtype(dtype)
+    max_memory = None if max_memory is None else parse_bytes(max_memory)
+    pipe = _load(name_or_path, device, dtype, checkpoint, tokenizer_checkpoint, trusted)
+    pipe.max_memory = max_memory
+    return pipe
+
+
+def _load(name_or_path, device, dtype, checkpoint, tokenizer_checkpoint, trusted):
     name = str(name_or_path)
     shipped = zoo.shipped_path(name)
     if shipped is not None and (shipped / "pipeline.json").is_file():

@@ -11,13 +11,14 @@ LANTERN's neighbour table -- are built once per (sampler, options) and reused ac
 """
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import Any, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Iterator, Sequence
 
 import torch
 from PIL import Image
 
 from . import families
+from .budget import Footprint, MemoryBudget, human_bytes, parse_bytes
 from .families import FamilySpec, families_taking  # noqa: F401  (families_taking: re-exported)
 from .families.classes import class_id
 from .images import to_pil
@@ -66,6 +67,7 @@ class Pipeline:
         self._companions = dict(companions or {})
         self._samplers: dict = {}
         self._placement: tuple = (None, None)
+        self._max_memory: int | None = None
         used = self.family.config_fields
         foreign = [f for f in CONFIG_FIELDS if getattr(self.defaults, f) is not None and f not in used]
         if foreign:
@@ -210,18 +212,80 @@ class Pipeline:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
 
+    @property
+    def max_memory(self) -> int | None:
+        """Bytes a ``generate`` call may plan to use (None: 80 % of what the device has available when it starts);
+        set it as ``8 * 2**30`` or ``"8GiB"`` (:mod:`vargen.budget`)."""
+        return self._max_memory
+
+    @max_memory.setter
+    def max_memory(self, value) -> None:
+        self._max_memory = None if value is None else parse_bytes(value)
+
     @torch.no_grad()
     def generate(self, cond, sampler: str | Any | None = None, seed: int | None = 0, decode: bool = True,
                  per_row_seeds: bool = False, compile: bool = False, **options) -> GenerationOutput:
         """``sampler``: a name (default: the family's, e.g. coupled ``sjd`` for LlamaGen), a
         ``"name:key=value"`` spec, or a sampler instance. ``per_row_seeds``: row ``i`` uses seed ``seed + i``,
         so a row's tokens do not depend on the batch it runs in. ``compile``: token samplers run their target
-        step as one compiled graph (same tokens; see :meth:`vargen.samplers.loop.TokenSampler.sample`)."""
+        step as one compiled graph (same tokens; see :meth:`vargen.samplers.loop.TokenSampler.sample`).
+
+        Work and memory are bounded before anything runs (:mod:`vargen.budget`, ``max_memory``): a batch larger
+        than what fits runs in chunks with ``per_row_seeds`` (the same images) and is refused without it; options
+        that do not fit even one image are refused."""
         self.check_seed(seed)
-        if compile not in (True, False):
-            raise ValueError(f"compile must be true or false, got {compile!r}")
         if per_row_seeds and seed is not None and seed + 1000 > MAX_SEED:
             raise ValueError(f"seed {seed} leaves no room for per-row seeds (at most {MAX_SEED - 1000})")
+        call = self._prepare(sampler, compile, options)
+        given, cond = cond, self.conditions(cond)
+        rows, batch = self._fitting_rows(call, cond), _batch(cond)
+        if batch <= rows:
+            return self._run(call, cond, seed, per_row_seeds, decode)
+        need = (f"a batch of {batch} images needs about {human_bytes(batch * call.footprint.per_row)} ({call.what}: "
+                f"{human_bytes(call.footprint.per_row)} per image), more than this call may use; {rows} fit at once")
+        if not per_row_seeds or not isinstance(given, (list, tuple, torch.Tensor)):
+            raise ValueError(f"{need}: pass a list of conditions with per_row_seeds=True to run it in chunks (the same "
+                             "images whatever the chunks), use generate_iter, or set max_memory")
+        return _concat([self._run(call, self.conditions(given[i : i + rows]), (seed or 0) + i, True, decode)
+                        for i in range(0, batch, rows)])
+
+    def generate_iter(self, cond, sampler: str | Any | None = None, seed: int | None = 0, batch_size: int | None = None,
+                      decode: bool = True, compile: bool = False, **options) -> Iterator[GenerationOutput]:
+        """``generate(cond, per_row_seeds=True)`` in chunks of at most ``batch_size`` images (None, or more than fit
+        in memory: as many as fit), each yielded as soon as it is done: image ``i`` of ``cond`` uses seed ``seed + i``
+        (None: a random first seed), so the images do not depend on the chunking and memory stays flat for any count.
+        Everything is checked when this is called, before the first chunk runs (conditions, sampler, options,
+        memory); conditions are converted chunk by chunk."""
+        if isinstance(cond, (str, int)) or not hasattr(cond, "__len__") or not hasattr(cond, "__getitem__"):
+            raise ValueError(f"generate_iter takes a sequence of conditions (a list or a tensor), got {type(cond).__name__}")
+        n = len(cond)
+        if n == 0:
+            raise ValueError("no conditions given: the list is empty")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if seed is None:
+            seed = int(torch.randint(0, MAX_SEED - n, ()).item())
+        self.check_seed(seed)
+        if seed + n - 1 > MAX_SEED:
+            raise ValueError(f"seed {seed} leaves no room for {n} per-image seeds (at most {MAX_SEED - n + 1})")
+        call = self._prepare(sampler, compile, options)
+        distinct = _distinct(cond)
+        sample = self.conditions(distinct if distinct is not None else cond)  # every condition checked now
+        size = min(batch_size or n, self._fitting_rows(call, sample), n)
+        converted = None if distinct is not None or not torch.is_tensor(sample) else sample
+
+        def chunks():
+            for i in range(0, n, size):
+                with torch.no_grad():
+                    part = converted[i : i + size] if converted is not None else self.conditions(cond[i : i + size])
+                    yield self._run(call, part, seed + i, True, decode)
+
+        return chunks()
+
+    def _prepare(self, sampler, compile: bool, options: dict) -> "_Call":
+        """The sampler, member model, config and keywords of a call, every option checked."""
+        if compile not in (True, False):
+            raise ValueError(f"compile must be true or false, got {compile!r}")
         sampler = sampler or self.default_sampler
         if isinstance(sampler, str) and ":" in sampler:
             spec = SamplerSpec.parse(sampler)
@@ -230,13 +294,13 @@ class Pipeline:
                 raise ValueError(f"option {', '.join(map(repr, twice))} given twice: in the sampler spec {sampler!r} "
                                  "and as a keyword; give it once")
             sampler, options = spec.name, {**spec.options, **options, **({"model": spec.member} if spec.member else {})}
+        what = _describe(sampler, options)
         model = self.member(options.pop("model", None))
         config, sampler_options = self.split_options(options)
         if isinstance(sampler, str):
             sampler = self.make_sampler(sampler, **sampler_options)
         elif sampler_options:
             raise ValueError(f"options {sorted(sampler_options)} given with a sampler instance")
-        cond = self.conditions(cond)
         kw = {}
         if compile:
             from .samplers.loop import TokenSampler
@@ -245,13 +309,28 @@ class Pipeline:
                 raise ValueError(f"compile=True applies to the token samplers (next-token models); "
                                  f"{type(sampler).__name__} has no compiled path")
             kw["compile"] = True
+        return _Call(sampler, model, config, kw, what)
+
+    def _fitting_rows(self, call: "_Call", cond) -> int:
+        """How many images of ``cond``'s kind fit the memory budget at once (a sampler without a ``footprint``:
+        unbounded); ``ValueError`` naming the sampler's options when not one does."""
+        if not hasattr(call.sampler, "footprint"):
+            return 2**62
+        if hasattr(call.sampler, "check"):
+            call.sampler.check(call.model)
+        call.footprint = call.sampler.footprint(call.model, cond, call.config)
+        return MemoryBudget(self.device, self.max_memory).rows(call.footprint, call.what)
+
+    def _run(self, call: "_Call", cond, seed: int | None, per_row_seeds: bool, decode: bool) -> GenerationOutput:
+        """One sampling call over converted conditions that fit the budget."""
+        sampler, model, config = call.sampler, call.model, call.config
         if per_row_seeds and not self.family.row_independent_seeds:
             return self._generate_row_by_row(cond, sampler, model, config, seed or 0, decode)
         if per_row_seeds:
             generator = [torch.Generator(self.device).manual_seed((seed or 0) + i) for i in range(_batch(cond))]
         else:
             generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
-        out = sampler.sample(model, cond, config, generator, **kw)
+        out = sampler.sample(model, cond, config, generator, **call.kw)
         if self.family.context is not None:  # what precedes the generated tokens (video: the context frames)
             out.context = self.family.context(cond)
         if decode and self.tokenizer is not None:
@@ -283,6 +362,46 @@ class Pipeline:
             tok = out.tokens[i : i + 1].to(self.tokenizer_device)
             images.append(self.family.decode_row(self, tok, lat).float())
         return to_pil(torch.cat(images))
+
+
+@dataclass
+class _Call:
+    """A checked call: the sampler, member model, config, sampler keywords, its description for errors and (once
+    measured) its footprint per image."""
+
+    sampler: Any
+    model: Any
+    config: SamplingConfig
+    kw: dict
+    what: str
+    footprint: Footprint | None = None
+
+
+def _describe(sampler, options: dict) -> str:
+    """``sjd:tree_width=1024`` -- the sampler as the user named it, for errors."""
+    name = sampler if isinstance(sampler, str) else type(sampler).__name__
+    given = ",".join(f"{k}={v}" for k, v in options.items() if k != "model" and not hasattr(v, "forward"))
+    return f"{name}:{given}" if given else name
+
+
+def _distinct(cond) -> list | None:
+    """The distinct conditions of a list of hashable ones (class ids or names, prompts, scene seeds), in order; None
+    for anything else (a tensor, token-id lists), which is checked as a whole."""
+    if not isinstance(cond, (list, tuple)):
+        return None
+    try:
+        return list(dict.fromkeys(cond))
+    except TypeError:
+        return None
+
+
+def _concat(outputs: list[GenerationOutput]) -> GenerationOutput:
+    """One output of chunks run one after the other."""
+    first = outputs[0]
+    cat = lambda name: None if getattr(first, name) is None else torch.cat([getattr(o, name) for o in outputs])  # noqa: E731
+    join = lambda name: None if getattr(first, name) is None else [x for o in outputs for x in getattr(o, name)]  # noqa: E731
+    return GenerationOutput(tokens=cat("tokens"), stats=Stats.concat([o.stats for o in outputs]),
+                            images=join("images"), latents=cat("latents"), videos=join("videos"), context=cat("context"))
 
 
 def _batch(cond) -> int:

@@ -123,8 +123,15 @@ def check_token_model(model, cond, atol: float = 1e-4, seed: int = 0) -> dict[st
     def zeros(value=0):
         return torch.full((B,), value, dtype=torch.long, device=dev)
 
-    # one token per call: the reference for everything below
+    # memory_per_row bounds what one row's cache holds and a forward's float32 logits (vargen.budget relies on it)
     cache, first = fresh()
+    per_row = model.memory_per_row(cond, 4, N + 4)
+    held = cache.nbytes // B + 4 * 4 * V if hasattr(cache, "nbytes") else 4 * 4 * V
+    assert isinstance(per_row, int) and per_row >= held, (f"memory_per_row(cond, 4, {N + 4}) = {per_row} is below the "
+                                                          f"{held} bytes a row's cache and logits hold")
+    report["memory_per_row"] = per_row
+
+    # one token per call: the reference for everything below
     steps = [first]
     for t in range(N - 1):
         out = decode(model, tokens[:, t : t + 1], zeros(t), cache)
@@ -273,6 +280,9 @@ def check_scale_model(model, labels, atol: float = 1e-4, seed: int = 0) -> dict[
         x = inputs[:, a - ends[0] : b - ends[0]] if k else None
         per_scale.append(model.forward_scales(cond, x, cache, k, k + 1, logits_from=k))
     report = {"per_scale": _close(torch.cat(per_scale, 1), full, atol, "scale-by-scale cached vs one pass")}
+    held = (cache.nbytes if hasattr(cache, "nbytes") else 0) // B + 4 * L * model.vocab_size
+    report["memory_per_row"] = per_row = model.memory_per_row()
+    assert isinstance(per_row, int) and per_row >= held, f"memory_per_row() = {per_row} is below the {held} bytes a row's cache and logits hold"
     if K > 1:  # a prefill of the first scales (no head) into a cache that only holds them, then one step
         half = max(1, K // 2)
         cache = model.new_cache(B, length=model.begin_ends[half][1])
@@ -309,4 +319,7 @@ def check_continuous_model(model, labels, seed: int = 0) -> dict[str, Any]:
     y = denoise(model.diffloss, rows, 1.0, 1.0, generator=torch.Generator(model.device).manual_seed(seed))
     assert x.shape == (rows.shape[0], C) and torch.equal(x, y), "the diffusion head must be a function of its noise"
     assert model.diffloss.num_sampling_steps >= 1
-    return {"cfg_rows": diff}
+    held = z.numel() * z.element_size() // B + tokens.numel() * tokens.element_size() // B
+    per_row = model.memory_per_row(L)
+    assert isinstance(per_row, int) and per_row >= held, f"memory_per_row({L}) = {per_row} is below the {held} bytes of a row's z and tokens"
+    return {"cfg_rows": diff, "memory_per_row": per_row}

@@ -103,6 +103,10 @@ class TokenModel(Protocol):
       are stale, masked and later overwritten, never read (this is the rollback: nothing is copied).
     * ``codebook() -> [V, d]``: token embeddings in the geometry the tokenizer's quantiser uses
       (neighbourhood rules such as LANTERN).
+    * ``memory_per_row(cond, fed, max_len) -> int``: an upper bound of the bytes one cache row needs (a guidance row
+      is another row): its cache for ``max_len`` image tokens after ``cond``'s prefix, and one forward of ``fed``
+      entries with its logits (:func:`vargen.models.memory.decoder_row_bytes` computes it from a decoder's shapes).
+      Samplers add what they hold themselves; :mod:`vargen.budget` refuses or splits a call before any work.
 
     Optional: ``logits(cond, tokens [B, num_tokens]) -> [B, num_tokens, V]``, teacher forcing (entry ``i``
     predicts token ``i``), used by the reference loop and the conformance checks;
@@ -128,6 +132,8 @@ class TokenModel(Protocol):
     def forward(self, tokens: torch.Tensor, plan: Any, cache: Any) -> torch.Tensor: ...
 
     def codebook(self) -> torch.Tensor: ...
+
+    def memory_per_row(self, cond: Any, fed: int, max_len: int) -> int: ...
 
 
 @runtime_checkable
@@ -174,6 +180,8 @@ class ScaleModel(Protocol):
       need the attention weights of the scale in flight, so the model's attention runs the eviction.
     * ``quantizer``: the tokenizer's multi-scale quantiser (``ValueError`` when none is attached) (``embedding``, ``Cvae``, ``v_patch_nums``,
       ``full_size``, ``add_scale``, ``next_input``), shared by drafter and refiner in CoDe.
+    * ``memory_per_row() -> int``: an upper bound of the bytes one row (a CFG row is another row) of a whole
+      next-scale call needs: the cache of every scale and the activations and logits of the largest scale's forward.
     """
 
     patch_nums: tuple[int, ...]
@@ -195,6 +203,8 @@ class ScaleModel(Protocol):
     def forward_scales(self, cond: Any, inputs: torch.Tensor | None, cache: Any, first: int, last: int,
                        logits_from: int | None = None) -> torch.Tensor | None: ...
 
+    def memory_per_row(self) -> int: ...
+
 
 @runtime_checkable
 class ContinuousModel(Protocol):
@@ -209,6 +219,8 @@ class ContinuousModel(Protocol):
       scheduler's spaced indices), ``scheduler`` (an ``IDDPMScheduler`` with diffusers' interface, respaced
       for sampling), ``in_channels`` and ``num_sampling_steps``; ``vargen.samplers.diffusion_head`` runs the
       ancestral loop over them with caller-supplied noise.
+    * ``memory_per_row(tokens_per_step) -> int``: an upper bound of the bytes one row (a CFG row is another) needs: one
+      encoder + decoder pass and the diffusion head over ``tokens_per_step`` tokens.
     """
 
     seq_len: int
@@ -223,3 +235,5 @@ class ContinuousModel(Protocol):
     def sample_orders(self, batch: int, generator: Any = None, device: Any = None) -> torch.Tensor: ...
 
     def check_labels(self, labels: torch.Tensor) -> None: ...
+
+    def memory_per_row(self, tokens_per_step: int) -> int: ...

@@ -32,6 +32,7 @@ from ..decode import (DecodePlan, KVCache, LineEviction, LineSlots, add_first_qu
                       prefix_plan, write_rows_)
 from .base import TextCondition
 from .config import OfficialConfig
+from .memory import decoder_row_bytes
 from .parts import OutputHeadPlacement
 from .llamagen import RMSNorm
 
@@ -543,6 +544,19 @@ class CosmosTransformer(OutputHeadPlacement, nn.Module):
             L = (self.prefix_len + max_len + 7) // 8 * 8
         return KVCache.allocate(batch, cfg.n_layers, cfg.kv_heads, L, cfg.head_size, dtype or self.dtype, self.device,
                                 prefix=self.prefix_len, eviction=slots)
+
+    def memory_per_row(self, cond, fed: int, max_len: int) -> int:
+        """Bytes one row needs: its cache for the context and ``max_len`` generated tokens (and the cross-attention
+        K/V of the text), one forward of ``fed`` tokens (the prefill's context at least); an upper bound."""
+        cfg = self.config
+        cross = 0
+        text = getattr(cond, "text", None)
+        if cfg.insert_cross_attn and text is not None:
+            cross = text.features.shape[1]
+        return decoder_row_bytes(layers=cfg.n_layers, dim=cfg.dim, heads=cfg.n_heads, kv_heads=cfg.kv_heads,
+                                 head_dim=cfg.head_size, ffn=cfg.ffn_hidden_size, vocab=cfg.vocab_size,
+                                 slots=self.prefix_len + max_len + 8, fed=max(fed, self.prefix_len),
+                                 itemsize=self.dtype.itemsize, cross_slots=cross)
 
     def prefill(self, cond, cache: KVCache, return_hidden: bool = False):
         """Write ``<bov>`` and the context frames (and the context's cross-attention K/V); returns the logits

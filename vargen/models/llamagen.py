@@ -27,6 +27,7 @@ from ..decode import (DecodePlan, KVCache, LineEviction, LineSlots, add_first_qu
                       layer_views, prefix_plan, write_rows_)
 from .base import TextCondition, class_ids
 from .config import OfficialConfig
+from .memory import decoder_row_bytes
 from .parts import OutputHeadPlacement
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "GPT_PRESETS", "gpt_config", "attention_mask", "TextCondition"]
@@ -430,6 +431,15 @@ class GPT(OutputHeadPlacement, nn.Module):
             L = (L + 7) // 8 * 8  # round up as upstream
         return KVCache.allocate(batch, cfg.n_layer, cfg.n_head, L, cfg.head_dim, dtype or self.dtype, self.device,
                                 prefix=cfg.cls_token_num, eviction=slots)
+
+    def memory_per_row(self, cond, fed: int, max_len: int) -> int:
+        """Bytes one row needs: its cache for ``max_len`` image tokens and one forward of ``fed`` tokens
+        (:func:`~vargen.models.memory.decoder_row_bytes`; an upper bound, ``TokenModel.memory_per_row``)."""
+        cfg = self.config
+        return decoder_row_bytes(layers=cfg.n_layer, dim=cfg.dim, heads=cfg.n_head, kv_heads=cfg.n_head,
+                                 head_dim=cfg.head_dim, ffn=ffn_hidden_dim(cfg), vocab=cfg.vocab_size,
+                                 slots=cfg.cls_token_num + max_len + 8, fed=max(fed, cfg.cls_token_num),
+                                 itemsize=self.dtype.itemsize)
 
     def prefill(self, cond, cache: KVCache, return_hidden: bool = False):
         """Write the condition prefix; returns logits ``[B, V]`` for image token 0 (and its hidden state).

@@ -462,6 +462,19 @@ class MAR(nn.Module):
             emb = torch.cat([emb, self.fake_latent.expand(B, -1)])
         return self.forward_mae_decoder(self.forward_mae_encoder(tokens, mask, emb), mask)
 
+    def memory_per_row(self, tokens_per_step: int) -> int:
+        """Bytes one row (a CFG row is another) needs (``ContinuousModel.memory_per_row``): one encoder + decoder pass
+        over the buffer and every position (one layer's activations at a time, attention scores in float32), the
+        latents and z it keeps, and the diffusion head over ``tokens_per_step`` tokens; an upper bound."""
+        cfg = self.config
+        S, width = self.seq_len + self.buffer_size, max(cfg.encoder_embed_dim, cfg.decoder_embed_dim)
+        heads = max(cfg.encoder_num_heads, cfg.decoder_num_heads)
+        itemsize = self.fake_latent.dtype.itemsize
+        layer = S * (7 * width + 3 * round(width * cfg.mlp_ratio)) * itemsize + heads * S * S * 4
+        kept = S * width * itemsize * 3 + self.seq_len * self.token_embed_dim * 4 * 4  # x, z; tokens and masks
+        head = tokens_per_step * (8 * cfg.diffloss_w + 8 * self.token_embed_dim) * 4
+        return int(layer + kept + head)
+
     # -- training -------------------------------------------------------------------------------
     def sample_orders(self, batch: int, generator: torch.Generator | None = None,
                       device: torch.device | str | None = None) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .base import class_ids
 from .checkpoint import load_strict as _load_strict
 from .config import OfficialConfig
+from .memory import decoder_row_bytes
 from .var_kv import BudgetedLayer, BudgetedScaleCache, KVBudget
 from .var_pruning import BlockPruning, TokenPruning, gather_tokens
 
@@ -269,6 +270,10 @@ class ScaleKVCache:
     def batch(self) -> int:
         return self.k.shape[1]
 
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
     def layer(self, i: int):
         return self.k[i], self.v[i]
 
@@ -421,6 +426,14 @@ class VAR(nn.Module):
                                       max(largest, chunk or 0), self.begin_ends, dtype, dev, length)
         shape = (self.depth, batch, self.num_heads, length, self.C // self.num_heads)
         return ScaleKVCache(torch.empty(shape, device=dev, dtype=dtype), torch.empty(shape, device=dev, dtype=dtype))
+
+    def memory_per_row(self) -> int:
+        """Bytes one row of a whole call needs (``ScaleModel.memory_per_row``): the cache of every scale, the
+        largest scale's forward (a forward of all scales at once when a sampler teacher-forces, the prefill of
+        several scales at most L) and its logits; an upper bound."""
+        return decoder_row_bytes(layers=self.depth, dim=self.C, heads=self.num_heads, kv_heads=self.num_heads,
+                                 head_dim=self.C // self.num_heads, ffn=round(self.C * self.config.mlp_ratio) + 6 * self.C,
+                                 vocab=self.V, slots=self.L, fed=self.L, itemsize=self.compute_dtype().itemsize)
 
     def embed(self, cond: VARCondition, inputs: torch.Tensor | None, first: int, last: int) -> torch.Tensor:
         """Token embeddings of scales first..last-1: start token (scale 0) / word_embed(inputs), plus level and position."""

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..budget import Footprint
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer, synced_clock
 from .spec import checked, option
 from .stats import CoDeStats
@@ -114,6 +115,14 @@ class CoDeSampler:
         if q_ref is not q and not torch.equal(q_ref.embedding.weight.to(q.embedding.weight), q.embedding.weight):
             raise ValueError("drafter and refiner are attached to different VQVAE codebooks; CoDe needs one shared tokenizer")
         return q
+
+    def footprint(self, model, cond, config: SamplingConfig | None = None) -> Footprint:
+        """What one image needs (:mod:`vargen.budget`): the drafter's and the refiner's rows (two each with CFG)."""
+        self._check_pair(model, self.refiner)
+        settings = ScaleSettings.resolve(model, config, self.temperatures, self.top_ks, self.more_smooth)
+        rows = 2 if settings.uses_cfg else 1
+        return Footprint().add("the drafter's cache and forwards", rows * model.memory_per_row()).add(
+            "the refiner's cache and forwards", rows * self.refiner.memory_per_row())
 
     # -- sampling ---------------------------------------------------------------------------------------
 

@@ -76,6 +76,7 @@ from typing import Any
 
 import torch
 
+from ..budget import Footprint
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer
 from .diffusion_head import ANNEALING, denoise, path_log_prob, reverse_step
 from .mar import check_orders, diffusion_heads, mask_from_order, plan_run
@@ -248,6 +249,13 @@ class CSpDSampler:
 
     # -- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
+    def footprint(self, model, cond, config: SamplingConfig | None = None) -> Footprint:
+        """What one image needs (:mod:`vargen.budget`): the target's and the draft's rows (two each with CFG)."""
+        self._check_pair(self.draft, model)
+        rows = 2 if plan_run(model, cond, config, self.num_iter).guided else 1
+        return Footprint().add("the target's passes and diffusion head", rows * model.memory_per_row(model.seq_len)).add(
+            "the draft's passes and diffusion head", rows * self.draft.memory_per_row(model.seq_len))
+
     def sample(self, model, cond, config: SamplingConfig | None = None, generator: torch.Generator | None = None,
                *, orders: torch.Tensor | None = None) -> GenerationOutput:
         """``model`` is the target MAR, ``cond`` class labels [B] (or an int batch for unconditional).

@@ -28,11 +28,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from ..budget import Footprint
 from ..decode import TokenTree
 from .acceptance import get_rule
 from .base import GenerationOutput, RowRandom, SamplingConfig, Stats, StepTimer, sample_from_probs
 from .compiled import compile_step, compiled_target_step, inductor_settings  # noqa: F401 (importable here too)
-from .session import CacheOptions, TokenSession, resolve_config
+from .session import CacheOptions, TokenSession, resolve_config, token_footprint
 from .stats import DraftStats
 from .verify import Committer
 
@@ -121,7 +122,8 @@ class Proposer(Protocol):
     target's cache gets that much headroom); ``wants_hidden``: pass the target's hidden states to
     ``start`` / ``observe``; ``draft_passes``: forward calls of a drafter model, for ``Stats``; ``draft_stats()``:
     its settings as a :class:`~.stats.DraftStats` (window, gamma, tree shape; the loop adds the proposer's and the
-    rule's names and the draft counts) for ``stats.draft``."""
+    rule's names and the draft counts) for ``stats.draft``. Optional ``memory_per_row(model, cond, config)``: the bytes
+    per image a proposer holds beyond its proposals (a drafter's cache and forwards; :mod:`vargen.budget`)."""
 
     name: str
     lookahead: int
@@ -199,6 +201,19 @@ class TokenSampler:
             raise ValueError(f"{self.name}: tree drafts cannot run over an evicting K/V cache (kv_budget)")
         if not getattr(self.rule, "TREES", False):
             raise ValueError(f"{self.name}: the {self.rule.name} rule cannot verify token trees")
+
+    def footprint(self, model, cond, config: SamplingConfig | None = None) -> Footprint:
+        """What one image needs (:mod:`vargen.budget`): the target's widest forward (the last token and the most
+        drafts a proposal holds; ``"auto"``: its widest candidate) over its cache, and what the proposer holds itself
+        (optional ``memory_per_row(model, cond, config)`` of a proposer with a model of its own)."""
+        config = resolve_config(model, config)
+        proposer = self.proposer
+        J = max(proposer.auto_candidates(model)) if getattr(proposer, "auto", False) else proposer.lookahead
+        fp = token_footprint(model, cond, config, J + 1, model.num_tokens + 2 * J + 4)
+        own = getattr(proposer, "memory_per_row", None)
+        if own is not None:
+            fp.add(f"the {proposer.name} drafter", own(model, cond, config))
+        return fp
 
     def with_proposer(self, proposer) -> "TokenSampler":
         """This sampler (same rule) with another proposer."""

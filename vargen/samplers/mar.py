@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..budget import Footprint
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer
 from .diffusion_head import ANNEALING, annealed_steps, denoise, respaced
 from .spec import check_bounds, checked, option
@@ -156,6 +157,12 @@ class MARSampler:
         check_bounds(self.options, "mar", model)
 
     @torch.no_grad()
+    def footprint(self, model, cond, config: SamplingConfig | None = None) -> Footprint:
+        """What one image needs (:mod:`vargen.budget`): the model's rows (two with CFG), at most every token at once."""
+        plan = plan_run(model, cond, config, self.num_iter)
+        return Footprint().add("an encoder-decoder pass and the diffusion head",
+                               (2 if plan.guided else 1) * model.memory_per_row(model.seq_len))
+
     def sample(self, model, cond, config: SamplingConfig | None = None, generator: torch.Generator | None = None,
                *, orders: torch.Tensor | None = None) -> GenerationOutput:
         """``cond``: class labels [B] (or an int batch size for unconditional samples).

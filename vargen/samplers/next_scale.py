@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..budget import Footprint
 from .base import GenerationOutput, SamplingConfig, Stats, StepTimer, filter_logits
 from .spec import checked, option
 from .stats import PruningStats
@@ -327,6 +328,12 @@ class VARSampler:
         check_kv_options(o, "var")
         if o.kv_budget is not None and o.prune_scales and o.prune_ratio:
             raise ValueError("var: FastVAR pruning (prune_scales) and a K/V budget (kv_budget) do not combine (yet)")
+
+    def footprint(self, model, cond, config: SamplingConfig | None = None) -> Footprint:
+        """What one image needs (:mod:`vargen.budget`): the model's rows (two with CFG) of a whole call."""
+        settings = ScaleSettings.resolve(model, config, self.temperatures, self.top_ks, self.more_smooth)
+        return Footprint().add("the cache and forwards of every scale",
+                               (2 if settings.uses_cfg else 1) * model.memory_per_row())
 
     @torch.no_grad()
     def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:

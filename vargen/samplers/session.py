@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ..budget import Footprint
 from ..decode import chain_plan, keep_tree_path_, scattered_plan, tree_plan
 from ..kernels import chain_probs
 from .base import SamplingConfig, cfg_mix, logits_to_probs
@@ -30,6 +31,17 @@ def resolve_config(model, config: SamplingConfig | None) -> SamplingConfig:
     config = config.with_defaults(getattr(model, "default_sampling", SamplingConfig()))
     config.validate(vocab_size=model.vocab_size, conditional=getattr(model, "guidable", model.conditional))
     return config
+
+
+def token_footprint(model, cond, config: SamplingConfig, fed: int, max_len: int) -> Footprint:
+    """What one image of a token sampler needs (:mod:`vargen.budget`): the target's cache rows (two with CFG) and one
+    forward of ``fed`` tokens (``TokenModel.memory_per_row``), and the sampler's float32 work on their ``[fed, V]``
+    logits (the logits chain's guidance, top-k / top-p sort with int64 indices and softmax; verification's p, q and
+    residual): twelve copies."""
+    rows = 2 if config.uses_cfg else 1
+    fp = Footprint().add(f"the target's cache and a forward of {fed} tokens",
+                         rows * model.memory_per_row(cond, fed, max_len))
+    return fp.add(f"probabilities of {fed} tokens x {model.vocab_size} codes", 12 * 4 * fed * model.vocab_size)
 
 
 @dataclass

@@ -31,6 +31,27 @@ __all__ = ["TokenTree", "proactive_tree", "verify_tree", "draw_without_replaceme
 
 
 @lru_cache(maxsize=64)
+def proactive_tree_size(window: int, width: int, depth: int, tail: int = 0) -> int:
+    """Nodes of :func:`proactive_tree` (same arguments), counted without building it."""
+    size, side = window, 0  # the chain; nodes off the chain at the current depth
+    last = min(depth, window) - 1  # the deepest level with branching
+    for _ in range(last):
+        side = side * width + width - 1  # the chain's node gets width - 1 extra children, a side node width
+        size += side
+    return size + side * max(0, min(tail, window - 1 - last))
+
+
+def check_tree_size(nodes: int, what: str) -> None:
+    """``ValueError`` naming ``what`` when a token tree of ``nodes`` nodes cannot even hold its ``[nodes, nodes]``
+    attention mask in the host memory a call may use (checked before the tree is built; :mod:`vargen.budget`)."""
+    from ..budget import MemoryBudget, human_bytes
+
+    need, limit = 4 * nodes * nodes, MemoryBudget(torch.device("cpu")).limit
+    if need > limit:
+        raise ValueError(f"{what}: a token tree of {nodes:,} nodes needs about {human_bytes(need)} for its masks alone, "
+                         f"more than the {human_bytes(limit)} this machine may use; choose a smaller tree")
+
+
 def proactive_tree(window: int, width: int, depth: int, tail: int = 0
                    ) -> tuple[TokenTree, tuple[int, ...], tuple[int, ...]]:
     """The Proactive Drafting tree of SJD-PAC (arXiv 2603.18599, Sec. 3.2): a chain of ``window`` nodes (the root
@@ -74,7 +95,8 @@ class TreeDrafts:
     (rank 0) and ``width - 1`` more candidates drawn without replacement from the same ``q``; every node of a depth
     and rank carries that candidate. Shared by SJD-PAC (the Jacobi drafts) and LANTERN++ (the draft head's)."""
 
-    def __init__(self, chain: int, width: int, depth: int, tail: int = 0):
+    def __init__(self, chain: int, width: int, depth: int, tail: int = 0, what: str = "tree"):
+        check_tree_size(proactive_tree_size(chain + 1, width, depth, tail), what)
         self.width, self.branching = width, min(depth, chain + 1) - 1
         self.tree, level, rank = proactive_tree(chain + 1, width, depth, tail)
         self.index = torch.tensor([(lv - 1) * width + r for lv, r in zip(level[1:], rank[1:])])

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..budget import Footprint
 from .base import (
     GenerationOutput,
     RowRandom,
@@ -29,7 +30,7 @@ from .base import (
     StepTimer,
     sample_from_probs,
 )
-from .session import TokenSession, resolve_config
+from .session import TokenSession, resolve_config, token_footprint
 from .spec import checked, option
 from .stats import ZipARStats
 
@@ -106,6 +107,13 @@ class ZipARSampler:
             raise ValueError(f"zipar: window={self.window} exceeds the model's row width ({model.grid[-1]})")
 
     @torch.no_grad()
+    def footprint(self, model, cond, config: SamplingConfig | None = None) -> Footprint:
+        """What one image needs (:mod:`vargen.budget`): the target's widest scattered forward over its cache."""
+        self.check(model)
+        width = model.grid[-1]
+        fed = max(len(s.positions) for s in zipar_schedule(model.num_tokens // width, width, self.window))
+        return token_footprint(model, cond, resolve_config(model, config), fed, model.num_tokens + 1)
+
     def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:
         self.check(model)
         config = resolve_config(model, config)

@@ -29,6 +29,7 @@ from torch import nn
 
 from ...decode import (DecodePlan, KVCache, LayerViews, LineEviction, LineSlots, layer_views, prefix_plan,
                        sequence_length, write_rows_)
+from ..memory import decoder_row_bytes
 from .attention import layer_masks, use_layer_masks
 
 __all__ = ["PromptTokens", "RowCache", "HFImageLM"]
@@ -252,6 +253,20 @@ class HFImageLM(nn.Module):
                      eviction=slots, extra={"image_slots": image_slots})
         kv.extra["transformers"] = RowCache(kv)
         return kv
+
+    def memory_per_row(self, cond, fed: int, max_len: int) -> int:
+        """Bytes one row needs: its cache for the prompt and ``max_len`` image tokens (row ends included), one
+        forward of ``fed`` entries (the prompt at the prefill) with the whole text head's logits; an upper bound."""
+        c = self.decoder.config
+        heads = c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+        prompt = cond.ids.shape[1] if isinstance(cond, PromptTokens) else 0
+        slots = prompt + self._seq_len(max_len) + max_len + 8  # row ends and the tree's room counted generously
+        return decoder_row_bytes(layers=c.num_hidden_layers, dim=c.hidden_size, heads=heads,
+                                 kv_heads=getattr(c, "num_key_value_heads", None) or heads, head_dim=head_dim,
+                                 ffn=c.intermediate_size, vocab=self.hf.lm_head.out_features, slots=slots,
+                                 fed=max(fed + -(-fed // self._grid[2]), prompt), itemsize=self.dtype.itemsize,
+                                 layer_masks=self._layer_masks)
 
     def _line_eviction(self, policy: LineEviction, n: int) -> tuple[LineEviction, int]:
         """The policy over this model's sequence and the image slots it needs for ``n`` image tokens: with row ends a

@@ -60,7 +60,8 @@ def _tree(gamma, tree_width: int, tree_depth: int):
         return None
     if gamma == "auto":
         raise ValueError("sd: gamma=auto does not size trees; give a gamma with tree_width > 1")
-    return TreeDrafts(gamma, tree_width, tree_depth)
+    return TreeDrafts(gamma, tree_width, tree_depth, what=f"sd: tree_width={tree_width}, tree_depth={tree_depth}, "
+                                                         f"gamma={gamma}")
 
 
 class _ChainProposer:
@@ -90,6 +91,10 @@ class _ChainProposer:
         other.gamma = other.lookahead = drafts
         other.auto = False
         return other
+
+    def _widest(self, model) -> int:
+        """The most drafts one proposal chains (``"auto"``: its largest candidate)."""
+        return max(self.auto_candidates(model)) if self.auto else self.gamma
 
     def _check_bounds(self, model) -> None:
         check_bounds(DraftOptions(None, self.gamma, 1 if self.tree is None else self.tree.width), "sd", model)
@@ -131,6 +136,12 @@ class DraftModelProposer(_ChainProposer):
         if d.vocab_size != model.vocab_size or tuple(d.grid) != tuple(model.grid):
             raise ValueError(f"draft model (vocab {d.vocab_size}, grid {tuple(d.grid)}) does not match the "
                              f"target (vocab {model.vocab_size}, grid {tuple(model.grid)})")
+
+    def memory_per_row(self, model, cond, config) -> int:
+        """The drafter's cache rows and its widest forward (a re-feed of ``gamma + 1`` tokens at most)."""
+        g = self._widest(model)
+        rows = 2 if config.uses_cfg else 1
+        return rows * self.draft.memory_per_row(cond, g + 1, model.num_tokens + 2 * g + 1)
 
     def start(self, ctx, p0, hidden0) -> None:
         self.ready = False
@@ -174,6 +185,14 @@ class DraftHeadProposer(_ChainProposer):
     def check(self, model) -> None:
         self._check_bounds(model)
         self.head.check_target(model)
+
+    def memory_per_row(self, model, cond, config) -> int:
+        """The head's cache and the target features it keeps (``num_tokens + 2 gamma + 4`` positions), and the logits
+        of its forward through the target's head."""
+        g, c = self._widest(model), self.head.config
+        rows = 2 if config.uses_cfg else 1
+        length, itemsize = model.num_tokens + 2 * g + 4, self.head.fc.weight.dtype.itemsize
+        return rows * (length * (2 * c.dim + model.hidden_size) * itemsize + 2 * 4 * (g + 1) * model.vocab_size)
 
     def start(self, ctx, p0, hidden0) -> None:
         self.ready = False

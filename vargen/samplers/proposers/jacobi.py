@@ -84,7 +84,8 @@ class JacobiProposer:
                 raise ValueError("sjd: window=auto does not size trees; give a window with tree_width > 1")
             if window < 2:
                 raise ValueError("sjd: a tree (tree_width > 1) needs a window of at least 2")
-            self.tree = TreeDrafts(window - 1, tree_width, tree_depth, tree_tail)
+            self.tree = TreeDrafts(window - 1, tree_width, tree_depth, tree_tail,
+                                   what=f"sjd: tree_width={tree_width}, tree_depth={tree_depth}, window={window}")
         self.lookahead = 0 if self.auto else (window - 1 if self.tree is None else self.tree.drafts)
 
     def check(self, model) -> None:
