@@ -58,7 +58,7 @@ status() {
   pid_alive "$out" && state="running (pid $(cat "$out/pid"))"
   [[ -f $out/model.safetensors ]] && state=finished
   echo "$name: $state"
-  [[ -f $out/train.log ]] && grep -a "^step " "$out/train.log" | tail -n 1 | sed 's/^/  /' || true
+  [[ -f $out/train.log ]] && grep -ao "step [0-9]*/[0-9]*: checkpointed.*" "$out/train.log" | tail -n 3 | sed 's/^/  /' || true
 }
 
 stop() {

@@ -6,6 +6,7 @@ import copy
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -209,9 +210,13 @@ def run_steps(out: Path | None, model: nn.Module, opt, gen: torch.Generator, ste
                 save_run(out / "last.pt", step, model, opt, gen, ema)
                 now = time.monotonic()
                 recent = losses[-(step - saved_step):]
-                print(f"step {step}/{steps}: checkpointed {out / 'last.pt'}; mean loss {sum(recent) / len(recent):.5f} "
-                      f"over steps {saved_step}-{step}, {60 * (step - saved_step) / max(1e-9, now - last_save):.1f} "
-                      "steps/min", flush=True)
+                line = (f"step {step}/{steps}: checkpointed {out / 'last.pt'}; mean loss {sum(recent) / len(recent):.5f} "
+                        f"over steps {saved_step}-{step}, {60 * (step - saved_step) / max(1e-9, now - last_save):.1f} "
+                        "steps/min")
+                if bar is not None:  # a line of its own in a log, not appended to the bar's
+                    bar.bar.write(line, file=sys.stderr)
+                else:
+                    print(line, flush=True)
                 last_save, saved_step = now, step
                 if on_save is not None:
                     on_save(step, losses[-1])
