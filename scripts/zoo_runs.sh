@@ -6,6 +6,9 @@
 #   scripts/zoo_runs.sh stop     # SIGTERM each run: it finishes its step, checkpoints and exits
 #   scripts/zoo_runs.sh eval [N] # snapshot each run's last.pt to RUN/snapshot (fp16 + config.json, a zoo folder)
 #                                # and measure its PSNR / codebook usage on the first N (500) CIFAR-10 test images
+#   scripts/zoo_runs.sh export NAME  # the run's last.pt as vargen/zoo/NAME (fp16 + config.json; a KL VAE's
+#                                # scale_factor measured), then its PSNR on all 10,000 test images: commit it with
+#                                # a TRAINING.md (command, metrics) when it beats the committed one
 #
 # Every run is niced (19), single-threaded (--threads 1, OMP_NUM_THREADS=1), started with setsid nohup so it
 # outlives the shell, and logs to RUN/train.log. Run folders live in $VARGEN_RUNS (default ~/.cache/vargen-runs,
@@ -77,8 +80,26 @@ evaluate() {
     --limit "$limit" --threads 1
 }
 
+export_run() {
+  local name=$1 out=$RUNS/$1 dest=${COMMITTED[$1]}
+  cd "$REPO"
+  OMP_NUM_THREADS=1 nice -n 19 "$REPO/.venv/bin/python" - "$out" "$dest" "$DATA" <<'PY'
+import json, sys
+from pathlib import Path
+from vargen.train.common import snapshot_run
+run, dest, data = sys.argv[1:]
+snapshot_run(run, dest)
+if json.loads((Path(dest) / "config.json").read_text())["type"] == "kl_vae":
+    from vargen.train.mar import store_scale_factor
+    print("scale_factor", store_scale_factor(dest, data))
+PY
+  echo "$name: step $(grep -o '"step": [0-9]*' "$dest/config.json" | grep -o '[0-9]*$') -> $dest"
+  OMP_NUM_THREADS=1 nice -n 19 "$VARGEN" measure psnr --tokenizer "$dest" --data "$DATA" --split test --threads 1
+}
+
 case ${1:-status} in
   start|status|stop) for n in "${RUN_NAMES[@]}"; do "$1" "$n"; done ;;
   eval) for n in "${RUN_NAMES[@]}"; do evaluate "$n" "${2:-500}"; done ;;
-  *) echo "usage: $0 start|status|stop|eval [N]" >&2; exit 2 ;;
+  export) [[ -n ${COMMITTED[${2:-}]:-} ]] || { echo "usage: $0 export ${RUN_NAMES[*]}" >&2; exit 2; }; export_run "$2" ;;
+  *) echo "usage: $0 start|status|stop|eval [N]|export NAME" >&2; exit 2 ;;
 esac

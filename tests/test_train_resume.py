@@ -11,7 +11,7 @@ from PIL import Image
 
 from vargen import zoo
 from vargen.train import common
-from vargen.train.mar import MARRunArgs, run_mar_training
+from vargen.train.mar import MARRunArgs, run_mar_training, store_scale_factor
 from vargen.train.var import VARRunArgs, build_vqvae, run_var_training
 from vargen.train.vq import evaluate_psnr, load_tokenizer_folder
 
@@ -67,6 +67,9 @@ def test_interrupted_tokenizer_run_resumes_to_the_straight_run(data, tmp_path, k
     for k, v in tokenizer.state_dict().items():
         torch.testing.assert_close(v, _final(tmp_path / "split")["model"][k].half().float())
     assert evaluate_psnr(tokenizer, str(data / "data"), "train", image_size=16)["psnr_db"] > 5
+    if kind == "kl-vae":  # the token scale MAR needs, measured as at the end of a run
+        scale = store_scale_factor(snap, str(data / "data"), images=8, image_size=16)
+        assert json.loads((snap / "config.json").read_text())["config"]["scale_factor"] == round(scale, 6) > 0
     assert run(tmp_path / "split").name == "model.safetensors"
     _assert_same_run(_final(tmp_path / "straight"), _final(tmp_path / "split"))
 

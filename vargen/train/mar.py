@@ -46,6 +46,23 @@ def latent_scale(vae: KLVAE, images: torch.Tensor, generator: torch.Generator | 
     return float(1.0 / vae.encode(images).sample(generator).std())
 
 
+def store_scale_factor(folder, data: str, images: int = 5000, seed: int = 0, image_size: int = 32) -> float:
+    """Measure a KL VAE folder's ``scale_factor`` (:func:`latent_scale` on ``images`` random training images, as
+    ``vargen train kl-vae`` does at the end of a run) and write it into its ``config.json`` (for snapshots of
+    unfinished runs, :func:`vargen.train.common.snapshot_run`)."""
+    from .data import load_images, to_model_range
+
+    path = Path(folder) / "config.json"
+    vae = KLVAE.from_folder(folder)
+    pool, _, _ = load_images(data, "train", image_size)
+    gen = torch.Generator().manual_seed(seed)
+    scale = latent_scale(vae, to_model_range(pool[torch.randperm(pool.shape[0], generator=gen)[:images]]), gen)
+    meta = json.loads(path.read_text())
+    meta["config"]["scale_factor"] = round(scale, 6)
+    path.write_text(json.dumps(meta, indent=2))
+    return scale
+
+
 # ------------------------------------------------------------------------------------------------
 # Demo-zoo runs (``vargen train kl-vae | mar``): resumable, fp16 export, config.json
 # ------------------------------------------------------------------------------------------------
@@ -158,4 +175,5 @@ def run_mar_training(args: MARRunArgs) -> Path:
     return out / "model.safetensors"
 
 
-__all__ = ["MARRunArgs", "run_mar_training", "make_optimizer", "EMA", "vae_loss", "latent_scale", "LATENT_SCALE"]
+__all__ = ["MARRunArgs", "run_mar_training", "make_optimizer", "EMA", "vae_loss", "latent_scale", "LATENT_SCALE",
+           "store_scale_factor"]
