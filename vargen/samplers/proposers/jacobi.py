@@ -91,6 +91,12 @@ class JacobiProposer:
     def check(self, model) -> None:
         check_bounds(self.options, "sjd", model)
 
+    def memory_per_row(self, model, cond, config) -> int:
+        """The ``*_sample`` inits keep every position's ``sample_top`` most likely tokens and their probabilities."""
+        if not self.init.endswith("_sample"):
+            return 0
+        return (model.num_tokens + 2 * self.lookahead + 4) * min(self.sample_top, model.vocab_size) * 12
+
     AUTO_WINDOWS = (1, 2, 4, 8, 16)
 
     def auto_candidates(self, model) -> list[int]:
