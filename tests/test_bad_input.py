@@ -323,16 +323,17 @@ def test_generate_runs_large_requests_in_chunks(tmp_path, monkeypatch):
     from vargen.cli import main
 
     calls = []
-    real = vargen.pipeline.Pipeline.generate
+    real = vargen.pipeline.Pipeline.generate_iter
 
-    def counting(self, cond, *a, **k):
-        calls.append(len(cond))
-        return real(self, cond, *a, **k)
+    def counting(self, *a, **k):
+        for out in real(self, *a, **k):
+            calls.append(len(out.images))
+            yield out
 
-    monkeypatch.setattr(vargen.pipeline.Pipeline, "generate", counting)
+    monkeypatch.setattr(vargen.pipeline.Pipeline, "generate_iter", counting)
     assert main(["generate", "--sampler", "ar", "--class-id", "cat", "--per-class", "5", "--batch-size", "2",
                  "--out", str(tmp_path / "chunks"), "--threads", "1"]) == 0
-    assert calls == [2, 2, 1]
+    assert calls == [1, 2, 2]  # the first image alone: on disk at once
     assert main(["generate", "--sampler", "ar", "--class-id", "cat", "--per-class", "5", "--batch-size", "5",
                  "--out", str(tmp_path / "one"), "--threads", "1"]) == 0
     for i in range(5):

@@ -270,10 +270,10 @@ def test_cli_generates_from_the_folder_offline(spec, tmp_path, capsys, monkeypat
     out = tmp_path / "out"
     ids = ",".join(map(str, PROMPTS[1]))
     assert vargen_main(["generate", "--model", str(spec), "--prompt-ids", ids, "--sampler", "ar", "--out",
-                        str(out)]) == 0
+                        str(out), "--grid", str(tmp_path / "grid.png")]) == 0
     stats = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     assert stats["images"] == 1 and stats["forward_passes"] >= 1
-    assert (out / "grid.png").is_file()
+    assert (tmp_path / "grid.png").is_file()
 
 
 def test_missing_vqgan_and_bad_options_are_named(folder, tmp_path):

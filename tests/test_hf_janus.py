@@ -198,7 +198,8 @@ def test_cli_generates_from_the_folder_offline(folder, tmp_path, capsys, monkeyp
                         "--sampler", "sjd:window=4,coupled=true", "--out", str(out)]) == 0
     stats = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     assert stats["images"] == 2 and stats["forward_passes"] >= 1
-    assert sorted(p.name for p in out.iterdir()) == ["0000_ids-17-42-7-98.png", "0001_ids-0-9-3-98.png", "grid.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["0000_ids-17-42-7-98.png", "0001_ids-0-9-3-98.png",
+                                                     "manifest.json"]
 
 
 def test_pipeline_json_names_a_draft_for_sd(folder, tmp_path):
@@ -312,7 +313,8 @@ def test_text_prompts_go_through_the_checkpoints_processor(folder, tmp_path, cap
     out = tmp_path / "out"
     assert vargen_main(["generate", "--model", str(with_text), "--prompt", "a red cat", "a blue dog in snow",
                         "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["0000_a-red-cat.png", "0001_a-blue-dog-in-snow.png", "grid.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["0000_a-red-cat.png", "0001_a-blue-dog-in-snow.png",
+                                                     "manifest.json"]
 
 
 def test_kv_eviction_through_per_layer_masks():

@@ -60,12 +60,13 @@ def test_bad_conditions(pipe):
 
 def test_cli_writes_gifs_and_strips(folder, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["generate", "--model", str(folder), "--scene", "0", "7", "--out", str(out)]) == 0
+    assert main(["generate", "--model", str(folder), "--scene", "0", "7", "--out", str(out), "--grid",
+                 str(tmp_path / "grid.png")]) == 0
     summary = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     assert summary["videos"] == 2 and summary["frames"] == 9 and summary["forward_passes"] >= 1
     gif = Image.open(out / "0001_scene-7.gif")
     assert gif.n_frames == 9 and gif.size == (16, 16)
-    assert Image.open(out / "grid.png").size == (9 * 16, 2 * 16)
+    assert Image.open(tmp_path / "grid.png").size == (9 * 16, 2 * 16)
 
 
 def test_cli_context_files(folder, tmp_path, capsys):

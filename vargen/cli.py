@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 EPILOG = """examples:
@@ -75,9 +76,15 @@ def _load(args):
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate images and print sampling statistics",
-                       description="Generate images (one PNG each, plus grid.png) and print the sampling statistics. "
-                                   "Image i of the call uses the generator seeded with --seed + i, so an image does not "
-                                   "depend on the batch it ran in.", epilog=EPILOG,
+                       description="Generate images into --out (one PNG each; video models: one GIF, and mp4 where "
+                                   "PyAV is installed, per clip), each written as soon as it is decoded, with a "
+                                   "progress bar on stderr; then print the sampling statistics. Image i uses the "
+                                   "generator seeded with --seed + i, so it does not depend on the batch it ran in. "
+                                   "--out gets a manifest.json naming the run (model, sampler and options, seed, "
+                                   "conditions, count): a folder of another run is refused, --resume finishes an "
+                                   "interrupted run (the files an uninterrupted one writes), --overwrite replaces it; "
+                                   "other files in the folder are left alone. --grid PNG also writes a grid of the "
+                                   "first images.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_flags(p)
     p.add_argument("--sampler", help="sampler spec NAME:key=value,... (default: the model's; coupled SJD for LlamaGen, "
@@ -90,9 +97,18 @@ def _add_generate(sub) -> None:
                    help="video models: context frames, one image or GIF per clip (resized and centre-cropped)")
     p.add_argument("--per-class", "--per-prompt", dest="per_class", type=int, default=1,
                    help="images per class id or prompt (default 1)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per sampling call; more run in chunks (default 32)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="images per sampling call; more run in chunks (default 32; the first image runs alone, so it "
+                        "is written within seconds)")
     p.add_argument("--seed", type=int, default=0, help="seed of image 0 (image i uses seed + i; default 0)")
-    p.add_argument("--out", default="out", help="folder for the PNGs (default out)")
+    p.add_argument("--out", default="out", help="folder for the samples and manifest.json (default out)")
+    p.add_argument("--grid", metavar="PNG", help="also write a grid of the first images (10 per class, 100 in all; "
+                                                 "video: film strips) to this .png, e.g. beside --out")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="finish the run in --out (same manifest): keep the files written, write the others")
+    again.add_argument("--overwrite", action="store_true",
+                       help="delete the samples and manifest in --out first (other files stay)")
     p.add_argument("--compile", action="store_true",
                    help="token samplers: run the decode step as one torch.compile graph (same images; the first "
                         "call compiles, a few seconds to a minute)")
@@ -146,111 +162,252 @@ def _slug(prompt, length: int = 40) -> str:
     return "-".join(filter(None, slug.split("-")))[:length] or "prompt"
 
 
+GRID_PER_CLASS, GRID_MAX = 10, 100  # --grid: the first 10 images of each class, 100 in all
+
+
+@dataclass
+class _Job:
+    """What ``vargen generate`` writes: one condition, file-name label and set of files per sample."""
+
+    conds: list  # per sample, its condition (a class id, a prompt, a scene seed, a context clip)
+    labels: list[str]
+    conditions: dict  # how the manifest names them
+    suffixes: tuple[str, ...]  # the files of one sample: ("png",); video ("gif", "mp4") or ("gif",)
+    unit: str  # "img" / "clip"
+
+
 def _run_generate(args) -> int:
     import time
-
-    from .images import image_grid
 
     _setup(args)
     for name in ("per_class", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     prompts = _cli_prompts(args)
+    if args.grid is not None and (Path(args.grid).suffix.lower() != ".png" or Path(args.grid).is_dir()):
+        raise ValueError(f"--grid takes the path of a .png file, got {args.grid!r}")
     t0 = time.perf_counter()
     folder = _prepare_out(args.out)
     pipe = _load(args)
-    if pipe.video:
-        return _generate_video(args, pipe, prompts, folder, t0)
+    job = _video_job(args, pipe, prompts) if pipe.video else _image_job(args, pipe, prompts)
+    pipe.check_seed(args.seed)
+    sampler = args.sampler or pipe.default_sampler
+    return _stream(args, pipe, job, folder, sampler, t0)
+
+
+def _image_job(args, pipe, prompts) -> _Job:
     if args.scene is not None or args.context is not None:
         raise ValueError(f"--scene / --context: {args.model} is not a video model")
+    n = args.per_class
     if pipe.takes_prompts:
         if args.class_id is not None:
             raise ValueError(f"--class-id: {args.model} is a text-to-image model; give --prompt or --prompt-ids")
         if prompts is None:
             raise ValueError(f"{args.model} is a text-to-image model: give --prompt (or --prompt-ids)")
-        conds = [p for p in prompts for _ in range(args.per_class)]
-        labels = [_slug(p) for p in conds]
-    else:
-        if prompts is not None:
-            raise ValueError(f"--prompt / --prompt-ids: {args.model} is class-conditional; give --class-id")
-        conds = list(range(pipe.num_classes)) if args.class_id is None else [pipe.class_id(c) for c in args.class_id]
-        conds = [i for i in conds for _ in range(args.per_class)]
-        labels = [pipe.class_names[c] if pipe.class_names else str(c) for c in conds]
-    options = _config_options(args)
-    sampler = args.sampler or pipe.default_sampler
-    pipe.check_seed(args.seed)
-    outputs = []
-    for start in range(0, len(conds), args.batch_size):  # chunks bounded in memory; per-row seeds keep images equal
-        outputs.append(pipe.generate(conds[start : start + args.batch_size], sampler=sampler, seed=args.seed + start,
-                                     per_row_seeds=True, compile=args.compile, **options))
-    images = [im for o in outputs for im in o.images]
-    for i, (label, img) in enumerate(zip(labels, images)):
-        img.save(folder / f"{i:04d}_{label}.png")
-    cols = args.per_class if args.per_class > 1 else min(10, len(conds))  # one row per class
-    image_grid(images, cols).save(folder / "grid.png")
-    from .samplers.stats import Stats
-
-    stats = Stats.concat([o.stats for o in outputs]) if len(outputs) > 1 else outputs[0].stats
-    summary = {"model": args.model, "sampler": sampler, "images": len(conds), **stats.summary(),
-               "total_seconds_with_loading": round(time.perf_counter() - t0, 3)}
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {len(conds)} images and grid.png to {folder}")
-    return 0
+        return _Job([p for p in prompts for _ in range(n)], [_slug(p) for p in prompts for _ in range(n)],
+                    {"prompts": prompts}, ("png",), "img")
+    if prompts is not None:
+        raise ValueError(f"--prompt / --prompt-ids: {args.model} is class-conditional; give --class-id")
+    ids = list(range(pipe.num_classes)) if args.class_id is None else [pipe.class_id(c) for c in args.class_id]
+    names = [pipe.class_names[c] if pipe.class_names else str(c) for c in ids]
+    return _Job([c for c in ids for _ in range(n)], [name for name in names for _ in range(n)], {"class_ids": ids},
+                ("png",), "img")
 
 
-def _generate_video(args, pipe, prompts, folder, t0) -> int:
-    """``vargen generate`` on a video pipeline: one GIF (and mp4 where PyAV is installed) per clip, a film strip
-    per clip in grid.png, and the statistics."""
-    import time
+def _video_job(args, pipe, prompts) -> _Job:
+    """Video pipelines: one GIF (and mp4 where PyAV is installed) per clip; a grid holds film strips."""
+    import hashlib
 
-    import torch
-
-    from .images import image_grid
-    from .samplers.stats import Stats
-    from .video import mp4_available, read_context, save_gif, save_mp4
+    from .video import mp4_available, read_context
 
     if prompts is not None or args.class_id is not None:
         raise ValueError(f"{args.model} is a video model: give --scene seeds or --context files")
     if args.scene is not None and args.context is not None:
         raise ValueError("give --scene or --context, not both")
+    n, suffixes = args.per_class, ("gif", "mp4") if mp4_available() else ("gif",)
     if args.context is not None:
         tc, (_, H, W) = pipe.tokenizer.config, pipe.model.config.video_latent_shape
         size = (H * tc.spatial_compression, W * tc.spatial_compression)
         clips = [read_context(f, tc.pixel_chunk_duration, size) for f in args.context]
         if len({c.shape[1] for c in clips}) > 1:
             raise ValueError("--context files give different frame counts; use files with the same number of frames")
-        conds = list(torch.stack(clips).repeat_interleave(args.per_class, 0))
-        labels = [Path(f).stem for f in args.context for _ in range(args.per_class)]
-    else:
-        if pipe.scenes is None:
-            raise ValueError(f"{args.model} has no procedural scenes: give --context files")
-        scenes = args.scene if args.scene is not None else list(range(8))
-        conds = [s for s in scenes for _ in range(args.per_class)]
-        labels = [f"scene-{s}" for s in conds]
-    options = _config_options(args)
-    sampler = args.sampler or pipe.default_sampler
-    pipe.check_seed(args.seed)
-    outputs = []
-    for start in range(0, len(conds), args.batch_size):
-        chunk = conds[start : start + args.batch_size]
-        chunk = torch.stack(chunk) if torch.is_tensor(chunk[0]) else chunk
-        outputs.append(pipe.generate(chunk, sampler=sampler, seed=args.seed + start, per_row_seeds=True,
-                                     compile=args.compile, **options))
-    videos = [v for o in outputs for v in o.videos]
-    strips = [im for o in outputs for im in o.images]
-    mp4 = mp4_available()
-    for i, (label, frames) in enumerate(zip(labels, videos)):
-        save_gif(frames, folder / f"{i:04d}_{label}.gif")
-        if mp4:
-            save_mp4(frames, folder / f"{i:04d}_{label}.mp4")
-    image_grid(strips, 1).save(folder / "grid.png")
-    stats = Stats.concat([o.stats for o in outputs]) if len(outputs) > 1 else outputs[0].stats
-    summary = {"model": args.model, "sampler": sampler, "videos": len(conds), "frames": len(videos[0]),
-               **stats.summary(), "total_seconds_with_loading": round(time.perf_counter() - t0, 3)}
+        files = [{"file": Path(f).name, "sha256": hashlib.sha256(Path(f).read_bytes()).hexdigest()}
+                 for f in args.context]
+        return _Job([c for c in clips for _ in range(n)], [Path(f).stem for f in args.context for _ in range(n)],
+                    {"context": files}, suffixes, "clip")
+    if pipe.scenes is None:
+        raise ValueError(f"{args.model} has no procedural scenes: give --context files")
+    scenes = args.scene if args.scene is not None else list(range(8))
+    return _Job([s for s in scenes for _ in range(n)], [f"scene-{s}" for s in scenes for _ in range(n)],
+                {"scenes": scenes}, suffixes, "clip")
+
+
+def _stream(args, pipe, job: _Job, folder: Path, sampler: str, t0: float) -> int:
+    """Sample ``job`` in chunks (the first image, then --batch-size at a time), each file written (atomically) as soon
+    as its chunk is decoded; chunks already written (--resume) are skipped, so the chunks, and the files, are those of
+    an uninterrupted run."""
+    import time
+
+    from tqdm import tqdm
+
+    from .outputs import check_folder, clear, remove_partial, write_manifest
+    from .samplers.spec import SamplerSpec
+
+    count, options = len(job.conds), _config_options(args)
+    width = max(4, len(str(count - 1)))  # 0000_cat.png; 000123_cat.png for a million
+
+    def names(i: int) -> list[str]:
+        return [f"{i:0{width}d}_{job.labels[i]}.{s}" for s in job.suffixes]
+
+    manifest = {"command": "vargen generate", "vargen": _version(), "model": args.model,
+                "checkpoint": args.checkpoint, "tokenizer_checkpoint": args.tokenizer_checkpoint,
+                "device": pipe.device.type, "sampler": str(SamplerSpec.parse(sampler)), "config": options,
+                "seed": args.seed, "seeding": "sample i uses seed + i", **job.conditions, "per_class": args.per_class,
+                "count": count, "batch_size": args.batch_size,
+                "files": [f"{{index:0{width}d}}_{{label}}.{s}" for s in job.suffixes]}
+    check_folder(folder, manifest, args.resume, args.overwrite)
+    done = bytearray(count) if args.overwrite else _written(folder, count, names)
+    runs = _runs(done, args.batch_size)
+    totals, frames, written = _StatsTotal(), None, 0
+    with tqdm(total=count, initial=sum(done), unit=job.unit, file=sys.stderr, dynamic_ncols=True) as bar:
+        for chunk, (start, out) in enumerate(_chunks(pipe, job, runs, args, sampler, options)):
+            if chunk == 0:  # it ran: every check passed
+                if args.overwrite:
+                    clear(folder)
+                write_manifest(folder, manifest)
+            rows = out.videos if pipe.video else out.images
+            for j, row in enumerate(rows):
+                if not done[start + j]:
+                    _save(row, [folder / name for name in names(start + j)])
+                    written += 1
+                    bar.update()
+            frames = len(out.videos[0]) if pipe.video else None
+            totals.add(out.stats)
+    remove_partial(folder)  # writes a killed run left unfinished
+    if not all(_written(folder, count, names)):
+        raise ValueError(f"--out {folder}: sample files went missing while the run wrote them; run again with --resume")
+    if args.grid:
+        _write_grid(Path(args.grid), folder, job, args.per_class, names, video=pipe.video)
+    what = "videos" if pipe.video else "images"
+    summary = {"model": args.model, "sampler": sampler, what: count, f"{what}_written": written,
+               **({"frames": frames} if frames else {}), **totals.summary(),
+               "total_seconds_with_loading": round(time.perf_counter() - t0, 3)}
     print(json.dumps(summary, indent=2))
-    note = "" if mp4 else " (no mp4: PyAV is not installed)"
-    print(f"wrote {len(conds)} GIFs{' and mp4s' if mp4 else ''} and grid.png (one film strip per clip) to {folder}{note}")
+    kept = f", {count - written} kept from the earlier run" if written < count else ""
+    files = " and ".join({"png": "PNGs", "gif": "GIFs", "mp4": "mp4s"}[s] for s in job.suffixes)
+    note = " (no mp4: PyAV is not installed)" if pipe.video and "mp4" not in job.suffixes else ""
+    grid = f"; the grid of the first ones to {args.grid}" if args.grid else ""
+    print(f"wrote {written} {files} to {folder}{kept}{note}{grid}")
     return 0
+
+
+def _written(folder: Path, count: int, names) -> bytearray:
+    """Per sample, 1 where all its files exist; a sample file this run would not write is an error."""
+    from .outputs import sample_files, sample_index
+
+    found = bytearray(count)
+    for path in sample_files(folder):
+        i = sample_index(path.name)
+        if i >= count or path.name not in names(i):
+            raise ValueError(f"--out {folder}: {path.name} is not a file of this run; use a new --out, or "
+                             f"--overwrite to delete the samples there")
+        found[i] += 1
+    want = len(names(0))
+    return bytearray(int(f == want) for f in found)
+
+
+def _runs(done: bytearray, batch_size: int) -> list[list[int]]:
+    """``[start, stop)`` of consecutive chunks with a sample to write, each run one generate_iter call. The chunks:
+    the first sample alone (on disk within seconds, whatever --batch-size; a run of its own), then --batch-size at
+    a time."""
+    bounds, runs = [0, *range(1, len(done), batch_size), len(done)], []
+    for a, b in zip(bounds, bounds[1:]):
+        if all(done[a:b]):
+            continue
+        if runs and runs[-1][1] == a and runs[-1][0] != 0:
+            runs[-1][1] = b
+        else:
+            runs.append([a, b])
+    return runs
+
+
+def _chunks(pipe, job: _Job, runs, args, sampler: str, options: dict):
+    """``(index of its first sample, GenerationOutput)`` per chunk of each run; run ``[a, b)`` starts at seed + a.
+    Context clips (tensors) go one chunk per call, stacked there: generate_iter converts a tensor as a whole."""
+    import torch
+
+    for a, b in runs:
+        tensors = torch.is_tensor(job.conds[a])
+        for c in range(a, b, args.batch_size if tensors else b - a):
+            stop = min(c + args.batch_size, b) if tensors else b
+            part = torch.stack(job.conds[c:stop]) if tensors else job.conds[c:stop]
+            for out in pipe.generate_iter(part, sampler=sampler, seed=args.seed + c, batch_size=args.batch_size,
+                                          compile=args.compile, **options):
+                yield c, out
+                c += len(out.images)
+
+
+def _save(row, paths: list[Path]) -> None:
+    """One sample's files: a PNG, or a GIF (and mp4) of a clip's frames; each under a temporary name, renamed."""
+    from .outputs import atomic_write
+    from .video import save_gif, save_mp4
+
+    writers = {".png": lambda p: row.save(p), ".gif": lambda p: save_gif(row, p), ".mp4": lambda p: save_mp4(row, p)}
+    for path in paths:
+        atomic_write(path, writers[path.suffix])
+
+
+def _write_grid(path: Path, folder: Path, job: _Job, per_class: int, names, video: bool) -> None:
+    """The first GRID_PER_CLASS samples of each class (GRID_MAX in all), read back from their files, one row per
+    class (video: one film strip per clip), saved to ``path``."""
+    from itertools import islice
+
+    from PIL import Image, ImageSequence
+
+    from .images import image_grid
+    from .outputs import atomic_write
+
+    picks = islice((i for i in range(len(job.conds)) if i % per_class < GRID_PER_CLASS), GRID_MAX)
+    tiles = []
+    for i in picks:
+        with Image.open(folder / names(i)[0]) as im:
+            frames = [f.convert("RGB") for f in ImageSequence.Iterator(im)]
+        tiles.append(image_grid(frames, len(frames)))
+    cols = 1 if video else min(GRID_PER_CLASS, per_class) if per_class > 1 else min(GRID_PER_CLASS, len(tiles))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, image_grid(tiles, cols).save)
+
+
+class _StatsTotal:
+    """The run's sampling statistics in flat memory: each chunk's Stats without its per-step and per-token figures
+    (accepted tokens per step, the acceptance map: megabytes per thousand images; the tokens per image stay, 8 bytes
+    each), joined by Stats.concat every 64 chunks; the mean accepted tokens per step (Stats.mean_accepted of the whole
+    run) from running sums."""
+
+    def __init__(self):
+        self.parts, self.accepted, self.steps = [], 0.0, 0
+
+    def add(self, stats) -> None:
+        from dataclasses import replace
+
+        import torch
+
+        from .samplers.stats import Stats
+
+        if stats.reports_acceptance and stats.accepted:
+            acc = torch.stack([a.float().cpu() for a in stats.accepted])
+            self.accepted, self.steps = self.accepted + float(acc[acc > 0].sum()), self.steps + int((acc > 0).sum())
+        self.parts.append(replace(stats, accepted=[], token_step=None, relaxed=None))
+        if len(self.parts) == 64:
+            self.parts = [Stats.concat(self.parts)]
+
+    def summary(self) -> dict:
+        from .samplers.stats import Stats
+
+        if not self.parts:
+            return {}
+        return {**Stats.concat(self.parts).summary(),
+                "mean_accepted": round(self.accepted / self.steps, 4) if self.steps else None}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ IS is of ``a``). Either side may be a folder, a dataset name, an ``.npz`` (ADM i
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +24,11 @@ from .stats import FeatureStats, compute_stats, default_cache_dir, export_npz, i
 
 __all__ = ["compute_fid", "EvalResult", "get_stats", "FeatureStats", "FeatureExtractor", "get_extractor",
            "export_npz", "read_npz_images", "iter_images", "frechet_distance", "kid", "precision_recall",
-           "inception_score", "MissingWeightsError", "inception_path", "INCEPTION_URL", "MODES", "CIFAR_LABEL"]
+           "inception_score", "MissingWeightsError", "inception_path", "INCEPTION_URL", "MODES", "CIFAR_LABEL",
+           "RELIABLE_COUNT"]
+
+
+RELIABLE_COUNT = 2048  # fewer images than this: the figures are unreliable (and FID is biased in the count)
 
 
 @dataclass
@@ -52,8 +57,20 @@ class EvalResult:
         text = " | ".join(parts) + f"  [{self.label}; mode={self.mode}; {self.n_a} vs {self.n_b} images]"
         return text + (f"  ({self.note})" if self.note else "")
 
+    @property
+    def warning(self) -> str:
+        """A loud line when the samples (or a reference of known size) number fewer than :data:`RELIABLE_COUNT`;
+        "" otherwise."""
+        small = [f"{n:,} {what}" for n, what in ((self.n_a, "samples"), (self.n_b, "reference images"))
+                 if 0 < n < RELIABLE_COUNT]
+        if not small:
+            return ""
+        return (f"WARNING: only {' and '.join(small)}: FID, KID, precision / recall and IS are unreliable below "
+                f"{RELIABLE_COUNT:,} images (biased and noisy: FID falls as the count grows); compare numbers only at "
+                f"equal counts, and report them on 10,000-50,000 samples")
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "warning": self.warning}
 
 
 def _is_stats_file(source) -> bool:
@@ -125,4 +142,6 @@ def compute_fid(a, b, features="inception", mode: str = "clean", device="cpu", w
         result.inception_score, result.inception_score_std = inception_score(sa.probs)
     if verbose:
         print(result)
+        if result.warning:
+            print(result.warning, file=sys.stderr)
     return result

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from vargen.outputs import atomic_write, differences, read_manifest, write_manifest
+
 SEED_STRIDE = 1_000_000_007
 
 
@@ -58,9 +60,7 @@ def png_path(out: Path, index: int) -> Path:
 
 def save_png(img, path: Path) -> None:
     """Write then rename, so an interrupted run never leaves a truncated PNG that would be skipped."""
-    tmp = path.with_name(path.stem + ".tmp.png")
-    img.save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, img.save)
 
 
 def parse_args(argv=None):
@@ -118,19 +118,17 @@ def manifest_for(args, pipe, spec, config: dict) -> dict:
 
 def check_manifest(out: Path, manifest: dict, force: bool) -> None:
     """Write ``manifest.json`` on the first run; refuse a different one (unless ``force``)."""
-    path = out / "manifest.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+    old = read_manifest(out)
+    if old is not None:
+        diff = differences(old, manifest)
         if diff and not force:
-            details = "; ".join(f"{k}: folder {old.get(k)!r} vs this run {manifest.get(k)!r}" for k in diff)
-            raise ValueError(f"{out} holds samples of another run ({details}); use a new --out, or --force to mix them")
+            raise ValueError(f"{out} holds samples of another run ({diff}); use a new --out, or --force to mix them")
         if not diff:
             return
     elif any(out.glob("*.png")) and not force:
         raise ValueError(f"{out} already holds PNGs but no manifest.json: it was not made by this script; "
                          f"use a new --out, or --force")
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(out, manifest)
 
 
 def contiguous_batches(indices: list[int], size: int):

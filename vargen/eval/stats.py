@@ -26,6 +26,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from ..outputs import MANIFEST, sample_files
+
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,10 +63,15 @@ def dataset_spec(source: str) -> tuple[Path, str] | None:
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
     """Images under ``folder`` (recursive, sorted); ``*.tmp.*`` files (a save that was interrupted before
-    its rename) are not samples and are left out."""
+    its rename) are not samples and are left out. A folder with a ``manifest.json`` (``vargen generate``,
+    ``eval/sample.py``) is a folder of samples: only its sample files count (:mod:`vargen.outputs`), not a grid,
+    the manifest or other files beside them."""
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*")
-                   if p.suffix.lower() in IMAGE_EXT and p.is_file() and ".tmp." not in p.name)
+    if (folder / MANIFEST).is_file():
+        files = sorted(p for p in sample_files(folder) if p.suffix.lower() in IMAGE_EXT)
+    else:
+        files = sorted(p for p in folder.rglob("*")
+                       if p.suffix.lower() in IMAGE_EXT and p.is_file() and ".tmp." not in p.name)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXT)}) found under {folder}")
     return files
@@ -106,18 +113,19 @@ def load_file(path: Path, size: int | None) -> np.ndarray:
 
 def folder_image_size(files: list[Path]) -> tuple[int, int]:
     """The one (width, height) of every image in ``files`` (read from the headers), or a ``ValueError``
-    naming two files of different sizes: a folder scores only if all its images have one size."""
-    sizes: dict[tuple[int, int], Path] = {}
+    counting the files of each size: a folder scores only if all its images have one size."""
+    sizes: dict[tuple[int, int], list[Path]] = {}
     for f in files:
         try:
             with Image.open(f) as im:
-                sizes.setdefault(im.size, f)
+                sizes.setdefault(im.size, []).append(f)
         except (OSError, SyntaxError, ValueError) as err:
             raise ValueError(f"{f}: not a readable image ({type(err).__name__}: {err}); delete or regenerate it") from None
-        if len(sizes) > 1:
-            (s1, f1), (s2, f2) = list(sizes.items())[:2]
-            raise ValueError(f"images of different sizes in one folder: {f1} is {s1[0]}x{s1[1]}, {f2} is "
-                             f"{s2[0]}x{s2[1]}; pass size=N (--image-size N) to centre-crop and resize them")
+    if len(sizes) > 1:  # the odd ones out last: often a grid or a stray file, not samples to resize
+        counts = [f"{len(fs)} {'is' if len(fs) == 1 else 'are'} {w}x{h} ({fs[0]}{', ...' if len(fs) > 1 else ''})"
+                  for (w, h), fs in sorted(sizes.items(), key=lambda item: -len(item[1]))]
+        raise ValueError(f"images of different sizes in one folder: {'; '.join(counts)}; move out the files that "
+                         f"are not samples, or pass size=N (--image-size N) to centre-crop and resize them all")
     return next(iter(sizes))
 
 
