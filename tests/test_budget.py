@@ -111,3 +111,18 @@ def test_a_budget_names_its_source():
     assert MemoryBudget(torch.device("cpu"), 5 * 10**6).rows(fp, "x") == 5
     with pytest.raises(ValueError, match=r"x needs about 1 MB per image \(a cache 1 MB\), more than the 500 kB .*max_memory"):
         MemoryBudget(torch.device("cpu"), 5 * 10**5).rows(fp, "x")
+
+
+def test_cli_max_memory_chunks_a_batch_too_large_and_refuses_what_cannot_fit(tmp_path, capsys):
+    from vargen.cli import main
+
+    out = tmp_path / "samples"
+    assert main(["generate", "--sampler", "ar", "--per-class", "1", "--batch-size", "20000", "--max-memory", "20MB",
+                 "--threads", "1", "--out", str(out)]) == 0
+    assert len(list(out.glob("*.png"))) == 10
+    capsys.readouterr()
+    assert main(["generate", "--sampler", "sjd", "--max-memory", "100kB", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and "sjd needs about" in err[0] and "100 kB" in err[0], err
+    assert main(["generate", "--max-memory", "lots", "--out", str(tmp_path / "c")]) == 2
+    assert "max_memory must be a size" in capsys.readouterr().err

@@ -43,6 +43,9 @@ def _add_runtime_flags(p) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads, at most the usable cores; 0 picks them from the free cores "
                         "(VARGEN_THREADS also sets it)")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory one sampling call may use, e.g. 8GB or 512MiB (default: 80%% of what the device has "
+                        "available); larger batches run in chunks, options that cannot fit one image are refused")
 
 
 def _setup(args) -> None:
@@ -50,6 +53,10 @@ def _setup(args) -> None:
 
     configure_threads(args.threads)
     check_device(args.device)
+    if getattr(args, "max_memory", None) is not None:
+        from .budget import parse_bytes
+
+        parse_bytes(args.max_memory)  # a bad size fails before anything loads
 
 
 def _add_model_flags(p, default_model: str = "cifar10-llamagen") -> None:
@@ -66,7 +73,8 @@ def _load(args):
     from .pipeline import load
 
     return load(args.model, device=args.device, checkpoint=args.checkpoint,
-                tokenizer_checkpoint=args.tokenizer_checkpoint, trusted=args.trust_checkpoint)
+                tokenizer_checkpoint=args.tokenizer_checkpoint, trusted=args.trust_checkpoint,
+                max_memory=args.max_memory)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,9 +277,11 @@ def _stream(args, pipe, job: _Job, folder: Path, sampler: str, t0: float) -> int
     done = bytearray(count) if args.overwrite else _written(folder, count, names)
     runs = _runs(done, args.batch_size)
     totals, frames, written = _StatsTotal(), None, 0
-    with tqdm(total=count, initial=sum(done), unit=job.unit, file=sys.stderr, dynamic_ncols=True) as bar:
-        for chunk, (start, out) in enumerate(_chunks(pipe, job, runs, args, sampler, options)):
-            if chunk == 0:  # it ran: every check passed
+    bar = None  # opened once the first chunk ran: every check passed, so an error is one line without a bar
+    try:
+        for start, out in _chunks(pipe, job, runs, args, sampler, options):
+            if bar is None:
+                bar = tqdm(total=count, initial=sum(done), unit=job.unit, file=sys.stderr, dynamic_ncols=True)
                 if args.overwrite:
                     clear(folder)
                 write_manifest(folder, manifest)
@@ -283,6 +293,9 @@ def _stream(args, pipe, job: _Job, folder: Path, sampler: str, t0: float) -> int
                     bar.update()
             frames = len(out.videos[0]) if pipe.video else None
             totals.add(out.stats)
+    finally:
+        if bar is not None:
+            bar.close()
     remove_partial(folder)  # writes a killed run left unfinished
     if not all(_written(folder, count, names)):
         raise ValueError(f"--out {folder}: sample files went missing while the run wrote them; run again with --resume")
@@ -466,10 +479,11 @@ def _run_bench(args) -> int:
     if args.model in RANDOM_SHAPES or args.model in RANDOM_HF_SHAPES or args.model in TINY_SHAPES:
         tokens = args.num_tokens or (576 if args.model in RANDOM_HF_SHAPES else 256)
         pipe = random_pipeline(args.model, tokens, device=args.device, num_layers=args.num_layers)
+        pipe.max_memory = args.max_memory
     else:
         if args.num_layers is not None:
             raise ValueError("--num-layers applies to the random-* shapes")
-        pipe = load(args.model, device=args.device)
+        pipe = load(args.model, device=args.device, max_memory=args.max_memory)
     specs = args.sampler or list(dict.fromkeys([pipe.baseline_sampler, pipe.default_sampler]))
     print(f"model {args.model}; {machine_line()}")
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
