@@ -112,3 +112,12 @@ def test_sampler_specs_round_trip_and_reject_unknown_options():
                          ("sjd:window", "expected key=value"), ("sjd:acceptance=exact,k=8", "takes no option 'k'")):
         with pytest.raises(ValueError, match=message):
             SamplerSpec.parse(bad)
+
+
+def test_a_specs_text_keeps_every_digit_of_a_float():
+    """Found by tests/test_fuzz.py: ``%g`` printed prune_ratio=0.001953125 as 0.00195312, another sampler."""
+    from vargen.samplers import SamplerSpec
+
+    spec = SamplerSpec.parse("var:prune_ratio=0.001953125")
+    assert str(spec) == "var:prune_ratio=0.001953125" and SamplerSpec.parse(str(spec)) == spec
+    assert str(SamplerSpec.parse("var:prune_ratio=0.5,temperatures=1/0.1")) == "var:prune_ratio=0.5,temperatures=1/0.1"

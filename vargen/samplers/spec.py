@@ -229,7 +229,10 @@ class SamplerSpec:
                 return "true" if v else "false"
             if isinstance(v, tuple):
                 return "/".join(text(x) for x in v)
-            return "none" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+            if isinstance(v, float):  # short where that is exact, else every digit: the text means this value
+                short = f"{v:g}"
+                return short if float(short) == v else repr(v)
+            return "none" if v is None else str(v)
 
         items = dict(self.options, **({"model": self.member} if self.member else {}))
         if not items:
