@@ -61,6 +61,17 @@ def test_a_number_as_the_model_folder_names_the_file_and_field(tmp_path):
     assert str(err.value) == f"{folder / 'pipeline.json'}: field 'model' must be a string (a folder name), got 123"
 
 
+def test_a_part_that_is_not_a_folder_names_the_file_and_field(tmp_path):
+    """Found by tests/test_fuzz.py: "tokenizer": "nan" was '<root>/nan is not a model folder', naming neither."""
+    folder = demo_folder(tmp_path, tokenizer="nan")
+    with pytest.raises(ValueError) as err:
+        vargen.load(folder)
+    assert str(err.value) == (f"{folder / 'pipeline.json'}: field 'tokenizer' names {tmp_path / 'nan'}, which is not "
+                              f"a folder (a relative name is read from {tmp_path})")
+    with pytest.raises(ValueError, match=r"pipeline.json: field 'draft' names /nonexistent/head, which is not a"):
+        vargen.load(demo_folder(tmp_path, draft="/nonexistent/head"))
+
+
 def test_class_names_as_one_string_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"pipeline.json: field 'class_names' must be a non-empty list of strings"):
         vargen.load(demo_folder(tmp_path, class_names="airplane"))
@@ -109,6 +120,35 @@ def test_a_string_in_a_model_config_names_the_file_and_field(tmp_path):
     with pytest.raises(ValueError) as err:
         vargen.load(demo_folder(tmp_path, model=folder))
     assert str(err.value) == f"{folder / 'config.json'}: field 'dim' must be an integer, got '128' (str)"
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"n_layer": 1_000_000}, "describes a model of more than"),  # built layer by layer for minutes, then refused
+    ({"dim": 4096}, "describes a model of more than"),  # 6 GB allocated, then refused
+    ({"dim": 256}, "checkpoint does not match"),
+    ({"cls_token_num": 10**12}, "needs 1.28e.05 GB to build, more than the"),  # its RoPE table: allocation failed
+])
+def test_sizes_a_config_gets_wrong_are_refused_before_anything_is_built(tmp_path, edit, message):
+    """Found by tests/test_fuzz.py: config.json sizes that do not match the weights (or the machine) are compared on the
+    meta device first, never an allocation failure or minutes of building."""
+    folder = gpt_folder(tmp_path, **edit)
+    with pytest.raises(ValueError, match=message) as err:
+        vargen.load(demo_folder(tmp_path, model=folder))
+    assert str(folder) in str(err.value) and "DefaultCPUAllocator" not in str(err.value)
+
+
+def test_a_vq_config_is_checked_against_its_weights_too(tmp_path):
+    """Found by tests/test_fuzz.py: the LlamaGen VQ folder built its config unchecked (num_res_blocks=100000 ran out of
+    memory with a RuntimeError traceback)."""
+    src = vargen.zoo.shipped_path("cifar10-vq")
+    folder = tmp_path / "vq"
+    folder.mkdir()
+    meta = json.loads((src / "config.json").read_text())
+    meta["config"]["num_res_blocks"] = 100_000
+    (folder / "config.json").write_text(json.dumps(meta))
+    (folder / "model.safetensors").symlink_to(src / "model.safetensors")
+    with pytest.raises(ValueError, match=rf"{folder / 'config.json'}: describes a model of more than"):
+        vargen.load(demo_folder(tmp_path, tokenizer=str(folder)))
 
 
 def test_model_config_types_and_ranges(tmp_path):

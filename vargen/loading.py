@@ -132,6 +132,10 @@ def load_pipeline_folder(folder: Path, dtype: torch.dtype = torch.float32, devic
         p = Path(name)
         return p if p.is_absolute() else root / name
 
+    for key in _FOLDER_KEYS:  # every named part is there before anything is built (a draft is read on first use)
+        if spec.get(key) and not resolve(spec[key]).is_dir():
+            raise ValueError(f"{path}: field {key!r} names {resolve(spec[key])}, which is not a folder (a relative "
+                             f"name is read from {root})")
     model, tokenizer, companions = family.build(spec, resolve, dtype)
     try:  # over the model's own (a transformers image LM's official) defaults
         defaults = replace(getattr(model, "default_sampling", None) or SamplingConfig(), **spec.get("defaults", {}))

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 import pickletools
 import re
 import struct
+import threading
 import warnings
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -206,24 +209,10 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, hi
     key suffixes whose shape may legitimately differ (the module's own ``load_state_dict`` handles them).
     Non-finite weights load, with a warning naming them (they give constant images)."""
     state = {k.removeprefix("module."): v for k, v in state.items() if k not in set(drop)}
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong_shape = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own if k in state and state[k].shape != own[k].shape and not k.endswith(ignore_shape)
-    ]
-    if missing or unexpected or wrong_shape:
-        lines = [f"checkpoint does not match this {what} config"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {missing[:5]}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected[:5]}")
-        if wrong_shape:
-            lines.append(f"  shape mismatches ({len(wrong_shape)}): {wrong_shape[:3]}")
-        if hint:
-            lines.append(f"  likely cause: {hint}")
-        raise ValueError("\n".join(lines))
+    problem = _mismatch({k: tuple(v.shape) for k, v in module.state_dict().items()},
+                        {k: tuple(v.shape) for k, v in state.items()}, what, hint, ignore_shape)
+    if problem:
+        raise ValueError(problem)
     params = {n for n, _ in module.named_parameters()}  # buffers may hold -inf on purpose (attention masks)
     bad = [k for k, v in state.items() if v.is_floating_point()
            and (bool(torch.isnan(v).any()) or (k in params and not bool(torch.isfinite(v).all())))]
@@ -231,6 +220,114 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, hi
         warnings.warn(f"{what}: {len(bad)} weight tensor(s) hold NaN or inf values ({bad[:3]}); samples will be "
                       f"meaningless", stacklevel=2)
     module.load_state_dict(state, strict=True, assign=assign)
+
+
+def _mismatch(own: dict[str, tuple], given: dict[str, tuple], what: str, hint: str = "",
+              ignore_shape: tuple[str, ...] = ()) -> str | None:
+    """What differs between a module's state shapes (``own``) and a checkpoint's (``given``), as load_strict's
+    error; None when they match."""
+    missing = [k for k in own if k not in given]
+    unexpected = [k for k in given if k not in own]
+    wrong_shape = [f"{k}: checkpoint {given[k]} vs model {own[k]}"
+                   for k in own if k in given and given[k] != own[k] and not k.endswith(ignore_shape)]
+    if not (missing or unexpected or wrong_shape):
+        return None
+    lines = [f"checkpoint does not match this {what} config"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {missing[:5]}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected[:5]}")
+    if wrong_shape:
+        lines.append(f"  shape mismatches ({len(wrong_shape)}): {wrong_shape[:3]}")
+    if hint:
+        lines.append(f"  likely cause: {hint}")
+    return "\n".join(lines)
+
+
+class _Oversized(Exception):
+    pass
+
+
+@contextmanager
+def _element_limit(limit: int):
+    """Stop building a module (this thread's) once its parameters and buffers pass ``limit`` elements."""
+    from torch.nn.modules.module import (register_module_buffer_registration_hook,
+                                         register_module_parameter_registration_hook)
+
+    me, count = threading.get_ident(), [0]
+
+    def hook(module, name, tensor):
+        if tensor is not None and threading.get_ident() == me:
+            count[0] += tensor.numel()
+            if count[0] > limit:
+                raise _Oversized
+
+    handles = [register_module_parameter_registration_hook(hook), register_module_buffer_registration_hook(hook)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple] | None:
+    """Tensor shapes from a safetensors header (nothing is read but the header); None if it cannot be read (the
+    full read reports why)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception:  # noqa: BLE001 - a corrupt file is reported by read_state_dict, with its own message
+        return None
+
+
+def _available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def _tensor_bytes(module: nn.Module) -> int:
+    """Bytes of every tensor a module holds: parameters, buffers and plain tensor attributes (e.g. a RoPE table)."""
+    total = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    for m in module.modules():
+        total += sum(v.numel() * v.element_size() for v in vars(m).values() if isinstance(v, torch.Tensor))
+    return total
+
+
+def check_config_fits_weights(config_path: Path, weights: Path, build, config: dict, what: str, drop=(),
+                              ignore_shape: tuple[str, ...] = (), **_) -> None:
+    """Before anything is allocated: the module ``config`` describes, built on the meta device, has the shapes of
+    ``weights`` (a safetensors file) and fits in the memory available. Sizes a config.json gets wrong (a dimension
+    typed 4096 for 128, a million layers) are a ``ValueError`` naming the file here, not an allocation failure or
+    minutes of building. A config that cannot be built on the meta device is left to the real build."""
+    shapes = _safetensors_shapes(weights)
+    if shapes is None:
+        return
+    shapes = {k.removeprefix("module."): v for k, v in shapes.items() if k not in set(drop)}
+    elements = sum(math.prod(s) for s in shapes.values())
+    limit = 4 * elements + 2**24  # non-persistent buffers (masks, tables) on top of the weights
+    try:
+        with torch.device("meta"), _element_limit(limit):
+            shell = build(config)
+    except _Oversized:
+        raise ValueError(f"{config_path}: describes a model of more than {limit:,} parameters and buffers, but "
+                         f"{weights.name} holds {elements:,}: a size in it does not match the weights") from None
+    except Exception:  # noqa: BLE001 - the real build reports it, in its own words
+        return
+    if not isinstance(shell, nn.Module):
+        return
+    problem = _mismatch({k: tuple(v.shape) for k, v in shell.state_dict().items() if k not in set(drop)}, shapes,
+                        what, ignore_shape=ignore_shape)
+    if problem:
+        raise ValueError(problem)
+    need, available = _tensor_bytes(shell), _available_bytes()
+    if available is not None and need > 0.8 * available:
+        raise ValueError(f"{config_path}: the model it describes needs {need / 1e9:.3g} GB to build, more than the "
+                         f"{available / 1e9:.3g} GB this machine has available")
 
 
 def read_folder_config(folder: str | os.PathLike, expected: str | tuple[str, ...] | None = None) -> dict:
@@ -254,11 +351,12 @@ def read_folder_config(folder: str | os.PathLike, expected: str | tuple[str, ...
 
 
 def load_zoo_folder(folder: str | os.PathLike, build, expected: str | tuple[str, ...] | None = None,
-                    config_class=None, **strict) -> nn.Module:
+                    config_class=None, load=None, **strict) -> nn.Module:
     """A model folder (``config.json`` + ``model.safetensors``): ``build(config dict) -> module``, then a
-    strict load of the weights; returned in eval mode without gradients. The config is checked before anything is
-    built (``config_class``'s field annotations and ranges, :func:`vargen.models.config.check_fields`); every config
-    error names the file."""
+    strict load of the weights (or ``load(module, path)``, a family's own loader); returned in eval mode without
+    gradients. The config is checked before anything is built (``config_class``'s field annotations and ranges,
+    :func:`vargen.models.config.check_fields`; then its shapes and size against the weights on the meta device,
+    :func:`check_config_fits_weights`); every config error names the file."""
     from .config import check_fields
 
     folder = Path(folder)
@@ -266,6 +364,7 @@ def load_zoo_folder(folder: str | os.PathLike, build, expected: str | tuple[str,
     meta = read_folder_config(folder, expected)
     if config_class is not None:
         check_fields(config_class, meta["config"], str(path))
+    check_config_fits_weights(path, folder / "model.safetensors", build, meta["config"], str(folder), **strict)
     try:
         module = build(meta["config"])
     except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError, RuntimeError) as err:
@@ -275,5 +374,8 @@ def load_zoo_folder(folder: str | os.PathLike, build, expected: str | tuple[str,
         if isinstance(err, ValueError):  # a field check or the constructor's own validation
             raise ValueError(f"{path}: {text}") from None
         raise ValueError(f"{path}: bad config for {meta.get('type')}: {type(err).__name__}: {text}") from None
-    load_strict(module, read_state_dict(folder / "model.safetensors"), what=str(folder), **strict)
+    if load is not None:
+        load(module, folder / "model.safetensors")
+    else:
+        load_strict(module, read_state_dict(folder / "model.safetensors"), what=str(folder), **strict)
     return module.eval().requires_grad_(False)

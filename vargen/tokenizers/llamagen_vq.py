@@ -201,11 +201,13 @@ class VQModel(nn.Module):
         """A tokenizer saved as ``model.safetensors`` + ``config.json`` (``vargen train vq``, the demo zoo)."""
         from pathlib import Path
 
-        from ..models.checkpoint import read_folder_config
+        from ..models.checkpoint import load_zoo_folder
 
-        meta = read_folder_config(folder, "llamagen_vq")
-        vq = cls(VQConfig.from_dict(meta["config"], str(Path(folder) / "config.json")))
-        return load_vq_weights(vq, str(Path(folder) / "model.safetensors")).to(dtype).eval().requires_grad_(False)
+        where = str(Path(folder) / "config.json")
+        vq = load_zoo_folder(folder, lambda c: cls(VQConfig.from_dict(c, where)), "llamagen_vq",
+                             load=lambda model, path: load_vq_weights(model, str(path)),
+                             drop=("quantize.codebook_used",))  # kept or dropped by load_vq_weights
+        return vq.to(dtype)
 
     def codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices ``[B, h, w]`` (or ``[B, h*w]`` for a square grid) -> latent ``[B, d, h, w]``."""
