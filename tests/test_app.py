@@ -191,6 +191,11 @@ def test_slower_is_said_plainly_with_the_reasons():
     (dict(sampler="var"), "sampler 'var' does not apply to this LlamaGen model"),
     (dict(model="/no/such/folder"), "unknown model '/no/such/folder'"),
     (dict(batch_size=9), "batch size must be an integer from 1 to 8"),
+    # found by tests/test_fuzz.py: JSON of another type was "... failed: AttributeError" (and a logged traceback)
+    (dict(options=["window=4"]), "options must be a string, got ['window=4']"),
+    (dict(trust_checkpoint="yes"), "trust_checkpoint must be true or false, got 'yes'"),
+    (dict(model=None), "choose a model"),
+    (dict(condition=[1]), "condition must be a class id or name, a prompt or a scene seed, got [1]"),
 ])
 def test_bad_input_gives_one_readable_line(client, kw, message):
     with pytest.raises(gradio_client.exceptions.AppError) as err:

@@ -274,6 +274,37 @@ class Run:
         return self.output.stats
 
 
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def api_text(value, name: str) -> str:
+    """A text parameter of the keyword API as sent (JSON): a string, null for empty; anything else is a
+    ``ValueError`` naming the parameter."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {_shown(value)}")
+    return value
+
+
+def api_flag(value, name: str) -> bool:
+    """A true / false parameter of the keyword API (null: false)."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {_shown(value)}")
+    return value
+
+
+def api_condition(value):
+    """The ``condition`` parameter: a class id or name, a prompt or a scene seed (null: the default)."""
+    if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return "" if value is None else value
+    raise ValueError(f"condition must be a class id or name, a prompt or a scene seed, got {_shown(value)}")
+
+
 def _integer(value, name: str) -> int:
     if value is None or isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError(f"{name} must be an integer, got {value}")

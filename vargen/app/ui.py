@@ -143,7 +143,14 @@ def build_app(pipelines: dict[str, Pipeline] | None = None, models: Sequence[str
         empty: the first class or scene) and return both runs' statistics and images, the acceptance map and the
         verdict."""
         with reported(f"{sampler or 'the default sampler'} on {model}"):
-            pipe = store.get(model, Files(checkpoint, tokenizer_checkpoint, trust_checkpoint))
+            # a JSON client may send any type: each parameter is checked before it is used
+            model, sampler, options = (compare.api_text(v, n) for v, n in ((model, "model"), (sampler, "sampler"),
+                                                                             (options, "options")))
+            files = Files(compare.api_text(checkpoint, "checkpoint"),
+                          compare.api_text(tokenizer_checkpoint, "tokenizer_checkpoint"),
+                          compare.api_flag(trust_checkpoint, "trust_checkpoint"))
+            condition = compare.api_condition(condition)
+            pipe = store.get(model, files)
             spec = compare.parse_sampler(sampler, pipe)
             extra = compare.collect_options(spec.name, {}, options)
             if not str(condition or "").strip() and compare.condition_kind(pipe) in ("class", "scene"):
