@@ -133,3 +133,47 @@ def test_unknown_peak_memory_is_none_not_zero(llamagen):
     var = vargen.load("cifar10-var").generate([0], sampler="var", seed=0).stats
     assert var.peak_memory_bytes_per_image is None
     assert Stats().summary()["tokens_per_row"] is None and Stats().summary()["tokens_per_forward"] is None
+
+
+def test_the_summary_is_rounded_for_people_and_the_stats_keep_full_precision():
+    import json
+
+    from vargen.samplers.stats import AutoStats, CSpDStats, DraftStats
+
+    s = Stats(forward_passes=7, tokens=torch.full((3,), 256), seconds=1.23456e-5,
+              accepted=[torch.full((3,), 2)] * 7,
+              draft=DraftStats(drafts_proposed=7, drafts_accepted=1),
+              auto=AutoStats(auto_step_seconds={1: 0.0028651071619466306}))
+    out = s.summary()
+    assert s.tokens_per_forward == 256 / 7 and out["tokens_per_forward"] == 36.5714  # 4 decimals
+    assert s.draft_acceptance_rate == 1 / 7 and out["draft_acceptance_rate"] == 0.1429
+    assert out["seconds"] == 1.235e-05 and out["seconds_per_image"] == 4.115e-06  # 4 digits, never rounded to 0
+    assert out["auto_step_seconds"] == "{1: 0.002865}"
+    assert s.summary(precise=True)["tokens_per_forward"] == 256 / 7
+    nan = Stats(tokens=torch.full((1,), 4), cspd=CSpDStats(log_phi_mean=float("nan"), log_phi_abs_max=float("inf")))
+    assert nan.summary()["log_phi_mean"] is None and nan.summary(precise=True)["log_phi_abs_max"] is None
+    json.dumps(nan.summary(), allow_nan=False)
+
+
+def test_seconds_per_image_is_reported_for_every_family_and_joins_per_image():
+    one, three = Stats(tokens=torch.full((1,), 8), seconds=1.0), Stats(tokens=torch.full((3,), 8), seconds=3.0)
+    assert one.summary()["seconds_per_image"] == three.summary()["seconds_per_image"] == 1.0
+    assert Stats.concat([one, three]).summary()["seconds_per_image"] == 1.0
+    assert Stats().summary()["seconds_per_image"] is None  # no rows counted: unknown
+
+
+def test_nothing_drafted_is_no_rate_not_zero():
+    from vargen.samplers.stats import CSpDStats, DraftStats
+
+    assert Stats(cspd=CSpDStats(drafted=0, accepted_drafts=0)).draft_acceptance_rate is None  # was 0.0
+    lossy = Stats(tokens=torch.full((1,), 4), tv_bound=torch.zeros(1, dtype=torch.float64),
+                  draft=DraftStats(slots_decided=0))
+    assert lossy.tv_per_decided_slot is None and "tv_per_decided_slot" not in lossy.summary()  # was 0.0
+    s = vargen.load("cifar10-mar").generate([0], sampler="cspd:num_iter=4,ratio=1.0", seed=0, decode=False).stats
+    assert s.cspd.drafted == 0 and s.draft_acceptance_rate is None and s.cspd.acceptance_rate_per_row == [None]
+
+
+def test_zipar_runs_a_schedule_and_reports_no_acceptance(llamagen):
+    s = llamagen.generate([0], sampler="zipar:window=4", seed=0, decode=False).stats
+    assert s.mean_accepted is None and s.summary()["mean_accepted"] is None  # was tokens_per_forward again
+    assert s.tokens_per_forward > 1 and s.zipar.rows_in_parallel == 4

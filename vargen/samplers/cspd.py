@@ -374,7 +374,8 @@ class CSpDSampler:
             test=self.test, ratio=self.ratio, num_draft=self.num_draft,
             target_passes=stats.forward_passes, draft_passes=stats.draft_forward_passes,
             prefill_passes=min(milestone + 1, K), **counts,
-            acceptance_rate_per_row=(accepted_per_row.float() / drafted_per_row.clamp(min=1).float()).tolist(),
+            acceptance_rate_per_row=[a / d if d else None  # a row with nothing drafted has no rate (not 0)
+                                     for a, d in zip(accepted_per_row.tolist(), drafted_per_row.tolist())],
         )
         if log_phis:
             phi = torch.cat(log_phis)

@@ -17,6 +17,7 @@ by :meth:`Stats.concat` by its ``merge`` metadata (``"first"`` unless set, see :
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
@@ -177,7 +178,7 @@ class CSpDStats:
     residual_proposals: proposals drawn from the residual after a rejection.
     residual_fallbacks: rejected tokens never resolved within ``max_tries``, which commit a target sample (the
         only way an exact test loses exactness).
-    acceptance_rate_per_row: per row, accepted / drafted.
+    acceptance_rate_per_row: per row, accepted / drafted (None for a row with nothing drafted, e.g. ``ratio=1``).
     log_phi_mean / log_phi_abs_max: ``test="official"``: the mean and the largest ``|log Phi|`` of the official
         test's ratio of per-step variances (None for the other tests).
     """
@@ -193,7 +194,7 @@ class CSpDStats:
     accepted_drafts: int | None = figure("sum")
     residual_proposals: int | None = figure("sum")
     residual_fallbacks: int | None = figure("sum")
-    acceptance_rate_per_row: list[float] | None = figure("cat")
+    acceptance_rate_per_row: list[float | None] | None = figure("cat")
     log_phi_mean: float | None = figure("rows_mean")
     log_phi_abs_max: float | None = figure("max")
 
@@ -211,10 +212,10 @@ class Stats:
     token_step: [B, L], the index of the forward pass that committed each token (acceptance map).
     seconds / peak_memory_bytes: wall time and peak accelerator memory of the sampling call (``peak_memory_bytes``
         is None where it is not measured, e.g. on the CPU: unknown, never 0).
-    reports_acceptance: False for the families that run a fixed schedule of steps (``var``, ``code``, ``mar``):
-        nothing is accepted or rejected there, so :attr:`mean_accepted` is None (they report their own step
-        counts: ``forward_passes`` per call, ``stats.mar.num_iter``); :attr:`tokens_per_forward` is their tokens
-        per image over their steps.
+    reports_acceptance: False for the samplers that run a fixed schedule of steps (``var``, ``code``, ``mar``,
+        ``zipar``): nothing is accepted or rejected there, so :attr:`mean_accepted` is None (they report their own
+        step counts: ``forward_passes`` per call, ``stats.mar.num_iter``, ``stats.zipar.rows_in_parallel``);
+        :attr:`tokens_per_forward` is their tokens per image over their steps.
     row_forward_passes: forward passes summed over rows (each row counts the passes of the call that sampled it;
         not in the summary): set by :meth:`concat`, so that :attr:`tokens_per_forward` stays a per-image figure
         when rows were sampled in separate calls (None: ``forward_passes`` times the rows).
@@ -238,7 +239,7 @@ class Stats:
 
     Next-scale families (``var``, ``code``):
 
-    seconds_per_image: ``seconds`` divided by the rows.
+    seconds_per_image: ``seconds`` divided by the rows (:meth:`summary` reports it for every family).
     peak_memory_bytes_per_image: ``peak_memory_bytes`` divided by the rows.
 
     Family groups (None unless that family ran): ``draft`` (:class:`DraftStats`, every token-loop sampler),
@@ -302,10 +303,10 @@ class Stats:
 
     @property
     def draft_acceptance_rate(self) -> float | None:
-        """Draft tokens accepted / verified, all rows together: the token loop (None when nothing was drafted,
-        e.g. plain AR) and ``cspd``; None for the other families."""
+        """Draft tokens accepted / verified, all rows together: the token loop and ``cspd`` (None when nothing was
+        drafted: plain AR, ``cspd`` with ``ratio=1``; never 0 for "no drafts"); None for the other families."""
         if self.cspd is not None:
-            return (self.cspd.accepted_drafts or 0) / max(1, self.cspd.drafted or 0)
+            return (self.cspd.accepted_drafts or 0) / self.cspd.drafted if self.cspd.drafted else None
         if self.draft is not None and self.draft.drafts_proposed:
             return self.draft.drafts_accepted / self.draft.drafts_proposed
         return None
@@ -313,21 +314,29 @@ class Stats:
     @property
     def tv_per_decided_slot(self) -> float | None:
         """The token loop with a lossy rule that reports it: the TV bound summed over rows, per slot the rule
-        decided; None for exact rules and other families."""
-        if self.tv_bound is None or self.draft is None or self.draft.slots_decided is None:
+        decided; None for exact rules, when no slot was decided and for other families."""
+        if self.tv_bound is None or self.draft is None or not self.draft.slots_decided:
             return None
-        return float(self.tv_bound.sum()) / max(1, self.draft.slots_decided)
+        return float(self.tv_bound.sum()) / self.draft.slots_decided
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, precise: bool = False) -> dict[str, Any]:
         """Every figure measured, flat and JSON-ready (non-scalar figures as their ``str``): the common ones, then
-        the K/V, per-image and family figures that are set, under their field names."""
+        the K/V, per-image and family figures that are set, under their field names. Numbers are rounded for people
+        (4 decimals, 4 significant digits below 1: ``1.5706``, ``0.01235``; counts stay exact) unless ``precise``;
+        the figures themselves (this object's fields and properties) keep full precision. A figure that is unknown
+        or meaningless here is None (null), never NaN or 0. ``seconds_per_image`` is ``seconds`` over the images,
+        however many calls sampled them."""
+        rows = _rows(self) if self.tokens is not None or self.accepted else None
+        per_image = self.seconds_per_image if self.seconds_per_image is not None else (
+            self.seconds / rows if rows else None)
         out = {
             "forward_passes": self.forward_passes,
             "draft_forward_passes": self.draft_forward_passes,
             "tokens_per_row": float(self.tokens.float().mean()) if self.tokens is not None else None,
-            "tokens_per_forward": _round(self.tokens_per_forward, 4),
-            "mean_accepted": _round(self.mean_accepted, 4),
-            "seconds": round(self.seconds, 4),
+            "tokens_per_forward": self.tokens_per_forward,
+            "mean_accepted": self.mean_accepted,
+            "seconds": self.seconds,
+            "seconds_per_image": per_image,
             "peak_memory_bytes": int(self.peak_memory_bytes) if self.peak_memory_bytes is not None else None,
         }
         if self.tv_bound is not None:
@@ -337,7 +346,8 @@ class Stats:
             if value is not None:
                 out[name] = value
         _flatten(self, out, skip=set(_COMMON))
-        return out
+        shown = _finite if precise else _human
+        return {k: str(shown(v)) if isinstance(v, (list, tuple, dict)) else shown(v) for k, v in out.items()}
 
     @classmethod
     def concat(cls, parts: list["Stats"]) -> "Stats":
@@ -355,11 +365,31 @@ class Stats:
 
 # the fields summary() writes itself, before the others
 _COMMON = ("forward_passes", "draft_forward_passes", "tokens", "accepted", "token_step", "relaxed", "tv_bound",
-           "seconds", "peak_memory_bytes", "reports_acceptance", "row_forward_passes")
+           "seconds", "seconds_per_image", "peak_memory_bytes", "reports_acceptance", "row_forward_passes")
 
 
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
+def _finite(value):
+    """``value`` with NaN / inf (nested in lists and dicts too) as None: JSON has neither."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def _human(value):
+    """Floats (nested too) to 4 decimals, 4 significant digits below 1; NaN / inf as None; the rest as is."""
+    if isinstance(value, float):
+        if not math.isfinite(value) or value == 0:
+            return _finite(value)
+        return round(value, max(4, 3 - math.floor(math.log10(abs(value)))))
+    if isinstance(value, (list, tuple)):
+        return [_human(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _human(v) for k, v in value.items()}
+    return value
 
 
 def _flatten(obj, out: dict, skip: set = frozenset()) -> None:
@@ -369,8 +399,8 @@ def _flatten(obj, out: dict, skip: set = frozenset()) -> None:
             continue
         if f.metadata.get("merge") == "group":
             _flatten(value, out)
-        else:
-            out[f.name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        else:  # lists and dicts are written as their str by summary(), after rounding
+            out[f.name] = value if isinstance(value, (int, float, str, bool, list, tuple, dict)) else str(value)
 
 
 def _rows(stats: Stats) -> int:
