@@ -121,3 +121,14 @@ def test_a_specs_text_keeps_every_digit_of_a_float():
     spec = SamplerSpec.parse("var:prune_ratio=0.001953125")
     assert str(spec) == "var:prune_ratio=0.001953125" and SamplerSpec.parse(str(spec)) == spec
     assert str(SamplerSpec.parse("var:prune_ratio=0.5,temperatures=1/0.1")) == "var:prune_ratio=0.5,temperatures=1/0.1"
+
+
+def test_a_folder_option_in_a_spec_is_a_path_or_none():
+    """Found by tests/test_fuzz.py: sd:draft= read the current folder ('. is not a model folder'), draft=none a
+    folder named none."""
+    from vargen.samplers import SamplerSpec
+
+    with pytest.raises(ValueError, match="sd: draft needs a folder path, got nothing"):
+        SamplerSpec.parse("sd:draft=")
+    assert SamplerSpec.parse("sd:draft=none").options == {"draft": None}
+    assert SamplerSpec.parse("sd:draft=runs/head").options == {"draft": "runs/head"}

@@ -220,7 +220,8 @@ class SamplerSpec:
             if not declared[key].text:
                 raise ValueError(f"{name}: {key} is an object (a model or tensor) and cannot be written in a spec")
         member = raw.pop("model", None) if "model" not in declared else None
-        options = {k: declared[k].convert(v, name) if declared[k].kind != "object" else v for k, v in raw.items()}
+        options = {k: declared[k].convert(v, name) if declared[k].kind != "object" else _path(v, name, k)
+                   for k, v in raw.items()}
         return cls(name, options, member)
 
     def __str__(self) -> str:
@@ -238,6 +239,15 @@ class SamplerSpec:
         if not items:
             return self.name
         return self.name + ":" + ",".join(f"{k}={text(v)}" for k, v in sorted(items.items()))
+
+
+def _path(text: str, sampler: str, key: str) -> str | None:
+    """An object option written in a spec: a folder path (``none``: not given)."""
+    if text.lower() in ("none", "null"):
+        return None
+    if not text:
+        raise ValueError(f"{sampler}: {key} needs a folder path, got nothing")
+    return text
 
 
 def unknown_option_message(sampler: str, key: str, declared: dict[str, Option]) -> str:
