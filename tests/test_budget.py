@@ -126,3 +126,16 @@ def test_cli_max_memory_chunks_a_batch_too_large_and_refuses_what_cannot_fit(tmp
     assert err == [err[0]] and "sjd needs about" in err[0] and "100 kB" in err[0], err
     assert main(["generate", "--max-memory", "lots", "--out", str(tmp_path / "c")]) == 2
     assert "max_memory must be a size" in capsys.readouterr().err
+
+
+def test_the_app_refuses_options_too_large_for_memory_before_any_work(pipe):
+    from vargen.app import compare
+    from vargen.samplers.spec import SamplerSpec
+
+    pipe.max_memory = "1MB"
+    try:
+        with pytest.raises(ValueError, match=r"sjd:window=16 needs about .* per image"):
+            compare.prepare(pipe, "cifar10-llamagen", "cat", SamplerSpec("sjd"), {"window": 16}, {}, 0, 1)
+    finally:
+        pipe.max_memory = None
+    assert compare.prepare(pipe, "cifar10-llamagen", "cat", SamplerSpec("sjd"), {"window": 16}, {}, 0, 1).batch == 1

@@ -36,7 +36,8 @@ def test_plain_ar_reports_no_acceptance_rate():
 def test_concat_joins_field_by_field():
     a, b = _loop_stats(2, 3, proposed=10, accepted=5, tv=0.5), _loop_stats(1, 5, proposed=30, accepted=3, tv=1.0)
     j = Stats.concat([a, b])
-    assert j.forward_passes == 8 and j.seconds == 1.5 and j.peak_memory_bytes == 200 and j.kv_cache_bytes == 3000
+    assert j.forward_passes == 8 and j.seconds == 1.5 and j.peak_memory_bytes == 200
+    assert j.kv_cache_bytes == 2000  # the largest call's cache: calls run one after another never hold two
     assert j.tokens.shape == (3,) and j.token_step.shape == (3, 8) and j.tv_bound.shape == (3,)
     assert len(j.accepted) == 5 and j.accepted[4].tolist() == [0, 0, 1]  # the shorter call commits nothing later
     assert j.draft.window == 4 and j.draft.drafts_proposed == 40

@@ -282,6 +282,12 @@ class Pipeline:
 
         return chunks()
 
+    def rows_that_fit(self, cond, sampler: str | Any | None = None, **options) -> int:
+        """How many images ``generate(cond, sampler, **options)`` runs at once within the memory budget; every check
+        ``generate`` makes before any work (``ValueError`` when not even one image fits), without running anything."""
+        call = self._prepare(sampler, False, dict(options))
+        return self._fitting_rows(call, self.conditions(cond))
+
     def _prepare(self, sampler, compile: bool, options: dict) -> "_Call":
         """The sampler, member model, config and keywords of a call, every option checked."""
         if compile not in (True, False):

@@ -332,6 +332,7 @@ def prepare(pipe: Pipeline, model: str, condition, sampler: SamplerSpec, options
     cfg.validate(vocab_size=getattr(pipe.model, "vocab_size", None), conditional=True)
     options = within_limits({**sampler.options, **options})
     pipe.check_sampler(sampler.name, **options)  # bad options and sizes past the model fail here
+    pipe.rows_that_fit([cond], sampler.name, **options, **config)  # and options too large for memory (vargen.budget)
     return Request(pipe, model, cond, sampler.name, options, config, seed, batch)
 
 

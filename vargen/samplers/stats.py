@@ -142,8 +142,8 @@ class CoDeStats:
     refiner_prefill_tokens: int | None = figure()
     drafter_seconds: float | None = figure("sum")
     refiner_seconds: float | None = figure("sum")
-    drafter_kv_cache_bytes: int | None = figure("sum")
-    refiner_kv_cache_bytes: int | None = figure("sum")
+    drafter_kv_cache_bytes: int | None = figure("max")
+    refiner_kv_cache_bytes: int | None = figure("max")
 
 
 @dataclass
@@ -231,7 +231,8 @@ class Stats:
 
     kv_cache_bytes: K/V bytes allocated for the target, CFG rows included (token loop: the target's cache,
         budgeted or not; ``var``: the scale cache, budgeted or not; ``code``: the larger of the two models'
-        caches, which never coexist). ``zipar`` does not report it.
+        caches, which never coexist). ``zipar`` does not report it. Calls run one after another (:meth:`concat`:
+        chunks of a large batch, a streamed run) report the largest call's, the cache that was held at once.
     kv_bytes_used: ``var``: K/V bytes holding tokens at the peak (FastVAR leaves skipped tokens' slots empty; a
         HACK / ScaleKV budget measures its peak), equal to ``kv_cache_bytes`` without either; ``code``: the same,
         the larger of the two models', with a ``kv_budget`` only.
@@ -262,8 +263,8 @@ class Stats:
     peak_memory_bytes: int | None = figure("max")
     reports_acceptance: bool = figure("first", summary=False, default=True)
     row_forward_passes: int | None = figure("sum", summary=False)
-    kv_cache_bytes: int | None = figure("sum")
-    kv_bytes_used: int | None = figure("sum")
+    kv_cache_bytes: int | None = figure("max")
+    kv_bytes_used: int | None = figure("max")
     kv_policy: str | None = figure()
     seconds_per_image: float | None = figure("rows_mean")
     peak_memory_bytes_per_image: int | None = figure("max")
