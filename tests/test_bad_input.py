@@ -294,6 +294,8 @@ def test_sampling_runs_never_mix_and_resume_to_the_same_files(tmp_path, capsys):
     (["measure", "psnr", "--tokenizer", "nope", "--data", "x"], "neither a shipped zoo entry nor a folder"),
     (["fid", "a", "b"], "--mode is required"),
     (["train", "vq", "--data", "x", "--out", "y", "--config", "{bad"], "--config is not valid JSON"),
+    (["train", "draft-head", "--model", "cifar10-llamagen", "--samples", "0", "--out", "y"],  # found by test_fuzz.py
+     "--samples must be >= 1, got 0"),
     (["samplers", "nope"], "unknown sampler 'nope'"),
 ])
 def test_cli_errors_are_one_line_without_traceback(tmp_path, args, message):

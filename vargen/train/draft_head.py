@@ -126,6 +126,10 @@ def train_draft_head(args: DraftHeadTrainArgs) -> Path:
     configure_threads(args.threads)
     if args.grad_accum < 1:
         raise ValueError(f"grad_accum must be >= 1, got {args.grad_accum}")
+    if args.tokens and not Path(args.tokens).is_file():
+        raise ValueError(f"--tokens {args.tokens}: no such file")
+    if not args.tokens and args.samples < 1:  # was torch.cat's "expected a non-empty list of Tensors"
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
     out = Path(args.out)
     model, defaults = load_target(args.model, args.device)
     model.requires_grad_(False)
