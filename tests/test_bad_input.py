@@ -227,7 +227,7 @@ def test_fid_checks_the_whole_folder_and_names_broken_files(tmp_path):
     write_images(mixed, [32] * 150 + [64])  # the odd one is past the first batch of 100
     ref = tmp_path / "ref"
     write_images(ref, [32] * 20)
-    with pytest.raises(ValueError, match=r"000150.png is 64x64"):
+    with pytest.raises(ValueError, match=r"150 are 32x32 .*; 1 is 64x64 \(.*000150.png\)"):
         compute_fid(mixed, ref, features=feats, mode="clean")
     (mixed / "000150.png").unlink()
     (mixed / "000003.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -391,3 +391,11 @@ def test_the_refusal_names_a_working_conversion_through_the_trust_gate(tmp_path)
     out = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-1000:]
     assert torch.equal(load_file(str(tmp_path / "model.safetensors"))["w"], torch.ones(3))
+
+
+def test_fid_names_a_missing_source_before_looking_for_weights(tmp_path, capsys):
+    from vargen.cli import main
+
+    assert main(["fid", str(tmp_path / "missing"), "cifar10-test", "--mode", "clean"]) == 2
+    err = capsys.readouterr().err
+    assert "image source not found" in err and "missing" in err and "inception" not in err.lower(), err

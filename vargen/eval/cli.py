@@ -48,11 +48,13 @@ def _run(args) -> int:
     import torch
 
     from . import compute_fid, export_npz, get_extractor
-    from .stats import compute_stats
+    from .stats import check_source, compute_stats
 
     from ..runtime import configure_threads
 
     configure_threads(args.threads)
+    for source in args.sources:  # a missing folder is named before any weights are looked for
+        check_source(source)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.export_npz:

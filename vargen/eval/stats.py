@@ -61,6 +61,14 @@ def dataset_spec(source: str) -> tuple[Path, str] | None:
     return None
 
 
+def check_source(source) -> None:
+    """``FileNotFoundError`` for a source that is no folder, no .npz and no dataset name (before any weights load)."""
+    if dataset_spec(str(source)) is None and not Path(source).is_dir() and not (
+            Path(source).suffix == ".npz" and Path(source).is_file()):
+        raise FileNotFoundError(f"image source not found: {source} (a folder, an .npz, 'cifar10-train', "
+                                f"'cifar10-test' or 'archive@split')")
+
+
 def image_files(folder: str | os.PathLike) -> list[Path]:
     """Images under ``folder`` (recursive, sorted); ``*.tmp.*`` files (a save that was interrupted before
     its rename) are not samples and are left out. A folder with a ``manifest.json`` (``vargen generate``,
@@ -152,9 +160,7 @@ def iter_images(source, batch_size: int = 100, size: int | None = None) -> Itera
     if path.suffix == ".npz":
         yield from iter_images(read_npz_images(path), batch_size)
         return
-    if not path.is_dir():
-        raise FileNotFoundError(f"image source not found: {source} (a folder, an .npz, 'cifar10-train', "
-                                f"'cifar10-test' or 'archive@split')")
+    check_source(path)
     files = image_files(path)
     if size is None:
         folder_image_size(files)  # the whole folder, before any features are computed
