@@ -399,3 +399,12 @@ def test_fid_names_a_missing_source_before_looking_for_weights(tmp_path, capsys)
     assert main(["fid", str(tmp_path / "missing"), "cifar10-test", "--mode", "clean"]) == 2
     err = capsys.readouterr().err
     assert "image source not found" in err and "missing" in err and "inception" not in err.lower(), err
+
+
+@pytest.mark.parametrize("what", ["features", "kl-vae", "var-vqvae"])
+def test_training_with_missing_data_leaves_no_run_folder(what, tmp_path, capsys):
+    from vargen.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", what, "--data", str(tmp_path / "missing.tar.gz"), "--out", str(out)]) == 2
+    assert "training data not found" in capsys.readouterr().err and not out.exists()

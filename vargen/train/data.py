@@ -32,6 +32,14 @@ def _cache_path(source: Path, split: str, size: int | None, cache_dir: Path | No
     return root / f"images-{source.name.split('.')[0]}-{split}-{key}.pt"
 
 
+def require_data(source: str | os.PathLike) -> Path:
+    """``source`` as a path; ``FileNotFoundError`` when it is not there (checked before a run makes its folder)."""
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"training data not found: {source}")
+    return source
+
+
 def load_images(source: str | os.PathLike, split: str = "train", size: int | None = 32,
                 cache_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(uint8 images [N,3,H,W], labels [N], class names) from a tarball or folder.
@@ -39,9 +47,7 @@ def load_images(source: str | os.PathLike, split: str = "train", size: int | Non
     In a tarball the members are ``<split>/<class>/<file>``; a folder is either ``<split>/<class>/``
     or directly ``<class>/``. Classes are sorted by name; files are sorted, so the order is stable.
     """
-    source = Path(source)
-    if not source.exists():
-        raise FileNotFoundError(f"training data not found: {source}")
+    source = require_data(source)
     cache = _cache_path(source, split, size, Path(cache_dir) if cache_dir else None)
     if cache.exists():
         blob = torch.load(cache, weights_only=True)

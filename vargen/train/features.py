@@ -188,9 +188,10 @@ def train_features(args: FeatureTrainArgs, command: str | None = None) -> Path:
     """SGD with Nesterov momentum, one-cycle schedule (warm-up then cosine to 0), label smoothing; the batches
     of a step depend only on (seed, step), so a resumed run sees exactly the data of a straight one."""
     from ..runtime import configure_threads
-    from .data import load_images
+    from .data import load_images, require_data
 
     configure_threads(args.threads)
+    require_data(args.data)  # before the run folder exists
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images, labels, classes = load_images(args.data, "train", 32)

@@ -105,12 +105,13 @@ def run_mar_training(args: MARRunArgs) -> Path:
     from ..models.mar import MARConfig
     from ..tokenizers.kl import KLPosterior
     from .common import export_fp16, run_steps, write_config
-    from .data import load_images, random_flip, to_model_range
+    from .data import load_images, random_flip, require_data, to_model_range
 
     if args.kind not in ("kl-vae", "mar"):
         raise ValueError(f"unknown MAR training kind {args.kind!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    require_data(args.data)  # before the run folder exists
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)

@@ -293,12 +293,13 @@ def run_var_training(args: VARRunArgs) -> Path:
     from ..models.var import VAR, VARConfig
     from ..tokenizers.msvq import MultiScaleVQVAE
     from .common import export_fp16, write_config
-    from .data import load_images, random_flip, to_model_range
+    from .data import load_images, random_flip, require_data, to_model_range
 
     if args.kind not in ("vqvae", "var", "code-refiner"):
         raise ValueError(f"unknown VAR training kind {args.kind!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    require_data(args.data)  # before the run folder exists
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
