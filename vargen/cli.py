@@ -277,7 +277,8 @@ def _stream(args, pipe, job: _Job, folder: Path, sampler: str, t0: float) -> int
     done = bytearray(count) if args.overwrite else _written(folder, count, names)
     runs = _runs(done, args.batch_size)
     totals, frames, written = _StatsTotal(), None, 0
-    bar = None  # opened once the first chunk ran: every check passed, so an error is one line without a bar
+    _check_job(pipe, job, args, sampler, options)
+    bar = None  # opened once the first chunk ran, so an error is one line without a bar
     try:
         for start, out in _chunks(pipe, job, runs, args, sampler, options):
             if bar is None:
@@ -312,6 +313,21 @@ def _stream(args, pipe, job: _Job, folder: Path, sampler: str, t0: float) -> int
     grid = f"; the grid of the first ones to {args.grid}" if args.grid else ""
     print(f"wrote {written} {files} to {folder}{kept}{note}{grid}")
     return 0
+
+
+def _check_job(pipe, job: _Job, args, sampler: str, options: dict) -> None:
+    """Every check of the whole run before any work (its chunks are checked again as they start): conditions, seeds,
+    sampler options and memory. A --batch-size over what fits in memory is refused, not shrunk, so that a resumed run
+    splits its chunks where the first run did."""
+    import torch
+
+    conds = torch.stack(job.conds[:1]) if torch.is_tensor(job.conds[0]) else job.conds  # context clips: the first
+    pipe.generate_iter(conds, sampler=sampler, seed=args.seed, batch_size=args.batch_size, compile=args.compile,
+                       **options)  # checks when called; nothing runs
+    fit = pipe.rows_that_fit(conds, sampler, **options)
+    if args.batch_size > fit:
+        raise ValueError(f"--batch-size {args.batch_size}: at most {fit} images fit in memory at once here "
+                         f"(vargen.budget{', --max-memory' if args.max_memory else ''}); give --batch-size {fit} or less")
 
 
 def _written(folder: Path, count: int, names) -> bytearray:

@@ -72,7 +72,8 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 def remove_partial(folder: Path) -> None:
     """Delete the interrupted writes (``*.tmp.*``) of ``folder``."""
     for path in folder.glob("*.tmp.*"):
-        if path.is_file():
+        if path.is_file() and (sample_index(path.name.replace(".tmp.", ".")) is not None
+                               or path.name == MANIFEST.replace(".", ".tmp.")):
             path.unlink(missing_ok=True)
 
 

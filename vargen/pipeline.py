@@ -253,8 +253,9 @@ class Pipeline:
                       decode: bool = True, compile: bool = False, **options) -> Iterator[GenerationOutput]:
         """``generate(cond, per_row_seeds=True)`` in chunks of at most ``batch_size`` images (None, or more than fit
         in memory: as many as fit), each yielded as soon as it is done: image ``i`` of ``cond`` uses seed ``seed + i``
-        (None: a random first seed), so the images do not depend on the chunking and memory stays flat for any count.
-        Everything is checked when this is called, before the first chunk runs (conditions, sampler, options,
+        (None: a random first seed; ``generate`` takes None as 0 there), so an image's random numbers do not depend
+        on the chunking (its tokens neither, wherever the model's arithmetic does not change with the batch size; on
+        some CPUs its last bit does) and memory stays flat for any count. Everything is checked when this is called, before the first chunk runs (conditions, sampler, options,
         memory); conditions are converted chunk by chunk."""
         if isinstance(cond, (str, int)) or not hasattr(cond, "__len__") or not hasattr(cond, "__getitem__"):
             raise ValueError(f"generate_iter takes a sequence of conditions (a list or a tensor), got {type(cond).__name__}")
@@ -286,7 +287,8 @@ class Pipeline:
         """How many images ``generate(cond, sampler, **options)`` runs at once within the memory budget; every check
         ``generate`` makes before any work (``ValueError`` when not even one image fits), without running anything."""
         call = self._prepare(sampler, False, dict(options))
-        return self._fitting_rows(call, self.conditions(cond))
+        distinct = _distinct(cond)
+        return self._fitting_rows(call, self.conditions(distinct if distinct is not None else cond))
 
     def _prepare(self, sampler, compile: bool, options: dict) -> "_Call":
         """The sampler, member model, config and keywords of a call, every option checked."""
@@ -396,7 +398,7 @@ def _distinct(cond) -> list | None:
     if not isinstance(cond, (list, tuple)):
         return None
     try:
-        return list(dict.fromkeys(cond))
+        return list({(type(c), c): c for c in cond}.values())  # 3 and 3.0, 1 and True are checked apart
     except TypeError:
         return None
 

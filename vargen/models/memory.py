@@ -12,11 +12,13 @@ FLOAT32 = 4
 def decoder_row_bytes(*, layers: int, dim: int, heads: int, kv_heads: int, head_dim: int, ffn: int, vocab: int,
                       slots: int, fed: int, itemsize: int, cross_slots: int = 0, layer_masks: bool = False) -> int:
     """Bytes one row needs for a decoder with a K/V cache of ``slots`` positions fed ``fed`` tokens: the cache, one
-    layer's activations (residual, norms, q/k/v, attention scores, the gated MLP), the mask and the float32
-    logits (with a copy for the logits chain's first step)."""
+    layer's activations (residual, norms, q/k/v, the layer's K/V copied out to every query head as grouped-query
+    attention kernels do, attention scores, the gated MLP), the mask and the float32 logits (with a copy for the
+    logits chain's first step)."""
     cache = 2 * layers * kv_heads * head_dim * (slots + cross_slots) * itemsize
     qkv = (heads + 2 * kv_heads) * head_dim
-    layer = fed * (4 * dim + qkv + 3 * ffn) * itemsize + heads * fed * max(slots, cross_slots) * FLOAT32
+    repeated = 2 * heads * head_dim * max(slots, cross_slots) * itemsize  # K/V expanded to every query head
+    layer = fed * (4 * dim + qkv + 3 * ffn) * itemsize + heads * fed * max(slots, cross_slots) * FLOAT32 + repeated
     mask = fed * slots * (layers if layer_masks else 1)
     logits = 2 * fed * vocab * FLOAT32
     return int(cache + layer + mask + logits)

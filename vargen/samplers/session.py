@@ -37,11 +37,14 @@ def token_footprint(model, cond, config: SamplingConfig, fed: int, max_len: int)
     """What one image of a token sampler needs (:mod:`vargen.budget`): the target's cache rows (two with CFG) and one
     forward of ``fed`` tokens (``TokenModel.memory_per_row``), and the sampler's float32 work on their ``[fed, V]``
     logits (the logits chain's guidance, top-k / top-p sort with int64 indices and softmax; verification's p, q and
-    residual): twelve copies."""
+    residual, the relaxed rules' float64 sets and GSD's int64 ranks): sixteen float32-sized copies."""
+    if not hasattr(model, "memory_per_row"):
+        raise ValueError(f"{type(model).__name__} does not state memory_per_row(cond, fed, max_len), which the "
+                         "TokenModel protocol names (vargen.models.memory.decoder_row_bytes computes it from the shapes)")
     rows = 2 if config.uses_cfg else 1
     fp = Footprint().add(f"the target's cache and a forward of {fed} tokens",
                          rows * model.memory_per_row(cond, fed, max_len))
-    return fp.add(f"probabilities of {fed} tokens x {model.vocab_size} codes", 12 * 4 * fed * model.vocab_size)
+    return fp.add(f"probabilities of {fed} tokens x {model.vocab_size} codes", 16 * 4 * fed * model.vocab_size)
 
 
 @dataclass

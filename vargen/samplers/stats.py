@@ -267,7 +267,7 @@ class Stats:
     kv_bytes_used: int | None = figure("max")
     kv_policy: str | None = figure()
     seconds_per_image: float | None = figure("rows_mean")
-    peak_memory_bytes_per_image: int | None = figure("max")
+    peak_memory_bytes_per_image: int | None = figure("rows_mean")
     draft: DraftStats | None = figure("group")
     auto: AutoStats | None = figure("group")
     zipar: ZipARStats | None = figure("group")
