@@ -408,3 +408,16 @@ def test_training_with_missing_data_leaves_no_run_folder(what, tmp_path, capsys)
     out = tmp_path / "run"
     assert main(["train", what, "--data", str(tmp_path / "missing.tar.gz"), "--out", str(out)]) == 2
     assert "training data not found" in capsys.readouterr().err and not out.exists()
+
+
+def test_fid_says_when_a_run_folder_is_incomplete(tmp_path):
+    from vargen.eval import compute_fid
+
+    feats = lambda x: x.float().mean((2, 3))  # noqa: E731
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    write_images(run, [32] * 6)
+    (run / "manifest.json").write_text('{"count": 9}')
+    write_images(ref, [32] * 6)
+    assert "holds 6 of the 9 samples its manifest names" in compute_fid(run, ref, features=feats, mode="clean").note
+    (run / "manifest.json").write_text('{"count": 6}')
+    assert "manifest" not in compute_fid(run, ref, features=feats, mode="clean").note

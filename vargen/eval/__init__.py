@@ -20,7 +20,8 @@ import numpy as np
 from .features import (CIFAR_LABEL, INCEPTION_URL, MODES, FeatureExtractor, MissingWeightsError,
                        get_extractor, inception_path)
 from .metrics import frechet_distance, inception_score, kid, precision_recall
-from .stats import FeatureStats, compute_stats, default_cache_dir, export_npz, iter_images, read_npz_images
+from .stats import (FeatureStats, compute_stats, default_cache_dir, export_npz, incomplete_run, iter_images,
+                    read_npz_images)
 
 __all__ = ["compute_fid", "EvalResult", "get_stats", "FeatureStats", "FeatureExtractor", "get_extractor",
            "export_npz", "read_npz_images", "iter_images", "frechet_distance", "kid", "precision_recall",
@@ -130,7 +131,7 @@ def compute_fid(a, b, features="inception", mode: str = "clean", device="cpu", w
     cache_dir = cache_dir or None
     sa = get_stats(a, extractor, mode, cache_dir, batch_size, size)
     sb = get_stats(b, extractor, mode, cache_dir, batch_size, size)
-    note = _check_comparable(sa, sb, extractor, mode)
+    note = "; ".join(filter(None, [_check_comparable(sa, sb, extractor, mode), *map(incomplete_run, (a, b))]))
     result = EvalResult(frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma), extractor.name, extractor.label, mode,
                         sa.count, sb.count, note=note)
     if sa.feats is not None and sb.feats is not None:

@@ -69,6 +69,19 @@ def check_source(source) -> None:
                                 f"'cifar10-test' or 'archive@split')")
 
 
+def incomplete_run(source) -> str:
+    """For a folder whose manifest names more samples than it holds (an interrupted run): what is missing; else ""."""
+    from ..outputs import read_manifest
+
+    folder = Path(str(source))
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    expected = (manifest or {}).get("count", (manifest or {}).get("num_samples"))
+    if not isinstance(expected, int):
+        return ""
+    found = sum(1 for p in sample_files(folder) if p.suffix.lower() in IMAGE_EXT)
+    return f"{folder} holds {found:,} of the {expected:,} samples its manifest names" if found < expected else ""
+
+
 def image_files(folder: str | os.PathLike) -> list[Path]:
     """Images under ``folder`` (recursive, sorted); ``*.tmp.*`` files (a save that was interrupted before
     its rename) are not samples and are left out. A folder with a ``manifest.json`` (``vargen generate``,
