@@ -211,9 +211,8 @@ class TokenSampler:
         J = max(proposer.auto_candidates(model)) if getattr(proposer, "auto", False) else proposer.lookahead
         fp = token_footprint(model, cond, config, J + 1, model.num_tokens + 2 * J + 4)
         own = getattr(proposer, "memory_per_row", None)
-        if own is not None:
-            fp.add(f"the {proposer.name} drafter", own(model, cond, config))
-        return fp
+        held = own(model, cond, config) if own is not None else 0
+        return fp.add(f"the {proposer.name} proposer's own state", held) if held else fp
 
     def with_proposer(self, proposer) -> "TokenSampler":
         """This sampler (same rule) with another proposer."""
