@@ -125,6 +125,8 @@ def _add_generate(sub) -> None:
 
 
 def _prepare_out(path: str) -> Path:
+    if not path.strip():  # Path("") is the current folder
+        raise ValueError(f"--out must name a folder, got {path!r}")
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {folder} exists and is not a folder")
@@ -191,6 +193,8 @@ def _run_generate(args) -> int:
     for name in ("per_class", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.sampler is not None and not args.sampler.strip():
+        raise ValueError("--sampler must be a sampler spec such as ar or sjd:window=16, got ''")
     prompts = _cli_prompts(args)
     if args.grid is not None and (Path(args.grid).suffix.lower() != ".png" or Path(args.grid).is_dir()):
         raise ValueError(f"--grid takes the path of a .png file, got {args.grid!r}")
@@ -203,10 +207,22 @@ def _run_generate(args) -> int:
     return _stream(args, pipe, job, folder, sampler, t0)
 
 
+MAX_IMAGES = 1_000_000  # one run's samples: its lists of conditions and names are built before the first image
+
+
+def _per_class(args, conditions: int) -> int:
+    """--per-class, bounded so that the run's list of images is one that can be built."""
+    conditions = max(conditions, len(args.prompt or args.prompt_ids or ()))
+    if args.per_class * max(conditions, 1) > MAX_IMAGES:
+        raise ValueError(f"--per-class {args.per_class} x {conditions} conditions is more than {MAX_IMAGES} images "
+                         "in one run; use a smaller --per-class and several --out folders")
+    return args.per_class
+
+
 def _image_job(args, pipe, prompts) -> _Job:
     if args.scene is not None or args.context is not None:
         raise ValueError(f"--scene / --context: {args.model} is not a video model")
-    n = args.per_class
+    n = _per_class(args, pipe.num_classes if args.class_id is None else len(args.class_id))
     if pipe.takes_prompts:
         if args.class_id is not None:
             raise ValueError(f"--class-id: {args.model} is a text-to-image model; give --prompt or --prompt-ids")
@@ -232,7 +248,8 @@ def _video_job(args, pipe, prompts) -> _Job:
         raise ValueError(f"{args.model} is a video model: give --scene seeds or --context files")
     if args.scene is not None and args.context is not None:
         raise ValueError("give --scene or --context, not both")
-    n, suffixes = args.per_class, ("gif", "mp4") if mp4_available() else ("gif",)
+    given = len(args.context if args.context is not None else args.scene if args.scene is not None else range(8))
+    n, suffixes = _per_class(args, given), ("gif", "mp4") if mp4_available() else ("gif",)
     if args.context is not None:
         tc, (_, H, W) = pipe.tokenizer.config, pipe.model.config.video_latent_shape
         size = (H * tc.spatial_compression, W * tc.spatial_compression)
@@ -444,6 +461,9 @@ class _StatsTotal:
 # ----------------------------------------------------------------------------------------------
 
 
+_DEFAULT_SHAPES = ["random-gpt-b", "random-gpt-l", "random-gpt-xl"]
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="samplers against their family's baseline: passes, tokens per forward, speed-up",
                        description="Time samplers on one model, interleaved, after a warm-up each; speed-ups are "
@@ -464,7 +484,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--suite", choices=("gpu",),
                    help="gpu: the decode step of GPT-B/L/XL shapes with random weights against the bandwidth floor, "
                         "and sjd/sd speed-ups (use with --device; --model is ignored)")
-    p.add_argument("--shapes", nargs="+", default=["random-gpt-b", "random-gpt-l", "random-gpt-xl"],
+    p.add_argument("--shapes", nargs="+", default=_DEFAULT_SHAPES,
                    help="--suite gpu: the shapes (default random-gpt-b random-gpt-l random-gpt-xl)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs (seeds) per entry; times are summed (default 1)")
     p.add_argument("--quality", action="store_true",
@@ -490,6 +510,10 @@ def _run_bench(args) -> int:
         raise ValueError(f"--out {args.out} is a folder; give a file name for the table")
     if args.suite == "gpu":
         return _run_gpu_suite(args)
+    if args.shapes != _DEFAULT_SHAPES:
+        raise ValueError("--shapes applies to --suite gpu")
+    if args.num_tokens is not None and args.num_tokens < 1:
+        raise ValueError(f"--num-tokens must be >= 1, got {args.num_tokens}")
     args.batch, args.compile = args.batch or [1], args.compile or "off"
     prompts = _cli_prompts(args)
     if args.model in RANDOM_SHAPES or args.model in RANDOM_HF_SHAPES or args.model in TINY_SHAPES:
@@ -497,8 +521,9 @@ def _run_bench(args) -> int:
         pipe = random_pipeline(args.model, tokens, device=args.device, num_layers=args.num_layers)
         pipe.max_memory = args.max_memory
     else:
-        if args.num_layers is not None:
-            raise ValueError("--num-layers applies to the random-* shapes")
+        for flag, value in (("--num-layers", args.num_layers), ("--num-tokens", args.num_tokens)):
+            if value is not None:
+                raise ValueError(f"{flag} applies to the random-* shapes")
         pipe = load(args.model, device=args.device, max_memory=args.max_memory)
     specs = args.sampler or list(dict.fromkeys([pipe.baseline_sampler, pipe.default_sampler]))
     print(f"model {args.model}; {machine_line()}")
@@ -696,6 +721,14 @@ def _zoo_or_folder(name: str) -> Path:
     return path
 
 
+def _check_archive(data: str) -> None:
+    """--data: a folder, or a file that is a tar archive (.tar.gz), named when it is not one."""
+    import tarfile
+
+    if Path(data).is_file() and not tarfile.is_tarfile(data):
+        raise ValueError(f"--data {data}: not a tar archive (.tar.gz with split/class/*.jpg); give one or a folder")
+
+
 def _run_measure(args) -> int:
     import torch
 
@@ -704,6 +737,7 @@ def _run_measure(args) -> int:
     configure_threads(args.threads)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    _check_archive(args.data)
     if args.what == "psnr":
         from .train.vq import evaluate_psnr, load_tokenizer_folder
 
@@ -767,6 +801,13 @@ def _run_app(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.port > 65535:
         raise ValueError(f"--port must be a TCP port in 1..65535, got {args.port}")
+    from . import zoo
+    from .models.hf.folders import is_hub_id
+
+    for name in args.model:  # a name that can never load is an error now, not a log line once the server runs
+        if not (zoo.shipped_path(name) or name in zoo.OFFICIAL or Path(name).is_dir() or is_hub_id(name)):
+            raise ValueError(f"--model {name!r}: not a shipped demo, an official name, a folder or a hub id "
+                             "(owner/name); `vargen models` lists them")
     try:
         import gradio  # noqa: F401
     except ImportError:

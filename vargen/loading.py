@@ -170,6 +170,10 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: to
 
 def _load(name_or_path, device, dtype, checkpoint, tokenizer_checkpoint, trusted):
     name = str(name_or_path)
+    given = [k for k, v in (("checkpoint", checkpoint), ("tokenizer_checkpoint", tokenizer_checkpoint)) if v]
+    if given and name not in zoo.OFFICIAL:  # a demo or folder reads its own weights: the file would be ignored
+        raise ValueError(f"{'/'.join(given)} applies to the official names ({', '.join(sorted(zoo.OFFICIAL))}), "
+                         f"not to {name!r}, which loads its own weights")
     shipped = zoo.shipped_path(name)
     if shipped is not None and (shipped / "pipeline.json").is_file():
         return load_pipeline_folder(shipped, dtype, device)

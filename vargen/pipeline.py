@@ -233,6 +233,7 @@ class Pipeline:
         Work and memory are bounded before anything runs (:mod:`vargen.budget`, ``max_memory``): a batch larger
         than what fits runs in chunks with ``per_row_seeds`` (the same images) and is refused without it; options
         that do not fit even one image are refused."""
+        _check_flags(decode=decode, per_row_seeds=per_row_seeds)
         self.check_seed(seed)
         if per_row_seeds and seed is not None and seed + 1000 > MAX_SEED:
             raise ValueError(f"seed {seed} leaves no room for per-row seeds (at most {MAX_SEED - 1000})")
@@ -257,6 +258,10 @@ class Pipeline:
         on the chunking (its tokens neither, wherever the model's arithmetic does not change with the batch size; on
         some CPUs its last bit does) and memory stays flat for any count. Everything is checked when this is called, before the first chunk runs (conditions, sampler, options,
         memory); conditions are converted chunk by chunk."""
+        _check_flags(decode=decode)
+        if torch.is_tensor(cond) and cond.dim() == 0:
+            raise ValueError("generate_iter takes a sequence of conditions (a list or a tensor with a batch dimension), "
+                             "got a 0-d tensor")
         if isinstance(cond, (str, int)) or not hasattr(cond, "__len__") or not hasattr(cond, "__getitem__"):
             raise ValueError(f"generate_iter takes a sequence of conditions (a list or a tensor), got {type(cond).__name__}")
         n = len(cond)
@@ -292,9 +297,10 @@ class Pipeline:
 
     def _prepare(self, sampler, compile: bool, options: dict) -> "_Call":
         """The sampler, member model, config and keywords of a call, every option checked."""
-        if compile not in (True, False):
-            raise ValueError(f"compile must be true or false, got {compile!r}")
-        sampler = sampler or self.default_sampler
+        _check_flags(compile=compile)
+        if sampler == "":
+            raise ValueError(f"sampler must be a name such as {self.default_sampler!r} or None (the default), got ''")
+        sampler = self.default_sampler if sampler is None else sampler
         if isinstance(sampler, str) and ":" in sampler:
             spec = SamplerSpec.parse(sampler)
             twice = sorted(set(spec.options) & set(options)) + (["model"] if spec.member and "model" in options else [])
@@ -307,8 +313,10 @@ class Pipeline:
         config, sampler_options = self.split_options(options)
         if isinstance(sampler, str):
             sampler = self.make_sampler(sampler, **sampler_options)
-        elif sampler_options:
-            raise ValueError(f"options {sorted(sampler_options)} given with a sampler instance")
+        else:
+            self._check_instance(sampler)
+            if sampler_options:
+                raise ValueError(f"options {sorted(sampler_options)} given with a sampler instance")
         kw = {}
         if compile:
             from .samplers.loop import TokenSampler
@@ -318,6 +326,19 @@ class Pipeline:
                                  f"{type(sampler).__name__} has no compiled path")
             kw["compile"] = True
         return _Call(sampler, model, config, kw, what)
+
+    def _check_instance(self, sampler) -> None:
+        """A sampler given as an object: one with a ``sample`` method, and not a registered sampler of another
+        family (a VAR sampler on a LlamaGen pipeline)."""
+        if not callable(getattr(sampler, "sample", None)):
+            raise ValueError(f"sampler must be a name, a 'name:key=value' spec or a sampler instance, "
+                             f"got {type(sampler).__name__} {sampler!r}")
+        mine = tuple(sampler_class(n) for n in self.family.samplers)
+        foreign = [n for n in available_samplers() if n not in self.family.samplers
+                   and type(sampler) is sampler_class(n)]
+        if foreign and not isinstance(sampler, mine):
+            raise ValueError(f"sampler {foreign[0]!r} ({type(sampler).__name__}) does not apply to a "
+                             f"{self.kind.upper()} pipeline; use one of {', '.join(self.family.samplers)}")
 
     def _fitting_rows(self, call: "_Call", cond) -> int:
         """How many images of ``cond``'s kind fit the memory budget at once (a sampler without a ``footprint``:
@@ -362,6 +383,10 @@ class Pipeline:
         row at a time: an image is the same whatever batch it was generated and decoded in."""
         if torch.is_tensor(out):
             out = GenerationOutput(tokens=out, stats=Stats())
+        if not isinstance(out, GenerationOutput):
+            raise ValueError(f"decode takes a GenerationOutput or a tensor of tokens (generate(..., decode=False)), "
+                             f"got {type(out).__name__}")
+        _check_tokens(out, self)
         if self.family.decode is not None:  # e.g. video: clips of the context and the generated frames
             return self.family.decode(self, out)
         images = []
@@ -383,6 +408,38 @@ class _Call:
     kw: dict
     what: str
     footprint: Footprint | None = None
+
+
+def _check_flags(**flags) -> None:
+    """Switches such as ``decode=`` are True or False: a string like "no" would otherwise read as true."""
+    for name, value in flags.items():
+        if value not in (True, False) or not isinstance(value, (bool, int)):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_tokens(out: GenerationOutput, pipe: Pipeline) -> None:
+    """What ``decode`` is given when it holds no latents: a tensor with one row per image of the model's token count;
+    integer codes of the codebook for a discrete model (``vocab_size``), [images, seq_len, token_embed_dim] numbers for
+    a continuous one (MAR). Else torch's shape or index errors, or on a GPU a device assert."""
+    if out.latents is not None:
+        return
+    tokens, model = out.tokens, pipe.model
+    if not torch.is_tensor(tokens):
+        raise ValueError(f"decode takes a GenerationOutput or a tensor of tokens, got tokens of type {type(tokens).__name__}")
+    shape, vocab = tuple(tokens.shape), getattr(model, "vocab_size", None)
+    discrete = isinstance(vocab, int)
+    if tokens.dim() < 2 or not shape[0] or discrete == tokens.is_floating_point() or tokens.dtype == torch.bool:
+        want = "an integer tensor [images, tokens]" if discrete else "a float tensor [images, tokens, channels]"
+        raise ValueError(f"decode takes {want} from generate(..., decode=False), got a {tokens.dtype} tensor of "
+                         f"shape {shape}")
+    n = getattr(model, "num_tokens", None) if discrete else getattr(model, "seq_len", None)
+    if pipe.family.decode is None and isinstance(n, int) and shape[1] != n:
+        raise ValueError(f"decode takes {n} tokens per image for this model, got a tensor of shape {shape}")
+    if discrete and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+        raise ValueError(f"decode takes token ids in 0..{vocab - 1}, got values in {int(tokens.min())}..{int(tokens.max())}")
+    width = getattr(model, "token_embed_dim", None)
+    if not discrete and isinstance(width, int) and (tokens.dim() != 3 or shape[2] != width):
+        raise ValueError(f"decode takes [images, {n}, {width}] latents for this model, got a tensor of shape {shape}")
 
 
 def _describe(sampler, options: dict) -> str:

@@ -98,7 +98,9 @@ def check_device(device):
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from None
+        reason = f"a {type(device).__name__}, not a device name" if isinstance(err, TypeError) else str(err).strip()
+        reason = reason.splitlines()[0] if reason else type(err).__name__
+        raise ValueError(f"unknown device {device!r} ({reason}); use cpu, cuda or cuda:N") from None
     if dev.type not in _DEVICE_TYPES:
         raise ValueError(f"vargen cannot run on device {device!r}; it runs on {', '.join(_DEVICE_TYPES[:-1])} "
                          f"or {_DEVICE_TYPES[-1]} (cuda:N for one GPU)")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..models.base import class_ids
+
 __all__ = ["class_id", "class_conditions"]
 
 
@@ -31,4 +33,4 @@ def class_conditions(pipe, cond) -> torch.Tensor:
         cond = torch.tensor([class_id(pipe, c) for c in cond], dtype=torch.long)
     if not torch.is_tensor(cond):
         raise ValueError(f"cond must be class ids or names, got {type(cond).__name__}")
-    return cond.to(pipe.device)
+    return class_ids(cond, pipe.num_classes, pipe.device)  # a tensor given as is: 1-D integer ids in range

@@ -39,7 +39,11 @@ def scene_clips(pipe, seeds) -> torch.Tensor:
     from ..video import bouncing_shapes
 
     for s in seeds:
-        pipe.check_seed(s)
+        try:
+            pipe.check_seed(s)
+        except ValueError:
+            raise ValueError(f"scene seeds (a video demo's conditions) must be integers in 0..{2**63 - 1}, "
+                             f"got {s!r}") from None
     frames = pipe.tokenizer.config.pixel_chunk_duration
     size = pipe.model.config.video_latent_shape[1] * pipe.tokenizer.config.spatial_compression
     return torch.cat([bouncing_shapes(1, torch.Generator().manual_seed(int(s)), frames=frames, size=size)

@@ -165,6 +165,8 @@ def read_state_dict(path: str | os.PathLike, prefer: Iterable[str] = (), trusted
     Pickles load weights-only (see the module docstring); ``trusted=True`` unpickles fully, with a warning.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a folder, not a weights file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}" + (f"; {missing_hint}" if missing_hint else ""))
     if path.suffix == ".safetensors":
@@ -241,7 +243,7 @@ def _mismatch(own: dict[str, tuple], given: dict[str, tuple], what: str, hint: s
         lines.append(f"  shape mismatches ({len(wrong_shape)}): {wrong_shape[:3]}")
     if hint:
         lines.append(f"  likely cause: {hint}")
-    return "\n".join(lines)
+    return lines[0] + ": " + "; ".join(line.strip() for line in lines[1:])  # one line, as every error
 
 
 class _Oversized(Exception):

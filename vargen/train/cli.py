@@ -12,6 +12,7 @@ import json
 import shlex
 import sys
 import typing
+from pathlib import Path
 
 HELP = {
     "data": ".tar.gz with split/class/*.jpg, or a folder of class/*.jpg",
@@ -167,6 +168,8 @@ def run_cli(args) -> int:
     for k, v in kw.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0 and k not in ("seed",):
             raise ValueError(f"--{k.replace('_', '-')} must be >= 0, got {v}")
+    if kw.get("out") and Path(kw["out"]).exists() and not Path(kw["out"]).is_dir():
+        raise ValueError(f"--out {kw['out']} exists and is not a folder; give a folder for the run")
     command = "vargen " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
     if "out" in names and kw.get("out") is None:
         kw["out"] = str(default_out(args.what, kw))

@@ -69,6 +69,8 @@ def fetch(spec: dict, local: str | os.PathLike | None = None) -> Path:
     """A checkpoint file: the user's local path, the hub cache, or a download when a network exists."""
     if local is not None:
         local = Path(local)
+        if local.is_dir():
+            raise IsADirectoryError(f"checkpoint {local} is a folder; give the checkpoint file in it")
         if not local.is_file():
             raise FileNotFoundError(f"checkpoint not found: {local}")
         return local
