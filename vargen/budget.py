@@ -46,7 +46,7 @@ def parse_bytes(value) -> int:
         number, unit = float(match.group(1)), match.group(2)
     size = number * _UNITS[unit]
     if not 1 <= size < 2**62:
-        raise ValueError(f"max_memory must be at least one byte, got {value!r}")
+        raise ValueError(f"max_memory must be from one byte to 4 EB, got {value!r}")
     return int(size)
 
 

@@ -256,9 +256,11 @@ class Pipeline:
         in memory: as many as fit), each yielded as soon as it is done: image ``i`` of ``cond`` uses seed ``seed + i``
         (None: a random first seed; ``generate`` takes None as 0 there), so an image's random numbers do not depend
         on the chunking (its tokens neither, wherever the model's arithmetic does not change with the batch size; on
-        some CPUs its last bit does) and memory stays flat for any count. Everything is checked when this is called, before the first chunk runs (conditions, sampler, options,
-        memory); conditions are converted chunk by chunk."""
+        some CPUs its last bit does) and memory stays flat for any count. Everything is checked when this is called,
+        before the first chunk runs (conditions, sampler, options, memory); conditions are converted chunk by chunk."""
         _check_flags(decode=decode)
+        if "per_row_seeds" in options:
+            raise ValueError("generate_iter always seeds per image (image i uses seed + i): drop per_row_seeds")
         if torch.is_tensor(cond) and cond.dim() == 0:
             raise ValueError("generate_iter takes a sequence of conditions (a list or a tensor with a batch dimension), "
                              "got a 0-d tensor")
