@@ -421,3 +421,14 @@ def test_fid_says_when_a_run_folder_is_incomplete(tmp_path):
     assert "holds 6 of the 9 samples its manifest names" in compute_fid(run, ref, features=feats, mode="clean").note
     (run / "manifest.json").write_text('{"count": 6}')
     assert "manifest" not in compute_fid(run, ref, features=feats, mode="clean").note
+
+
+def test_fid_of_images_given_as_an_array_has_no_folder_note():
+    import numpy as np
+
+    from vargen.eval import compute_fid
+
+    feats = lambda x: x.float().mean((2, 3))  # noqa: E731
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8) for _ in range(2))
+    assert compute_fid(a, b, features=feats, mode="clean").note == ""

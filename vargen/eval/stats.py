@@ -73,7 +73,9 @@ def incomplete_run(source) -> str:
     """For a folder whose manifest names more samples than it holds (an interrupted run): what is missing; else ""."""
     from ..outputs import read_manifest
 
-    folder = Path(str(source))
+    if not isinstance(source, (str, os.PathLike)):  # images given as an array or tensor
+        return ""
+    folder = Path(source)
     manifest = read_manifest(folder) if folder.is_dir() else None
     expected = (manifest or {}).get("count", (manifest or {}).get("num_samples"))
     if not isinstance(expected, int):
