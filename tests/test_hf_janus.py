@@ -228,7 +228,7 @@ def test_bad_input_is_rejected_before_work(pipe, folder, tmp_path, monkeypatch, 
         pipe.generate([[0, 5], "a cat"])
     with pytest.raises(ValueError, match="does not apply to janus"):
         pipe.generate(PROMPTS[:1], cfg_interval=3)
-    with pytest.raises(ValueError, match="apply to official names"):
+    with pytest.raises(ValueError, match="applies to the official names"):
         load(folder, checkpoint="x.pt")
     for args, message in [(["--model", str(folder), "--class-id", "3"], "is a text-to-image model"),
                           (["--model", str(folder), "--prompt-ids", "0,x"], "comma-separated integers"),

@@ -132,6 +132,10 @@ def load_pipeline_folder(folder: Path, dtype: torch.dtype = torch.float32, devic
         p = Path(name)
         return p if p.is_absolute() else root / name
 
+    scenes = spec.get("scenes")
+    if scenes is not None and scenes not in family.scene_sources:
+        raise ValueError(f"{path}: field 'scenes' names {scenes!r}, not a scenes source of {kind} models "
+                         f"({', '.join(family.scene_sources) or 'none'})")
     for key in _FOLDER_KEYS:  # every named part is there before anything is built (a draft is read on first use)
         if spec.get(key) and not resolve(spec[key]).is_dir():
             raise ValueError(f"{path}: field {key!r} names {resolve(spec[key])}, which is not a folder (a relative "

@@ -109,6 +109,8 @@ def run_mar_training(args: MARRunArgs) -> Path:
 
     if args.kind not in ("kl-vae", "mar"):
         raise ValueError(f"unknown MAR training kind {args.kind!r}")
+    if args.kind == "mar" and not args.vae:
+        raise ValueError("mar training needs --vae (a trained KL VAE folder)")
     if args.threads:
         torch.set_num_threads(args.threads)
     require_data(args.data)  # before the run folder exists
@@ -150,8 +152,6 @@ def run_mar_training(args: MARRunArgs) -> Path:
         write_config(out, "kl_vae", {**plain, "scale_factor": round(scale, 6)})
         return out / "model.safetensors"
 
-    if not args.vae:
-        raise ValueError("mar training needs --vae (a trained KL VAE folder)")
     vae_cfg = json.loads((Path(args.vae) / "config.json").read_text())["config"]
     moments, labels = cached_moments(args.vae, args.data, "train", True, args.image_size)
     cfg = MARConfig.from_dict({**args.config, "img_size": args.image_size, "vae_stride": 2 ** (len(vae_cfg["ch_mult"]) - 1),

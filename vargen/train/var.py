@@ -297,6 +297,8 @@ def run_var_training(args: VARRunArgs) -> Path:
 
     if args.kind not in ("vqvae", "var", "code-refiner"):
         raise ValueError(f"unknown VAR training kind {args.kind!r}")
+    if args.kind != "vqvae" and not args.vqvae:
+        raise ValueError(f"{args.kind} training needs --vqvae (a trained multi-scale VQVAE folder)")
     if args.threads:
         torch.set_num_threads(args.threads)
     require_data(args.data)  # before the run folder exists
@@ -329,8 +331,6 @@ def run_var_training(args: VARRunArgs) -> Path:
         write_config(out, "var_vqvae", {**asdict(cfg), "test_mode": True})
         return out / "model.safetensors"
 
-    if not args.vqvae:
-        raise ValueError(f"{args.kind} training needs --vqvae (a trained multi-scale VQVAE folder)")
     vae = MultiScaleVQVAE.from_folder(args.vqvae)
     tokens, labels = cached_scale_tokens(vae, args.vqvae, args.data, "train", True, args.image_size)
     if args.init:
