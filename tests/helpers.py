@@ -11,6 +11,17 @@ from vargen.samplers.base import SamplingConfig, cfg_mix, logits_to_probs
 from vargen.testing import trained_like_init_
 
 
+def write_model_parts(pipe, root, gpt: str, vq: str) -> None:
+    """A LlamaGen pipeline's GPT and VQ as zoo-style parts ``root/<gpt>`` and ``root/<vq>`` (fp16 weights + config)."""
+    import json
+
+    from vargen.train.common import export_fp16
+
+    for name, module, kind in ((gpt, pipe.model, "llamagen_gpt"), (vq, pipe.tokenizer, "llamagen_vq")):
+        export_fp16(module, root / name / "model.safetensors")
+        (root / name / "config.json").write_text(json.dumps({"type": kind, "config": module.config.to_dict()}))
+
+
 def tiny_gpt(vocab=6, grid=2, num_classes=3, dim=32, n_layer=2, n_head=2, seed=0, sharpness=3.0,
              dtype=torch.float32) -> GPT:
     """A random LlamaGen GPT with peaked (trained-like) distributions."""

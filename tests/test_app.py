@@ -20,7 +20,7 @@ from PIL import Image
 pytest.importorskip("gradio", reason="the app tests need gradio (pip install 'vargen[app]')")
 gradio_client = pytest.importorskip("gradio_client", reason="the app tests need gradio_client")
 
-from helpers import tiny_gpt, tiny_video_folder  # noqa: E402
+from helpers import tiny_gpt, tiny_video_folder, write_model_parts  # noqa: E402
 from vargen.app import build_app, compare, render  # noqa: E402
 from vargen.pipeline import Pipeline, load  # noqa: E402
 from vargen.samplers.base import SamplingConfig  # noqa: E402
@@ -213,12 +213,7 @@ def test_an_official_model_without_files_says_how_to_give_them_in_the_app(client
 
 def write_pipeline_folder(root: Path) -> Path:
     """The tiny pipeline as a local model folder (pipeline.json + model/ + vq/), as the zoo ships them."""
-    from vargen.train.common import export_fp16
-
-    pipe = tiny_pipeline()
-    for name, module, kind in (("model", pipe.model, "llamagen_gpt"), ("vq", pipe.tokenizer, "llamagen_vq")):
-        export_fp16(module, root / name / "model.safetensors")
-        (root / name / "config.json").write_text(json.dumps({"type": kind, "config": module.config.to_dict()}))
+    write_model_parts(tiny_pipeline(), root, "model", "vq")
     folder = root / "tiny-folder"
     folder.mkdir()
     spec = {"kind": "llamagen", "model": "model", "tokenizer": "vq", "defaults": {"cfg_scale": 1.5},

@@ -1,4 +1,4 @@
-"""Issue 33, the held-out audit replayed with new inputs (notes: /work/notes/audit33.md): each class of failure it
+"""Issue 33, the held-out audit replayed with new inputs : each class of failure it
 found -- an input silently ignored or misread, a Python traceback from a public call, a run that cannot end -- is
 now a one-line error naming the bad value and what is allowed, raised before any work."""
 from __future__ import annotations

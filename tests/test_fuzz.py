@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import vargen
 import vargen.zoo
-from helpers import tiny_gpt
+from helpers import tiny_gpt, write_model_parts
 from vargen.samplers import available_samplers, sampler_options
 from vargen.samplers.spec import SamplerSpec
 
@@ -103,13 +103,8 @@ def tiny_pipeline():
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory) -> Path:
     """The tiny pipeline as a model folder (pipeline.json + gpt/ + vq/), as the zoo ships them."""
-    from vargen.train.common import export_fp16
-
     root = tmp_path_factory.mktemp("tiny")
-    pipe = tiny_pipeline()
-    for name, module, kind in (("gpt", pipe.model, "llamagen_gpt"), ("vq", pipe.tokenizer, "llamagen_vq")):
-        export_fp16(module, root / name / "model.safetensors")
-        (root / name / "config.json").write_text(json.dumps({"type": kind, "config": module.config.to_dict()}))
+    write_model_parts(tiny_pipeline(), root, "gpt", "vq")
     folder = root / "tiny"
     folder.mkdir()
     (folder / "pipeline.json").write_text(json.dumps({"kind": "llamagen", "model": "gpt", "tokenizer": "vq",
