@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Stats", "DraftStats", "AutoStats", "ZipARStats", "PruningStats", "CoDeStats", "MaskedStats",
+__all__ = ["Stats", "DraftStats", "AutoStats", "ZipARStats", "RowsStats", "PruningStats", "CoDeStats", "MaskedStats",
            "CSpDStats", "figure"]
 
 _MERGES = ("first", "sum", "max", "rows_mean", "cat", "group")
@@ -108,6 +108,24 @@ class ZipARStats:
 
 
 @dataclass
+class RowsStats:
+    """Parallel rows beyond ZipAR (:mod:`vargen.samplers.rows`): ``diagd`` (Diagonal Decoding, arXiv 2503.14070)
+    and ``pjd`` (Parallel Jacobi Decoding, arXiv 2606.05703).
+
+    schedule: the sampler's name. lag: tokens the row above holds before a row starts. window: tokens fed per active
+    row and forward (``pjd``). rows_in_parallel: the most rows decoded in one forward. proxy: what a row that starts
+    early feeds before its first token. lower_rows: what ``pjd`` commits in a row whose rows above are unfinished.
+    """
+
+    schedule: str | None = figure()
+    lag: int | None = figure()
+    window: int | None = figure()
+    rows_in_parallel: int | None = figure("max")
+    proxy: str | None = figure()
+    lower_rows: str | None = figure()
+
+
+@dataclass
 class PruningStats:
     """``var`` with FastVAR token pruning (``prune_scales > 0``; Guo et al. 2025, "FastVAR: Linear Visual
     Autoregressive Modeling via Cached Token Pruning"): token-sublayer evaluations (attention or FFN of one token
@@ -154,12 +172,20 @@ class MaskedStats:
     diffusion_steps: denoising steps of the diffusion head, one number when every iteration uses the same,
         else one per iteration (DiSA's schedule; Zhao et al. 2025, "DiSA: Diffusion Step Annealing in
         Autoregressive Image Generation").
-    diffusion_steps_total: ``mar``: the denoising steps summed over the iterations (None for ``cspd``).
+    diffusion_steps_total: ``mar``: the denoising steps summed over the iterations (None for ``cspd``); with GtR's
+        FTS a reconstruction iteration runs two chains and counts both.
+    order: ``mar``: ``"gtr"`` under GtR's order (Yan et al. 2025, "Generation then Reconstruction", arXiv
+        2510.17171; None: MAR's random order).
+    stage_steps: ``mar`` with GtR: the iterations of each stage, the skeleton first and the reconstruction last.
+    fts_steps: ``mar`` with GtR's FTS: the denoising steps of the tokens it picks (``diffusion_steps`` is the others').
     """
 
     num_iter: int | None = figure()
     diffusion_steps: int | list[int] | None = figure()
     diffusion_steps_total: int | None = figure()
+    order: str | None = figure()
+    stage_steps: list[int] | None = figure()
+    fts_steps: int | None = figure()
 
 
 @dataclass
@@ -244,7 +270,8 @@ class Stats:
     peak_memory_bytes_per_image: ``peak_memory_bytes`` divided by the rows.
 
     Family groups (None unless that family ran): ``draft`` (:class:`DraftStats`, every token-loop sampler),
-    ``auto`` (:class:`AutoStats`, a draft length of ``"auto"``), ``zipar`` (:class:`ZipARStats`), ``pruning``
+    ``auto`` (:class:`AutoStats`, a draft length of ``"auto"``), ``zipar`` (:class:`ZipARStats`), ``rows``
+    (:class:`RowsStats`, ``diagd`` and ``pjd``), ``pruning``
     (:class:`PruningStats`, FastVAR), ``code`` (:class:`CoDeStats`), ``mar`` (:class:`MaskedStats`, ``mar`` and
     ``cspd``), ``cspd`` (:class:`CSpDStats`).
 
@@ -271,6 +298,7 @@ class Stats:
     draft: DraftStats | None = figure("group")
     auto: AutoStats | None = figure("group")
     zipar: ZipARStats | None = figure("group")
+    rows: RowsStats | None = figure("group")
     pruning: PruningStats | None = figure("group")
     code: CoDeStats | None = figure("group")
     mar: MaskedStats | None = figure("group")
