@@ -17,6 +17,31 @@ from .acceptance import ExactAcceptance, Verdict
 from .base import Stats, sample_from_probs
 
 
+def verify_window(rule, p, drafts, q, live, valid, u_acc, u_res):
+    """Verify one window per row with ``rule``: drafts ``[B, J]`` drawn from ``q [B, J, V]`` against the target's
+    ``p [B, J+1, V]``; ``live [B, J]``: the slots that may be accepted; ``valid [B, J]`` or None: where False, q does
+    not count (the slot resamples from p). Returns ``(a, token, verdict)``: the accepted prefix per row, the token
+    drawn at slot ``a`` (the rule's residual at a rejected slot, ``p`` after the last live one: the bonus) and the
+    rule's :class:`Verdict`."""
+    J = drafts.shape[1]
+    if J == 0:  # nothing proposed (plain AR step): the token is drawn from p
+        return torch.zeros_like(u_res, dtype=torch.long), sample_from_probs(p[:, 0], u_res), Verdict(accept=live)
+    if type(rule) is ExactAcceptance:  # one fused pass (a Triton kernel on CUDA)
+        a, extra = verify_exact(p, q, drafts, live, valid, u_acc, u_res)
+        return a, extra, Verdict(accept=live)
+    if valid is not None:
+        q = q * valid[..., None]  # an invalid slot resamples from residual(p, 0) = p
+    verdict = rule.verify(p[:, :J], q, drafts, u_acc)
+    if verdict.residual is None:
+        a, extra = accept_prefix_and_draw(p, q, verdict.accept & live, u_res, rule.residual)
+        return a, extra, verdict
+    # the rule computed every slot's residual (lossy rules)
+    a = (verdict.accept & live).long().cumprod(dim=1).sum(dim=1)
+    res = torch.where(live[..., None], verdict.residual, p[:, :J])
+    rows = torch.arange(p.shape[0], device=p.device)
+    return a, sample_from_probs(torch.cat([res, p[:, J:]], dim=1)[rows, a], u_res), verdict
+
+
 class Committer:
     def __init__(self, rule, batch: int, num_tokens: int, buffer_len: int, device):
         self.rule = rule
@@ -37,29 +62,13 @@ class Committer:
         Returns ``(k, a)``: tokens committed and drafts accepted per row (``k = a + 1`` unless the grid
         ended). ``self.seq`` then holds the committed tokens at ``n .. n+k-1``.
         """
-        drafts, q = proposal.tokens, proposal.q
+        drafts = proposal.tokens
         J = drafts.shape[1]
         slots = torch.arange(J + 1, device=p.device)
         live = (n[:, None] + slots[:J]) < self.N
-        valid = proposal.valid
-        if valid is not None:
-            live = live & valid
-        if J == 0:  # nothing proposed (plain AR step): the token is drawn from p
-            verdict, a = Verdict(accept=live), torch.zeros_like(n)
-            extra = sample_from_probs(p[:, 0], u_res)
-        elif type(self.rule) is ExactAcceptance:  # one fused pass (a Triton kernel on CUDA)
-            verdict = Verdict(accept=live)
-            a, extra = verify_exact(p, q, drafts, live, valid, u_acc, u_res)
-        else:
-            if valid is not None:
-                q = q * valid[..., None]  # an invalid slot resamples from residual(p, 0) = p
-            verdict = self.rule.verify(p[:, :J], q, drafts, u_acc)
-            if verdict.residual is not None:  # the rule computed every slot's residual (lossy rules)
-                a = (verdict.accept & live).long().cumprod(dim=1).sum(dim=1)
-                res = torch.where(live[..., None], verdict.residual, p[:, :J])
-                extra = sample_from_probs(torch.cat([res, p[:, J:]], dim=1)[self.rows, a], u_res)
-            else:
-                a, extra = accept_prefix_and_draw(p, q, verdict.accept & live, u_res, self.rule.residual)
+        if proposal.valid is not None:
+            live = live & proposal.valid
+        a, extra, verdict = verify_window(self.rule, p, drafts, proposal.q, live, proposal.valid, u_acc, u_res)
         k = a + ((n + a) < self.N).long()
         self.proposed += live.sum(1)
         self.accepted += a
