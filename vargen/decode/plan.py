@@ -211,11 +211,26 @@ def keep_tree_path_(cache: KVCache, start: torch.Tensor, tree: TokenTree, nodes:
         move_rows_(t, src, dst)
 
 
-def scattered_plan(cache: KVCache, positions: torch.Tensor, written: torch.Tensor) -> DecodePlan:
+def _same_chain(chain: torch.Tensor, slots: torch.Tensor, L: int) -> torch.Tensor:
+    """``[B, m, L]``: entry ``i`` of a chain (``chain[b, i] >= 0``) sees the slots this forward writes for entries of
+    its own chain at or before its own slot."""
+    B = chain.shape[0]
+    owner = torch.full((B, L + 1), -1, dtype=chain.dtype, device=chain.device)
+    owner.scatter_(1, torch.where(chain >= 0, slots, L), chain)  # the chain writing each slot (-1: none)
+    keys = torch.arange(L, device=chain.device)
+    return (owner[:, None, :L] == chain[:, :, None]) & (chain[:, :, None] >= 0) & (keys <= slots[:, :, None])
+
+
+def scattered_plan(cache: KVCache, positions: torch.Tensor, written: torch.Tensor,
+                   chain: torch.Tensor | None = None) -> DecodePlan:
     """Image tokens at any ``positions [B, n]``, each seeing the condition, itself and the image positions marked in
     ``written [B, N]`` at or before its own (ZipAR's parallel rows: not every earlier position holds a token yet).
     With row ends, a fed token that ends an image row is followed by its forced row end (entries ``n ..``), whose
-    output predicts the next row's first token; a row end counts as written with the token before it."""
+    output predicts the next row's first token; a row end counts as written with the token before it.
+
+    ``chain [B, n]`` (PJD's row-causal mask): an entry with ``chain >= 0`` also sees the entries of this forward in
+    the same chain at or before its own position (a row's Jacobi drafts, which are not written yet), and no other
+    unwritten entry; ``-1``: no chain."""
     if cache.eviction is not None:
         raise ValueError("scattered positions (parallel rows) run over a plain cache, without K/V eviction")
     T, L = cache.prefix, cache.length
@@ -237,11 +252,15 @@ def scattered_plan(cache: KVCache, positions: torch.Tensor, written: torch.Tenso
     seq = cache.seq(positions)
     if W is None:
         mask = ((keys <= seq[:, :, None]) & valid[:, None]) | (keys == seq[:, :, None])
+        if chain is not None:
+            mask |= _same_chain(chain, seq, L)
         return DecodePlan(seq, seq, mask[:, None], positions)
     fed_ends = positions % W == W - 1
     end_pos = torch.where(fed_ends, seq + 1, torch.full_like(seq, L - 1))  # no row end: the scratch slot
     entries = torch.cat([seq, end_pos], 1)  # [B, 2n]: the tokens, then their row ends
     mask = ((keys <= entries[:, :, None]) & valid[:, None]) | (keys == entries[:, :, None])
+    if chain is not None:  # a row end belongs to its token's chain; a scratch entry to none
+        mask |= _same_chain(torch.cat([chain, torch.where(fed_ends, chain, -1)], 1), entries, L)
     mask[:, n:] &= fed_ends[:, :, None] | (keys == L - 1)  # a scratch entry sees only itself
     fed = torch.arange(n, device=dev).expand(B, n)
     forced = torch.cat([torch.zeros_like(fed_ends), torch.ones_like(fed_ends)], 1)

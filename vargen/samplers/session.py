@@ -127,13 +127,16 @@ class TokenSession:
             return self.model(tokens, plan, self.cache, return_hidden=True)
         return self.model(tokens, plan, self.cache), None
 
-    def forward_scattered(self, tokens: torch.Tensor, positions: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
+    def forward_scattered(self, tokens: torch.Tensor, positions: torch.Tensor, written: torch.Tensor,
+                          chain: torch.Tensor | None = None) -> torch.Tensor:
         """Feed ``tokens [B, n]`` at image ``positions [B, n]`` that see the positions ``written [B, L]`` (parallel
-        rows, ZipAR); logits ``[rows, n, V]``."""
+        rows: ZipAR, Diagonal Decoding) and, with ``chain [B, n]``, the entries of their own chain (PJD's row
+        windows; :func:`~vargen.decode.scattered_plan`); logits ``[rows, n, V]``."""
         self.forward_passes += 1
         if self.use_cfg:
             tokens, positions, written = (torch.cat([t, t]) for t in (tokens, positions, written))
-        return self.model(tokens, scattered_plan(self.cache, positions, written), self.cache)
+            chain = None if chain is None else torch.cat([chain, chain])
+        return self.model(tokens, scattered_plan(self.cache, positions, written, chain), self.cache)
 
     def keep_path(self, start: torch.Tensor, nodes: torch.Tensor, tree) -> None:
         """After a tree forward: the K/V of the tree ``nodes [B, D]`` (depths ``1 .. D``) move to their positions."""
