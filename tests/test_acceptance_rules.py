@@ -1,4 +1,4 @@
-"""LANTERN and GSD acceptance rules: zero relaxation is the exact rule token for token, the sets and
+"""LANTERN, GSD and COOL-SD acceptance rules: zero relaxation is the exact rule token for token, the sets and
 bounds follow the papers, the residual is Cool-SD's TV-optimal one, relaxation accepts more, and
 verification never syncs with the host."""
 import pytest
@@ -6,12 +6,14 @@ import torch
 
 from helpers import SyncCounter, tiny_gpt
 from vargen import SamplingConfig, get_sampler
-from vargen.samplers.acceptance import (ExactAcceptance, GroupedAcceptance, LanternAcceptance, Verdict, get_rule,
-                                        neighbour_table, residual)
+from vargen.samplers.acceptance import (CoolAcceptance, ExactAcceptance, GroupedAcceptance, LanternAcceptance, Verdict,
+                                        get_rule, neighbour_table, residual)
 from vargen.samplers.proposers.draft import SpeculativeSampler
 
 ZERO = [("lantern", dict(delta=0.0, k=5)), ("lantern", dict(lam=1.0, k=5)), ("lantern", dict(delta=0.0, lam=1.0, k=3)),
-        ("gsd", dict(group_size=1, prob_gap=1.0))]
+        ("gsd", dict(group_size=1, prob_gap=1.0)), ("cool", dict(delta=1.0, schedule="uniform")),
+        ("cool", dict(delta=1.0))]  # exponential from 1, floor 1: every weight is 1
+RELAXED = {"lantern": dict(delta=0.5, lam=None), "gsd": dict(group_size=6), "cool": dict(delta=3.0)}
 
 
 class FakeModel:
@@ -59,7 +61,7 @@ def test_zero_relaxation_samplers_match_exact_token_for_token(name, options):
         assert torch.equal(out.tokens, ref.tokens)
         assert out.stats.forward_passes == ref.stats.forward_passes
         assert not out.stats.relaxed.any() and float(out.stats.tv_bound.max()) == 0.0
-        big = dict(options, **({"delta": 0.5, "lam": None} if name == "lantern" else {"group_size": 6}))
+        big = dict(options, **RELAXED[name])
         relaxed = make(acceptance=name, **big).sample(model, labels, config, generator=torch.Generator().manual_seed(3))
         assert not torch.equal(relaxed.tokens, ref.tokens)  # the comparison can fail
 
@@ -185,7 +187,8 @@ def test_relaxed_rules_accept_more_on_a_peaked_model(name, options):
 
 
 @pytest.mark.parametrize("rule", [LanternAcceptance(k=8, delta=0.2), LanternAcceptance(k=8, lam=4.0),
-                                  GroupedAcceptance(group_size=14, max_dist=1.0), ExactAcceptance()])
+                                  GroupedAcceptance(group_size=14, max_dist=1.0), CoolAcceptance(delta=2.0, floor=None),
+                                  ExactAcceptance()])
 def test_verification_never_syncs(rule, monkeypatch):
     V = 64
     p, q, d, u = _dists(8, 7, V, seed=6)
@@ -197,7 +200,7 @@ def test_verification_never_syncs(rule, monkeypatch):
     assert verdict.accept.shape == (8, 7)
 
 
-@pytest.mark.parametrize("acceptance", ["exact", "lantern", "gsd"])
+@pytest.mark.parametrize("acceptance", ["exact", "lantern", "gsd", "cool"])
 def test_sjd_with_relaxed_rules_syncs_once_per_step(acceptance, monkeypatch):
     model = tiny_gpt(vocab=16, grid=4, seed=3, sharpness=6.0)
     sampler = get_sampler("sjd", window=4, acceptance=acceptance)
@@ -348,7 +351,8 @@ def _sequence_tv(tokens, model, config):
 
 
 TV_RULES = [("lantern", dict(delta=0.3, k=3)), ("lantern", dict(delta=0.3, k=3, variant="vargen")),
-            ("lantern", dict(lam=20.0, k=3)), ("gsd", dict(group_size=4, prob_gap=0.3))]
+            ("lantern", dict(lam=20.0, k=3)), ("gsd", dict(group_size=4, prob_gap=0.3)),
+            ("cool", dict(delta=3.0, decay=0.3)), ("cool", dict(delta=4.0, schedule="linear", decay=1.0, floor=None))]
 
 
 @pytest.fixture(scope="module")

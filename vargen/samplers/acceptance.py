@@ -12,8 +12,9 @@ token is then distributed exactly as ``p``.
 
 Lossy rules (``lantern``, ``gsd``) accept a draft ``x`` with ``f(x) = min(1, P(x) / Q(x))`` where ``P(x)``
 sums ``p`` over a set ``S(x)`` of tokens judged interchangeable with ``x`` (LANTERN's latent
-neighbourhood, GSD's dynamic group) and ``Q(x)`` is ``q(x)`` or ``q`` summed over the same set. At a
-rejected slot they resample from a residual ``R``: ``"tv_optimal"`` is Cool-SD's (AAAI 2026)
+neighbourhood, GSD's dynamic group) and ``Q(x)`` is ``q(x)`` or ``q`` summed over the same set; ``cool``
+(COOL-SD) scales the ratio instead, ``P(x) = omega_i p(x)`` with a weight that anneals over the window's slots
+``i``. At a rejected slot they resample from a residual ``R``: ``"tv_optimal"`` is Cool-SD's (AAAI 2026)
 
     G* = norm(max(0, p - q f)),
 
@@ -28,7 +29,7 @@ between the sampler's image distribution and the exact one (a union bound over a
 coupling of the two chains), reported per row in ``Stats.tv_bound``.
 
 Only tokens the target can emit join LANTERN's sets, so a zero relaxation (``delta=0``, ``lam=1``,
-``group_size=1``) is token for token the exact rule.
+``group_size=1``, cool's ``delta=1`` with ``schedule="uniform"``) is token for token the exact rule.
 """
 from __future__ import annotations
 
@@ -67,7 +68,10 @@ class ExactAcceptance:
     def prepare(self, model) -> None:  # rules with per-model tables (neighbourhoods) build them here
         return None
 
-    def verify(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, u: torch.Tensor) -> Verdict:
+    def verify(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, u: torch.Tensor,
+               first_slot: int = 0) -> Verdict:
+        """``first_slot``: the window slot (0-based) of ``p[:, 0]``; a chain starts at 0, a token tree's sibling stage
+        at depth ``d`` passes ``d - 1``. Only rules whose test depends on the slot (``cool``) read it."""
         return Verdict(accept=exact_accept(p, q, drafts, u))
 
     def residual(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -120,7 +124,7 @@ class _RelaxedRule:
             raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
         self.residual_kind = residual
 
-    def _context(self, p: torch.Tensor):
+    def _context(self, p: torch.Tensor, first_slot: int = 0):
         return None
 
     def _set_masses(self, p, q, tokens, ctx):
@@ -155,8 +159,9 @@ class _RelaxedRule:
         mass = r.sum(-1, keepdim=True)
         return torch.where(mass > 0, r / mass.clamp_min(1e-30), p)
 
-    def verify(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, u: torch.Tensor) -> Verdict:
-        ctx = self._context(p)
+    def verify(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, u: torch.Tensor,
+               first_slot: int = 0) -> Verdict:
+        ctx = self._context(p, first_slot)
         P, Q, pd, qd = (t.squeeze(-1) for t in self._set_masses(p, q, drafts[..., None], ctx))
         accept = u * Q < P
         qf, credited = self._qf(p, q, ctx)
@@ -166,11 +171,11 @@ class _RelaxedRule:
         tv = torch.where(credited, 0.5 * (law - p.double()).abs().sum(-1), 0.0)
         return Verdict(accept=accept, tv=tv, relaxed=accept & ~(u * qd < pd), residual=res)
 
-    def residual(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    def residual(self, p: torch.Tensor, q: torch.Tensor, first_slot: int = 0) -> torch.Tensor:
         """The residual for ``p, q [..., V]`` (the committer uses the one ``verify`` returned)."""
         if self.residual_kind == "token":
             return residual(p, q)
-        return self._residual_from(p, q, self._qf(p, q, self._context(p))[0])
+        return self._residual_from(p, q, self._qf(p, q, self._context(p, first_slot))[0])
 
 
 @dataclass
@@ -339,7 +344,7 @@ class GroupedAcceptance(_RelaxedRule):
     def _set_width(self, V: int) -> int:
         return self.group_size
 
-    def _context(self, p):
+    def _context(self, p, first_slot=0):
         order = torch.sort(p, dim=-1, descending=self.variant == "vargen", stable=True).indices
         ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(p.shape[-1], device=p.device).expand_as(order))
         return order, ranks
@@ -371,6 +376,90 @@ class GroupedAcceptance(_RelaxedRule):
         return pd + (pc * keep).sum(-1), qd + (qc * keep).sum(-1), pd, qd
 
 
+SCHEDULES = ("exponential", "linear", "uniform")
+
+
+@dataclass
+class CoolOptions:
+    delta: float = option(1.1, "omega at the first draft slot (1 with schedule=uniform: the exact rule)", minimum=1.0)
+    decay: float = option(0.7, "nu: how fast omega falls with the slot (exponential: in the exponent; linear: per "
+                          "slot)", minimum=0.0)
+    offset: float = option(0.0, "mu: subtracted from the exponent (exponential) or from omega (linear)")
+    schedule: str = option("exponential", "exponential: delta exp(-decay (i-1) - offset); linear: delta - decay (i-1) "
+                           "- offset; uniform: delta at every slot i", choices=SCHEDULES)
+    floor: float | None = option(1.0, "omega never falls below this (none: the formula as written, clamped at 0; a "
+                                 "slot with omega <= 1 is exact but accepts less)", minimum=0.0)
+    residual: str = option("tv_optimal", "what a rejected slot resamples from: Cool-SD's tv_optimal (the token residual "
+                           "is refused: biased at a slot with omega < 1)", choices=("tv_optimal",))
+
+
+class CoolAcceptance(_RelaxedRule):
+    """COOL-SD's annealed relaxation (Li, Zhang, Du, Ji, "Annealed Relaxation of Speculative Decoding for Faster
+    Autoregressive Image Generation", AAAI 2026, arXiv 2601.09212).
+
+    The draft at window slot ``i`` (1-based; in a token tree the node's depth) is accepted with probability
+    ``f_i(x) = min(1, omega_i p(x) / q(x))``, and a rejected slot resamples from the optimal residual of the paper's
+    Theorem 2, ``G* = norm(max(0, p - q f_i))``; for ``omega_i >= 1`` that is the ordinary ``norm(max(0, p - q))``
+    (Proposition 1). The committed token's law is then at TV ``sum_y max(0, min(q(y), omega_i p(y)) - p(y))`` from
+    ``p``: positive only where ``omega_i > 1``. A slot with ``omega_i <= 1`` has ``q f <= p`` everywhere, so with G*
+    it is exact and only accepts less (with the token residual it would be biased, hence no ``residual="token"``).
+
+    The weights anneal from ``delta`` at slot 1 (the paper's annealed design: at a fixed expected accepted length,
+    relaxing the early slots more and the late ones less gives a smaller TV bound):
+
+    exponential: ``omega_i = delta exp(-decay (i - 1) - offset)``, the paper's ``delta exp(-nu i - mu)`` with
+        ``nu = decay`` and ``mu = offset - decay``, so that ``delta`` is the first slot's weight;
+    linear: ``omega_i = delta - decay (i - 1) - offset``;
+    uniform: ``omega_i = delta`` at every slot (``delta=1``: the exact rule, token for token).
+    floor: the weights are clamped ``>= floor`` (default 1: no slot accepts less than the exact rule; with the
+        defaults only the first slot is relaxed); ``None`` keeps the formula, clamped at 0.
+    """
+
+    name = "cool"
+    OPTIONS = CoolOptions
+
+    def __init__(self, delta: float = 1.1, decay: float = 0.7, offset: float = 0.0, schedule: str = "exponential",
+                 floor: float | None = 1.0, residual: str = "tv_optimal"):
+        o = checked(CoolOptions(delta, decay, offset, schedule, floor, residual), "cool")
+        if o.floor is not None and o.floor > o.delta:
+            raise ValueError(f"cool: floor={o.floor:g} exceeds delta={o.delta:g} (the weights anneal from delta down "
+                             "to floor)")
+        super().__init__(o.residual)
+        self.options = o
+        self.delta, self.decay, self.offset, self.schedule, self.floor = o.delta, o.decay, o.offset, o.schedule, o.floor
+
+    def prepare(self, model) -> None:  # no per-model tables
+        return None
+
+    def omega(self, slot: torch.Tensor) -> torch.Tensor:
+        """The weight of each 0-based window slot (``slot = i - 1``, float64)."""
+        if self.schedule == "exponential":
+            w = self.delta * torch.exp(-self.decay * slot - self.offset)
+        elif self.schedule == "linear":
+            w = self.delta - self.decay * slot - self.offset
+        else:
+            w = torch.full_like(slot, self.delta)
+        # finite: an infinite weight (a huge delta or negative offset) would give inf * 0 = nan where p is 0
+        return w.clamp(0.0 if self.floor is None else self.floor, torch.finfo(torch.float64).max)
+
+    def _context(self, p, first_slot=0):
+        """The weights: ``[J, 1]`` for the slots of ``p [B, J, V]``, or one for a ``[B, V]`` (slot ``first_slot``)."""
+        J = p.shape[-2] if p.dim() >= 3 else 1
+        w = self.omega(torch.arange(first_slot, first_slot + J, device=p.device, dtype=torch.float64))
+        return w[:, None] if p.dim() >= 3 else w[0]
+
+    def _set_masses(self, p, q, tokens, w):
+        pd = p.gather(-1, tokens).double()
+        qd = q.gather(-1, tokens).double()
+        return w * pd, qd, pd, qd
+
+    def verify(self, p, q, drafts, u, first_slot: int = 0) -> Verdict:
+        v = super().verify(p, q, drafts, u, first_slot)
+        # omega <= 1: the law is p itself (q f <= p); report 0 rather than the rounding of 1/2 sum |law - p|
+        v.tv = torch.where(self._context(p, first_slot)[:, 0] > 1, v.tv, 0.0)
+        return v
+
+
 class LongestPathAcceptance(ExactAcceptance):
     """SJD-PAC's official choice among a token tree's candidates (arXiv 2603.18599, code KangJialiang/SJD-PAC): every
     node is tested with the recursive rule as if its earlier siblings were rejected, and the longest accepted
@@ -385,7 +474,7 @@ class LongestPathAcceptance(ExactAcceptance):
 
 
 _RULES = {"exact": ExactAcceptance, "lantern": LanternAcceptance, "gsd": GroupedAcceptance,
-          "longest": LongestPathAcceptance}
+          "cool": CoolAcceptance, "longest": LongestPathAcceptance}
 
 
 def register_rule(name: str, cls) -> None:

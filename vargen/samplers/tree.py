@@ -181,7 +181,7 @@ def verify_tree(p, tokens, q, valid, tree: TokenTree, u, u_res, live, rule=None)
                 rest_mass = rest.sum(-1, keepdim=True)
                 rest = torch.where(rest_mass > 0, rest / rest_mass.clamp_min(1e-300), r)
             else:
-                verdict = rule.verify(r[:, None], qk[:, None], tok[:, None], u[rows, ci][:, None])
+                verdict = rule.verify(r[:, None], qk[:, None], tok[:, None], u[rows, ci][:, None], first_slot=d - 1)
                 accept = verdict.accept[:, 0]
                 rest = (verdict.residual[:, 0] if verdict.residual is not None else rule.residual(r, qk)).double()
                 tv += torch.where(test, verdict.tv[:, 0].double(), 0.0)
@@ -210,7 +210,7 @@ def verify_tree(p, tokens, q, valid, tree: TokenTree, u, u_res, live, rule=None)
             mass = rest.sum(-1, keepdim=True)
             rest = torch.where(mass > 0, rest / mass.clamp_min(1e-300), pc)
         else:
-            verdict = rule.verify(pc, qc, tok, uc)
+            verdict = rule.verify(pc, qc, tok, uc, first_slot=straight - 1)
             accept = verdict.accept
             rest = (verdict.residual if verdict.residual is not None else rule.residual(pc, qc)).double()
         m = (accept & ok).long().cumprod(dim=1).sum(dim=1)  # chain drafts accepted
