@@ -45,6 +45,14 @@ from .verify import verify_window
 __all__ = ["PJDSampler", "PJDOptions"]
 
 
+def _put(buffer: torch.Tensor, index: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> None:
+    """``buffer[b, index[b, i]] = values[b, i]`` where ``mask[b, i]`` (per-position buffers, ``[B, P]`` or
+    ``[B, P, V]``); masked-out entries write back what is there, so repeated padding indices are harmless."""
+    if buffer.dim() == 3:
+        index, mask = index[..., None].expand(-1, -1, buffer.shape[-1]), mask[..., None]
+    buffer.scatter_(1, index, torch.where(mask, values, buffer.gather(1, index)))
+
+
 @dataclass
 class PJDOptions:
     window: int = option(8, "tokens fed per active row and forward: the row's last committed token and window-1 "
@@ -141,36 +149,33 @@ class PJDSampler:
                 u_rows, u_fresh, u_acc, u_y = u.split([rows, N + 1, N + 1, N + 1], dim=1)
                 # a window reaching a position without a draft: a fresh uniform one (q uniform)
                 fresh = is_draft.flatten(1) & ~has_draft.gather(1, drafted)
-                fresh_tok = (u_fresh * V).long().clamp_(max=V - 1).gather(1, drafted)
-                tok.scatter_(1, drafted, torch.where(fresh, fresh_tok, tok.gather(1, drafted)))
-                q.scatter_(1, drafted[..., None].expand(-1, -1, V),
-                           torch.where(fresh[..., None], 1.0 / V, q.gather(1, drafted[..., None].expand(-1, -1, V))))
-                has_draft.scatter_(1, drafted, has_draft.gather(1, drafted) | fresh)
+                _put(tok, drafted, (u_fresh * V).long().clamp_(max=V - 1).gather(1, drafted), fresh)
+                _put(q, drafted, torch.full_like(q[:, :1], 1.0 / V).expand(-1, drafted.shape[1], -1), fresh)
+                _put(has_draft, drafted, fresh, fresh)
                 # fed committed tokens (a window's first entry, a proxy, a true last token) are written
-                written.scatter_(1, positions, written.gather(1, positions) | ((chain < 0) & (positions < N)))
+                _put(written, positions, positions < N, chain < 0)
                 logits = session.forward_scattered(tok.gather(1, source), positions, written, chain)
                 p = session.probs(logits[:, : G * window], predicted).view(B * G, window, V)
+                live = is_draft.view(B * G, window)[:, 1:]
                 drafts = tok.gather(1, drafted).view(B * G, window)[:, 1:]
                 q_d = q.gather(1, drafted[..., None].expand(-1, -1, V)).view(B * G, window, V)[:, 1:]
                 u_acc = u_acc.gather(1, drafted).view(B * G, window)[:, 1:]
                 u_res = torch.where(tops, u_top, u_rows.gather(1, starts // width)).view(B * G)
-                a, extra, _ = verify_window(self.rule, p, drafts, q_d, is_draft.view(B * G, window)[:, 1:], None,
-                                            u_acc, u_res)
+                a, extra, _ = verify_window(self.rule, p, drafts, q_d, live, None, u_acc, u_res)
                 a, extra = a.view(B, G), extra.view(B, G)
                 # the top row commits its accepted drafts and one more token; a lower row per `lower_rows`
                 k = torch.where(lengths > 0, a + (tops | (self.lower_rows == "residual")).long(), 0)
                 commit = (slot < k[..., None]).flatten(1)
                 values = torch.where(slot == a[..., None], extra[..., None], tok.gather(1, predicted).view(B, G, window))
-                y = sample_from_probs(p, u_y.gather(1, predicted).view(B * G, window)).view(B, G, window)
-                redraft = in_window.flatten(1) & ~commit  # Jacobi: this step's samples become the drafts, q = p
-                tok.scatter_(1, predicted, torch.where(commit, values.flatten(1),
-                                                       torch.where(redraft, y.flatten(1), tok.gather(1, predicted))))
-                token_step.scatter_(1, predicted, torch.where(commit, step, token_step.gather(1, predicted)))
-                accepted_draft = (slot < a[..., None]).flatten(1)  # their K/V, written this step, is current
-                written.scatter_(1, predicted, written.gather(1, predicted) | accepted_draft)
-                idx = predicted[..., None].expand(-1, -1, V)
-                q.scatter_(1, idx, torch.where(redraft[..., None], p.view(B, G * window, V), q.gather(1, idx)))
-                has_draft.scatter_(1, predicted, has_draft.gather(1, predicted) | redraft)
+                _put(tok, predicted, values.flatten(1), commit)
+                _put(token_step, predicted, torch.full_like(predicted, step), commit)
+                _put(written, predicted, commit, (slot < a[..., None]).flatten(1))  # accepted drafts' K/V is current
+                # Jacobi: the window's uncommitted positions take this step's samples as drafts, with q = p
+                redraft = in_window.flatten(1) & ~commit
+                y = sample_from_probs(p, u_y.gather(1, predicted).view(B * G, window))
+                _put(tok, predicted, y.view(B, G * window), redraft)
+                _put(q, predicted, p.view(B, G * window, V), redraft)
+                _put(has_draft, predicted, redraft, redraft)
                 k_host, a_host = k.tolist(), a.tolist()
                 for b, (windows, flush) in enumerate(plan):
                     for g, (r, c, L, src, top) in enumerate(windows):
