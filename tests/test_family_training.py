@@ -183,3 +183,16 @@ def test_sample_script_accepts_pipeline_members_and_rejects_unknown_ones(family,
     assert sample.main(common + ["--sampler", "var:model=draft", "--out", str(tmp_path / "d")]) == 2
     assert "model='draft'" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()  # refused before any work
+
+
+def test_mar_fine_tunes_from_a_folder(family, tmp_path):
+    """``--init`` (a lost run folder restarts from the committed weights): the folder's config is the default and
+    every tensor is copied, so a 0-learning-rate run exports the same weights."""
+    from safetensors.torch import load_file
+
+    common = dict(data=str(family / "data"), seed=0, image_size=16, save_every=5, threads=1)
+    run_mar_training(MARRunArgs(kind="mar", out=str(tmp_path / "ft"), vae=str(family / "kl"), init=str(family / "target"),
+                                steps=2, lr=0.0, warmup=1, ema=0.0, **common))
+    before, after = load_file(family / "target" / "model.safetensors"), load_file(tmp_path / "ft" / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert MAR.from_folder(tmp_path / "ft").config.encoder_embed_dim == TINY_MAR["encoder_embed_dim"]

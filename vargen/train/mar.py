@@ -153,10 +153,20 @@ def run_mar_training(args: MARRunArgs) -> Path:
         return out / "model.safetensors"
 
     vae_cfg = json.loads((Path(args.vae) / "config.json").read_text())["config"]
+    init_cfg, init_state = {}, None
+    if args.init:  # fine-tune a MAR: its config is the default of --config, its weights where they fit
+        from ..models.checkpoint import read_folder_config, read_state_dict
+
+        init_cfg = read_folder_config(args.init, "mar")["config"]
+        init_state = read_state_dict(Path(args.init) / "model.safetensors")
     moments, labels = cached_moments(args.vae, args.data, "train", True, args.image_size)
-    cfg = MARConfig.from_dict({**args.config, "img_size": args.image_size, "vae_stride": 2 ** (len(vae_cfg["ch_mult"]) - 1),
-                               "vae_embed_dim": vae_cfg["embed_dim"], "class_num": int(labels.max()) + 1})
+    cfg = MARConfig.from_dict({**init_cfg, **args.config, "img_size": args.image_size,
+                               "vae_stride": 2 ** (len(vae_cfg["ch_mult"]) - 1), "vae_embed_dim": vae_cfg["embed_dim"],
+                               "class_num": int(labels.max()) + 1})
     model = MAR(cfg)
+    if init_state is not None:
+        n, total = init_from(model, init_state)
+        print(f"initialised {n} of {total} tensors from {args.init}")
     ema = EMA(model, args.ema) if args.ema > 0 else None
     print(f"MAR: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {moments.shape[0]} latents "
           f"of {cfg.seq_len} tokens x {cfg.token_embed_dim}")
