@@ -52,6 +52,9 @@ class DraftStats:
     coupled: ``sjd`` / ``gsd``: the coupled (MC-SJD) update of the drafts.
     tree_width / tree_depth / tree_tail / tree_nodes: with a token tree: children per node, depth, the chain
         continued below the tree (Jacobi), and the nodes verified per step.
+    tree: "adaptive" with ``tree="adaptive"`` (None: the static tree or chain). adaptive_depth / adaptive_width /
+        adaptive_nodes: then the mean depth, width and valid draft nodes per row and step (the forward still feeds
+        the static tree's nodes).
     drafts_proposed / drafts_accepted: draft tokens verified (valid draft slots) and accepted, all rows
         together (the counts behind :attr:`Stats.draft_acceptance_rate`; not in the summary).
     slots_decided: slots a lossy rule decided, all rows together (the count behind
@@ -69,6 +72,10 @@ class DraftStats:
     tree_depth: int | None = figure()
     tree_tail: int | None = figure()
     tree_nodes: int | None = figure()
+    tree: str | None = figure()
+    adaptive_depth: float | None = figure("rows_mean")
+    adaptive_width: float | None = figure("rows_mean")
+    adaptive_nodes: float | None = figure("rows_mean")
     drafts_proposed: int = figure("sum", summary=False, default=0)
     drafts_accepted: int = figure("sum", summary=False, default=0)
     slots_decided: int | None = figure("sum", summary=False)

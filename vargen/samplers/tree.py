@@ -17,9 +17,15 @@ Each stage is one step of speculative sampling from ``r`` with proposal ``q_k`` 
 ``q_k`` given the earlier candidates), so by induction the committed token has law ``p(. | path)``: lossless, and
 tested by enumeration. ``selection="longest"`` is the rule of the SJD-PAC code instead: every node is tested as if
 its earlier siblings were rejected, and the longest accepted path wins (a lossy option; see README).
+
+``tree="adaptive"`` on the proposers (:class:`AdaptiveShape`): each row verifies a sub-tree of the static tree -- its
+own depth and width, chosen from what it has committed -- as a node-validity mask on the one padded tree, so every step
+feeds the same shape. Invalid nodes are never accepted; since the mask is fixed before the target runs, the exact rule
+stays lossless.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 
 import torch
@@ -27,7 +33,10 @@ import torch
 from ..decode import TokenTree
 from .base import sample_from_probs
 
-__all__ = ["TokenTree", "proactive_tree", "verify_tree", "draw_without_replacement"]
+__all__ = ["TokenTree", "proactive_tree", "verify_tree", "draw_without_replacement", "TreeDrafts", "AdaptiveShape",
+           "TREE_SHAPES", "adaptive_shape", "adaptive_stats"]
+
+TREE_SHAPES = ("static", "adaptive")  # the proposers' ``tree`` option
 
 
 @lru_cache(maxsize=64)
@@ -101,13 +110,26 @@ class TreeDrafts:
         self.tree, level, rank = proactive_tree(chain + 1, width, depth, tail)
         self.index = torch.tensor([(lv - 1) * width + r for lv, r in zip(level[1:], rank[1:])])
         self.level = torch.tensor([lv - 1 for lv in level[1:]])
+        path_rank = list(rank)  # the largest rank on each node's path from the root: its width class
+        for i in range(1, len(path_rank)):
+            path_rank[i] = max(path_rank[i], path_rank[self.tree.parent[i]])
+        self.path_rank = torch.tensor(path_rank[1:])
 
     @property
     def drafts(self) -> int:
         return self.tree.size - 1
 
-    def propose(self, drafts: torch.Tensor, q: torch.Tensor, rng):
-        """``drafts [B, J]`` drawn from ``q [B, J, V]`` (the chain) -> the tree's :class:`~.loop.Proposal`."""
+    def mask(self, depth: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+        """``[B, n-1]``: the draft nodes of the sub-tree of depth ``depth [B]`` and width ``width [B]`` (a node at
+        most ``depth`` deep whose path holds only candidates of rank < ``width``): a proactive tree of that width and
+        depth with the chain cut at ``depth``. It is closed under ancestors, and its siblings are a prefix of each
+        group, so verifying the padded tree under this mask is verifying the sub-tree."""
+        level, rank = self.level.to(depth.device) + 1, self.path_rank.to(depth.device)
+        return (level[None] <= depth[:, None]) & (rank[None] < width[:, None])
+
+    def propose(self, drafts: torch.Tensor, q: torch.Tensor, rng, shape=None):
+        """``drafts [B, J]`` drawn from ``q [B, J, V]`` (the chain) -> the tree's :class:`~.loop.Proposal`;
+        ``shape``: per-row ``(depth, width)`` of an adaptive tree (nodes outside it are invalid)."""
         from .loop import Proposal
 
         B, J, V = q.shape
@@ -118,7 +140,117 @@ class TreeDrafts:
         good = torch.ones(B, J, K, dtype=torch.bool, device=q.device)
         good[:, :Dt, 1:] = ok
         index, level = self.index.to(q.device), self.level.to(q.device)
-        return Proposal(cand.view(B, -1)[:, index], q[:, level], good.view(B, -1)[:, index], self.tree)
+        valid = good.view(B, -1)[:, index]
+        if shape is not None:
+            valid = valid & self.mask(*shape)
+        return Proposal(cand.view(B, -1)[:, index], q[:, level], valid, self.tree)
+
+
+class AdaptiveShape:
+    """Per-row draft shapes from committed history (``tree="adaptive"``): the controller of ADT-Tree (Lei et al.,
+    "Fast Inference of Visual Autoregressive Model with Adjacency-Adaptive Dynamical Draft Trees", arXiv 2512.21857):
+    deeper trees where drafts were accepted, wider ones where they failed, a shape seeded from the adjacent tokens and
+    moved by bisection. The paper's code does not contain the method (its repository is LANTERN's), so the rule below
+    is vargen's design after the abstract.
+
+    Each row keeps a shape ``(depth, width)`` within ``depth_range = (lo, hi)`` / ``width_range``; the first step
+    uses the largest (the static tree). After a step that started at token ``n``, accepted ``a`` drafts and committed
+    up to ``n'`` (the next step's first draft):
+
+        e = max(a, ahead[n' - row])   # the left neighbour's evidence (this row's last step) and the token above n':
+                                      # ahead[t] = drafts the step that committed t accepted at or after t
+        depth <- max(ceil((depth + hi) / 2), e + 1)   if e >= depth  (the drafts ran out first: halfway to the max)
+                 max(depth - 1, e + 1, lo)            otherwise      (one level shallower, never below e + 1)
+        width <- ceil((width + w_hi) / 2)    if a draft at a branching depth was rejected (a < depth, a < branching)
+                 floor((width + w_lo) / 2)   otherwise
+
+    Deepening bisects, shallowing steps: in a padded tree a level cut too early costs a target forward while a level
+    too many costs at most a drafter pass. It reads only ``(n, k, a)`` of finished steps -- what was committed --
+    never a step's target output before that step's shape is fixed, so with the exact rule the sampler stays lossless
+    for any such controller. The shape becomes a validity mask on the padded tree (:meth:`TreeDrafts.mask`) or on
+    the chain's slots.
+    """
+
+    def __init__(self, depth_range: tuple[int, int], width_range: tuple[int, int], branching: int):
+        self.depth_range, self.width_range, self.branching = depth_range, width_range, branching
+
+    def start(self, batch: int, length: int, num_tokens: int, row: int, device) -> None:
+        """Before a sampling call: ``length`` positions of history per row, ``row`` tokens per image row."""
+        self.N, self.row = num_tokens, row
+        self.depth = torch.full((batch,), self.depth_range[1], dtype=torch.long, device=device)
+        self.width = torch.full((batch,), self.width_range[1], dtype=torch.long, device=device)
+        self.ahead = torch.full((batch, length), -1, dtype=torch.long, device=device)  # -1: not committed yet
+        self.used = torch.zeros(3, dtype=torch.float64, device=device)  # sums of depth, width, valid nodes
+        self.steps = torch.zeros((), dtype=torch.float64, device=device)  # (row, step) pairs with a proposal
+
+    @property
+    def shape(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(depth [B], width [B])`` of the next step."""
+        return self.depth, self.width
+
+    def record(self, n: torch.Tensor, valid: torch.Tensor) -> None:
+        """Count the shape a proposal at ``n`` uses (``valid [B, J]``: its valid draft nodes), rows still decoding."""
+        active = (n < self.N).double()
+        self.used += torch.stack([self.depth.double(), self.width.double(), valid.sum(1).double()]) @ active
+        self.steps += active.sum()
+
+    def observe(self, start: torch.Tensor, committed: torch.Tensor, accepted: torch.Tensor, proposed: bool) -> None:
+        """After a step that started at ``start``, committed ``committed`` tokens, ``accepted`` of them drafts
+        (``proposed``: it verified drafts; a plain step moves no shape)."""
+        slots = torch.arange(self.depth_range[1] + 1, device=start.device)
+        pos = start[:, None] + slots
+        ahead = (start + accepted)[:, None] - pos
+        self.ahead.scatter_(1, pos, torch.where(slots < committed[:, None], ahead, self.ahead.gather(1, pos)))
+        if not proposed:
+            return
+        n = start + committed
+        above = self.ahead.gather(1, (n - self.row).clamp(min=0)[:, None])[:, 0]
+        e = torch.maximum(accepted, torch.where(n >= self.row, above, -1))
+        (lo, hi), (wlo, whi), d, w = self.depth_range, self.width_range, self.depth, self.width
+        deeper = torch.maximum((d + hi + 1) // 2, e + 1)
+        shallower = torch.maximum(d - 1, e + 1)
+        depth = torch.where(e >= d, deeper, shallower).clamp(lo, hi)
+        missed = (accepted < d) & (accepted < self.branching)
+        width = torch.where(missed, (w + whi + 1) // 2, (w + wlo) // 2)
+        active = start < self.N
+        self.depth, self.width = torch.where(active, depth, d), torch.where(active, width, w)
+
+    def stats(self) -> dict:
+        """The mean depth, width and valid draft nodes per row and step."""
+        steps = max(float(self.steps), 1.0)
+        depth, width, nodes = (float(x) / steps for x in self.used)
+        return dict(adaptive_depth=depth, adaptive_width=width, adaptive_nodes=nodes)
+
+
+def adaptive_shape(owner: str, tree: str, min_depth: int, min_width: int | None, drafts: int | None, sizing: str,
+                   tree_drafts: TreeDrafts | None):
+    """The :class:`AdaptiveShape` arguments ``(depth_range, width_range, branching)`` of a proposer that verifies
+    ``drafts`` chain drafts per step (None: sized "auto"; ``sizing``: the option that sets it, for messages) and
+    ``tree_drafts`` (None: a chain), or None for ``tree="static"``; a ``ValueError`` naming the option otherwise.
+    ``min_width=None``: the tree's width (the width does not adapt)."""
+    if tree == "static":
+        if (min_depth, min_width) != (1, None):
+            raise ValueError(f"{owner}: adapt_min_depth and adapt_min_width apply with tree=adaptive only")
+        return None
+    width = 1 if tree_drafts is None else tree_drafts.width
+    min_width = width if min_width is None else min_width
+    if drafts is None:
+        raise ValueError(f"{owner}: {sizing} does not size trees; give a fixed value with tree=adaptive")
+    if drafts < 1:
+        raise ValueError(f"{owner}: tree=adaptive needs drafts to adapt, {sizing} has none")
+    if min_depth > drafts:
+        raise ValueError(f"{owner}: adapt_min_depth={min_depth} exceeds the drafts per step ({drafts}, from {sizing})")
+    if min_width > width:
+        raise ValueError(f"{owner}: adapt_min_width={min_width} exceeds tree_width={width}")
+    return (min_depth, drafts), (min_width, width), 0 if tree_drafts is None else tree_drafts.branching
+
+
+def adaptive_stats(proposer, stats):
+    """``stats`` with a proposer's ``tree`` setting and, after an adaptive call, the mean shape it used."""
+    if getattr(proposer, "adaptive", None) is None:
+        return stats
+    shape = getattr(proposer, "shape", None)
+    return replace(stats, tree="adaptive", **(shape.stats() if shape is not None else {}))
 
 
 def draw_without_replacement(q: torch.Tensor, first: torch.Tensor, count: int, u: torch.Tensor):

@@ -102,10 +102,12 @@ class Committer:
         u = F.pad(u_acc, (1, 0), value=1.0)
         a, extra, path, tv = verify_tree(p, tokens, q, valid, tree, u, u_res, live, self.rule)
         k = a + ((n + a) < self.N).long()
+        # depths verified: inside the grid and, for an adaptive tree, reached by a valid node
+        levels = torch.minimum(live.sum(1), (valid * tree.tensors(p.device)["depth"]).amax(1))
         if tv is not None:  # a relaxed rule: the stages' TV bounds, per decided depth (the accepted ones + the stop)
             self.tv += tv
-            self.decided += torch.minimum(a + 1, live.sum(1))
-        self.proposed += torch.minimum(a + 1, live.sum(1))
+            self.decided += torch.minimum(a + 1, levels)
+        self.proposed += torch.minimum(a + 1, levels)
         self.accepted += a
         slots = torch.arange(D + 1, device=p.device)
         drafts = tokens.gather(1, path.clamp(min=0))

@@ -33,7 +33,7 @@ from ..loop import NoProposer, Proposal, TokenSampler
 from ..session import TokenSession
 from ..spec import check_bounds, checked, option
 from ..stats import DraftStats
-from ..tree import TreeDrafts
+from ..tree import TREE_SHAPES, AdaptiveShape, TreeDrafts, adaptive_shape, adaptive_stats
 
 __all__ = ["DraftModelProposer", "DraftHeadProposer", "SpeculativeSampler", "DraftOptions"]
 
@@ -48,20 +48,32 @@ class DraftOptions:
                              "drafter's q (1: a chain)", minimum=1, bound="vocab_size")
     tree_depth: int = option(3, "static tree: levels with branching, the root included (depths 1 .. tree_depth-1)",
                              minimum=2)
+    tree: str = option("static", "static: every step verifies the whole tree (or chain); adaptive: each row verifies a "
+                       "sub-tree whose depth and width follow its committed history (ADT-Tree), padded to the static "
+                       "tree; the drafter stops at the deepest row's depth", choices=TREE_SHAPES)
+    adapt_min_depth: int = option(1, "tree=adaptive: the shallowest depth (drafts verified along the chain); the "
+                                  "deepest is gamma", minimum=1)
+    adapt_min_width: int | None = option(None, "tree=adaptive: the fewest candidates per branching depth, the most "
+                                         "being tree_width (none: tree_width, the width does not adapt)", minimum=1)
 
 
 def _check_gamma(gamma) -> int:
     return checked(DraftOptions(None, gamma), "sd").gamma
 
 
-def _tree(gamma, tree_width: int, tree_depth: int):
-    checked(DraftOptions(None, gamma, tree_width, tree_depth), "sd")
-    if tree_width == 1:
-        return None
-    if gamma == "auto":
-        raise ValueError("sd: gamma=auto does not size trees; give a gamma with tree_width > 1")
-    return TreeDrafts(gamma, tree_width, tree_depth, what=f"sd: tree_width={tree_width}, tree_depth={tree_depth}, "
-                                                         f"gamma={gamma}")
+def _tree(gamma, tree_width: int, tree_depth: int, tree: str = "static", adapt_min_depth: int = 1,
+          adapt_min_width: int | None = None):
+    """``(TreeDrafts or None, the AdaptiveShape arguments or None)`` of these options, checked."""
+    checked(DraftOptions(None, gamma, tree_width, tree_depth, tree, adapt_min_depth, adapt_min_width), "sd")
+    drafts = None
+    if tree_width > 1:
+        if gamma == "auto":
+            raise ValueError("sd: gamma=auto does not size trees; give a gamma with tree_width > 1")
+        drafts = TreeDrafts(gamma, tree_width, tree_depth, what=f"sd: tree_width={tree_width}, "
+                                                                f"tree_depth={tree_depth}, gamma={gamma}")
+    adaptive = adaptive_shape("sd", tree, adapt_min_depth, adapt_min_width, None if gamma == "auto" else gamma,
+                              f"gamma={gamma}", drafts)
+    return drafts, adaptive
 
 
 class _ChainProposer:
@@ -71,9 +83,11 @@ class _ChainProposer:
 
     AUTO_GAMMAS = (0, 1, 2, 3, 4, 6, 8)
 
-    def __init__(self, gamma: int, tree_width: int = 1, tree_depth: int = 3):
+    def __init__(self, gamma: int, tree_width: int = 1, tree_depth: int = 3, tree: str = "static",
+                 adapt_min_depth: int = 1, adapt_min_width: int | None = None):
         self.gamma = _check_gamma(gamma)
-        self.tree = _tree(gamma, tree_width, tree_depth)
+        self.tree, self.adaptive = _tree(gamma, tree_width, tree_depth, tree, adapt_min_depth, adapt_min_width)
+        self.shape = None
         self.auto = self.gamma == "auto"
         self.lookahead = 0 if self.auto else (self.gamma if self.tree is None else self.tree.drafts)
         self.draft_passes = 0
@@ -101,24 +115,46 @@ class _ChainProposer:
 
     def draft_stats(self) -> DraftStats:
         tree = {} if self.tree is None else dict(tree_width=self.tree.width, tree_nodes=self.tree.tree.size)
-        return DraftStats(gamma=self.gamma, drafter=self.name, **tree)
+        return adaptive_stats(self, DraftStats(gamma=self.gamma, drafter=self.name, **tree))
+
+    def _start_shape(self, ctx) -> None:
+        """A fresh adaptive-shape controller per call (the loop runs a shallow copy of the proposer)."""
+        self.shape = None
+        if self.adaptive is not None:
+            self.shape = AdaptiveShape(*self.adaptive)
+            self.shape.start(ctx.batch, ctx.seq.shape[1], ctx.num_tokens, ctx.grid[2], ctx.device)
+
+    def _observe_shape(self, fb) -> None:
+        if self.shape is not None:
+            self.shape.observe(fb.start, fb.committed, fb.accepted, fb.proposal.length > 0)
 
     def propose(self, ctx, n) -> Proposal:
         if not self.ready:  # first step: a plain target step
             return Proposal.empty(ctx.batch, ctx.vocab_size, ctx.device)
         u = ctx.rng.rand(self.gamma)
+        shape = None if self.shape is None else self.shape.shape
+        passes = self.gamma
+        if shape is not None:  # adaptive: draft as deep as the deepest row still decoding (one host sync)
+            passes = max(1, int(torch.where(n < ctx.num_tokens, shape[0], 0).max()))
         logits = self._catch_up(ctx.seq, n)
         drafts, qs = [], []
-        for i in range(self.gamma):
+        for i in range(passes):
             q_i = ctx.session.probs(logits[:, None], n + i)[:, 0]
             drafts.append(sample_from_probs(q_i, u[:, i]))
             qs.append(q_i)
-            if i + 1 < self.gamma:
+            if i + 1 < passes:
                 logits = self._step(drafts[-1], n + i)
+        drafts += drafts[-1:] * (self.gamma - passes)  # the padded slots below every row's depth (invalid)
+        qs += qs[-1:] * (self.gamma - passes)
         drafts, qs = torch.stack(drafts, 1), torch.stack(qs, 1)
         if self.tree is not None:  # a static tree: more candidates per depth from the same q (LANTERN++)
-            return self.tree.propose(drafts, qs, ctx.rng)
-        return Proposal(drafts, qs)
+            proposal = self.tree.propose(drafts, qs, ctx.rng, shape)
+        else:
+            valid = None if shape is None else torch.arange(self.gamma, device=n.device)[None] < shape[0][:, None]
+            proposal = Proposal(drafts, qs, valid)
+        if self.shape is not None:
+            self.shape.record(n, proposal.valid)
+        return proposal
 
 
 class DraftModelProposer(_ChainProposer):
@@ -126,8 +162,9 @@ class DraftModelProposer(_ChainProposer):
 
     name = "model"
 
-    def __init__(self, draft, gamma: int = 4, tree_width: int = 1, tree_depth: int = 3):
-        super().__init__(gamma, tree_width, tree_depth)
+    def __init__(self, draft, gamma: int = 4, tree_width: int = 1, tree_depth: int = 3, tree: str = "static",
+                 adapt_min_depth: int = 1, adapt_min_width: int | None = None):
+        super().__init__(gamma, tree_width, tree_depth, tree, adapt_min_depth, adapt_min_width)
         self.draft = draft
 
     def check(self, model) -> None:
@@ -151,8 +188,10 @@ class DraftModelProposer(_ChainProposer):
         self.session = TokenSession(self.draft, ctx.cond, ctx.config, extra_positions=self.gamma + self.refeed)
         self.session.prefill()  # the condition prefix; its prediction of token 0 is not used
         self.draft_passes = 1
+        self._start_shape(ctx)
 
     def observe(self, ctx, fb) -> None:
+        self._observe_shape(fb)
         self.ready = True
 
     def _catch_up(self, seq, n) -> torch.Tensor:
@@ -178,8 +217,9 @@ class DraftHeadProposer(_ChainProposer):
     name = "head"
     wants_hidden = True
 
-    def __init__(self, head, gamma: int = 4, tree_width: int = 1, tree_depth: int = 3):
-        super().__init__(gamma, tree_width, tree_depth)
+    def __init__(self, head, gamma: int = 4, tree_width: int = 1, tree_depth: int = 3, tree: str = "static",
+                 adapt_min_depth: int = 1, adapt_min_width: int | None = None):
+        super().__init__(gamma, tree_width, tree_depth, tree, adapt_min_depth, adapt_min_width)
         self.head = head
 
     def check(self, model) -> None:
@@ -203,12 +243,14 @@ class DraftHeadProposer(_ChainProposer):
         self.cache = self.head.new_cache(rows, length)
         self.features = torch.zeros(rows, length, hidden0.shape[-1], dtype=hidden0.dtype, device=hidden0.device)
         self.last = None  # predicted feature of the newest chain position
+        self._start_shape(ctx)
 
     def _rows(self, x):
         return torch.cat([x, x]) if self.use_cfg else x
 
     def observe(self, ctx, fb) -> None:
         """Store the target's features of the fed tokens ``x_{n-1}, d_0, ...`` at positions ``n-1, n, ...``."""
+        self._observe_shape(fb)
         hidden = fb.hidden
         if fb.path is not None:  # a tree: the features along the accepted path (and its continuation)
             nodes = self._rows(torch.nn.functional.pad(fb.path, (1, 0)))
@@ -238,7 +280,8 @@ class DraftHeadProposer(_ChainProposer):
         return logits[:, 0]
 
 
-def draft_proposer(draft, gamma: int = 4, tree_width: int = 1, tree_depth: int = 3):
+def draft_proposer(draft, gamma: int = 4, tree_width: int = 1, tree_depth: int = 3, tree: str = "static",
+                   adapt_min_depth: int = 1, adapt_min_width: int | None = None):
     """The proposer for ``draft``: a DraftHead (or a head folder) or a draft TokenModel."""
     from ...models.draft_head import DraftHead
 
@@ -246,9 +289,10 @@ def draft_proposer(draft, gamma: int = 4, tree_width: int = 1, tree_depth: int =
         raise ValueError("speculative decoding needs draft=<draft TokenModel | DraftHead | draft head folder>")
     if isinstance(draft, (str, Path)):
         draft = DraftHead.from_folder(draft)
+    shape = (gamma, tree_width, tree_depth, tree, adapt_min_depth, adapt_min_width)
     if isinstance(draft, DraftHead):
-        return DraftHeadProposer(draft, gamma, tree_width, tree_depth)
-    return DraftModelProposer(draft, gamma, tree_width, tree_depth)
+        return DraftHeadProposer(draft, *shape)
+    return DraftModelProposer(draft, *shape)
 
 
 class SpeculativeSampler(TokenSampler):
@@ -260,6 +304,10 @@ class SpeculativeSampler(TokenSampler):
         ``tree_width`` candidates at each depth up to ``tree_depth - 1``, drawn without replacement from the
         drafter's q along the chain, verified by the recursive rule (LANTERN++'s static tree, arXiv 2502.06352, with
         ``acceptance="lantern"`` and ``lam``).
+    tree / adapt_min_depth / adapt_min_width: ``tree="adaptive"``: each row verifies a sub-tree of that tree (or a
+        prefix of the chain) whose depth and width follow its committed history (:class:`~vargen.samplers.tree.
+        AdaptiveShape`, after ADT-Tree, arXiv 2512.21857), padded to the static shape; the drafter runs only as deep as
+        the deepest row.
     acceptance: "exact" (lossless), "lantern", "gsd" or a rule instance, with the rule's options
         (``delta=``, ``lam=``, ``k=``, ``group_size=``, ``codebook=``, ...).
     """
@@ -269,9 +317,10 @@ class SpeculativeSampler(TokenSampler):
     OPTIONS = DraftOptions
 
     def __init__(self, draft=None, gamma: int = 4, acceptance="exact", tree_width: int = 1, tree_depth: int = 3,
-                 **rule_options):
-        _tree(gamma, tree_width, tree_depth)
-        super().__init__(draft_proposer(draft, gamma, tree_width, tree_depth), acceptance, **rule_options)
+                 tree: str = "static", adapt_min_depth: int = 1, adapt_min_width: int | None = None, **rule_options):
+        shape = (gamma, tree_width, tree_depth, tree, adapt_min_depth, adapt_min_width)
+        _tree(*shape)
+        super().__init__(draft_proposer(draft, *shape), acceptance, **rule_options)
 
     @property
     def draft(self):

@@ -27,7 +27,7 @@ from ..base import sample_from_probs
 from ..loop import NoProposer, Proposal, TokenSampler
 from ..spec import check_bounds, checked, option
 from ..stats import DraftStats
-from ..tree import TreeDrafts
+from ..tree import TREE_SHAPES, AdaptiveShape, TreeDrafts, adaptive_shape, adaptive_stats
 
 __all__ = ["JacobiProposer", "JacobiSampler", "JacobiOptions", "INITS"]
 
@@ -51,6 +51,13 @@ class JacobiOptions:
                              "depths 1 .. tree_depth-1)", minimum=2)
     tree_tail: int = option(0, "proactive drafting: chain drafts appended below every side leaf of the tree (0: the "
                             "published tree, where a side path ends at depth tree_depth-1)", minimum=0)
+    tree: str = option("static", "static: every step verifies the whole tree (or chain); adaptive: each row verifies a "
+                       "sub-tree whose depth and width follow its committed history (ADT-Tree), padded to the static "
+                       "tree", choices=TREE_SHAPES)
+    adapt_min_depth: int = option(1, "tree=adaptive: the shallowest depth (drafts verified along the chain); the "
+                                  "deepest is window-1", minimum=1)
+    adapt_min_width: int | None = option(None, "tree=adaptive: the fewest candidates per branching depth, the most "
+                                         "being tree_width (none: tree_width, the width does not adapt)", minimum=1)
 
 
 class JacobiProposer:
@@ -64,6 +71,10 @@ class JacobiProposer:
         variants (draw from that neighbour's predicted distribution truncated to its ``sample_top`` most likely
         tokens; a context token has no predicted distribution and is copied, q one-hot).
     coupled: MC-SJD maximal coupling of re-drafted positions with their previous drafts.
+    tree_width / tree_depth / tree_tail: SJD-PAC's proactive drafting tree (:class:`~..tree.TreeDrafts`).
+    tree / adapt_min_depth / adapt_min_width: ``tree="adaptive"``: each row verifies a sub-tree of that tree (or a
+        prefix of the window) whose depth and width follow its committed history (:class:`~..tree.AdaptiveShape`,
+        after ADT-Tree, arXiv 2512.21857), as a validity mask on the same padded forward.
     """
 
     name = "jacobi"
@@ -71,9 +82,10 @@ class JacobiProposer:
     draft_passes = 0
 
     def __init__(self, window: int = 16, init: str = "random", coupled: bool = False, sample_top: int = 32,
-                 tree_width: int = 1, tree_depth: int = 3, tree_tail: int = 0):
-        self.options = checked(JacobiOptions(window, init, coupled, sample_top, tree_width, tree_depth, tree_tail),
-                               "sjd")
+                 tree_width: int = 1, tree_depth: int = 3, tree_tail: int = 0, tree: str = "static",
+                 adapt_min_depth: int = 1, adapt_min_width: int | None = None):
+        self.options = checked(JacobiOptions(window, init, coupled, sample_top, tree_width, tree_depth, tree_tail,
+                                             tree, adapt_min_depth, adapt_min_width), "sjd")
         window = self.options.window
         self.window, self.init, self.coupled, self.sample_top = window, init, coupled, sample_top
         self.tree_width, self.tree_depth, self.tree_tail = tree_width, tree_depth, tree_tail
@@ -87,6 +99,8 @@ class JacobiProposer:
             self.tree = TreeDrafts(window - 1, tree_width, tree_depth, tree_tail,
                                    what=f"sjd: tree_width={tree_width}, tree_depth={tree_depth}, window={window}")
         self.lookahead = 0 if self.auto else (window - 1 if self.tree is None else self.tree.drafts)
+        self.adaptive = adaptive_shape("sjd", tree, adapt_min_depth, adapt_min_width, None if self.auto else window - 1,
+                                       f"window={window}", self.tree)
 
     def check(self, model) -> None:
         check_bounds(self.options, "sjd", model)
@@ -112,7 +126,7 @@ class JacobiProposer:
         if self.tree is not None:
             out = replace(out, tree_width=self.tree_width, tree_depth=self.tree_depth, tree_tail=self.tree_tail,
                           tree_nodes=self.tree.tree.size)
-        return out
+        return adaptive_stats(self, out)
 
     # -- the proposer protocol --------------------------------------------------------------------------
     def start(self, ctx, p0, hidden0) -> None:
@@ -130,13 +144,25 @@ class JacobiProposer:
                                            self.before)
         # compiled calls run the update as one compiled graph too (it is ~1 ms of eager kernels per step)
         self.update = _compiled_update(ctx.device) if ctx.compiled else jacobi_update
+        self.shape = None
+        if self.adaptive is not None:  # a fresh controller per call (the loop runs a shallow copy of the proposer)
+            self.shape = AdaptiveShape(*self.adaptive)
+            self.shape.start(B, L, ctx.num_tokens, ctx.grid[2], dev)
 
     def propose(self, ctx, n) -> Proposal:
+        shape = None if self.shape is None else self.shape.shape
         if self.tree is None:
-            return Proposal(self.drafts, self.q)
-        return self.tree.propose(self.drafts, self.q, ctx.rng)  # SJD-PAC's proactive drafting
+            valid = None if shape is None else self.slots[None, : self.window - 1] < shape[0][:, None]
+            proposal = Proposal(self.drafts, self.q, valid)
+        else:
+            proposal = self.tree.propose(self.drafts, self.q, ctx.rng, shape)  # SJD-PAC's proactive drafting
+        if self.shape is not None:
+            self.shape.record(n, proposal.valid)
+        return proposal
 
     def observe(self, ctx, fb) -> None:
+        if self.shape is not None:
+            self.shape.observe(fb.start, fb.committed, fb.accepted, True)
         W = self.window
         u = ctx.rng.rand(3 * W - 1)
         p = fb.p
@@ -244,6 +270,7 @@ class JacobiSampler(TokenSampler):
     OPTIONS = JacobiOptions
 
     def __init__(self, window: int = 16, init: str = "random", coupled: bool = False, acceptance="exact",
-                 sample_top: int = 32, tree_width: int = 1, tree_depth: int = 3, tree_tail: int = 0, **rule_options):
-        super().__init__(JacobiProposer(window, init, coupled, sample_top, tree_width, tree_depth, tree_tail),
-                         acceptance, **rule_options)
+                 sample_top: int = 32, tree_width: int = 1, tree_depth: int = 3, tree_tail: int = 0,
+                 tree: str = "static", adapt_min_depth: int = 1, adapt_min_width: int | None = None, **rule_options):
+        super().__init__(JacobiProposer(window, init, coupled, sample_top, tree_width, tree_depth, tree_tail, tree,
+                                        adapt_min_depth, adapt_min_width), acceptance, **rule_options)
