@@ -92,10 +92,13 @@ def test_rows_of_a_batch_equal_rows_alone():
                             seeds=[11, 12, 13, 14])
 
 
-def test_a_relaxed_rule_plugs_in():
+@pytest.mark.parametrize("rule", [dict(acceptance="gsd", group_size=3), dict(acceptance="lantern", k=3, delta=0.2),
+                                  dict(acceptance="cool", delta=2.0)])
+def test_a_relaxed_rule_plugs_in(rule):
+    """Any rule, including one with per-model tables (LANTERN's neighbourhoods, built by ``prepare``)."""
     model = tiny_gpt(vocab=16, grid=4, seed=3)
-    out = get_sampler("pjd", window=4, context=2, acceptance="gsd", group_size=3).sample(
-        model, torch.tensor([0, 1]), CONFIG, torch.Generator().manual_seed(0))
+    out = get_sampler("pjd", window=4, context=2, **rule).sample(model, torch.tensor([0, 1]), CONFIG,
+                                                                torch.Generator().manual_seed(0))
     assert out.tokens.shape == (2, 16) and torch.stack(out.stats.accepted).sum(0).tolist() == [16, 16]
 
 

@@ -107,6 +107,7 @@ class PJDSampler:
     def sample(self, model, cond, config: SamplingConfig | None = None, generator=None) -> GenerationOutput:
         self.check(model)
         config = resolve_config(model, config)
+        self.rule.prepare(model)  # per-model tables (LANTERN's neighbourhoods)
         session = TokenSession(model, cond, config, extra_positions=1)
         B, N, dev, V = session.batch, session.num_tokens, session.device, model.vocab_size
         width = model.grid[-1]
