@@ -25,13 +25,14 @@ VARGEN=${VARGEN_BIN:-$REPO/.venv/bin/vargen}
 ZOO=$REPO/vargen/zoo
 
 # name | committed zoo folder (fine-tune start when the run folder is gone) | recipe start (none: fresh) | flags
-RUN_NAMES=(cifar10-msvq-v2 cifar10-kl-v2 cifar10-mar-v2)
+RUN_NAMES=(cifar10-msvq-v2 cifar10-kl-v2 cifar10-mar-v2 cifar10-var-v2)
 declare -A COMMITTED=([cifar10-msvq-v2]=$ZOO/cifar10-msvq-v2 [cifar10-kl-v2]=$ZOO/cifar10-kl-v2
-                      [cifar10-mar-v2]=$ZOO/cifar10-mar-v2-target)
-declare -A START=([cifar10-msvq-v2]=$ZOO/cifar10-msvq [cifar10-kl-v2]=$ZOO/cifar10-kl [cifar10-mar-v2]=)
+                      [cifar10-mar-v2]=$ZOO/cifar10-mar-v2-target [cifar10-var-v2]=$ZOO/cifar10-var-v2-drafter)
+declare -A START=([cifar10-msvq-v2]=$ZOO/cifar10-msvq [cifar10-kl-v2]=$ZOO/cifar10-kl [cifar10-mar-v2]=
+                  [cifar10-var-v2]=)
 # a run over another run's tokenizer reads a copy of its committed folder outside the work tree (the trainer caches
-# the encoded training set beside the tokenizer); the run waits until that folder is committed
-declare -A NEEDS=([cifar10-mar-v2]=cifar10-kl-v2)
+# the encoded training set beside the tokenizer); the run waits until the finished run is committed
+declare -A NEEDS=([cifar10-mar-v2]=cifar10-kl-v2 [cifar10-var-v2]=cifar10-msvq-v2)
 MAR_V2='"encoder_embed_dim":192,"encoder_depth":3,"encoder_num_heads":4,"decoder_embed_dim":192,"decoder_depth":3,"decoder_num_heads":4,"buffer_size":16,"diffloss_d":3,"diffloss_w":256,"num_sampling_steps":"50","attn_dropout":0.0,"proj_dropout":0.0'
 declare -A FLAGS=(
   # VAR's multi-scale VQVAE, cifar10-msvq's architecture with 8-dimensional codes (was 16) and 1,024 of them (was
@@ -43,6 +44,9 @@ declare -A FLAGS=(
   # MAR over cifar10-kl-v2's latents: cifar10-mar-target's recipe, wider (192) and deeper (3 + 3 blocks), a
   # 256-wide diffusion MLP, 10,000 steps of batch 64 (cifar10-mar-target: 1,600)
   [cifar10-mar-v2]="mar --steps 10000 --batch-size 64 --lr 1e-3 --warmup 200 --ema 0.999 --save-every 200 --vae $RUNS/cifar10-kl-v2-vae --config {$MAR_V2}"
+  # VAR over cifar10-msvq-v2's tokens: cifar10-var-drafter's recipe, deeper (8) and wider (192), 8,000 steps of
+  # batch 64 (cifar10-var-drafter: 1,400)
+  [cifar10-var-v2]="var --steps 8000 --batch-size 64 --lr 1e-3 --warmup 200 --save-every 200 --vqvae $RUNS/cifar10-msvq-v2-vae --config {\"depth\":8,\"embed_dim\":192,\"num_heads\":4,\"attn_l2_norm\":true,\"cond_drop_rate\":0.1}"
 )
 
 pid_alive() { [[ -f $1/pid ]] && kill -0 "$(cat "$1/pid")" 2>/dev/null; }
@@ -53,7 +57,12 @@ start() {
   if [[ -f $out/model.safetensors ]]; then echo "$name: finished ($out/model.safetensors)"; return; fi
   local need=${NEEDS[$name]:-}
   if [[ -n $need ]]; then
-    if [[ ! -f ${COMMITTED[$need]}/model.safetensors ]]; then echo "$name: waits for $need to be committed"; return; fi
+    local total committed
+    total=$(grep -o -- '--steps [0-9]*' <<< "${FLAGS[$need]}" | grep -o '[0-9]*$')
+    committed=$(grep -o '"step": [0-9]*' "${COMMITTED[$need]}/config.json" 2>/dev/null | grep -o '[0-9]*$' || true)
+    if [[ $committed != "$total" ]]; then
+      echo "$name: waits for $need's finished run (step $total) to be committed (committed: ${committed:-none})"; return
+    fi
     if [[ ! -f $RUNS/$need-vae/model.safetensors ]]; then
       mkdir -p "$RUNS/$need-vae" && cp "${COMMITTED[$need]}"/{model.safetensors,config.json} "$RUNS/$need-vae/"
     fi

@@ -82,7 +82,7 @@ def _trainers():
         "var-vqvae": (VARRunArgs, run_var_training, "VAR's multi-scale VQVAE", {"kind": "vqvae"},
                       var_common + ("restart_every", "init"), dict(steps=2000, lr=3e-4, batch_size=32)),
         "var": (VARRunArgs, run_var_training, "class-conditional VAR over a trained multi-scale VQVAE's tokens",
-                {"kind": "var"}, var_common + ("vqvae",), dict(steps=2000, lr=1e-3, batch_size=64)),
+                {"kind": "var"}, var_common + ("vqvae", "init"), dict(steps=2000, lr=1e-3, batch_size=64)),
         "code-refiner": (VARRunArgs, run_var_training, "CoDe refiner specialisation: distil a drafter on the late scales",
                          {"kind": "code-refiner"}, var_common + ("vqvae", "teacher", "init", "draft_steps", "temperature",
                                                                  "alpha"), dict(steps=500, lr=3e-4, batch_size=64)),
