@@ -143,8 +143,8 @@ def test_train_cli_takes_no_out_and_an_init_for_tokenizers():
     args = parser.parse_args(["train", "var-vqvae", "--data", "x", "--init", "vargen/zoo/cifar10-vq"])
     assert args.out is None and args.init == "vargen/zoo/cifar10-vq"
     assert parser.parse_args(["train", "kl-vae", "--data", "x", "--init", "k"]).init == "k"
-    for generator in ("var", "mar"):  # a lost run folder restarts from the committed weights
-        assert parser.parse_args(["train", generator, "--data", "x", "--init", "g"]).init == "g"
+    for generator, tokenizer in (("var", "--vqvae"), ("mar", "--vae")):  # a lost run restarts from committed weights
+        assert parser.parse_args(["train", generator, "--data", "x", tokenizer, "t", "--init", "g"]).init == "g"
 
 
 def test_multiscale_vqvae_starts_from_llamagen_vq_and_from_a_smaller_codebook():
