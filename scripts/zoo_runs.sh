@@ -78,6 +78,8 @@ start() {
   cd "$REPO"
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 setsid nohup nice -n 19 "${cmd[@]}" >> "$out/train.log" 2>&1 < /dev/null &
   echo $! > "$out/pid"  # setsid, nohup and nice exec: this is the trainer's own pid
+  # setsid puts the run in its own scheduler autogroup, where nice alone does not yield to other sessions' work
+  echo 19 > "/proc/$(cat "$out/pid")/autogroup" 2>/dev/null || true
   echo "$name: started pid $(cat "$out/pid"), log $out/train.log"
 }
 
