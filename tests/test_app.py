@@ -104,8 +104,8 @@ def test_the_controls_are_the_declared_options_with_the_values_the_pipeline_runs
     pipe = tiny_pipeline()
     sjd = compare.shown_options(pipe, "sjd")
     cache = {"kv_budget", "kv_anchor", "kv_recent_lines"}
-    assert {"window", "init", "coupled", "acceptance", "sample_top", "tree_width", "tree_depth", "tree_tail",
-            *cache} == set(sjd)
+    assert {"window", "init", "coupled", "acceptance", "sample_top", "tree_width", "tree_depth", "tree_tail", "tree",
+            "adapt_min_depth", "adapt_min_width", *cache} == set(sjd)
     assert sjd["window"] == 16 and sjd["coupled"] is True  # the pipeline's default sampler: coupled SJD, as the CLI
     assert compare.default_spec(pipe).name == "sjd" and compare.default_spec(load("cifar10-var")).name == "code"
     assert compare.shown_options(load("cifar10-var"), "code")["draft_steps"] == 4  # pipeline.json over the sampler's 8
@@ -233,7 +233,8 @@ def test_model_info_offers_only_the_applicable_samplers_with_the_default_first(c
     hint, condition, prompt, sampler, cfg, temperature, top_k, top_p, info, *_ = client.predict(
         "tiny", "", "", False, api_name="/model_info")
     assert [c[1] for c in condition["choices"]] == ["0", "1", "2"] and condition["label"] == "class"
-    assert [c[0] for c in sampler["choices"]] == ["ar", "sjd", "sjd-pac", "gsd", "sd", "lantern", "lantern++", "zipar"]
+    assert [c[0] for c in sampler["choices"]] == ["ar", "sjd", "sjd-pac", "gsd", "sd", "lantern", "lantern++", "zipar",
+                                                   "diagd", "pjd"]
     assert sampler["value"] == "sjd" and not prompt["visible"] and hint == "" and "LlamaGen, 3 classes" in info
     assert [u["value"] for u in (cfg, temperature, top_k, top_p)] == [2.0, 1.0, 0, 1.0]
     var = client.predict("cifar10-var", "", "", False, api_name="/model_info")
