@@ -56,10 +56,10 @@ def _put(buffer: torch.Tensor, index: torch.Tensor, values: torch.Tensor, mask: 
 @dataclass
 class PJDOptions:
     window: int = option(8, "tokens fed per active row and forward: the row's last committed token and window-1 "
-                         "Jacobi drafts (official 8; 1 is plain AR)", minimum=1, bound="num_tokens")
+                         "Jacobi drafts (official 8; 1 is plain AR; at most the row width)", minimum=1)
     context: int | None = option(None, "tokens a row holds before the row below starts (the paper's context "
-                                 "threshold; none: a quarter of the row width, the paper's coverage ratio 0.25; the "
-                                 "row width decodes one row at a time)", minimum=1)
+                                 "threshold; none: a quarter of the row width, the paper's coverage ratio 0.25; at "
+                                 "most the row width, which decodes one row at a time)", minimum=1)
     lower_rows: str = option("postpone", "what a row below unfinished rows commits: its accepted drafts only "
                              "(postpone, the paper) or also the residual token at its first rejection (residual)",
                              choices=("postpone", "residual"))
