@@ -75,7 +75,7 @@ def test_decoding_does_not_depend_on_the_batch(pipes):
 
 
 @pytest.mark.parametrize("name,sampler,options,message", [
-    ("cifar10-llamagen", "sjd", {"gamma": 4}, "sampler 'sjd' takes no option 'gamma'; it takes: acceptance, coupled"),
+    ("cifar10-llamagen", "sjd", {"gamma": 4}, "sampler 'sjd' takes no option 'gamma'; it takes: acceptance, adapt_min_depth"),
     ("cifar10-llamagen", "ar", {"window": 16}, "sampler 'ar' takes no option 'window'"),
     ("cifar10-llamagen", "sjd", {"coupled": "maybe"}, "sjd: coupled: expected true/false/yes/no/1/0, got 'maybe'"),
     ("cifar10-llamagen", "sjd", {"coupled": 1}, "sjd: coupled must be true or false, got 1"),
