@@ -107,6 +107,8 @@ def test_precision_recall_and_is_on_known_sets():
     onehot = np.eye(10)[np.arange(100) % 10]
     assert inception_score(uniform)[0] == pytest.approx(1.0)
     assert inception_score(onehot, splits=1)[0] == pytest.approx(10.0, rel=1e-6)
+    by_class = np.repeat(np.eye(10), 100, axis=0)  # samples written class by class
+    assert inception_score(by_class)[0] > 8.0  # each fold sees every class, not one
     assert kid(real, real + 5) > 10 * abs(kid(real, rng.normal(size=(400, 8))))
 
 

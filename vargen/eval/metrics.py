@@ -86,8 +86,11 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, max_samples
 
 
 def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
-    """exp(E[KL(p(y|x) || p(y))]) over ``splits`` folds: (mean, std)."""
+    """exp(E[KL(p(y|x) || p(y))]) over ``splits`` folds: (mean, std). The folds are taken over a fixed random
+    permutation of the samples (as torch-fidelity does), so a folder written class by class does not put one class in
+    each fold (which would score about 1)."""
     probs = np.asarray(probs, dtype=np.float64)
+    probs = probs[np.random.default_rng(0).permutation(probs.shape[0])]
     splits = max(1, min(splits, probs.shape[0]))
     scores = []
     for part in np.array_split(probs, splits):
