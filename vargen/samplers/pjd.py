@@ -40,17 +40,9 @@ from .rows import may_start, proxy_source
 from .session import TokenSession, resolve_config, token_footprint
 from .spec import checked, option
 from .stats import DraftStats, RowsStats
-from .verify import verify_window
+from .verify import verify_window, write_where
 
 __all__ = ["PJDSampler", "PJDOptions"]
-
-
-def _put(buffer: torch.Tensor, index: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> None:
-    """``buffer[b, index[b, i]] = values[b, i]`` where ``mask[b, i]`` (per-position buffers, ``[B, P]`` or
-    ``[B, P, V]``); masked-out entries write back what is there, so repeated padding indices are harmless."""
-    if buffer.dim() == 3:
-        index, mask = index[..., None].expand(-1, -1, buffer.shape[-1]), mask[..., None]
-    buffer.scatter_(1, index, torch.where(mask, values, buffer.gather(1, index)))
 
 
 @dataclass
@@ -150,11 +142,11 @@ class PJDSampler:
                 u_rows, u_fresh, u_acc, u_y = u.split([rows, N + 1, N + 1, N + 1], dim=1)
                 # a window reaching a position without a draft: a fresh uniform one (q uniform)
                 fresh = is_draft.flatten(1) & ~has_draft.gather(1, drafted)
-                _put(tok, drafted, (u_fresh * V).long().clamp_(max=V - 1).gather(1, drafted), fresh)
-                _put(q, drafted, torch.full_like(q[:, :1], 1.0 / V).expand(-1, drafted.shape[1], -1), fresh)
-                _put(has_draft, drafted, fresh, fresh)
+                write_where(tok, drafted, (u_fresh * V).long().clamp_(max=V - 1).gather(1, drafted), fresh)
+                write_where(q, drafted, torch.full_like(q[:, :1], 1.0 / V).expand(-1, drafted.shape[1], -1), fresh)
+                write_where(has_draft, drafted, fresh, fresh)
                 # fed committed tokens (a window's first entry, a proxy, a true last token) are written
-                _put(written, positions, positions < N, chain < 0)
+                write_where(written, positions, positions < N, chain < 0)
                 logits = session.forward_scattered(tok.gather(1, source), positions, written, chain)
                 p = session.probs(logits[:, : G * window], predicted).view(B * G, window, V)
                 live = is_draft.view(B * G, window)[:, 1:]
@@ -168,15 +160,15 @@ class PJDSampler:
                 k = torch.where(lengths > 0, a + (tops | (self.lower_rows == "residual")).long(), 0)
                 commit = (slot < k[..., None]).flatten(1)
                 values = torch.where(slot == a[..., None], extra[..., None], tok.gather(1, predicted).view(B, G, window))
-                _put(tok, predicted, values.flatten(1), commit)
-                _put(token_step, predicted, torch.full_like(predicted, step), commit)
-                _put(written, predicted, commit, (slot < a[..., None]).flatten(1))  # accepted drafts' K/V is current
+                write_where(tok, predicted, values.flatten(1), commit)
+                write_where(token_step, predicted, torch.full_like(predicted, step), commit)
+                write_where(written, predicted, commit, (slot < a[..., None]).flatten(1))  # accepted drafts' K/V is current
                 # Jacobi: the window's uncommitted positions take this step's samples as drafts, with q = p
                 redraft = in_window.flatten(1) & ~commit
                 y = sample_from_probs(p, u_y.gather(1, predicted).view(B * G, window))
-                _put(tok, predicted, y.view(B, G * window), redraft)
-                _put(q, predicted, p.view(B, G * window, V), redraft)
-                _put(has_draft, predicted, redraft, redraft)
+                write_where(tok, predicted, y.view(B, G * window), redraft)
+                write_where(q, predicted, p.view(B, G * window, V), redraft)
+                write_where(has_draft, predicted, redraft, redraft)
                 k_host, a_host = k.tolist(), a.tolist()
                 for b, (windows, flush) in enumerate(plan):
                     for g, (r, c, L, src, top) in enumerate(windows):

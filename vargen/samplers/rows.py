@@ -28,9 +28,7 @@ from .base import GenerationOutput, RowRandom, SamplingConfig, Stats, StepTimer,
 from .session import TokenSession, resolve_config, token_footprint
 from .stats import RowsStats
 
-__all__ = ["Step", "may_start", "proxy_source", "PROXIES", "one_token_schedule", "OneTokenRowsSampler"]
-
-PROXIES = ("completed", "above", "temporal")
+__all__ = ["Step", "may_start", "proxy_source", "one_token_schedule", "OneTokenRowsSampler"]
 
 
 def may_start(row: int, count, width: int, lag: int, first_row_full: bool = False, frame_rows: int | None = None) -> bool:

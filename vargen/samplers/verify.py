@@ -42,6 +42,14 @@ def verify_window(rule, p, drafts, q, live, valid, u_acc, u_res):
     return a, sample_from_probs(torch.cat([res, p[:, J:]], dim=1)[rows, a], u_res), verdict
 
 
+def write_where(buffer: torch.Tensor, index: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> None:
+    """``buffer[b, index[b, i]] = values[b, i]`` where ``mask[b, i]``, for per-position buffers ``[B, P]`` or
+    ``[B, P, V]``; masked-out entries write back what is there, so repeated (padding) indices are harmless."""
+    if buffer.dim() == 3:
+        index, mask = index[..., None].expand(-1, -1, buffer.shape[-1]), mask[..., None]
+    buffer.scatter_(1, index, torch.where(mask, values, buffer.gather(1, index)))
+
+
 class Committer:
     def __init__(self, rule, batch: int, num_tokens: int, buffer_len: int, device):
         self.rule = rule
@@ -75,10 +83,10 @@ class Committer:
         values = torch.where(slots == a[:, None], extra[:, None], F.pad(drafts, (0, 1)))
         pos = n[:, None] + slots
         commit = slots[None] < k[:, None]
-        self._write(self.seq, pos, values, commit)
-        self._write(self.token_step, pos, torch.full_like(values, step), commit)
+        write_where(self.seq, pos, values, commit)
+        write_where(self.token_step, pos, torch.full_like(values, step), commit)
         if verdict.relaxed is not None:
-            self._write(self.relaxed, pos, F.pad(verdict.relaxed, (0, 1)), slots[None] < a[:, None])
+            write_where(self.relaxed, pos, F.pad(verdict.relaxed, (0, 1)), slots[None] < a[:, None])
         if verdict.tv is not None:  # the slots this step decided: the accepted ones and the first rejection
             decided = (slots[None, :J] <= a[:, None]) & live
             self.tv += (verdict.tv * decided).sum(1)
@@ -114,13 +122,9 @@ class Committer:
         values = torch.where(slots == a[:, None], extra[:, None], F.pad(drafts, (0, 1)))
         pos = n[:, None] + slots
         commit = slots[None] < k[:, None]
-        self._write(self.seq, pos, values, commit)
-        self._write(self.token_step, pos, torch.full_like(values, step), commit)
+        write_where(self.seq, pos, values, commit)
+        write_where(self.token_step, pos, torch.full_like(values, step), commit)
         return k, a, path.clamp(min=0)
-
-    @staticmethod
-    def _write(buffer, pos, values, mask):
-        buffer.scatter_(1, pos, torch.where(mask, values, buffer.gather(1, pos)))
 
     def tokens(self) -> torch.Tensor:
         return self.seq[:, : self.N].clone()
